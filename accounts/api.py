@@ -1,0 +1,62 @@
+"""Registration, tokens and the current user."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.exceptions import AccountSuspended
+from accounts.models import User
+from accounts.serializers import RegisterInput, TokenInput, TokenOutput, UserOutput
+from accounts.services import token_for, user_create
+
+
+class RegisterApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(request=RegisterInput, responses={201: UserOutput}, operation_id="accounts_register")
+    def post(self, request: Request) -> Response:
+        serializer = RegisterInput(data=request.data)
+        try:
+            serializer.is_valid(raise_exception=True)
+        except DjangoValidationError as e:  # password validators
+            raise exceptions.ValidationError({"password": list(e.messages)}) from e
+        user = user_create(**serializer.validated_data)
+        return Response(UserOutput(user).data, status=status.HTTP_201_CREATED)
+
+
+class TokenApi(APIView):
+    """Exchange a username (or email) and password for an API token."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(request=TokenInput, responses={200: TokenOutput}, operation_id="accounts_token")
+    def post(self, request: Request) -> Response:
+        serializer = TokenInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        login = serializer.validated_data["username"]
+        if "@" in login:
+            match = User.objects.filter(email=login.strip().lower()).only("username").first()
+            login = match.username if match else login
+        user = authenticate(request, username=login, password=serializer.validated_data["password"])
+        if user is None:
+            raise exceptions.AuthenticationFailed("Wrong username or password.")
+        if user.is_suspended:
+            raise AccountSuspended("This account is suspended.")
+        return Response({"token": token_for(user=user)})
+
+
+class MeApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=UserOutput, operation_id="accounts_me")
+    def get(self, request: Request) -> Response:
+        return Response(UserOutput(request.user).data)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from django.contrib.auth import password_validation
+from rest_framework import serializers
+
+from accounts.models import User
+
+
+class RegisterInput(serializers.Serializer):
+    username = serializers.RegexField(r"^[\w.@+-]+\Z", min_length=3, max_length=150)
+    email = serializers.EmailField(max_length=254)
+    password = serializers.CharField(min_length=8, max_length=128, write_only=True, trim_whitespace=False)
+
+    def validate(self, attrs: dict) -> dict:
+        candidate = User(username=attrs["username"], email=attrs["email"])
+        password_validation.validate_password(attrs["password"], candidate)
+        return attrs
+
+
+class TokenInput(serializers.Serializer):
+    username = serializers.CharField(max_length=254, help_text="Username or email.")
+    password = serializers.CharField(max_length=128, trim_whitespace=False)
+
+
+class TokenOutput(serializers.Serializer):
+    token = serializers.CharField()
+
+
+class UserOutput(serializers.ModelSerializer):
+    class Meta:
+        model = User
+        fields = ["id", "username", "email", "role", "status", "date_joined"]
+        read_only_fields = fields

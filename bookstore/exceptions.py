@@ -1,0 +1,163 @@
+"""Map every API error, ours and the framework's, to one problem+json shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views import defaults
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from bookstore.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
+
+
+class ApplicationError(Exception):
+    """A domain error that carries its HTTP status, problem slug and extra members."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.extra = extra
+
+
+_SLUGS = {
+    400: ("validation-error", "Invalid request"),
+    401: ("not-authenticated", "Authentication required"),
+    403: ("permission-denied", "Permission denied"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    429: ("quota-exceeded", "Too many requests"),
+}
+
+
+def _field_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    """Flatten DRF's nested error detail into [{"field", "code", "message"}]."""
+    out: list[dict[str, str]] = []
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            if isinstance(key, int):
+                out += _field_errors(value, f"{prefix}[{key}]")
+                continue
+            name = str(key) if key != "non_field_errors" else ""
+            out += _field_errors(value, f"{prefix}.{name}" if prefix and name else (prefix or name))
+    elif isinstance(detail, list):
+        nested = any(isinstance(item, dict | list) for item in detail)
+        for index, item in enumerate(detail):
+            if nested:
+                out += _field_errors(item, f"{prefix}[{index}]" if prefix else f"[{index}]")
+            else:
+                out += _field_errors(item, prefix)
+    else:
+        out.append(
+            {
+                "field": prefix or "non_field_errors",
+                "code": getattr(detail, "code", "invalid") or "invalid",
+                "message": str(detail),
+            }
+        )
+    return out
+
+
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Return a problem+json Response for any exception raised in an API view."""
+    request = context.get("request")
+    instance = request.path if request is not None else ""
+    headers: dict[str, str] = {}
+
+    if isinstance(exc, ApplicationError):
+        body = problem_body(
+            status=exc.status_code,
+            slug=exc.slug,
+            title=exc.title,
+            detail=exc.detail,
+            instance=instance,
+            **exc.extra,
+        )
+        return Response(body, status=exc.status_code, content_type=PROBLEM_CONTENT_TYPE)
+    if isinstance(exc, RequestDataTooBig | TooManyFieldsSent):
+        exc = exceptions.APIException(str(exc) or "Request body too large")
+        exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(detail=exceptions.as_serializer_error(exc))
+    elif isinstance(exc, ProtectedError):
+        body = problem_body(
+            status=409,
+            slug="protected",
+            title="Still referenced",
+            detail="This object is referenced by other records and cannot be deleted.",
+            instance=instance,
+        )
+        return Response(body, status=409, content_type=PROBLEM_CONTENT_TYPE)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # A genuine bug: Django's handler500 answers (problem+json, no traceback).
+
+    code = response.status_code
+    slug, title = _SLUGS.get(code, ("error", "Error"))
+    extra: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        extra["errors"] = _field_errors(exc.detail)
+        detail = "The request has invalid fields; see errors."
+    else:
+        raw = getattr(exc, "detail", "")
+        detail = str(raw) if not isinstance(raw, dict | list) else ""
+        code_name = getattr(raw, "code", None)
+        if code == 400 and code_name == "parse_error":
+            slug, title = "malformed-request", "Malformed request body"
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+    for name in ("WWW-Authenticate", "Allow", "Retry-After"):
+        if name in response:
+            headers[name] = response[name]
+    body = problem_body(status=code, slug=slug, title=title, detail=detail, instance=instance, **extra)
+    return Response(body, status=code, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Answer unknown URLs with problem+json (HTML pages keep Django's page)."""
+    if not request.path.startswith(("/api/", "/health/")):
+        return defaults.page_not_found(request, exception or Http404())
+    return problem_response(
+        request, status=404, slug="not-found", title="Not found", detail="No such resource."
+    )
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    """Answer unexpected faults with problem+json and no traceback."""
+    return problem_response(
+        request,
+        status=500,
+        slug="internal-error",
+        title="Internal server error",
+        detail="An unexpected error occurred; it has been logged.",
+    )
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Answer requests Django itself rejects (bad host, oversize body) with problem+json."""
+    if isinstance(exception, RequestDataTooBig):
+        return problem_response(request, status=413, slug="payload-too-large", title="Request body too large")
+    return problem_response(request, status=400, slug="bad-request", title="Bad request")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Answer permission failures outside DRF with problem+json."""
+    return problem_response(request, status=403, slug="permission-denied", title="Permission denied")

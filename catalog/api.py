@@ -1,0 +1,88 @@
+"""Public read API and staff-only writes for the catalogue."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.permissions import IsStaffOrReadOnly
+from bookstore.pagination import PageNumberPagination
+from catalog import selectors, services
+from catalog.models import Book
+from catalog.serializers import BookInput, BookListFilter, BookOutput, BookSearchInput
+
+
+def _query(request: Request) -> dict[str, str]:
+    # A plain dict: DRF reads a missing boolean in a QueryDict as False, which would hide
+    # out-of-stock books from everyone who did not ask about stock at all.
+    return dict(request.query_params.items())
+
+
+def _paginated(request: Request, view: APIView, queryset: object) -> Response:
+    paginator = PageNumberPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(BookOutput(page, many=True).data)
+
+
+class BookListApi(APIView):
+    permission_classes = [IsStaffOrReadOnly]
+
+    @extend_schema(parameters=[BookListFilter], responses=BookOutput(many=True), operation_id="books_list")
+    def get(self, request: Request) -> Response:
+        filters = BookListFilter(data=_query(request))
+        filters.is_valid(raise_exception=True)
+        return _paginated(request, self, selectors.book_list(**filters.validated_data))
+
+    @extend_schema(request=BookInput, responses={201: BookOutput}, operation_id="books_create")
+    def post(self, request: Request) -> Response:
+        serializer = BookInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        book = services.book_create(**serializer.validated_data)
+        return Response(BookOutput(book).data, status=status.HTTP_201_CREATED)
+
+
+class BookSearchApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(parameters=[BookSearchInput], responses=BookOutput(many=True), operation_id="books_search")
+    def get(self, request: Request) -> Response:
+        params = BookSearchInput(data=_query(request))
+        params.is_valid(raise_exception=True)
+        return _paginated(request, self, selectors.book_search(query=params.validated_data["q"]))
+
+
+class BookDetailApi(APIView):
+    permission_classes = [IsStaffOrReadOnly]
+
+    def _book(self, pk: int) -> Book:
+        return get_object_or_404(Book.objects.prefetch_related("authors"), pk=pk)
+
+    @extend_schema(responses=BookOutput, operation_id="books_retrieve")
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(BookOutput(self._book(pk)).data)
+
+    @extend_schema(request=BookInput, responses=BookOutput, operation_id="books_update")
+    def put(self, request: Request, pk: int) -> Response:
+        book = self._book(pk)
+        serializer = BookInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        book = services.book_update(book=book, **serializer.validated_data)
+        return Response(BookOutput(book).data)
+
+    @extend_schema(request=BookInput(partial=True), responses=BookOutput, operation_id="books_partial_update")
+    def patch(self, request: Request, pk: int) -> Response:
+        book = self._book(pk)
+        serializer = BookInput(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        book = services.book_update(book=book, **serializer.validated_data)
+        return Response(BookOutput(book).data)
+
+    @extend_schema(responses={204: None}, operation_id="books_destroy")
+    def delete(self, request: Request, pk: int) -> Response:
+        services.book_delete(book=self._book(pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,80 @@
+"""Reads on the catalogue."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import BooleanField, Case, FloatField, IntegerField, Q, QuerySet, Value, When
+from django.db.models.expressions import RawSQL
+
+from catalog.models import Book
+
+ORDERINGS = {
+    "title": ("title", "id"),
+    "-title": ("-title", "-id"),
+    "price": ("price", "id"),
+    "-price": ("-price", "id"),
+    "published_on": ("published_on", "id"),
+    "-published_on": ("-published_on", "id"),
+    "created": ("created_at", "id"),
+    "-created": ("-created_at", "-id"),
+}
+
+
+def book_list(
+    *,
+    author: str | None = None,
+    min_price: Decimal | None = None,
+    max_price: Decimal | None = None,
+    in_stock: bool | None = None,
+    ordering: str = "title",
+) -> QuerySet[Book]:
+    """Return books filtered by author (id or part of a name), price range and availability."""
+    qs = Book.objects.prefetch_related("authors")
+    if author:
+        if author.isdigit():
+            qs = qs.filter(authors__id=int(author))
+        else:
+            qs = qs.filter(authors_text__icontains=author)
+    if min_price is not None:
+        qs = qs.filter(price__gte=min_price)
+    if max_price is not None:
+        qs = qs.filter(price__lte=max_price)
+    if in_stock is True:
+        qs = qs.filter(stock__gt=0)
+    elif in_stock is False:
+        qs = qs.filter(stock=0)
+    return qs.distinct().order_by(*ORDERINGS[ordering])
+
+
+def book_search(*, query: str) -> QuerySet[Book]:
+    """Return books matching a free-text query, best match first.
+
+    On PostgreSQL this is ranked full-text search over a GIN-indexed generated tsvector
+    (title weight A, authors B, description C). Elsewhere it is a substring match ranked by
+    the same field order, so the embedded default still answers sensibly.
+    """
+    qs = Book.objects.prefetch_related("authors")
+    if connection.vendor == "postgresql":
+        tsquery = "websearch_to_tsquery('english', %s)"
+        return (
+            qs.alias(matches=RawSQL(f"search_vector @@ {tsquery}", [query], output_field=BooleanField()))
+            .filter(matches=True)
+            .annotate(rank=RawSQL(f"ts_rank(search_vector, {tsquery})", [query], output_field=FloatField()))
+            .order_by("-rank", "id")
+        )
+    terms = [t for t in query.split() if t][:8]
+    condition = Q()
+    score = Value(0)
+    for term in terms:
+        condition &= (
+            Q(title__icontains=term) | Q(authors_text__icontains=term) | Q(description__icontains=term)
+        )
+        score = score + Case(
+            When(title__icontains=term, then=Value(3)),
+            When(authors_text__icontains=term, then=Value(2)),
+            default=Value(1),
+            output_field=IntegerField(),
+        )
+    return qs.filter(condition).annotate(rank=score).order_by("-rank", "id")

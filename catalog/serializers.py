@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from rest_framework import serializers
+
+from catalog.isbn import InvalidIsbn, normalize_isbn
+from catalog.models import Author, Book
+from catalog.selectors import ORDERINGS
+
+MAX_PRICE = Decimal("99999999.99")
+
+
+class IsbnField(serializers.CharField):
+    """Accept ISBN-10 or ISBN-13 with hyphens or spaces; store ISBN-13."""
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("max_length", 20)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: object) -> str:
+        text = super().to_internal_value(data)
+        try:
+            return normalize_isbn(text)
+        except InvalidIsbn as e:
+            raise serializers.ValidationError(str(e), code="invalid_isbn") from e
+
+
+class AuthorOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Author
+        fields = ["id", "name"]
+
+
+class BookOutput(serializers.ModelSerializer):
+    authors = AuthorOutput(many=True, read_only=True)
+
+    class Meta:
+        model = Book
+        fields = ["id", "isbn", "title", "authors", "description", "price", "stock", "published_on"]
+        read_only_fields = fields
+
+
+class BookInput(serializers.Serializer):
+    isbn = IsbnField()
+    title = serializers.CharField(max_length=300)
+    authors = serializers.ListField(
+        child=serializers.CharField(max_length=200), max_length=20, required=False, default=list
+    )
+    description = serializers.CharField(max_length=20000, required=False, allow_blank=True, default="")
+    price = serializers.DecimalField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MAX_PRICE
+    )
+    stock = serializers.IntegerField(min_value=0, max_value=1_000_000_000, required=False, default=0)
+    published_on = serializers.DateField(required=False, allow_null=True, default=None)
+
+
+class BookListFilter(serializers.Serializer):
+    author = serializers.CharField(required=False, max_length=200, help_text="Author id, or part of a name.")
+    min_price = serializers.DecimalField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MAX_PRICE, required=False
+    )
+    max_price = serializers.DecimalField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MAX_PRICE, required=False
+    )
+    in_stock = serializers.BooleanField(required=False, allow_null=True, default=None)
+    ordering = serializers.ChoiceField(choices=list(ORDERINGS), required=False, default="title")
+
+    def validate(self, attrs: dict) -> dict:
+        low, high = attrs.get("min_price"), attrs.get("max_price")
+        if low is not None and high is not None and low > high:
+            raise serializers.ValidationError({"min_price": "min_price must not exceed max_price."})
+        return attrs
+
+
+class BookSearchInput(serializers.Serializer):
+    q = serializers.CharField(max_length=200, help_text="Words to look for in titles, authors, descriptions.")

@@ -1,0 +1,77 @@
+"""Writes on the catalogue (staff only at the API level)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+
+from bookstore.exceptions import ApplicationError
+from catalog.models import Author, Book
+
+
+class IsbnTaken(ApplicationError):
+    status_code = 409
+    slug = "isbn-taken"
+    title = "ISBN already in the catalogue"
+
+
+def _authors_by_name(names: Iterable[str]) -> list[Author]:
+    """Return one Author per distinct name, creating the missing ones."""
+    result = []
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+        author = Author.objects.filter(name=name).order_by("id").first() or Author.objects.create(name=name)
+        result.append(author)
+    return result
+
+
+@transaction.atomic
+def book_create(
+    *,
+    isbn: str,
+    title: str,
+    price: Decimal,
+    stock: int = 0,
+    authors: Iterable[str] = (),
+    description: str = "",
+    published_on: date | None = None,
+) -> Book:
+    """Create a book and its authors; raise IsbnTaken if the ISBN exists."""
+    try:
+        with transaction.atomic():
+            book = Book.objects.create(
+                isbn=isbn,
+                title=title,
+                price=price,
+                stock=stock,
+                description=description,
+                published_on=published_on,
+            )
+    except IntegrityError as e:
+        raise IsbnTaken(f"A book with ISBN {isbn} already exists.") from e
+    book.authors.set(_authors_by_name(authors))
+    book.refresh_authors_text()
+    return book
+
+
+@transaction.atomic
+def book_update(*, book: Book, authors: Iterable[str] | None = None, **fields: object) -> Book:
+    """Update the given fields of a book (and its authors when given)."""
+    for name, value in fields.items():
+        setattr(book, name, value)
+    try:
+        with transaction.atomic():
+            book.save()
+    except IntegrityError as e:
+        raise IsbnTaken(f"A book with ISBN {book.isbn} already exists.") from e
+    if authors is not None:
+        book.authors.set(_authors_by_name(authors))
+        book.refresh_authors_text()
+    return book
+
+
+def book_delete(*, book: Book) -> None:
+    """Delete a book; ProtectedError (409) if orders reference it."""
+    book.delete()

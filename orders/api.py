@@ -1,0 +1,85 @@
+"""Order placement, listing and cancellation."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.permissions import IsActiveAccount
+from bookstore.pagination import PageNumberPagination
+from orders import selectors, services
+from orders.models import Order
+from orders.serializers import OrderInput, OrderOutput
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Retrying with the same key returns the first result instead of ordering twice.",
+)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not (1 <= len(key) <= 255) or not key.isprintable() or not key.isascii():
+        raise exceptions.ValidationError(
+            {"Idempotency-Key": ["Use 1 to 255 printable ASCII characters."]}, code="invalid"
+        )
+    return key
+
+
+class OrderListApi(APIView):
+    def get_permissions(self) -> list:
+        return [IsActiveAccount()] if self.request.method == "POST" else [IsAuthenticated()]
+
+    @extend_schema(responses=OrderOutput(many=True), operation_id="orders_list")
+    def get(self, request: Request) -> Response:
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(selectors.order_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(OrderOutput(page, many=True).data)
+
+    @extend_schema(
+        request=OrderInput,
+        responses={201: OrderOutput},
+        parameters=[IDEMPOTENCY_HEADER],
+        operation_id="orders_create",
+    )
+    def post(self, request: Request) -> Response:
+        key = _idempotency_key(request)
+        serializer = OrderInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        lines = [services.LineRequest(**line) for line in serializer.validated_data["lines"]]
+        result = services.order_place(user=request.user, lines=lines, idempotency_key=key)
+        headers = {"Location": f"/api/orders/{result.order.pk}"}
+        if result.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        order = Order.objects.prefetch_related("lines").get(pk=result.order.pk)
+        return Response(OrderOutput(order).data, status=status.HTTP_201_CREATED, headers=headers)
+
+
+class OrderDetailApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=OrderOutput, operation_id="orders_retrieve")
+    def get(self, request: Request, pk: int) -> Response:
+        order = get_object_or_404(selectors.order_list(user=request.user), pk=pk)
+        return Response(OrderOutput(order).data)
+
+
+class OrderCancelApi(APIView):
+    permission_classes = [IsActiveAccount]
+
+    @extend_schema(request=None, responses=OrderOutput, operation_id="orders_cancel")
+    def post(self, request: Request, pk: int) -> Response:
+        order = get_object_or_404(selectors.order_list(user=request.user), pk=pk)
+        order = services.order_cancel(order=order)
+        return Response(OrderOutput(Order.objects.prefetch_related("lines").get(pk=order.pk)).data)

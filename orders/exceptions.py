@@ -1,0 +1,38 @@
+"""Domain errors of ordering; each carries what the client needs to act on it."""
+
+from __future__ import annotations
+
+from bookstore.exceptions import ApplicationError
+
+
+class InsufficientStock(ApplicationError):
+    """Some lines ask for more copies than are in stock; nothing was written."""
+
+    status_code = 409
+    slug = "insufficient-stock"
+    title = "Not enough stock"
+
+    def __init__(self, lines: list[dict[str, int]]) -> None:
+        super().__init__(f"{len(lines)} line(s) cannot be filled; nothing was ordered.", short_lines=lines)
+        self.lines = lines
+
+
+class UnknownBooks(ApplicationError):
+    status_code = 400
+    slug = "unknown-books"
+    title = "Unknown books"
+
+    def __init__(self, book_ids: list[int]) -> None:
+        super().__init__("Some lines name books that do not exist.", book_ids=book_ids)
+
+
+class IdempotencyKeyReused(ApplicationError):
+    status_code = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+class OrderNotCancellable(ApplicationError):
+    status_code = 409
+    slug = "order-not-cancellable"
+    title = "Order already cancelled"

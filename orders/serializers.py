@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from orders.models import Order, OrderLine
+
+MAX_LINES = 100
+MAX_QUANTITY = 1000
+
+
+class LineInput(serializers.Serializer):
+    book_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    quantity = serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY)
+
+
+class OrderInput(serializers.Serializer):
+    lines = LineInput(many=True, allow_empty=False, max_length=MAX_LINES)
+
+    def validate_lines(self, lines: list[dict]) -> list[dict]:
+        seen: set[int] = set()
+        for line in lines:
+            if line["book_id"] in seen:
+                raise serializers.ValidationError(
+                    f"Book {line['book_id']} appears on more than one line; use one line per book.",
+                    code="duplicate_book",
+                )
+            seen.add(line["book_id"])
+        return lines
+
+
+class OrderLineOutput(serializers.ModelSerializer):
+    book_id = serializers.IntegerField()
+
+    class Meta:
+        model = OrderLine
+        fields = ["book_id", "quantity", "unit_price"]
+        read_only_fields = fields
+
+
+class OrderOutput(serializers.ModelSerializer):
+    lines = OrderLineOutput(many=True, read_only=True)
+    user_id = serializers.IntegerField()
+
+    class Meta:
+        model = Order
+        fields = ["id", "user_id", "status", "total", "created_at", "cancelled_at", "lines"]
+        read_only_fields = fields

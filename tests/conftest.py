@@ -1,0 +1,99 @@
+"""Shared fixtures: users of every kind, books, API clients."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from accounts.services import token_for, user_create
+from catalog.models import Book
+from catalog.services import book_create
+
+_counter = itertools.count(1)
+
+
+def _isbn13(n: int) -> str:
+    body = f"979{n:09d}"
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body))
+    return body + str((10 - total % 10) % 10)
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., User]:
+    def make(role: str = User.Role.CUSTOMER, status: str = User.Status.ACTIVE, **kwargs: object) -> User:
+        n = next(_counter)
+        user = user_create(
+            username=kwargs.pop("username", f"user{n}"),  # type: ignore[arg-type]
+            email=kwargs.pop("email", f"user{n}@example.com"),  # type: ignore[arg-type]
+            password=kwargs.pop("password", "correct-horse-battery"),  # type: ignore[arg-type]
+            role=role,
+        )
+        if status != User.Status.ACTIVE:
+            User.objects.filter(pk=user.pk).update(status=status)
+            user.refresh_from_db()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def customer(make_user: Callable[..., User]) -> User:
+    return make_user()
+
+
+@pytest.fixture
+def suspended(make_user: Callable[..., User]) -> User:
+    return make_user(status=User.Status.SUSPENDED)
+
+
+@pytest.fixture
+def staff(make_user: Callable[..., User]) -> User:
+    return make_user(role=User.Role.STAFF)
+
+
+@pytest.fixture
+def make_book(db: None) -> Callable[..., Book]:
+    def make(stock: int = 10, price: str = "12.50", **kwargs: object) -> Book:
+        n = next(_counter)
+        return book_create(
+            isbn=kwargs.pop("isbn", _isbn13(n)),  # type: ignore[arg-type]
+            title=kwargs.pop("title", f"Book {n}"),  # type: ignore[arg-type]
+            price=Decimal(price),
+            stock=stock,
+            authors=kwargs.pop("authors", [f"Author {n}"]),  # type: ignore[arg-type]
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+def client_for(user: User) -> APIClient:
+    """Return an API client authenticated with the user's token, as a real client would be."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user=user)}")
+    return client
+
+
+@pytest.fixture
+def customer_client(customer: User) -> APIClient:
+    return client_for(customer)
+
+
+@pytest.fixture
+def staff_client(staff: User) -> APIClient:
+    return client_for(staff)
+
+
+@pytest.fixture
+def suspended_client(suspended: User) -> APIClient:
+    return client_for(suspended)
