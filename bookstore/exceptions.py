@@ -23,10 +23,11 @@ class ApplicationError(Exception):
     slug = "bad-request"
     title = "Bad request"
 
-    def __init__(self, detail: str = "", **extra: Any) -> None:
+    def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
         self.detail = detail
         self.extra = extra
+        self.headers = headers or {}
 
 
 _SLUGS = {
@@ -86,7 +87,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             instance=instance,
             **exc.extra,
         )
-        return Response(body, status=exc.status_code, content_type=PROBLEM_CONTENT_TYPE)
+        return Response(body, status=exc.status_code, content_type=PROBLEM_CONTENT_TYPE, headers=exc.headers)
     if isinstance(exc, RequestDataTooBig | TooManyFieldsSent):
         exc = exceptions.APIException(str(exc) or "Request body too large")
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -135,9 +136,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     """Answer unknown URLs with problem+json (HTML pages keep Django's page)."""
     if not request.path.startswith(("/api/", "/health/")):
         return defaults.page_not_found(request, exception or Http404())
-    return problem_response(
-        request, status=404, slug="not-found", title="Not found", detail="No such resource."
-    )
+    return problem_response(request, status=404, slug="not-found", title="Not found", detail="No such resource.")
 
 
 def handler500(request: HttpRequest) -> HttpResponse:

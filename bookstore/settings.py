@@ -53,6 +53,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication so staff exemption can read request.user lazily (no query unless a
+    # staff-exempt policy matches); before CSRF, messages and every view.
+    "resilience.middleware.ResilienceMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -112,9 +115,7 @@ if REDIS_URL:
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {
-                    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
-                },
+                "CONNECTION_POOL_KWARGS": {"max_connections": env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)},
             },
         }
     }
@@ -159,6 +160,17 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 # Number of reverse proxies in front of the app whose X-Forwarded-For entries are trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
 
+# --- Resilience -----------------------------------------------------------------------------
+# Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).
+RESILIENCE_KEY_PREFIX = env_str("RESILIENCE_KEY_PREFIX", "bookstore:") or ""
+# After a Redis error, stay on the in-process fallback this long before trying Redis again (s).
+RESILIENCE_STORE_RETRY_SECONDS = env_float("RESILIENCE_STORE_RETRY_SECONDS", 1.0)
+# /metrics answers these networks, or a request with "Authorization: Bearer <METRICS_BEARER_TOKEN>".
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "") or ""
+# IPv6 clients are counted by network: one /64 is usually one subscriber.
+RATELIMIT_IPV6_PREFIX = env_int("RATELIMIT_IPV6_PREFIX", 64, minimum=1)
+
 # --- REST framework / OpenAPI ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -175,7 +187,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "bookstore.parsers.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bookstore")
+# Every test run gets its own Redis key space, inherited by the servers the tests start.
+os.environ.setdefault("RESILIENCE_KEY_PREFIX", f"test-{uuid.uuid4().hex[:12]}:")
 os.environ.setdefault("REDIS_URL", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 
 from bookstore.settings import *  # noqa: E402,F403

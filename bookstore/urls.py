@@ -4,11 +4,16 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from resilience import views as resilience_views
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("accounts.urls")),
     path("api/", include("catalog.urls")),
     path("api/", include("orders.urls")),
+    path("metrics", resilience_views.metrics, name="metrics"),
+    path("health/breakers", resilience_views.breakers_health, name="health-breakers"),
+    path("health/breaker_metrics", resilience_views.breaker_metrics, name="health-breaker-metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

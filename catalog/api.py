@@ -15,6 +15,7 @@ from bookstore.pagination import PageNumberPagination
 from catalog import selectors, services
 from catalog.models import Book
 from catalog.serializers import BookInput, BookListFilter, BookOutput, BookSearchInput
+from resilience.breakers import breaker
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -48,12 +49,16 @@ class BookListApi(APIView):
 
 class BookSearchApi(APIView):
     permission_classes = [AllowAny]
+    resilience_tags = ("search",)
 
     @extend_schema(parameters=[BookSearchInput], responses=BookOutput(many=True), operation_id="books_search")
     def get(self, request: Request) -> Response:
         params = BookSearchInput(data=_query(request))
         params.is_valid(raise_exception=True)
-        return _paginated(request, self, selectors.book_search(query=params.validated_data["q"]))
+        # The query runs inside the guard (pagination evaluates it), so a failing or slow search
+        # trips the breaker and later searches get a fast 503 instead of piling onto the database.
+        with breaker("search"):
+            return _paginated(request, self, selectors.book_search(query=params.validated_data["q"]))
 
 
 class BookDetailApi(APIView):

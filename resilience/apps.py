@@ -6,3 +6,6 @@ from django.apps import AppConfig
 class ResilienceConfig(AppConfig):
     name = "resilience"
     verbose_name = "Resilience"
+
+    def ready(self) -> None:
+        from resilience import signals  # noqa: F401

@@ -97,3 +97,30 @@ def staff_client(staff: User) -> APIClient:
 @pytest.fixture
 def suspended_client(suspended: User) -> APIClient:
     return client_for(suspended)
+
+
+@pytest.fixture(autouse=True)
+def _resilience_isolation(request: pytest.FixtureRequest) -> None:
+    """Start every database test without resilience policies, unless it asks for the defaults.
+
+    The default policies (per-IP limits) would otherwise throttle tests that send many requests
+    from one address; tests of the policies themselves create what they need.
+    """
+    from resilience import principal
+    from resilience.middleware import route_info
+    from resilience.runtime import get_runtime
+
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or (
+        marker is not None and marker.kwargs.get("transaction", False)
+    )
+    uses_db = transactional or marker is not None or "db" in request.fixturenames
+    if uses_db and request.node.get_closest_marker("default_policies") is None:
+        request.getfixturevalue("transactional_db" if transactional else "db")
+        from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+
+        RateLimitPolicy.objects.all().delete()
+        CircuitBreakerPolicy.objects.all().delete()
+    principal.clear()
+    route_info.cache_clear()
+    get_runtime().invalidate()

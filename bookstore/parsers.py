@@ -1,0 +1,19 @@
+"""Request body parsers shared by every API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+
+class JSONParser(parsers.JSONParser):
+    """Parse JSON, answering over-deep nesting with 400 instead of a RecursionError (500)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as e:
+            # "[[[[…" a few kilobytes long exhausts the json module's recursion limit.
+            raise ParseError("JSON parse error - nested too deeply.") from e

@@ -1,0 +1,246 @@
+"""Staff edit policies here; every save is in force on every worker within a second."""
+
+from __future__ import annotations
+
+import math
+import threading
+from datetime import UTC, datetime
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from resilience import services
+from resilience.breaker import State, StoreUnavailable
+from resilience.limiter import parse_rate
+from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
+
+
+class RateLimitPolicyForm(forms.ModelForm):
+    rate = forms.CharField(
+        required=False,
+        help_text='Shortcut for limit and period, e.g. "100/minute", "5/10s", "1000/hour". Overrides both.',
+    )
+
+    class Meta:
+        model = RateLimitPolicy
+        fields = [
+            "name", "enabled", "mode", "priority", "methods", "match_type", "pattern", "key", "header_name",
+            "algorithm", "limit", "period", "burst", "exempt_staff", "on_store_failure",
+        ]  # fmt: skip
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["limit"].required = False
+
+    def clean(self) -> dict:
+        data = super().clean()
+        rate = (data.get("rate") or "").strip()
+        if rate:
+            try:
+                parsed = parse_rate(rate)
+            except ValueError as e:
+                self.add_error("rate", str(e))
+                return data
+            data["limit"], data["period"] = parsed.limit, parsed.period
+            self.instance.limit, self.instance.period = parsed.limit, parsed.period
+        elif data.get("limit") is None:
+            self.add_error("limit", "Give a limit, or a rate such as 100/minute.")
+        return data
+
+
+class RateLimitOverrideInline(admin.TabularInline):
+    model = RateLimitOverride
+    extra = 0
+    fields = ["key_value", "limit", "note"]
+
+
+_page = threading.local()
+
+
+def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, message: str) -> None:
+    for obj in queryset:
+        admin_obj.log_change(request, obj, message)
+
+
+@admin.register(RateLimitPolicy)
+class RateLimitPolicyAdmin(admin.ModelAdmin):
+    form = RateLimitPolicyForm
+    inlines = [RateLimitOverrideInline]
+    list_display = [
+        "name",
+        "enabled",
+        "mode",
+        "rate_display",
+        "algorithm",
+        "key_display",
+        "match_display",
+        "priority",
+        "on_store_failure",
+        "usage",
+    ]
+    list_filter = ["enabled", "mode", "algorithm", "key", "match_type", "on_store_failure"]
+    search_fields = ["name", "pattern", "header_name"]
+    actions = ["enable", "disable", "dry_run", "enforce", "reset_counters"]
+    fieldsets = (
+        (None, {"fields": ("name", "enabled", "mode", "priority")}),
+        ("Which requests", {"fields": ("methods", "match_type", "pattern")}),
+        ("Counted by", {"fields": ("key", "header_name")}),
+        ("Limit", {"fields": ("rate", "algorithm", "limit", "period", "burst")}),
+        ("Behaviour", {"fields": ("exempt_staff", "on_store_failure")}),
+    )
+
+    @admin.display(description="limit", ordering="limit")
+    def rate_display(self, obj: RateLimitPolicy) -> str:
+        return f"{obj.limit} / {obj.period} s"
+
+    @admin.display(description="key", ordering="key")
+    def key_display(self, obj: RateLimitPolicy) -> str:
+        return f"header {obj.header_name}" if obj.key == RateLimitPolicy.Key.HEADER else obj.key
+
+    @admin.display(description="applies to")
+    def match_display(self, obj: RateLimitPolicy) -> str:
+        methods = obj.methods or "any"
+        return f"{methods} {obj.match_type}: {obj.pattern}"
+
+    @admin.display(description="live usage")
+    def usage(self, obj: RateLimitPolicy) -> str:
+        # Only a global policy has one counter worth showing; per-client usage is in the dashboard.
+        if obj.key != RateLimitPolicy.Key.GLOBAL or not obj.enabled:
+            return "—"
+        decision = services.policy_usage(policy=obj, key="all")
+        if decision is None:
+            return "unavailable"
+        return f"{decision.limit - decision.remaining} of {decision.limit} used"
+
+    @admin.action(description="Enable selected policies")
+    def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.policy_update(policies=queryset, enabled=True)
+        _log(self, request, queryset, "Enabled")
+        self.message_user(request, f"{n} policy(ies) enabled")
+
+    @admin.action(description="Disable selected policies")
+    def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.policy_update(policies=queryset, enabled=False)
+        _log(self, request, queryset, "Disabled")
+        self.message_user(request, f"{n} policy(ies) disabled")
+
+    @admin.action(description="Switch selected policies to dry run")
+    def dry_run(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.policy_update(policies=queryset, mode=RateLimitPolicy.Mode.DRY_RUN)
+        _log(self, request, queryset, "Switched to dry run")
+        self.message_user(request, f"{n} policy(ies) in dry run")
+
+    @admin.action(description="Enforce selected policies")
+    def enforce(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.policy_update(policies=queryset, mode=RateLimitPolicy.Mode.ENFORCE)
+        _log(self, request, queryset, "Enforced")
+        self.message_user(request, f"{n} policy(ies) enforced")
+
+    @admin.action(description="Reset counters of selected policies")
+    def reset_counters(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.policy_reset(policies=queryset)
+        _log(self, request, queryset, "Counters reset")
+        self.message_user(request, f"{n} policy(ies) reset", level=messages.SUCCESS)
+
+
+@admin.register(CircuitBreakerPolicy)
+class CircuitBreakerPolicyAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "enabled",
+        "live_state",
+        "live_counts",
+        "opened_at",
+        "match_display",
+        "failure_threshold",
+        "failure_rate",
+        "open_seconds",
+        "half_open_max_calls",
+        "fallback",
+    ]
+    list_filter = ["enabled", "fallback", "window_kind", "match_type"]
+    search_fields = ["name", "pattern"]
+    actions = ["reset", "force_open", "force_close", "release"]
+    fieldsets = (
+        (None, {"fields": ("name", "enabled")}),
+        ("Which requests", {"fields": ("methods", "match_type", "pattern")}),
+        ("Failures", {"fields": ("failure_statuses", "slow_call_ms")}),
+        (
+            "Tripping",
+            {"fields": ("failure_threshold", "failure_rate", "window_kind", "window_size", "minimum_calls")},
+        ),
+        ("Recovery", {"fields": ("open_seconds", "half_open_max_calls")}),
+        ("While open", {"fields": ("fallback", "stale_max_age")}),
+    )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> object:
+        # One pipelined read of every breaker's live state for the whole page, kept per thread
+        # because one ModelAdmin instance serves every request of a threaded worker.
+        try:
+            rows = services.breaker_status(policies=CircuitBreakerPolicy.objects.all())
+        except StoreUnavailable:
+            rows = []
+        _page.live = {row["name"]: row for row in rows}
+        return super().changelist_view(request, extra_context)
+
+    def _row(self, obj: CircuitBreakerPolicy) -> dict | None:
+        return getattr(_page, "live", {}).get(obj.name)
+
+    @admin.display(description="state")
+    def live_state(self, obj: CircuitBreakerPolicy) -> str:
+        row = self._row(obj)
+        if row is None:
+            return "unavailable"
+        text = str(row["detail_state"])
+        if row["state"] == "open" and not row["forced"]:
+            text += f", half-open in {math.ceil(float(row['seconds_to_half_open']))} s"
+        return text
+
+    @admin.display(description="failures (consecutive / window)")
+    def live_counts(self, obj: CircuitBreakerPolicy) -> str:
+        row = self._row(obj)
+        if row is None:
+            return "—"
+        return f"{row['consecutive_failures']} / {row['window_failures']} of {row['window_calls']}"
+
+    @admin.display(description="opened at")
+    def opened_at(self, obj: CircuitBreakerPolicy) -> str:
+        row = self._row(obj)
+        if row is None or not row["opened_at"]:
+            return "—"
+        return datetime.fromtimestamp(float(row["opened_at"]), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    @admin.display(description="applies to")
+    def match_display(self, obj: CircuitBreakerPolicy) -> str:
+        if obj.match_type == "code":
+            return f'code: breaker("{obj.name}")'
+        return f"{obj.methods or 'any'} {obj.match_type}: {obj.pattern}"
+
+    def _names(self, queryset: QuerySet) -> list[str]:
+        return list(queryset.values_list("name", flat=True))
+
+    @admin.action(description="Reset selected breakers (close, clear counts)")
+    def reset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.breaker_reset(names=self._names(queryset))
+        _log(self, request, queryset, "Breaker reset")
+        self.message_user(request, f"{n} breaker(s) reset")
+
+    @admin.action(description="Force selected breakers open")
+    def force_open(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_OPEN)
+        _log(self, request, queryset, "Breaker forced open")
+        self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
+
+    @admin.action(description="Force selected breakers closed")
+    def force_close(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_CLOSED)
+        _log(self, request, queryset, "Breaker forced closed")
+        self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
+
+    @admin.action(description="Release forced state of selected breakers")
+    def release(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.breaker_force(names=self._names(queryset), state=None)
+        _log(self, request, queryset, "Breaker released")
+        self.message_user(request, f"{n} breaker(s) released")

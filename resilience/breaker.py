@@ -1,0 +1,469 @@
+"""Circuit-breaker engine: states, config, the state machine and the store contract.
+
+The design follows sony/gobreaker (lazy transitions, generations, two-step allow/done) with the state
+kept in a store so every worker of every instance sees one breaker. Both stores
+(``resilience.stores.memory_breaker`` and ``resilience.stores.redis_breaker``) implement the contract
+below identically; the memory store runs the step functions of this module under one lock, the Redis
+store runs their Lua mirror (``resilience/lua/breaker_lib.lua``) as one atomic script call. No lock is
+ever held around the protected call: admission and recording are two separate atomic steps.
+
+Store contract (``now`` defaults to the store's clock: ``time.time`` in memory, Redis ``TIME``):
+
+``allow(cfg, now=None) -> (Permit, transitions)``
+    CLOSED and FORCED_CLOSED admit (``trial=False``) and write nothing. FORCED_OPEN rejects with
+    ``retry_after=cfg.open_seconds`` (a hint only: it holds until released). OPEN rejects with
+    ``retry_after`` = seconds left of the open period; once the period is over the store switches to
+    HALF_OPEN (new generation) on this call and carries on as HALF_OPEN. HALF_OPEN admits while fewer
+    than ``half_open_max_calls`` (K) trial permits of the current generation were handed out
+    (``trial=True``), so exactly K permits are issued across the whole cluster; beyond K it rejects with
+    ``retry_after`` = seconds until the trial lease (below) runs out.
+
+``record(cfg, generation, success, now=None) -> (state after, transitions)``
+    Report the outcome of a call admitted with ``permit.generation``; call it only for allowed permits,
+    exactly once. An outcome whose generation differs from the current one is ignored (it belongs to
+    an earlier state). CLOSED: a success zeroes the consecutive-failure count, a failure increments it;
+    both go into the rolling window; when ``ready_to_trip`` fires the breaker goes OPEN (new
+    generation, ``opened_at=now``, open until ``now + open_seconds``). HALF_OPEN: any failure re-opens
+    with a fresh open period; the K-th success closes. FORCED states ignore outcomes.
+
+``force(name, state, now=None) -> transitions``
+    ``State.FORCED_OPEN`` / ``State.FORCED_CLOSED`` hold until released with ``None``; releasing goes to
+    CLOSED. Forcing the state it is already in, or releasing a breaker that is not forced, is a no-op.
+
+``reset(name, now=None) -> transitions``
+    Back to CLOSED from anywhere (also from a forced state), counters cleared, new generation.
+
+``snapshot(cfg, now=None) -> Snapshot`` / ``snapshots(cfgs, now=None) -> list[Snapshot]``
+    Read-only view with the pending lazy steps applied to a copy: an OPEN breaker whose period is over
+    reports HALF_OPEN (and the generation it will get), nothing is written.
+
+Rules shared by every operation:
+
+- Every state change bumps the generation and clears all counters and the window. Each mutating
+  operation first applies the lazy OPEN -> HALF_OPEN step, so the transition list is a faithful log:
+  it is returned by whichever call applied it, once across the cluster.
+- The open period is fixed when the breaker trips (``open_until``, like gobreaker's ``expiry``): an edit
+  of ``open_seconds`` applies from the next trip on; ``reset`` ends a running period at once.
+- Trial lease: a trial whose worker dies never reports, which would wedge HALF_OPEN for good. The first
+  trial permit of a batch starts a lease of ``trial_lease_seconds(cfg)`` = ``max(open_seconds, 10)``;
+  once it has run out, the next call starts a fresh batch (new generation, K slots again, no
+  transition since the state stays HALF_OPEN). Tradeoff accepted: a trial slower than the lease is
+  treated as abandoned and its late outcome is ignored, and for up to one lease the breaker may be
+  stuck rejecting everything after a worker died mid-trial.
+- Rolling window, ``window_kind="count"``: the last ``window_size`` calls. ``"time"``: one-second buckets,
+  the window holds buckets ``floor(now) - window_size + 1 .. floor(now)``. A change of kind or size
+  clears the window. The rate rule needs at least ``minimum_calls`` calls in the window (for count
+  windows capped at ``window_size``, as resilience4j does, so a too-large minimum cannot disable it).
+- Clocks are assumed monotonic enough: a time-window call that is older than the window's lowest
+  bucket is counted in that bucket rather than lost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple, Protocol
+
+# One error type for every store, so callers apply a single fail-open / fail-closed rule.
+from resilience.limiter import StoreUnavailable as StoreUnavailable
+
+# A lease never shorter than 10 s: a short open period must not expire trials still in flight.
+TRIAL_LEASE_FLOOR = 10.0
+
+
+class State(StrEnum):
+    """Name the states a breaker can be in."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+    FORCED_OPEN = "forced-open"
+    FORCED_CLOSED = "forced-closed"
+
+
+FORCED_STATES = frozenset({State.FORCED_OPEN, State.FORCED_CLOSED})
+WINDOW_KINDS = ("count", "time")
+
+
+class BreakerConfig(NamedTuple):
+    """Describe one breaker; every store reads it per call, so edits apply on the next call."""
+
+    name: str
+    # Consecutive failures that trip the breaker (0 = rule off).
+    failure_threshold: int = 5
+    # Failure percentage (0..100) over the rolling window that trips it (0 = rule off).
+    failure_rate: float = 0.0
+    # Rolling window: the last N calls (window_kind="count") or the last N seconds ("time").
+    window_size: int = 20
+    window_kind: str = "count"
+    # The rate rule applies only once the window holds this many calls.
+    minimum_calls: int = 10
+    # How long OPEN lasts before HALF_OPEN admits trial calls.
+    open_seconds: float = 30.0
+    # K: exactly K trial calls are admitted across the cluster; K successes close, any failure re-opens.
+    half_open_max_calls: int = 1
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range."""
+        if not self.name:
+            raise ValueError("name: must not be empty")
+        if self.failure_threshold < 0:
+            raise ValueError("failure_threshold: must be >= 0")
+        if not 0.0 <= self.failure_rate <= 100.0:
+            raise ValueError("failure_rate: must be between 0 and 100")
+        if self.window_size < 1:
+            raise ValueError("window_size: must be >= 1")
+        if self.window_kind not in WINDOW_KINDS:
+            raise ValueError(f"window_kind: must be one of {', '.join(WINDOW_KINDS)}")
+        if self.minimum_calls < 0:
+            raise ValueError("minimum_calls: must be >= 0")
+        if not (0.0 < self.open_seconds < math.inf):
+            raise ValueError("open_seconds: must be a positive finite number")
+        if self.half_open_max_calls < 1:
+            raise ValueError("half_open_max_calls: must be >= 1")
+
+
+class Permit(NamedTuple):
+    """Answer to allow(): whether the call may run and what to pass back to record()."""
+
+    allowed: bool
+    state: State  # state as seen at admission (after the lazy transition)
+    generation: int  # pass back to record()
+    retry_after: float  # seconds until a call may be admitted again when rejected (0 when allowed)
+    trial: bool  # True when admitted as a half-open trial call
+
+
+class Transition(NamedTuple):
+    """One state change, returned so callers can log, signal and count it."""
+
+    name: str
+    from_state: State
+    to_state: State
+    generation: int  # the generation the breaker entered
+    at: float  # store clock when the change was applied
+
+
+class Snapshot(NamedTuple):
+    """Read-only view of one breaker for admin pages, metrics and commands."""
+
+    name: str
+    state: State
+    generation: int
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    opened_at: float | None  # time of the last trip while OPEN / HALF_OPEN, else None
+    retry_after: float  # what a rejected allow() would say now; 0 if allow() would admit
+    forced: bool
+
+
+class BreakerStore(Protocol):
+    """Hold breaker state; see the module docstring for the exact semantics."""
+
+    def allow(self, cfg: BreakerConfig, now: float | None = None) -> tuple[Permit, list[Transition]]:
+        """Admit or reject one call, applying the lazy transition first."""
+        ...
+
+    def record(
+        self, cfg: BreakerConfig, generation: int, success: bool, now: float | None = None
+    ) -> tuple[State, list[Transition]]:
+        """Report the outcome of a call admitted with that generation; return the state after."""
+        ...
+
+    def force(self, name: str, state: State | None, now: float | None = None) -> list[Transition]:
+        """Hold the breaker FORCED_OPEN / FORCED_CLOSED, or release it to CLOSED with None."""
+        ...
+
+    def reset(self, name: str, now: float | None = None) -> list[Transition]:
+        """Put the breaker back to CLOSED with counters cleared and a new generation."""
+        ...
+
+    def snapshot(self, cfg: BreakerConfig, now: float | None = None) -> Snapshot:
+        """Return a read-only view with pending lazy steps applied to a copy."""
+        ...
+
+    def snapshots(self, cfgs: Iterable[BreakerConfig], now: float | None = None) -> list[Snapshot]:
+        """Return snapshot() for each config, in order."""
+        ...
+
+
+# --- pure rules (the Lua library mirrors each one) -------------------------------------------------
+
+
+def effective_minimum_calls(cfg: BreakerConfig) -> int:
+    """Return the call count the rate rule waits for, capped at the size of a count window."""
+    if cfg.window_kind == "count":
+        return min(cfg.minimum_calls, cfg.window_size)
+    return cfg.minimum_calls
+
+
+def ready_to_trip(cfg: BreakerConfig, consecutive_failures: int, window_calls: int, window_failures: int) -> bool:
+    """Return True if the consecutive rule or the failure-rate rule fires."""
+    if cfg.failure_threshold > 0 and consecutive_failures >= cfg.failure_threshold:
+        return True
+    # Compare failures * 100 with rate * calls rather than dividing, so Lua and Python agree exactly.
+    return (
+        cfg.failure_rate > 0
+        and window_calls > 0
+        and window_calls >= effective_minimum_calls(cfg)
+        and window_failures * 100 >= cfg.failure_rate * window_calls
+    )
+
+
+def trial_lease_seconds(cfg: BreakerConfig) -> float:
+    """Return how long a half-open batch of trial permits stays reserved."""
+    return max(cfg.open_seconds, TRIAL_LEASE_FLOOR)
+
+
+def window_signature(cfg: BreakerConfig) -> str:
+    """Return the tag that says which window layout stored counts belong to."""
+    return f"{cfg.window_kind}:{cfg.window_size}"
+
+
+def open_period_over(state: State, open_until: float, now: float) -> bool:
+    """Return True if an OPEN breaker is due to turn HALF_OPEN."""
+    return state is State.OPEN and now >= open_until
+
+
+# --- state kept per breaker --------------------------------------------------------------------------
+
+
+class RollingWindow:
+    """Count calls and failures over the last N calls or the last N seconds."""
+
+    def __init__(self) -> None:
+        self.signature = ""
+        self.calls = 0
+        self.failures = 0
+        self.outcomes: deque[bool] = deque()  # count kind: True = failure, oldest first
+        self.buckets: dict[int, list[int]] = {}  # time kind: second -> [calls, failures]
+        self.low: int | None = None  # time kind: no bucket below this second exists
+
+    def clear(self) -> None:
+        """Forget every call."""
+        self.signature = ""
+        self.calls = 0
+        self.failures = 0
+        self.outcomes.clear()
+        self.buckets.clear()
+        self.low = None
+
+    def add(self, cfg: BreakerConfig, now: float, failed: bool) -> None:
+        """Count one call, first dropping what fell out of the window."""
+        signature = window_signature(cfg)
+        if self.signature != signature:
+            self.clear()
+            self.signature = signature
+        if cfg.window_kind == "count":
+            self.outcomes.append(failed)
+            self.calls += 1
+            self.failures += failed
+            while self.calls > cfg.window_size:
+                self.calls -= 1
+                self.failures -= self.outcomes.popleft()
+            return
+        second = math.floor(now)
+        cutoff = second - cfg.window_size + 1
+        if self.low is None:
+            self.low = cutoff
+        elif self.low < cutoff:
+            if cutoff - self.low >= cfg.window_size:
+                # Every bucket lies in [low, low + size - 1], so all of them are out: drop in one go.
+                self.buckets.clear()
+                self.calls = self.failures = 0
+            else:
+                # At most size - 1 steps, and each second is evicted once: amortised O(1) per call.
+                for old in range(self.low, cutoff):
+                    old_calls, old_failures = self.buckets.pop(old, (0, 0))
+                    self.calls -= old_calls
+                    self.failures -= old_failures
+            self.low = cutoff
+        bucket = self.buckets.setdefault(max(second, self.low), [0, 0])
+        bucket[0] += 1
+        bucket[1] += failed
+        self.calls += 1
+        self.failures += failed
+
+    def counts(self, cfg: BreakerConfig, now: float) -> tuple[int, int]:
+        """Return (calls, failures) in the window at ``now`` without changing anything."""
+        if self.signature != window_signature(cfg):
+            return 0, 0
+        if cfg.window_kind == "count" or self.low is None:
+            return self.calls, self.failures
+        cutoff = math.floor(now) - cfg.window_size + 1
+        if self.low >= cutoff:
+            return self.calls, self.failures
+        if cutoff - self.low >= cfg.window_size:
+            return 0, 0
+        calls, failures = self.calls, self.failures
+        for old in range(self.low, cutoff):
+            old_calls, old_failures = self.buckets.get(old, (0, 0))
+            calls -= old_calls
+            failures -= old_failures
+        return calls, failures
+
+
+@dataclass
+class BreakerData:
+    """Hold the mutable state of one breaker, as the Redis hash does field by field."""
+
+    state: State = State.CLOSED
+    generation: int = 0
+    consecutive_failures: int = 0
+    opened_at: float | None = None
+    open_until: float = 0.0
+    trials_issued: int = 0
+    trial_successes: int = 0
+    lease_until: float = 0.0
+    window: RollingWindow = field(default_factory=RollingWindow)
+
+
+# --- state machine steps (mutate BreakerData; the memory store runs them under its lock) -------------
+
+
+def _change(data: BreakerData, to: State) -> None:
+    """Enter ``to`` with a new generation and every counter cleared."""
+    data.generation += 1
+    data.state = to
+    data.consecutive_failures = 0
+    data.trials_issued = 0
+    data.trial_successes = 0
+    data.lease_until = 0.0
+    data.window.clear()
+    if to not in (State.OPEN, State.HALF_OPEN):
+        data.opened_at = None
+        data.open_until = 0.0
+
+
+def _move(data: BreakerData, name: str, to: State, now: float, transitions: list[Transition]) -> None:
+    """Enter ``to`` and log the transition."""
+    transitions.append(Transition(name, data.state, to, data.generation + 1, now))
+    _change(data, to)
+
+
+def _trip(data: BreakerData, cfg: BreakerConfig, now: float, transitions: list[Transition]) -> None:
+    """Open the breaker for a fresh open period."""
+    _move(data, cfg.name, State.OPEN, now, transitions)
+    data.opened_at = now
+    data.open_until = now + cfg.open_seconds
+
+
+def _apply_lazy(data: BreakerData, name: str, now: float, transitions: list[Transition]) -> None:
+    """Turn OPEN into HALF_OPEN once the open period is over."""
+    if open_period_over(data.state, data.open_until, now):
+        _move(data, name, State.HALF_OPEN, now, transitions)
+
+
+def _release_abandoned_trials(data: BreakerData, now: float) -> None:
+    """Start a fresh half-open batch when the current batch's lease has run out."""
+    if data.state is State.HALF_OPEN and data.trials_issued > 0 and now >= data.lease_until:
+        # New generation so that late outcomes from the abandoned batch are ignored.
+        data.generation += 1
+        data.trials_issued = 0
+        data.trial_successes = 0
+        data.lease_until = 0.0
+
+
+def breaker_allow(data: BreakerData, cfg: BreakerConfig, now: float) -> tuple[Permit, list[Transition]]:
+    """Admit or reject one call; see the store contract in the module docstring."""
+    transitions: list[Transition] = []
+    _apply_lazy(data, cfg.name, now, transitions)
+    allowed, trial, retry_after = False, False, 0.0
+    if data.state in (State.CLOSED, State.FORCED_CLOSED):
+        allowed = True
+    elif data.state is State.FORCED_OPEN:
+        retry_after = cfg.open_seconds
+    elif data.state is State.OPEN:
+        retry_after = data.open_until - now
+    else:
+        _release_abandoned_trials(data, now)
+        if data.trials_issued < cfg.half_open_max_calls:
+            if data.trials_issued == 0:
+                data.lease_until = now + trial_lease_seconds(cfg)
+            data.trials_issued += 1
+            allowed, trial = True, True
+        else:
+            retry_after = data.lease_until - now
+    return Permit(allowed, data.state, data.generation, retry_after, trial), transitions
+
+
+def breaker_record(
+    data: BreakerData, cfg: BreakerConfig, generation: int, success: bool, now: float
+) -> tuple[State, list[Transition]]:
+    """Apply the outcome of one admitted call; see the store contract in the module docstring."""
+    transitions: list[Transition] = []
+    _apply_lazy(data, cfg.name, now, transitions)
+    _release_abandoned_trials(data, now)
+    if generation != data.generation:
+        return data.state, transitions
+    if data.state is State.CLOSED:
+        data.consecutive_failures = 0 if success else data.consecutive_failures + 1
+        data.window.add(cfg, now, not success)
+        if ready_to_trip(cfg, data.consecutive_failures, data.window.calls, data.window.failures):
+            _trip(data, cfg, now, transitions)
+    elif data.state is State.HALF_OPEN:
+        if not success:
+            _trip(data, cfg, now, transitions)
+        else:
+            data.trial_successes += 1
+            if data.trial_successes >= cfg.half_open_max_calls:
+                _move(data, cfg.name, State.CLOSED, now, transitions)
+    return data.state, transitions
+
+
+def breaker_force(data: BreakerData, name: str, state: State | None, now: float) -> list[Transition]:
+    """Force or release the breaker; see the store contract in the module docstring."""
+    if state is not None and state not in FORCED_STATES:
+        raise ValueError(f"force() takes {State.FORCED_OPEN}, {State.FORCED_CLOSED} or None, not {state}")
+    transitions: list[Transition] = []
+    _apply_lazy(data, name, now, transitions)
+    if state is None:
+        if data.state in FORCED_STATES:
+            _move(data, name, State.CLOSED, now, transitions)
+    elif data.state is not state:
+        _move(data, name, state, now, transitions)
+    return transitions
+
+
+def breaker_reset(data: BreakerData, name: str, now: float) -> list[Transition]:
+    """Put the breaker back to CLOSED; see the store contract in the module docstring."""
+    transitions: list[Transition] = []
+    _apply_lazy(data, name, now, transitions)
+    if data.state is State.CLOSED:
+        _change(data, State.CLOSED)
+    else:
+        _move(data, name, State.CLOSED, now, transitions)
+    return transitions
+
+
+def breaker_snapshot(data: BreakerData, cfg: BreakerConfig, now: float) -> Snapshot:
+    """Return the read-only view of ``data`` at ``now``; ``data`` is left untouched."""
+    state, generation = data.state, data.generation
+    consecutive, trials, lease_until = data.consecutive_failures, data.trials_issued, data.lease_until
+    calls, failures = data.window.counts(cfg, now)
+    if open_period_over(state, data.open_until, now):
+        state, generation = State.HALF_OPEN, generation + 1
+        consecutive, trials, calls, failures = 0, 0, 0, 0
+    elif state is State.HALF_OPEN and trials > 0 and now >= lease_until:
+        generation, trials = generation + 1, 0
+    retry_after = 0.0
+    if state is State.OPEN:
+        retry_after = data.open_until - now
+    elif state is State.FORCED_OPEN:
+        retry_after = cfg.open_seconds
+    elif state is State.HALF_OPEN and trials >= cfg.half_open_max_calls:
+        retry_after = lease_until - now
+    return Snapshot(
+        name=cfg.name,
+        state=state,
+        generation=generation,
+        consecutive_failures=consecutive,
+        window_calls=calls,
+        window_failures=failures,
+        opened_at=data.opened_at,
+        retry_after=retry_after,
+        forced=state in FORCED_STATES,
+    )

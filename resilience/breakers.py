@@ -1,0 +1,208 @@
+"""Circuit breakers in Django: the code guard, transitions (log, metrics, signal) and stale copies.
+
+`with breaker("search"):` and `@breaker("search")` protect a code path with the policy of that
+name, sharing state with the middleware that protects matched routes. When the named policy does
+not exist or is disabled, the guard lets everything through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from contextlib import ContextDecorator
+from typing import Any
+
+from django.dispatch import Signal
+
+from bookstore.exceptions import ApplicationError
+from resilience.breaker import Permit, State, StoreUnavailable, Transition
+from resilience.metrics import breaker_rejections, breaker_transitions
+from resilience.policyset import BreakerRule
+from resilience.runtime import Runtime, get_runtime, key_prefix
+
+log = logging.getLogger("resilience.breakers")
+
+# Sent once per transition, by whichever process applied it (gobreaker's OnStateChange).
+# kwargs: name, from_state, to_state, generation, at
+breaker_state_changed = Signal()
+
+# The states clients see in X-Circuit-Breaker-State; a forced state looks like the one it forces.
+PUBLIC_STATE = {
+    State.CLOSED: "closed",
+    State.FORCED_CLOSED: "closed",
+    State.OPEN: "open",
+    State.FORCED_OPEN: "open",
+    State.HALF_OPEN: "half-open",
+}
+
+
+class BreakerOpen(ApplicationError):
+    """The breaker is open: the protected call was not attempted."""
+
+    status_code = 503
+    slug = "temporary-reduced-capacity"
+    title = "Service temporarily unavailable"
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            f"The {name} circuit breaker is open; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds), "X-Circuit-Breaker-State": "open"},
+            breaker=name,
+        )
+        self.name = name
+        self.retry_after = seconds
+
+
+def announce(transitions: list[Transition]) -> None:
+    """Log, count and signal each transition."""
+    for t in transitions:
+        breaker_transitions.labels(t.name, str(t.from_state), str(t.to_state)).inc()
+        log.warning(
+            "circuit breaker %s: %s -> %s",
+            t.name,
+            t.from_state,
+            t.to_state,
+            extra={
+                "event": "breaker_transition",
+                "breaker": t.name,
+                "from_state": str(t.from_state),
+                "to_state": str(t.to_state),
+                "generation": t.generation,
+            },
+        )
+        breaker_state_changed.send(
+            sender=Transition,
+            name=t.name,
+            from_state=t.from_state,
+            to_state=t.to_state,
+            generation=t.generation,
+            at=t.at,
+        )
+
+
+class Call:
+    """One admitted call: report its outcome exactly once."""
+
+    __slots__ = ("rule", "permit", "fallback", "started", "runtime")
+
+    def __init__(self, runtime: Runtime, rule: BreakerRule, permit: Permit, fallback: bool) -> None:
+        self.runtime = runtime
+        self.rule = rule
+        self.permit = permit
+        self.fallback = fallback
+        self.started = time.perf_counter()
+
+    def done(self, *, success: bool) -> None:
+        """Record the outcome in the store that admitted the call."""
+        store = self.runtime.breaker_fallback if self.fallback else self.runtime.breaker_shared
+        try:
+            _, transitions = store.record(self.rule.config, self.permit.generation, success)
+        except StoreUnavailable as e:
+            self.runtime.mark_down("breaker_record", e)
+            return
+        announce(transitions)
+
+    def done_with_status(self, status: int) -> bool:
+        """Record a response's outcome; return True if it counted as a failure."""
+        failed = self.rule.is_failure(status, time.perf_counter() - self.started)
+        self.done(success=not failed)
+        return failed
+
+
+def admit(runtime: Runtime, rule: BreakerRule) -> Call:
+    """Ask the breaker for a permit; raise BreakerOpen when it rejects the call."""
+    store, fallback = runtime.breaker_store()
+    try:
+        permit, transitions = store.allow(rule.config)
+    except StoreUnavailable as e:
+        runtime.mark_down("breaker_allow", e)
+        store, fallback = runtime.breaker_fallback, True
+        permit, transitions = store.allow(rule.config)
+    announce(transitions)
+    if not permit.allowed:
+        breaker_rejections.labels(rule.name).inc()
+        raise BreakerOpen(rule.name, permit.retry_after)
+    return Call(runtime, rule, permit, fallback)
+
+
+class breaker(ContextDecorator):  # noqa: N801 - reads as a keyword: `with breaker("search"):`
+    """Protect a block or function with the breaker policy of that name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: list[Call | None] = []
+
+    def __enter__(self) -> breaker:
+        runtime = get_runtime()
+        rule = runtime.snapshot().breakers_by_name.get(self.name)
+        self._calls.append(admit(runtime, rule) if rule is not None else None)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        call = self._calls.pop()
+        if call is None:
+            return
+        if exc is not None:
+            call.done(success=False)
+            return
+        elapsed = time.perf_counter() - call.started
+        slow = call.rule.slow_call_seconds
+        call.done(success=not (slow is not None and elapsed > slow))
+
+
+# --- stale copies of good GET responses --------------------------------------------------------
+
+
+def stale_key(rule: BreakerRule, url: str) -> str:
+    """Return the Redis key of the last good response of a URL under a breaker."""
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{key_prefix()}stale:{{{rule.name}}}:{digest}"
+
+
+# Minimum seconds between two stale copies of one URL from one worker: a hot URL is not
+# rewritten to Redis on every request, at the cost of a copy up to this much older.
+STALE_REFRESH_SECONDS = 2.0
+_last_saved: dict[str, float] = {}
+
+
+def save_stale(runtime: Runtime, rule: BreakerRule, url: str, status: int, content_type: str, body: bytes) -> None:
+    """Keep a copy of a good response for the stale fallback (best effort)."""
+    key = stale_key(rule, url)
+    now = time.monotonic()
+    if now - _last_saved.get(key, 0.0) < STALE_REFRESH_SECONDS:
+        return
+    if len(_last_saved) > 10_000:
+        _last_saved.clear()
+    _last_saved[key] = now
+    payload = json.dumps(
+        {
+            "status": status,
+            "content_type": content_type,
+            "saved_at": time.time(),
+            "body": body.decode("latin-1"),
+        }
+    )
+    try:
+        _redis(runtime).set(key, payload, ex=rule.stale_max_age)
+    except Exception as e:  # noqa: BLE001 - a lost stale copy must never fail the live response
+        runtime.mark_down("stale_save", e)
+
+
+def load_stale(runtime: Runtime, rule: BreakerRule, url: str) -> dict[str, Any] | None:
+    """Return the kept copy of a URL's last good response, or None."""
+    if not runtime.store_available():
+        return None
+    try:
+        raw = _redis(runtime).get(stale_key(rule, url))
+    except Exception as e:  # noqa: BLE001 - no copy is the same as a missing copy: answer 503
+        runtime.mark_down("stale_load", e)
+        return None
+    return json.loads(raw) if raw else None
+
+
+def _redis(runtime: Runtime) -> Any:
+    return runtime.breaker_shared.client  # type: ignore[attr-defined]

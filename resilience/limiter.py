@@ -1,0 +1,228 @@
+"""Decide rate limits: the contract, the rate grammar and the types every limiter store shares.
+
+A store (``stores.memory_limiter`` in process, ``stores.redis_limiter`` in one Lua round trip) holds
+the state; this module says what a hit means, and both stores implement exactly this:
+
+Clock and units
+    Every store works in whole microseconds (``now`` rounded to the nearest microsecond; the Redis
+    store reads Redis ``TIME`` unless a ``now`` override is passed). ``reset_after`` and
+    ``retry_after`` are whole microseconds rounded up, reported in float seconds, so waiting exactly
+    ``retry_after`` on the same clock always lands on an admitting instant.
+
+hit(specs, cost=1, now=None) -> HitResult
+    Every spec is decided against the same instant. The request is admitted iff every *enforcing*
+    spec admits (``HitResult.allowed``). All-or-nothing: a rejected request consumes nothing in any
+    spec, dry-run ones included. An admitted request consumes ``cost`` in each spec that itself
+    admits; a dry-run spec that would deny consumes nothing and reports ``allowed=False``.
+    ``remaining`` and ``reset_after`` describe the state *after* the hit (they include the cost only
+    where it was consumed); ``retry_after`` is 0.0 for an admitting spec, else the wait until a
+    request of the same cost would be admitted by that spec. Keys must be distinct within one hit.
+
+test(specs, now=None) -> list[Decision]
+    The decisions a hit of cost 1 would get, per spec, consuming nothing.
+
+reset(keys) -> int, bump_version() -> int, version() -> int
+    Delete state; increment / read the policy-version counter that every hit also returns, so
+    callers learn of a policy change with no extra round trip. The counter never expires.
+
+Algorithms (``limit == 0`` always denies with ``retry_after == reset_after == period``; a ``cost``
+above the capacity can never be admitted and also reports ``retry_after == period``):
+
+TOKEN_BUCKET
+    GCRA. Emission interval ``T = period / limit``, capacity ``burst`` (default ``limit``),
+    ``tau = burst * T``. State is one theoretical arrival time (TAT), stored as integer microseconds
+    plus a fraction so that epoch magnitudes never round the schedule, and tagged with its write time
+    ``w``. With ``d = clamp(min(TAT, w + tau) - now, 0, tau)`` the request is admitted iff
+    ``d + cost * T <= tau`` (plus ``GCRA_SLACK_US``, a nanosecond that absorbs float noise and is
+    below the clock's resolution). ``remaining = floor((tau - d') / T)``, ``reset_after = d'``,
+    ``retry_after = d + cost * T - tau``. Capping the TAT at ``w + tau`` applies a shrunken capacity
+    as if it had been in force at the last admission: after a policy edit nobody waits longer than
+    the new capacity takes to refill. ``Decision.limit`` is the burst.
+SLIDING_WINDOW
+    Exact sliding log: one timestamp per admitted unit of cost; the window at ``now`` is the
+    half-open span ``(now - period, now]``. Admitted iff ``count + cost <= limit``, so no half-open
+    span of length ``period`` ever holds more than ``limit`` admissions (no 2x burst at a boundary).
+    ``retry_after`` is when enough of the oldest entries leave the window; ``reset_after`` is when
+    the newest one does. A changed limit is simply compared against the log. Memory is one entry per
+    admitted request, so policies should keep sliding-window limits modest (``SLIDING_LOG_MAX``).
+FIXED_WINDOW
+    Windows aligned to multiples of ``period`` since the Unix epoch; one counter per key that
+    remembers its window start. ``reset_after`` and ``retry_after`` run to the window's end. A
+    changed limit keeps the count; a changed period starts counting afresh in the new window.
+
+Every key a store writes expires once its state could no longer affect a decision.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import NamedTuple, Protocol
+
+# Upper bounds for parsed rates: beyond them a policy is a typo, not a limit.
+MAX_LIMIT = 1_000_000_000  # requests per period
+MAX_PERIOD = 366 * 86_400  # one (leap) year, in seconds
+# A sliding log stores one entry per admitted request; policy validation should cap limits here.
+SLIDING_LOG_MAX = 100_000
+# Float noise allowance for GCRA comparisons, in microseconds: a thousandth of the clock's
+# resolution, so it can only ever rescue a request that exact arithmetic admits.
+GCRA_SLACK_US = 0.001
+MICROS = 1_000_000
+
+_UNITS: dict[str, int] = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3_600),
+    **dict.fromkeys(("d", "day", "days"), 86_400),
+    **dict.fromkeys(("w", "wk", "week", "weeks"), 604_800),
+}
+# ASCII digits only: str.isdigit and \d also accept other scripts' digits.
+_RATE_RE = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)?\s*([A-Za-z]+)?\s*")
+
+
+class Algorithm(StrEnum):
+    """Name the limiting algorithms; the values are what stores and policies persist."""
+
+    TOKEN_BUCKET = "token_bucket"
+    SLIDING_WINDOW = "sliding_window"
+    FIXED_WINDOW = "fixed_window"
+
+
+class Rate(NamedTuple):
+    """Hold a parsed rate: ``limit`` requests per ``period`` seconds."""
+
+    limit: int
+    period: int
+
+
+class LimitSpec(NamedTuple):
+    """Describe one limit to decide: where its state lives and what it allows."""
+
+    key: str  # full storage key, built by the caller, e.g. "rl:{7:1.2.3.4}"
+    algorithm: Algorithm
+    limit: int  # requests per period; 0 denies everything
+    period: int  # seconds
+    burst: int | None = None  # token bucket only: capacity; None means limit
+    enforce: bool = True  # False = dry run: counted and reported, never blocks
+
+
+class Decision(NamedTuple):
+    """Report one spec's verdict in the terms of the RateLimit header fields."""
+
+    allowed: bool  # would this spec admit (for a dry-run spec: what it WOULD do)
+    limit: int  # quota for RateLimit-Policy q= (the burst for a token bucket)
+    remaining: int  # requests left now, >= 0 (RateLimit r=)
+    reset_after: float  # seconds until the quota is fully restored (RateLimit t=), >= 0
+    retry_after: float  # seconds until one more request would be admitted; 0.0 when allowed
+
+
+class HitResult(NamedTuple):
+    """Report a whole hit: per-spec decisions, the verdict and the policy version."""
+
+    decisions: list[Decision]  # same order as the specs
+    allowed: bool  # False iff some enforcing spec denied
+    version: int  # policy-version counter as the store saw it during this hit
+
+
+class StoreUnavailable(Exception):
+    """Signal that a store could not decide, so the caller can fail open or closed."""
+
+
+class LimiterStore(Protocol):
+    """Define what the middleware and services need from a limiter store."""
+
+    def hit(self, specs: Sequence[LimitSpec], cost: int = 1, now: float | None = None) -> HitResult:
+        """Decide and consume atomically; see the module docstring for the contract."""
+        ...
+
+    def test(self, specs: Sequence[LimitSpec], now: float | None = None) -> list[Decision]:
+        """Return the decisions a hit of cost 1 would get, consuming nothing."""
+        ...
+
+    def reset(self, keys: Iterable[str]) -> int:
+        """Delete the state of ``keys`` and return how many existed."""
+        ...
+
+    def bump_version(self) -> int:
+        """Increment the policy-version counter and return its new value."""
+        ...
+
+    def version(self) -> int:
+        """Return the policy-version counter (0 if never bumped)."""
+        ...
+
+
+def parse_rate(text: str) -> Rate:
+    """Return the Rate described by ``text`` such as "100/minute", "5/10m" or "100/60"."""
+    if not isinstance(text, str):
+        raise ValueError(f"rate must be a string like '100/minute', not {type(text).__name__}")
+    match = _RATE_RE.fullmatch(text)
+    if match is None or (match[2] is None and match[3] is None):
+        raise ValueError(f"invalid rate {text!r}: expected '<count>/<period>', e.g. '100/minute', '5/10s', '100/60'")
+    limit = int(match[1])
+    multiplier = 1 if match[2] is None else int(match[2])
+    unit = 1
+    if match[3] is not None:
+        try:
+            unit = _UNITS[match[3].lower()]
+        except KeyError:
+            raise ValueError(f"invalid rate {text!r}: unknown unit {match[3]!r} (use s, m, h, d or w)") from None
+    period = multiplier * unit
+    if limit > MAX_LIMIT:
+        raise ValueError(f"invalid rate {text!r}: count must be at most {MAX_LIMIT}")
+    if period < 1:
+        raise ValueError(f"invalid rate {text!r}: period must be at least 1 second")
+    if period > MAX_PERIOD:
+        raise ValueError(f"invalid rate {text!r}: period must be at most {MAX_PERIOD} seconds")
+    return Rate(limit, period)
+
+
+def validate(specs: Sequence[LimitSpec], cost: int) -> list[LimitSpec]:
+    """Return ``specs`` with algorithms coerced, or raise ValueError describing the first bad one."""
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= MAX_LIMIT:
+        raise ValueError(f"cost must be an integer between 1 and {MAX_LIMIT}, got {cost!r}")
+    checked: list[LimitSpec] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec.key, str) or not spec.key:
+            raise ValueError(f"spec key must be a non-empty string: {spec!r}")
+        if spec.key in seen:
+            # Specs are read before any is written, so two specs on one key would undercount.
+            raise ValueError(f"spec key {spec.key!r} appears twice in one hit")
+        seen.add(spec.key)
+        try:
+            algorithm = Algorithm(spec.algorithm)
+        except ValueError:
+            raise ValueError(f"unknown algorithm {spec.algorithm!r} for {spec.key!r}") from None
+        if not _is_int_between(spec.limit, 0, MAX_LIMIT):
+            raise ValueError(f"limit must be an integer in [0, {MAX_LIMIT}]: {spec!r}")
+        if not _is_int_between(spec.period, 1, MAX_PERIOD):
+            raise ValueError(f"period must be an integer number of seconds in [1, {MAX_PERIOD}]: {spec!r}")
+        if spec.burst is not None and not _is_int_between(spec.burst, 1, MAX_LIMIT):
+            raise ValueError(f"burst must be None or an integer in [1, {MAX_LIMIT}]: {spec!r}")
+        checked.append(spec._replace(algorithm=algorithm, enforce=bool(spec.enforce)))
+    return checked
+
+
+def to_micros(now: float) -> int:
+    """Return ``now`` (seconds since the epoch) as whole microseconds."""
+    if not math.isfinite(now) or now < 0:
+        raise ValueError(f"now must be a finite, non-negative timestamp, got {now!r}")
+    return round(now * MICROS)
+
+
+def decision_from_micros(allowed: bool, limit: int, remaining: int, reset_us: int, retry_us: int) -> Decision:
+    """Return a Decision from the integer-microsecond values both stores compute."""
+    return Decision(
+        allowed=allowed,
+        limit=int(limit),
+        remaining=max(int(remaining), 0),
+        reset_after=max(int(reset_us), 0) / MICROS,
+        retry_after=0.0 if allowed else max(int(retry_us), 0) / MICROS,
+    )
+
+
+def _is_int_between(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high

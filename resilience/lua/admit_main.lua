@@ -1,0 +1,76 @@
+-- The middleware's one round trip: rate limits and breaker admission in one atomic step.
+-- Loaded as limiter_lib .. breaker_lib .. admit_main.
+--
+-- KEYS[1..n]          one state key per limit spec
+-- KEYS[n + 1]         the policy-version counter
+-- KEYS[n + 2 ..]      two per breaker: state hash, window key
+-- ARGV[1]             now in integer microseconds, or '' for Redis TIME
+-- ARGV[2]             n, the number of limit specs
+-- ARGV[3 .. 2 + 5n]   five per spec: algorithm, limit, period, burst ('' = limit), enforce
+-- then                m, the number of breakers, and seven config values per breaker
+--
+-- Breakers are asked only when every enforcing limit admits, so a request refused by a limit
+-- never takes a half-open trial slot. They are asked in order and the first refusal stops the
+-- walk: a trial slot taken by an earlier breaker of the same request is then left to its lease
+-- (accepted: one route rarely sits under two breakers).
+--
+-- Reply: {admitted, version, 5 integers per spec (as limiter_main), m_asked, then per asked
+-- breaker: permit, transitions (as breaker_main's allow)}.
+
+local n = tonumber(ARGV[2])
+local now_us
+if ARGV[1] ~= '' then
+  now_us = tonumber(ARGV[1])
+else
+  local time = redis.call('TIME')
+  now_us = tonumber(time[1]) * 1e6 + tonumber(time[2])
+end
+
+local specs = {}
+for i = 1, n do
+  local base = 2 + (i - 1) * 5
+  local burst = nil
+  if ARGV[base + 4] ~= '' then burst = tonumber(ARGV[base + 4]) end
+  specs[i] = {
+    key = KEYS[i],
+    algorithm = ARGV[base + 1],
+    limit = tonumber(ARGV[base + 2]),
+    period = tonumber(ARGV[base + 3]),
+    burst = burst,
+    enforce = ARGV[base + 5] == '1',
+  }
+end
+
+local results, admitted = {}, true
+if n > 0 then
+  results, admitted = rl_hit(now_us, specs, 1, true)
+end
+
+local reply = {0, tonumber(redis.call('GET', KEYS[n + 1])) or 0}
+if admitted then reply[1] = 1 end
+for _, r in ipairs(results) do
+  local allowed = 0
+  if r[1] then allowed = 1 end
+  reply[#reply + 1] = allowed
+  reply[#reply + 1] = r[2]
+  reply[#reply + 1] = r[3]
+  reply[#reply + 1] = r[4]
+  reply[#reply + 1] = r[5]
+end
+
+local m_at = 3 + n * 5
+local m = tonumber(ARGV[m_at])
+local asked = {}
+if admitted then
+  local now_s = now_us / 1000000
+  for j = 1, m do
+    local permit, trans = cb_allow(now_s, KEYS[n + 1 + (j - 1) * 2 + 1], cb_config(ARGV, m_at + 1 + (j - 1) * 7))
+    asked[#asked + 1] = {permit, trans}
+    if permit[1] == 0 then break end
+  end
+end
+reply[#reply + 1] = #asked
+for _, a in ipairs(asked) do
+  reply[#reply + 1] = a
+end
+return reply

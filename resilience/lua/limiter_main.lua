@@ -1,0 +1,51 @@
+-- Entry point of the limiter script; limiter_lib.lua is prepended to this file.
+--
+-- KEYS[1..n]  one state key per spec; KEYS[n + 1] the policy-version counter.
+-- ARGV[1]     now in integer microseconds, or '' to use Redis TIME (the one clock of the fleet;
+--             the override exists for tests that drive a fake clock).
+-- ARGV[2]     cost; ARGV[3] '1' to consume, '0' to only test.
+-- ARGV[4..]   five per spec: algorithm, limit, period (s), burst ('' = limit), enforce ('1'/'0').
+--
+-- Reply: {admitted (0/1), version, then five integers per spec: allowed (0/1), limit, remaining,
+-- reset_after_us, retry_after_us}. Times are whole microseconds, so integer replies lose nothing.
+
+local n = #KEYS - 1
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1e6 + tonumber(time[2])
+end
+local cost = tonumber(ARGV[2])
+local consume = ARGV[3] == '1'
+
+local specs = {}
+for i = 1, n do
+  local base = 3 + (i - 1) * 5
+  local burst = nil
+  if ARGV[base + 4] ~= '' then burst = tonumber(ARGV[base + 4]) end
+  specs[i] = {
+    key = KEYS[i],
+    algorithm = ARGV[base + 1],
+    limit = tonumber(ARGV[base + 2]),
+    period = tonumber(ARGV[base + 3]),
+    burst = burst,
+    enforce = ARGV[base + 5] == '1',
+  }
+end
+
+local results, admitted = rl_hit(now, specs, cost, consume)
+
+local reply = {0, tonumber(redis.call('GET', KEYS[n + 1])) or 0}
+if admitted then reply[1] = 1 end
+for _, r in ipairs(results) do
+  local allowed = 0
+  if r[1] then allowed = 1 end
+  reply[#reply + 1] = allowed
+  reply[#reply + 1] = r[2]
+  reply[#reply + 1] = r[3]
+  reply[#reply + 1] = r[4]
+  reply[#reply + 1] = r[5]
+end
+return reply

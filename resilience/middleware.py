@@ -1,0 +1,288 @@
+"""The resilience middleware: rate limits decided before any view work, in one Redis round trip."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+
+from bookstore.problems import problem_response
+from resilience.breakers import PUBLIC_STATE, Call, announce, load_stale, save_stale
+from resilience.clientip import client_ip, ip_key
+from resilience.limiter import Algorithm, Decision, LimitSpec
+from resilience.metrics import breaker_rejections
+from resilience.policyset import BreakerRule, RateLimitRule, RouteInfo
+from resilience.principal import principal
+from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.stores.admission import Admission
+
+_NO_ROUTE: RouteInfo = ("", frozenset())
+
+
+@lru_cache(maxsize=4096)
+def route_info(path: str) -> RouteInfo:
+    """Return the URL route name and the view's resilience tags for a path."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return _NO_ROUTE
+    view = getattr(match.func, "view_class", None) or match.func
+    tags = frozenset(getattr(view, "resilience_tags", ()) or ())
+    return (match.url_name or "", tags)
+
+
+class _Request:
+    """Per-request facts computed at most once."""
+
+    __slots__ = ("request", "_ip", "_principal")
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self._ip: str | None = None
+        self._principal = None
+
+    @property
+    def ip(self) -> str:
+        if self._ip is None:
+            address = client_ip(self.request, settings.TRUSTED_PROXY_COUNT)
+            self._ip = ip_key(address, settings.RATELIMIT_IPV6_PREFIX)
+        return self._ip
+
+    @property
+    def principal(self):  # noqa: ANN201
+        if self._principal is None:
+            self._principal = principal(self.request)
+        return self._principal
+
+
+def _key_value(rule: RateLimitRule, facts: _Request) -> str | None:
+    """Return what the rule counts this request by, or None when the rule does not apply."""
+    if rule.key == "ip":
+        return facts.ip
+    if rule.key == "global":
+        return "all"
+    if rule.key == "user":
+        user_id = facts.principal.user_id
+        return f"u{user_id}" if user_id is not None else f"ip:{facts.ip}"
+    from resilience.models import hash_key_value
+
+    value = facts.request.META.get(rule.header_meta)
+    # A request without the header is not what a header policy counts; per-IP policies cover it.
+    return hash_key_value(value) if value else None
+
+
+def _spec(rule: RateLimitRule, value: str) -> LimitSpec:
+    override = rule.overrides.get(value)
+    return LimitSpec(
+        key=f"{key_prefix()}rl:{{{rule.id}.{rule.epoch}:{value}}}",
+        algorithm=rule.algorithm,
+        limit=rule.limit if override is None else override,
+        period=rule.period,
+        burst=rule.burst if override is None else None,
+        enforce=rule.enforce,
+    )
+
+
+def _seconds(value: float) -> int:
+    return max(0, math.ceil(value - 1e-9))
+
+
+def _t(decision: Decision) -> int:
+    # When a policy is exhausted, t is when the next request gets in (and equals Retry-After);
+    # otherwise, when the whole quota is back.
+    return _seconds(decision.retry_after if not decision.allowed else decision.reset_after)
+
+
+def _window(rule: RateLimitRule, spec: LimitSpec, decision: Decision) -> int:
+    # A token bucket's quota is its burst, refilled at limit/period: the burst refills in this window.
+    if rule.algorithm == Algorithm.TOKEN_BUCKET and spec.limit > 0:
+        return max(1, math.ceil(decision.limit * spec.period / spec.limit))
+    return spec.period
+
+
+def rate_limit_headers(items: list[tuple[RateLimitRule, LimitSpec, Decision]]) -> dict[str, str]:
+    """Return RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers), tightest first."""
+    shown = sorted(
+        ((rule, spec, d) for rule, spec, d in items if rule.enforce),
+        key=lambda item: (item[2].remaining, -_t(item[2]), item[0].priority),
+    )
+    if not shown:
+        return {}
+    return {
+        "RateLimit-Policy": ", ".join(
+            f'"{rule.name}";q={d.limit};w={_window(rule, spec, d)}' for rule, spec, d in shown
+        ),
+        "RateLimit": ", ".join(f'"{rule.name}";r={d.remaining};t={_t(d)}' for rule, _, d in shown),
+    }
+
+
+class ResilienceMiddleware:
+    """Admit or refuse each request under the rate-limit and circuit-breaker policies that match it.
+
+    One shared-store round trip decides every matched limit and breaker before any view work;
+    a breaker-protected request makes a second one after the response, to record the outcome.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        runtime = get_runtime()
+        snapshot = runtime.snapshot()
+        if not snapshot.ratelimits and not snapshot.breakers:
+            return self.get_response(request)
+        path = request.path_info
+        method = request.method or "GET"
+
+        def route() -> RouteInfo:
+            return route_info(path)
+
+        rules = snapshot.match_ratelimits(method, path, route) if snapshot.ratelimits else []
+        breakers = snapshot.match_breakers(method, path, route) if snapshot.breakers else []
+        applied: list[tuple[RateLimitRule, LimitSpec]] = []
+        if rules:
+            facts = _Request(request)
+            for rule in rules:
+                if rule.exempt_staff and facts.principal.is_staff:
+                    continue
+                value = _key_value(rule, facts)
+                if value is not None:
+                    applied.append((rule, _spec(rule, value)))
+        if not applied and not breakers:
+            return self.get_response(request)
+
+        admission, from_fallback = runtime.admit([spec for _, spec in applied], [b.config for b in breakers])
+        headers: dict[str, str] = {}
+        if applied:
+            outcome = self._limits(request, applied, admission, from_fallback, runtime)
+            if isinstance(outcome, HttpResponse):
+                return outcome  # refused: no view work, no database query
+            headers = outcome
+        if not breakers:
+            response = self.get_response(request)
+        else:
+            response = self._guarded(request, runtime, breakers, admission, from_fallback)
+        for name, value in headers.items():
+            response[name] = value
+        return response
+
+    def _limits(
+        self,
+        request: HttpRequest,
+        applied: list[tuple[RateLimitRule, LimitSpec]],
+        admission: Admission,
+        from_fallback: bool,
+        runtime: Runtime,
+    ) -> HttpResponse | dict[str, str]:
+        """Return the 429/503 response that refuses the request, or the headers for admitting it."""
+        if from_fallback and any(rule.enforce and not rule.fail_open for rule, _ in applied):
+            for rule, _ in applied:
+                rule.count("store_error")
+            return problem_response(
+                request,
+                status=503,
+                slug="temporary-reduced-capacity",
+                title="Service temporarily unavailable",
+                detail="The rate limiter's store is unreachable and this endpoint fails closed.",
+                headers={"Retry-After": str(_seconds(settings.RESILIENCE_STORE_RETRY_SECONDS) or 1)},
+            )
+        result = admission.hit
+        items = [(rule, spec, d) for (rule, spec), d in zip(applied, result.decisions, strict=True)]
+        for rule, _, d in items:
+            if from_fallback:
+                rule.count("store_error")
+            elif d.allowed:
+                rule.count("allowed")
+            else:
+                rule.count("limited" if rule.enforce else "dry_run_would_limit")
+        headers = rate_limit_headers(items)
+        if result.allowed:
+            return headers
+        violated = [(rule, d) for rule, _, d in items if rule.enforce and not d.allowed]
+        retry_after = max(1, max(_t(d) for _, d in violated))
+        headers["Retry-After"] = str(retry_after)
+        return problem_response(
+            request,
+            status=429,
+            slug="quota-exceeded",
+            title="Too many requests",
+            detail=f"Rate limit exceeded; retry in {retry_after} s.",
+            headers=headers,
+            **{"violated-policies": [rule.name for rule, _ in violated]},
+        )
+
+    def _guarded(
+        self,
+        request: HttpRequest,
+        runtime: Runtime,
+        rules: list[BreakerRule],
+        admission: Admission,
+        from_fallback: bool,
+    ) -> HttpResponse:
+        """Run the view under the matched breakers, or answer for the first one that is open."""
+        calls: list[Call] = []
+        for rule, (permit, transitions) in zip(rules, admission.permits, strict=False):
+            announce(transitions)
+            if not permit.allowed:
+                breaker_rejections.labels(rule.name).inc()
+                for call in calls:  # an earlier breaker admitted: its call never ran
+                    call.done(success=True)
+                return self._open_response(request, runtime, rule, permit.retry_after)
+            calls.append(Call(runtime, rule, permit, from_fallback))
+        try:
+            response = self.get_response(request)
+        except Exception:
+            for call in calls:
+                call.done(success=False)
+            raise
+        for call in calls:
+            call.done_with_status(response.status_code)
+        state = PUBLIC_STATE[calls[0].permit.state] if calls else "closed"
+        response["X-Circuit-Breaker-State"] = state
+        if (
+            request.method == "GET"
+            and 200 <= response.status_code < 300
+            and not response.streaming
+            and runtime.store_available()
+        ):
+            for call in calls:
+                if call.rule.stale:
+                    save_stale(
+                        runtime,
+                        call.rule,
+                        request.get_full_path(),
+                        response.status_code,
+                        response.get("Content-Type", ""),
+                        response.content,
+                    )
+        return response
+
+    def _open_response(
+        self, request: HttpRequest, runtime: Runtime, rule: BreakerRule, retry_after: float
+    ) -> HttpResponse:
+        seconds = max(1, math.ceil(retry_after))
+        if rule.stale and request.method == "GET":
+            kept = load_stale(runtime, rule, request.get_full_path())
+            if kept is not None:
+                response = HttpResponse(
+                    kept["body"].encode("latin-1"), status=kept["status"], content_type=kept["content_type"]
+                )
+                age = max(0, int(time.time() - kept["saved_at"]))
+                response["Age"] = str(age)
+                response["X-Stale-Response"] = f"breaker={rule.name}; age={age}"
+                response["X-Circuit-Breaker-State"] = "open"
+                return response
+        return problem_response(
+            request,
+            status=503,
+            slug="temporary-reduced-capacity",
+            title="Service temporarily unavailable",
+            detail=f"The {rule.name} circuit breaker is open; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds), "X-Circuit-Breaker-State": "open"},
+            breaker=rule.name,
+        )

@@ -1,0 +1,197 @@
+"""Per-process state of the resilience layer: the policy snapshot and the stores behind it.
+
+One Runtime per worker process. The shared store is Redis (through django-redis's connection,
+whose timeouts bound every call) when REDIS_URL is set, else an in-process store. When Redis
+fails, the runtime answers from an in-process fallback store and stays off Redis for
+RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis costs one timeout per worker per interval, not one
+per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from resilience.breaker import BreakerConfig, BreakerStore
+from resilience.limiter import LimitSpec, StoreUnavailable
+from resilience.metrics import store_errors
+from resilience.policyset import PolicySet, compile_policies
+from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
+from resilience.stores.memory_breaker import MemoryBreakerStore
+from resilience.stores.memory_limiter import MemoryLimiterStore
+
+log = logging.getLogger("resilience")
+
+# How often a worker that saw no admission round trip checks the version counter (seconds).
+VERSION_CHECK_INTERVAL = 1.0
+
+
+def key_prefix() -> str:
+    return getattr(settings, "RESILIENCE_KEY_PREFIX", "")
+
+
+class Runtime:
+    """Hold the current PolicySet and decide through the shared store or the fallback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot: PolicySet | None = None
+        self._checked_at = 0.0
+        self._down_until = 0.0
+        self.fallback = MemoryLimiterStore()
+        self.shared = self._make_shared_store()
+        self.breaker_fallback = MemoryBreakerStore()
+        self.breaker_shared = self._make_breaker_store()
+        self.fallback_admission = MemoryAdmission(self.fallback, self.breaker_fallback)
+        self._shared_admission: RedisAdmission | MemoryAdmission | None = None
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.shared is not self.fallback
+
+    def _make_shared_store(self) -> MemoryLimiterStore:
+        if not settings.REDIS_URL:
+            return self.fallback
+        from django_redis import get_redis_connection
+
+        from resilience.stores.redis_limiter import RedisLimiterStore
+
+        return RedisLimiterStore(  # type: ignore[return-value]
+            get_redis_connection("default"), version_key=f"{key_prefix()}resilience:policy-version"
+        )
+
+    def _make_breaker_store(self) -> BreakerStore:
+        if not settings.REDIS_URL:
+            return self.breaker_fallback
+        from django_redis import get_redis_connection
+
+        from resilience.stores.redis_breaker import RedisBreakerStore
+
+        return RedisBreakerStore(get_redis_connection("default"), prefix=f"{key_prefix()}cb:")
+
+    def breaker_store(self) -> tuple[BreakerStore, bool]:
+        """Return the breaker store to use now and whether it is the per-process fallback."""
+        if self.store_available():
+            return self.breaker_shared, False
+        return self.breaker_fallback, self.uses_redis
+
+    # --- store health --------------------------------------------------------------------
+    def store_available(self) -> bool:
+        return self.uses_redis and time.monotonic() >= self._down_until
+
+    def mark_down(self, operation: str, error: Exception) -> None:
+        store_errors.labels(operation).inc()
+        self._down_until = time.monotonic() + settings.RESILIENCE_STORE_RETRY_SECONDS
+        log.warning(
+            "resilience store unavailable",
+            extra={"event": "store_error", "operation": operation, "error": repr(error)},
+        )
+
+    # --- policy snapshot -----------------------------------------------------------------
+    def snapshot(self) -> PolicySet:
+        """Return the current policies, reloading them when a change is seen or overdue."""
+        current = self._snapshot
+        now = time.monotonic()
+        if current is not None and now - self._checked_at < VERSION_CHECK_INTERVAL:
+            return current
+        # Without a reachable shared counter, reload from the database once per interval.
+        version = (current.version + 1) if current is not None else 0
+        if self.store_available():
+            try:
+                version = self.shared.version()
+            except StoreUnavailable as e:
+                self.mark_down("version", e)
+        self._checked_at = now
+        if current is None or version != current.version:
+            return self.reload(version)
+        return current
+
+    def observe_version(self, version: int) -> None:
+        """Learn the policy version from an admission round trip; reload if it moved."""
+        self._checked_at = time.monotonic()
+        current = self._snapshot
+        if current is not None and version != current.version:
+            self.reload(version)
+
+    def reload(self, version: int) -> PolicySet:
+        with self._lock:
+            current = self._snapshot
+            if current is not None and current.version == version:
+                return current
+            try:
+                self._snapshot = compile_policies(version)
+            except DatabaseError as e:
+                # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
+                # and try again at the next interval rather than failing every request.
+                log.error("cannot load resilience policies", extra={"event": "policy_load_error", "error": repr(e)})
+                self._checked_at = time.monotonic()
+                return current if current is not None else PolicySet(version=-1)
+            return self._snapshot
+
+    def invalidate(self) -> None:
+        """Forget the snapshot (tests and in-process changes)."""
+        with self._lock:
+            self._snapshot = None
+            self._checked_at = 0.0
+
+    # --- limits ----------------------------------------------------------------------------
+    def _admission(self) -> RedisAdmission | MemoryAdmission:
+        current = self._shared_admission
+        if current is None or current.limiter is not self.shared or current.breakers is not self.breaker_shared:
+            if self.uses_redis:
+                current = RedisAdmission(self.shared, self.breaker_shared)  # type: ignore[arg-type]
+            else:
+                current = MemoryAdmission(self.fallback, self.breaker_fallback)
+            self._shared_admission = current
+        return current
+
+    def admit(self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig]) -> tuple[Admission, bool]:
+        """Decide limits and breakers; return (admission, from_fallback).
+
+        The shared store answers in one round trip; while it is unavailable the in-process
+        stores answer instead (from_fallback=True) and the caller applies each policy's rule
+        for store failures.
+        """
+        if self.store_available() or not self.uses_redis:
+            try:
+                admission = self._admission().admit(specs, breakers)
+            except StoreUnavailable as e:
+                self.mark_down("admit", e)
+            else:
+                self.observe_version(admission.hit.version)
+                return admission, False
+        return self.fallback_admission.admit(specs, breakers), True
+
+    def bump_version(self) -> None:
+        """Tell every worker the policies changed (called after commit)."""
+        try:
+            self.shared.bump_version()
+        except StoreUnavailable as e:
+            self.mark_down("bump_version", e)
+        self.invalidate()
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """Return this process's Runtime, creating it on first use."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = Runtime()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Drop the process's Runtime so the next request builds a new one (tests, settings changes)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = None

@@ -1,0 +1,130 @@
+"""Operations on policies shared by the admin, the management commands and the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.db.models import F
+
+from resilience.breaker import BreakerStore, State
+from resilience.breakers import PUBLIC_STATE, announce
+from resilience.limiter import Decision
+from resilience.models import CircuitBreakerPolicy, RateLimitPolicy, hash_key_value
+from resilience.policyset import breaker_config
+from resilience.runtime import get_runtime, key_prefix
+
+
+def policies_changed() -> None:
+    """Make every worker reload the policies once the current transaction commits."""
+    transaction.on_commit(lambda: get_runtime().bump_version())
+
+
+@transaction.atomic
+def policy_update(*, policies: Iterable[RateLimitPolicy], **fields: object) -> int:
+    """Set fields (enabled, mode, ...) on policies; return how many changed."""
+    ids = [p.pk for p in policies]
+    count = RateLimitPolicy.objects.filter(pk__in=ids).update(**fields)
+    policies_changed()
+    return count
+
+
+def storage_key(policy: RateLimitPolicy, value: str) -> str:
+    """Return the Redis key of one counted value of a policy."""
+    return f"{key_prefix()}rl:{{{policy.pk}.{policy.epoch}:{value}}}"
+
+
+def key_value_for(policy: RateLimitPolicy, key: str) -> str:
+    """Return the counted value for an operator-given key (IP, user id, header value)."""
+    if policy.key == RateLimitPolicy.Key.HEADER:
+        return hash_key_value(key)
+    if policy.key == RateLimitPolicy.Key.USER and key.isdigit():
+        return f"u{key}"
+    if policy.key == RateLimitPolicy.Key.GLOBAL:
+        return "all"
+    return key
+
+
+@transaction.atomic
+def policy_reset(*, policies: Iterable[RateLimitPolicy], key: str | None = None) -> int:
+    """Reset counters: every key of the policies (new epoch), or one key's. Return policies reset."""
+    policies = list(policies)
+    if key is None:
+        count = RateLimitPolicy.objects.filter(pk__in=[p.pk for p in policies]).update(epoch=F("epoch") + 1)
+        policies_changed()
+        return count
+    runtime = get_runtime()
+    keys = [storage_key(p, key_value_for(p, key)) for p in policies]
+    transaction.on_commit(lambda: (runtime.shared.reset(keys), runtime.fallback.reset(keys)))
+    return len(policies)
+
+
+def policy_usage(*, policy: RateLimitPolicy, key: str) -> Decision | None:
+    """Return the current decision for one key of a policy without consuming, or None if unknown."""
+    from resilience.limiter import StoreUnavailable
+    from resilience.middleware import _spec
+    from resilience.policyset import compile_policies
+
+    rule = next((r for r in compile_policies(0).ratelimits if r.id == policy.pk), None)
+    if rule is None:
+        return None
+    spec = _spec(rule, key_value_for(policy, key))
+    try:
+        return get_runtime().shared.test([spec])[0]
+    except StoreUnavailable:
+        return None
+
+
+# --- circuit breakers --------------------------------------------------------------------------
+
+
+def _breaker_store() -> BreakerStore:
+    store, _ = get_runtime().breaker_store()
+    return store
+
+
+def breaker_reset(*, names: Iterable[str]) -> int:
+    """Close the named breakers with counters cleared; every worker sees it on its next call."""
+    store = _breaker_store()
+    count = 0
+    for name in names:
+        announce(store.reset(name))
+        count += 1
+    return count
+
+
+def breaker_force(*, names: Iterable[str], state: State | None) -> int:
+    """Hold the named breakers forced open / forced closed, or release them (state None)."""
+    store = _breaker_store()
+    count = 0
+    for name in names:
+        announce(store.force(name, state))
+        count += 1
+    return count
+
+
+def breaker_status(*, policies: Iterable[CircuitBreakerPolicy] | None = None) -> list[dict[str, object]]:
+    """Return the live state of breakers (default: every enabled one), read from the shared store."""
+    if policies is None:
+        policies = CircuitBreakerPolicy.objects.filter(enabled=True)
+    policies = list(policies)
+    store, fallback = get_runtime().breaker_store()
+    snapshots = store.snapshots([breaker_config(p) for p in policies])
+    return [
+        {
+            "name": snap.name,
+            "state": PUBLIC_STATE[snap.state],
+            "detail_state": str(snap.state),
+            "forced": snap.forced,
+            "generation": snap.generation,
+            "consecutive_failures": snap.consecutive_failures,
+            "window_calls": snap.window_calls,
+            "window_failures": snap.window_failures,
+            "opened_at": snap.opened_at,
+            "seconds_to_half_open": round(snap.retry_after, 3)
+            if snap.state in (State.OPEN, State.FORCED_OPEN)
+            else 0.0,
+            "store": "process" if fallback else "shared",
+        }
+        for snap in snapshots
+    ]

@@ -1,0 +1,92 @@
+"""The middleware's admission: rate limits and breakers decided together.
+
+`RedisAdmission` does it in one Lua round trip (limiter_lib .. breaker_lib .. admit_main);
+`MemoryAdmission` does the same against the in-process stores. Breakers are asked only when the
+limits admit, so a request refused by a limit never takes a half-open trial slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+
+from resilience.breaker import BreakerConfig, Permit, Transition
+from resilience.limiter import HitResult, LimitSpec, StoreUnavailable, to_micros, validate
+from resilience.stores.memory_breaker import MemoryBreakerStore
+from resilience.stores.memory_limiter import MemoryLimiterStore
+from resilience.stores.redis_breaker import RedisBreakerStore, config_args, parse_permit
+from resilience.stores.redis_limiter import RedisLimiterStore, load_lua
+
+
+class Admission(NamedTuple):
+    hit: HitResult
+    # One (permit, transitions) per breaker asked, in order; fewer than given when the limits
+    # refused (none asked) or a breaker refused (the walk stops there).
+    permits: list[tuple[Permit, list[Transition]]]
+
+
+class RedisAdmission:
+    """Decide limits and breaker admission in one atomic Redis round trip."""
+
+    def __init__(self, limiter: RedisLimiterStore, breakers: RedisBreakerStore) -> None:
+        self.limiter = limiter
+        self.breakers = breakers
+        self._script = limiter.client.register_script(
+            "\n".join((load_lua("limiter_lib"), load_lua("breaker_lib"), load_lua("admit_main")))
+        )
+
+    def admit(
+        self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig], now: float | None = None
+    ) -> Admission:
+        checked = validate(specs, 1) if specs else []
+        keys = [spec.key for spec in checked] + [self.limiter.version_key]
+        args: list[str] = ["" if now is None else str(to_micros(now)), str(len(checked))]
+        for spec in checked:
+            args += [
+                spec.algorithm.value,
+                str(spec.limit),
+                str(spec.period),
+                "" if spec.burst is None else str(spec.burst),
+                "1" if spec.enforce else "0",
+            ]
+        args.append(str(len(breakers)))
+        for cfg in breakers:
+            keys += self.breakers.keys_for(cfg.name)
+            args += config_args(cfg)
+        try:
+            reply: list[Any] = self._script(keys=keys, args=args)
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"admission store unavailable: {e}") from e
+        decisions = RedisLimiterStore._decisions(reply, len(checked))
+        hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
+        at = 2 + 5 * len(checked)
+        asked = int(reply[at])
+        permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
+        return Admission(hit=hit, permits=permits)
+
+
+class MemoryAdmission:
+    """The same admission against the in-process stores (embedded default and fallback)."""
+
+    def __init__(self, limiter: MemoryLimiterStore, breakers: MemoryBreakerStore) -> None:
+        self.limiter = limiter
+        self.breakers = breakers
+
+    def admit(
+        self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig], now: float | None = None
+    ) -> Admission:
+        hit = (
+            self.limiter.hit(specs, now=now)
+            if specs
+            else HitResult(decisions=[], allowed=True, version=self.limiter.version())
+        )
+        permits: list[tuple[Permit, list[Transition]]] = []
+        if hit.allowed:
+            for cfg in breakers:
+                permit, transitions = self.breakers.allow(cfg, now=now)
+                permits.append((permit, transitions))
+                if not permit.allowed:
+                    break
+        return Admission(hit=hit, permits=permits)

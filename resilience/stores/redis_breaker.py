@@ -1,0 +1,159 @@
+"""Keep breaker state in Redis so every worker of every instance shares one breaker.
+
+Each operation is one atomic Lua script call (``breaker_lib.lua`` + ``breaker_main.lua``) that mirrors
+the step functions of ``resilience.breaker``; the semantics are documented there. Redis ``TIME`` is the
+clock unless a ``now`` override is passed. Keys: ``<prefix>{<name>}`` (a hash) and
+``<prefix>{<name>}:w`` (the rolling window), one hash tag so both live in one slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from resilience.breaker import (
+    BreakerConfig,
+    Permit,
+    Snapshot,
+    State,
+    StoreUnavailable,
+    Transition,
+)
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+# Kept apart so another script can be composed as limiter_lib .. BREAKER_LIB_LUA .. its own main.
+BREAKER_LIB_LUA = (LUA_DIR / "breaker_lib.lua").read_text(encoding="utf-8")
+BREAKER_MAIN_LUA = (LUA_DIR / "breaker_main.lua").read_text(encoding="utf-8")
+
+
+def config_args(cfg: BreakerConfig) -> list[str]:
+    """Return the 7 ARGV strings that ``cb_config(argv, i)`` in breaker_lib.lua reads."""
+    return [
+        str(int(cfg.failure_threshold)),
+        repr(float(cfg.failure_rate)),
+        str(int(cfg.window_size)),
+        cfg.window_kind,
+        str(int(cfg.minimum_calls)),
+        repr(float(cfg.open_seconds)),
+        str(int(cfg.half_open_max_calls)),
+    ]
+
+
+def _text(value: Any) -> str:
+    """Return a reply item as str whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_transitions(name: str, raw: Sequence[Any]) -> list[Transition]:
+    """Turn the Lua transition array ``{from, to, generation, at}`` into Transitions."""
+    return [
+        Transition(name, State(_text(src)), State(_text(dst)), int(gen), float(_text(at))) for src, dst, gen, at in raw
+    ]
+
+
+def parse_permit(name: str, reply: Sequence[Any]) -> tuple[Permit, list[Transition]]:
+    """Turn the reply of ``cb_allow`` (``{permit, transitions}``) into a Permit and transitions."""
+    raw_permit, raw_transitions = reply
+    allowed, state, generation, retry_after, trial = raw_permit
+    permit = Permit(
+        allowed=bool(int(allowed)),
+        state=State(_text(state)),
+        generation=int(generation),
+        retry_after=float(_text(retry_after)),
+        trial=bool(int(trial)),
+    )
+    return permit, parse_transitions(name, raw_transitions)
+
+
+class RedisBreakerStore:
+    """Share breaker state through Redis; every Redis error surfaces as StoreUnavailable."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "cb:") -> None:
+        self.client = client
+        self.prefix = prefix
+        # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
+        self._script = client.register_script(BREAKER_LIB_LUA + "\n" + BREAKER_MAIN_LUA)
+
+    def keys_for(self, name: str) -> list[str]:
+        """Return the state key and the window key of breaker ``name``."""
+        key = f"{self.prefix}{{{name}}}"
+        return [key, f"{key}:w"]
+
+    def allow(self, cfg: BreakerConfig, now: float | None = None) -> tuple[Permit, list[Transition]]:
+        """Admit or reject one call; return the permit and any transitions applied."""
+        cfg.validate()
+        return parse_permit(cfg.name, self._run(cfg.name, ["allow", _now(now), *config_args(cfg)]))
+
+    def record(
+        self, cfg: BreakerConfig, generation: int, success: bool, now: float | None = None
+    ) -> tuple[State, list[Transition]]:
+        """Report the outcome of a call admitted with ``generation``; return the state after."""
+        cfg.validate()
+        args = ["record", _now(now), *config_args(cfg), str(int(generation)), "1" if success else "0"]
+        state, transitions = self._run(cfg.name, args)
+        return State(_text(state)), parse_transitions(cfg.name, transitions)
+
+    def force(self, name: str, state: State | None, now: float | None = None) -> list[Transition]:
+        """Hold ``name`` FORCED_OPEN / FORCED_CLOSED, or release it to CLOSED with None."""
+        if state is not None and state not in (State.FORCED_OPEN, State.FORCED_CLOSED):
+            raise ValueError(f"force() takes {State.FORCED_OPEN}, {State.FORCED_CLOSED} or None, not {state}")
+        _, transitions = self._run(name, ["force", _now(now), "" if state is None else str(state)])
+        return parse_transitions(name, transitions)
+
+    def reset(self, name: str, now: float | None = None) -> list[Transition]:
+        """Put ``name`` back to CLOSED with counters cleared and a new generation."""
+        _, transitions = self._run(name, ["reset", _now(now)])
+        return parse_transitions(name, transitions)
+
+    def snapshot(self, cfg: BreakerConfig, now: float | None = None) -> Snapshot:
+        """Return a read-only view of ``cfg.name``."""
+        cfg.validate()
+        return _parse_snapshot(cfg.name, self._run(cfg.name, ["snapshot", _now(now), *config_args(cfg)]))
+
+    def snapshots(self, cfgs: Iterable[BreakerConfig], now: float | None = None) -> list[Snapshot]:
+        """Return one snapshot per config, fetched in a single pipelined round trip."""
+        cfgs = list(cfgs)
+        if not cfgs:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for cfg in cfgs:
+            cfg.validate()
+            args = ["snapshot", _now(now), *config_args(cfg)]
+            self._script(keys=self.keys_for(cfg.name), args=args, client=pipe)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"breaker store: {e}") from e
+        return [_parse_snapshot(cfg.name, reply) for cfg, reply in zip(cfgs, replies, strict=True)]
+
+    def _run(self, name: str, args: list[str]) -> Any:
+        """Run one breaker operation; wrap every Redis error as StoreUnavailable."""
+        try:
+            return self._script(keys=self.keys_for(name), args=args)
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"breaker store: {e}") from e
+
+
+def _now(now: float | None) -> str:
+    """Return the ``now`` argument: empty asks the script to read Redis TIME."""
+    return "" if now is None else repr(float(now))
+
+
+def _parse_snapshot(name: str, reply: Sequence[Any]) -> Snapshot:
+    """Turn the reply of ``cb_snapshot`` into a Snapshot."""
+    state, generation, consecutive, calls, failures, opened_at, retry_after, forced = reply
+    opened = _text(opened_at)
+    return Snapshot(
+        name=name,
+        state=State(_text(state)),
+        generation=int(generation),
+        consecutive_failures=int(consecutive),
+        window_calls=int(calls),
+        window_failures=int(failures),
+        opened_at=float(opened) if opened else None,
+        retry_after=float(_text(retry_after)),
+        forced=bool(int(forced)),
+    )

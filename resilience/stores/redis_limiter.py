@@ -1,0 +1,102 @@
+"""Keep rate-limit state in Redis and decide every hit in one atomic Lua round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from resilience.limiter import (
+    Decision,
+    HitResult,
+    LimitSpec,
+    StoreUnavailable,
+    decision_from_micros,
+    to_micros,
+    validate,
+)
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+DEFAULT_VERSION_KEY = "resilience:policy-version"
+
+
+@cache
+def load_lua(name: str) -> str:
+    """Return the source of ``resilience/lua/<name>.lua`` so scripts can be composed from parts."""
+    return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class RedisLimiterStore:
+    """Decide limits shared by every process that talks to the same Redis.
+
+    Redis ``TIME`` is the clock, so app servers' clocks cannot skew decisions. Every Redis error
+    surfaces as ``StoreUnavailable``; whether to fail open or closed is the caller's policy. The
+    client's own timeouts and retries bound how long a dead Redis can stall a request.
+    """
+
+    def __init__(self, client: redis.Redis, version_key: str = DEFAULT_VERSION_KEY) -> None:
+        self.client = client
+        self.version_key = version_key
+        # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
+        self._script = client.register_script(load_lua("limiter_lib") + "\n" + load_lua("limiter_main"))
+
+    def hit(self, specs: Sequence[LimitSpec], cost: int = 1, now: float | None = None) -> HitResult:
+        """Decide ``specs`` atomically and consume ``cost`` if the request is admitted."""
+        checked = validate(specs, cost)
+        reply = self._run(checked, cost, now, consume=True)
+        return HitResult(decisions=self._decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1]))
+
+    def test(self, specs: Sequence[LimitSpec], now: float | None = None) -> list[Decision]:
+        """Return the decisions a hit of cost 1 would get, consuming nothing."""
+        checked = validate(specs, 1)
+        return self._decisions(self._run(checked, 1, now, consume=False), len(checked))
+
+    def reset(self, keys: Iterable[str]) -> int:
+        """Delete the state of ``keys`` and return how many existed."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        return int(self._call(self.client.delete, *keys))
+
+    def bump_version(self) -> int:
+        """Increment the policy-version counter and return its new value."""
+        return int(self._call(self.client.incr, self.version_key))
+
+    def version(self) -> int:
+        """Return the policy-version counter (0 if never bumped)."""
+        raw = self._call(self.client.get, self.version_key)
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            return 0
+
+    def _run(self, specs: list[LimitSpec], cost: int, now: float | None, *, consume: bool) -> list[Any]:
+        keys = [spec.key for spec in specs] + [self.version_key]
+        args: list[str] = ["" if now is None else str(to_micros(now)), str(cost), "1" if consume else "0"]
+        for spec in specs:
+            args += [
+                spec.algorithm.value,
+                str(spec.limit),
+                str(spec.period),
+                "" if spec.burst is None else str(spec.burst),
+                "1" if spec.enforce else "0",
+            ]
+        return self._call(self._script, keys=keys, args=args)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"rate-limit store unavailable: {e}") from e
+
+    @staticmethod
+    def _decisions(reply: list[Any], count: int) -> list[Decision]:
+        decisions = []
+        for i in range(count):
+            allowed, limit, remaining, reset_us, retry_us = reply[2 + 5 * i : 7 + 5 * i]
+            decisions.append(decision_from_micros(bool(allowed), limit, remaining, reset_us, retry_us))
+        return decisions

@@ -1,0 +1,83 @@
+"""Operational endpoints: Prometheus metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from bookstore.problems import problem_response
+from resilience import services
+from resilience.breaker import StoreUnavailable
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_BEARER_TOKEN
+    auth = request.META.get("HTTP_AUTHORIZATION", "")
+    if token and auth.startswith("Bearer ") and secrets.compare_digest(auth[7:].strip(), token):
+        return True
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in settings.METRICS_ALLOWED_NETWORKS)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Expose metrics to allowed networks or bearer-token holders; sum all workers' files under gunicorn."""
+    if not _metrics_allowed(request):
+        return problem_response(request, status=403, slug="permission-denied", title="Metrics are not public")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry) + generate_latest(_breaker_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def breakers_health(request: HttpRequest) -> HttpResponse:
+    """Return every enabled breaker's live state as JSON (200 even when some are open)."""
+    try:
+        rows = services.breaker_status()
+    except StoreUnavailable:
+        return problem_response(request, status=503, slug="store-unavailable", title="Breaker store unreachable")
+    return JsonResponse({"breakers": rows})
+
+
+class BreakerStateCollector:
+    """Breaker state as one gauge per state label, read from the shared store at scrape time.
+
+    Every worker reads the same Redis state, so whichever worker answers a scrape reports the
+    same truth (resilience4j's shape: bookstore_breaker_state{breaker, state} is 1 for the
+    current state and 0 for the others).
+    """
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "bookstore_breaker_state", "Circuit-breaker state (1 = current).", labels=["breaker", "state"]
+        )
+        try:
+            rows = services.breaker_status()
+        except StoreUnavailable:
+            return [gauge]
+        for row in rows:
+            for state in ("closed", "open", "half-open", "forced-open", "forced-closed"):
+                gauge.add_metric([str(row["name"]), state], 1.0 if row["detail_state"] == state else 0.0)
+        return [gauge]
+
+
+def breaker_metrics(request: HttpRequest) -> HttpResponse:
+    """Return the breaker state gauges in Prometheus text format."""
+    if not _metrics_allowed(request):
+        return problem_response(request, status=403, slug="permission-denied", title="Metrics are not public")
+    return HttpResponse(generate_latest(_breaker_registry), content_type=CONTENT_TYPE_LATEST)
+
+
+_breaker_registry = CollectorRegistry()
+_breaker_registry.register(BreakerStateCollector())
