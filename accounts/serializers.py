@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import password_validation
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from accounts.models import User
@@ -13,7 +14,11 @@ class RegisterInput(serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         candidate = User(username=attrs["username"], email=attrs["email"])
-        password_validation.validate_password(attrs["password"], candidate)
+        try:
+            password_validation.validate_password(attrs["password"], candidate)
+        except DjangoValidationError as e:
+            # Raised bare from validate(), DRF would file these under non_field_errors.
+            raise serializers.ValidationError({"password": list(e.messages)}, code="password") from e
         return attrs
 
 

@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from bookstore.env import env_bool, env_float, env_int, env_list, env_str
+from bookstore.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("BOOKSTORE_VAR_DIR", str(BASE_DIR / "var")))
@@ -40,6 +41,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_prometheus",
     "accounts",
     "catalog",
     "orders",
@@ -47,6 +49,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every response, including the resilience layer's 429/503, carries X-Request-ID.
+    "bookstore.request_id.RequestIdMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Probes are answered here, ahead of anything that could refuse or stall them (bookstore/health.py).
+    "bookstore.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -58,7 +65,13 @@ MIDDLEWARE = [
     "resilience.middleware.ResilienceMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it times the view alone and labels by view. Requests the resilience middleware refuses
+    # never reach it; they are counted by PrometheusBeforeMiddleware and bookstore_ratelimit_*.
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# Off only to measure what the resilience layer costs (bench/ratelimit.py); default on.
+if not env_bool("RESILIENCE_MIDDLEWARE", True):
+    MIDDLEWARE.remove("resilience.middleware.ResilienceMiddleware")
 
 ROOT_URLCONF = "bookstore.urls"
 WSGI_APPLICATION = "bookstore.wsgi.application"
@@ -96,9 +109,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "max_size": env_int("DB_POOL_MAX", 8, minimum=1),
             "timeout": env_float("DB_POOL_TIMEOUT", 10.0),
         },
+        # A host that accepts TCP but never answers must not stall a worker for long (seconds).
+        "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),
         # A runaway query must not hold row locks forever (milliseconds).
         "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15000, minimum=0)}",
     }
+# The same backends, instrumented by django-prometheus (queries, errors, connections).
+DATABASES["default"]["ENGINE"] = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 
 # --- Cache / Redis --------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL") or ""
@@ -108,7 +128,8 @@ REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.25)
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            # django-redis's RedisCache with hit/miss/failure counters.
+            "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "bookstore") or "",
             "OPTIONS": {
@@ -120,7 +141,7 @@ if REDIS_URL:
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
 
 # --- Auth ----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -168,6 +189,8 @@ RESILIENCE_STORE_RETRY_SECONDS = env_float("RESILIENCE_STORE_RETRY_SECONDS", 1.0
 # /metrics answers these networks, or a request with "Authorization: Bearer <METRICS_BEARER_TOKEN>".
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "") or ""
+# Staff may inject failures into named dependencies (drills, tests). Never on by default.
+FAULT_INJECTION = env_bool("FAULT_INJECTION", False)
 # IPv6 clients are counted by network: one /64 is usually one subscriber.
 RATELIMIT_IPV6_PREFIX = env_int("RATELIMIT_IPV6_PREFIX", 64, minimum=1)
 
@@ -209,6 +232,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"validatorUrl": None, "deepLinking": True},
     "REDOC_UI_SETTINGS": {"hideDownloadButton": False},
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every error is problem+json: document it on each operation so clients and checks see it.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "bookstore.openapi.add_problem_responses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "OrderStatusEnum": "orders.models.Order.Status",
         "UserRoleEnum": "accounts.models.User.Role",
@@ -219,11 +247,9 @@ SPECTACULAR_SETTINGS = {
 # Problem types are URIs under this base (RFC 9457 section 3.1.1).
 PROBLEM_TYPE_BASE = env_str("PROBLEM_TYPE_BASE", "https://bookstore.example/problems/")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# json: one JSON object per line with the request id and every extra field (for log shippers);
+# plain: one readable line. Both go to stdout.
+LOG_FORMAT = (env_str("LOG_FORMAT") or ("plain" if DEBUG else "json")).strip().lower()
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO") or "INFO")

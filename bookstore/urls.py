@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from bookstore import health
+from resilience import api as resilience_api
 from resilience import views as resilience_views
 
 urlpatterns = [
@@ -11,7 +13,10 @@ urlpatterns = [
     path("api/", include("accounts.urls")),
     path("api/", include("catalog.urls")),
     path("api/", include("orders.urls")),
+    path("api/ops/faults/<slug:name>", resilience_api.FaultApi.as_view(), name="ops-fault"),
     path("metrics", resilience_views.metrics, name="metrics"),
+    path("health/live", health.live, name="health-live"),
+    path("health/ready", health.ready, name="health-ready"),
     path("health/breakers", resilience_views.breakers_health, name="health-breakers"),
     path("health/breaker_metrics", resilience_views.breaker_metrics, name="health-breaker-metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -32,6 +32,7 @@ def _paginated(request: Request, view: APIView, queryset: object) -> Response:
 
 class BookListApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
+    pagination_class = PageNumberPagination  # read by the schema generator
 
     @extend_schema(parameters=[BookListFilter], responses=BookOutput(many=True), operation_id="books_list")
     def get(self, request: Request) -> Response:
@@ -49,6 +50,7 @@ class BookListApi(APIView):
 
 class BookSearchApi(APIView):
     permission_classes = [AllowAny]
+    pagination_class = PageNumberPagination  # read by the schema generator
     resilience_tags = ("search",)
 
     @extend_schema(parameters=[BookSearchInput], responses=BookOutput(many=True), operation_id="books_search")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _SEPARATORS = re.compile(r"[\s-]")
+_DIGITS = "0123456789"
 
 
 class InvalidIsbn(ValueError):
@@ -19,7 +20,8 @@ def _isbn13_check_digit(first12: str) -> str:
 def _isbn10_valid(isbn: str) -> bool:
     total = 0
     for i, ch in enumerate(isbn):
-        value = 10 if (ch in "Xx" and i == 9) else int(ch) if ch.isdigit() else -1
+        # Only ASCII digits: str.isdigit() also accepts "²" (int() refuses it) and other scripts.
+        value = 10 if (ch in "Xx" and i == 9) else int(ch) if ch in _DIGITS else -1
         if value < 0:
             return False
         total += value * (10 - i)

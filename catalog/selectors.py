@@ -9,6 +9,7 @@ from django.db.models import BooleanField, Case, FloatField, IntegerField, Q, Qu
 from django.db.models.expressions import RawSQL
 
 from catalog.models import Book
+from resilience.faults import fault_point
 
 ORDERINGS = {
     "title": ("title", "id"),
@@ -33,7 +34,8 @@ def book_list(
     """Return books filtered by author (id or part of a name), price range and availability."""
     qs = Book.objects.prefetch_related("authors")
     if author:
-        if author.isdigit():
+        # ASCII only: str.isdigit() is also true for "²", which int() refuses.
+        if author.isascii() and author.isdigit():
             qs = qs.filter(authors__id=int(author))
         else:
             qs = qs.filter(authors_text__icontains=author)
@@ -55,6 +57,7 @@ def book_search(*, query: str) -> QuerySet[Book]:
     (title weight A, authors B, description C). Elsewhere it is a substring match ranked by
     the same field order, so the embedded default still answers sensibly.
     """
+    fault_point("search")  # drills and tests can make search fail or crawl here
     qs = Book.objects.prefetch_related("authors")
     if connection.vendor == "postgresql":
         tsquery = "websearch_to_tsquery('english', %s)"
@@ -68,9 +71,7 @@ def book_search(*, query: str) -> QuerySet[Book]:
     condition = Q()
     score = Value(0)
     for term in terms:
-        condition &= (
-            Q(title__icontains=term) | Q(authors_text__icontains=term) | Q(description__icontains=term)
-        )
+        condition &= Q(title__icontains=term) | Q(authors_text__icontains=term) | Q(description__icontains=term)
         score = score + Case(
             When(title__icontains=term, then=Value(3)),
             When(authors_text__icontains=term, then=Value(2)),

@@ -48,9 +48,7 @@ class BookInput(serializers.Serializer):
         child=serializers.CharField(max_length=200), max_length=20, required=False, default=list
     )
     description = serializers.CharField(max_length=20000, required=False, allow_blank=True, default="")
-    price = serializers.DecimalField(
-        max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MAX_PRICE
-    )
+    price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MAX_PRICE)
     stock = serializers.IntegerField(min_value=0, max_value=1_000_000_000, required=False, default=0)
     published_on = serializers.DateField(required=False, allow_null=True, default=None)
 

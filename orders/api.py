@@ -38,6 +38,8 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 class OrderListApi(APIView):
+    pagination_class = PageNumberPagination  # read by the schema generator
+
     def get_permissions(self) -> list:
         return [IsActiveAccount()] if self.request.method == "POST" else [IsAuthenticated()]
 

@@ -13,9 +13,11 @@ import logging
 import math
 import time
 from contextlib import ContextDecorator
+from contextvars import ContextVar
 from typing import Any
 
 from django.dispatch import Signal
+from django.http import Http404
 
 from bookstore.exceptions import ApplicationError
 from resilience.breaker import Permit, State, StoreUnavailable, Transition
@@ -37,6 +39,11 @@ PUBLIC_STATE = {
     State.FORCED_OPEN: "open",
     State.HALF_OPEN: "half-open",
 }
+
+
+# Breakers the middleware holds a permit for while the view runs: a code guard of the same name
+# inside that view must not ask again, or each request would count twice and take two trial slots.
+held_by_request: ContextVar[frozenset[str]] = ContextVar("breakers_held_by_request", default=frozenset())
 
 
 class BreakerOpen(ApplicationError):
@@ -129,6 +136,18 @@ def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     return Call(runtime, rule, permit, fallback)
 
 
+def _counts_as_failure(rule: BreakerRule, exc: BaseException) -> bool:
+    """Return True unless the exception is a client error (4xx) the policy does not list as a failure.
+
+    A page past the end or a missing object raised inside the block says nothing about the protected
+    dependency; counting it would let any client open the breaker for everyone.
+    """
+    status = 404 if isinstance(exc, Http404) else getattr(exc, "status_code", None)
+    if not isinstance(status, int) or not 400 <= status < 500:
+        return True
+    return status in rule.failure_statuses
+
+
 class breaker(ContextDecorator):  # noqa: N801 - reads as a keyword: `with breaker("search"):`
     """Protect a block or function with the breaker policy of that name."""
 
@@ -136,17 +155,22 @@ class breaker(ContextDecorator):  # noqa: N801 - reads as a keyword: `with break
         self.name = name
         self._calls: list[Call | None] = []
 
+    def _recreate_cm(self) -> breaker:
+        # Used as a decorator, each call gets its own guard: threads must not share one stack.
+        return type(self)(self.name)
+
     def __enter__(self) -> breaker:
         runtime = get_runtime()
         rule = runtime.snapshot().breakers_by_name.get(self.name)
-        self._calls.append(admit(runtime, rule) if rule is not None else None)
+        guarded = rule is not None and self.name not in held_by_request.get()
+        self._calls.append(admit(runtime, rule) if guarded else None)  # type: ignore[arg-type]
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         call = self._calls.pop()
         if call is None:
             return
-        if exc is not None:
+        if exc is not None and _counts_as_failure(call.rule, exc):
             call.done(success=False)
             return
         elapsed = time.perf_counter() - call.started

@@ -12,7 +12,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
 from bookstore.problems import problem_response
-from resilience.breakers import PUBLIC_STATE, Call, announce, load_stale, save_stale
+from resilience import audit
+from resilience.breakers import PUBLIC_STATE, Call, announce, held_by_request, load_stale, save_stale
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec
 from resilience.metrics import breaker_rejections
@@ -206,6 +207,7 @@ class ResilienceMiddleware:
         violated = [(rule, d) for rule, _, d in items if rule.enforce and not d.allowed]
         retry_after = max(1, max(_t(d) for _, d in violated))
         headers["Retry-After"] = str(retry_after)
+        audit.rate_limited(request, [rule.name for rule, _ in violated], retry_after)
         return problem_response(
             request,
             status=429,
@@ -230,16 +232,20 @@ class ResilienceMiddleware:
             announce(transitions)
             if not permit.allowed:
                 breaker_rejections.labels(rule.name).inc()
-                for call in calls:  # an earlier breaker admitted: its call never ran
-                    call.done(success=True)
+                # An earlier breaker admitted a call that never ran: report no outcome for it. A success
+                # would close a half-open breaker on no evidence; its trial slot is left to the lease
+                # (the tradeoff admit_main.lua accepts), and a closed permit holds nothing.
                 return self._open_response(request, runtime, rule, permit.retry_after)
             calls.append(Call(runtime, rule, permit, from_fallback))
+        held = held_by_request.set(held_by_request.get() | {call.rule.name for call in calls})
         try:
             response = self.get_response(request)
         except Exception:
             for call in calls:
                 call.done(success=False)
             raise
+        finally:
+            held_by_request.reset(held)
         for call in calls:
             call.done_with_status(response.status_code)
         state = PUBLIC_STATE[calls[0].permit.state] if calls else "closed"

@@ -194,10 +194,24 @@ class RateLimitOverride(models.Model):
         return f"{self.policy.name}: {self.key_value} → {self.limit}"
 
     def save(self, *args: object, **kwargs: object) -> None:
+        self._hash_header_value()
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        if not self.key_value or self.policy_id is None:
+            return  # a policy not saved yet has no overrides to clash with
+        # An inline form leaves the policy out of constraint validation, so a repeated key would
+        # only fail at INSERT (a 500 in the admin): check it here, in its stored (hashed) form.
+        self._hash_header_value()
+        clash = RateLimitOverride.objects.filter(policy_id=self.policy_id, key_value=self.key_value)
+        if clash.exclude(pk=self.pk).exists():
+            raise ValidationError({"key_value": "This policy already has an override for this key."})
+
+    def _hash_header_value(self) -> None:
         # Header values are secrets (API keys): only their hash is stored and compared.
         if self.policy.key == RateLimitPolicy.Key.HEADER and not re.fullmatch(r"[0-9a-f]{32}", self.key_value):
             self.key_value = hash_key_value(self.key_value)
-        super().save(*args, **kwargs)
 
 
 def parse_status_set(text: str) -> frozenset[int]:
@@ -206,7 +220,9 @@ def parse_status_set(text: str) -> frozenset[int]:
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        low, _, high = part.partition("-")
+        low, dash, high = part.partition("-")
+        if dash and not high.strip():
+            raise ValueError(f"{part!r} is not a status or a range like 500-599.")
         try:
             first, last = int(low), int(high or low)
         except ValueError as e:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
 from resilience.breaker import BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
+from resilience.clientip import ip_key
 from resilience.limiter import Decision
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy, hash_key_value
 from resilience.policyset import breaker_config
@@ -42,7 +45,23 @@ def key_value_for(policy: RateLimitPolicy, key: str) -> str:
         return f"u{key}"
     if policy.key == RateLimitPolicy.Key.GLOBAL:
         return "all"
-    return key
+    # Addresses are counted the way the middleware keys them (an IPv6 client by its /64), so an
+    # operator can name a client by the address seen in the logs.
+    address = _ip_value(key)
+    if address is None:
+        return key
+    return address if policy.key == RateLimitPolicy.Key.IP else f"ip:{address}"
+
+
+def _ip_value(key: str) -> str | None:
+    """Return the counted form of an address or network, or None when key is neither."""
+    if "/" in key:
+        try:
+            return str(ipaddress.ip_network(key.strip(), strict=False))
+        except ValueError:
+            return None
+    value = ip_key(key.strip(), settings.RATELIMIT_IPV6_PREFIX)
+    return None if value == "invalid" else value
 
 
 @transaction.atomic

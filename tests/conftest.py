@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from collections.abc import Callable
 from decimal import Decimal
@@ -121,6 +122,13 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
 
         RateLimitPolicy.objects.all().delete()
         CircuitBreakerPolicy.objects.all().delete()
+    elif uses_db:
+        # A transactional test before this one flushed the rows the data migrations made.
+        request.getfixturevalue("transactional_db" if transactional else "db")
+        from django.apps import apps as django_apps
+
+        for name in ("0002_default_policies", "0004_default_breakers"):
+            importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
     route_info.cache_clear()
     get_runtime().invalidate()

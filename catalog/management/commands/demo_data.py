@@ -52,9 +52,7 @@ class Command(BaseCommand):
     help = "Create demo books, authors and the demo staff and customer accounts."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--books", type=int, default=300, help="books to have in the catalogue (default 300)"
-        )
+        parser.add_argument("--books", type=int, default=300, help="books to have in the catalogue (default 300)")
         parser.add_argument("--seed", type=int, default=7, help="random seed, for repeatable data")
         parser.add_argument("--reset", action="store_true", help="delete orders, books and authors first")
 
@@ -75,9 +73,7 @@ class Command(BaseCommand):
             )
         return f"catalogue holds {Book.objects.count()} books ({wanted} added)"
 
-    def _ensure_user(
-        self, username: str, email: str, password: str, *, role: str, superuser: bool = False
-    ) -> None:
+    def _ensure_user(self, username: str, email: str, password: str, *, role: str, superuser: bool = False) -> None:
         user = User.objects.filter(username=username).first()
         if user is None:
             user = User(username=username, email=email, role=role, is_superuser=superuser, is_staff=superuser)
@@ -88,8 +84,7 @@ class Command(BaseCommand):
         author_count = max(10, count // 3)
         base_authors = Author.objects.count()
         Author.objects.bulk_create(
-            Author(name=f"{rng.choice(_FIRST)} {rng.choice(_LAST)} {base_authors + i}")
-            for i in range(author_count)
+            Author(name=f"{rng.choice(_FIRST)} {rng.choice(_LAST)} {base_authors + i}") for i in range(author_count)
         )
         authors = list(Author.objects.order_by("-id").values_list("id", "name")[:author_count])
         through = Book.authors.through

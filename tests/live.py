@@ -1,0 +1,412 @@
+"""Run the app under real gunicorn, and a private Redis, for tests that need real processes.
+
+Everything binds to loopback and is stopped by PID (a process group we created), never by name.
+The gunicorn servers talk to the pytest-django test database and the test run's Redis key space,
+so data a test commits (``transactional_db``) is what every worker sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+HOST = "127.0.0.1"
+# A request the app answers without any rate-limit policy a test creates (tests match exact paths).
+READY_PATH = "/api/books"
+# Each access-log line: worker pid, status, method, path, and the X-Probe request header.
+ACCESS_LOG_FORMAT = "%(p)s %(s)s %(m)s %(U)s %({x-probe}i)s"
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def database_url() -> str:
+    """Return a postgres:// URL for the database Django uses now (the test database in tests)."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith(".postgresql"):  # django.db.backends or django_prometheus.db.backends
+        raise RuntimeError("live servers need PostgreSQL: another process cannot share an SQLite test DB")
+    user = quote(db.get("USER") or "", safe="")
+    password = quote(db.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = db.get("HOST") or HOST
+    port = db.get("PORT") or 5432
+    return f"postgres://{auth}{host}:{port}/{quote(db['NAME'], safe='')}"
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group we started, then SIGKILL it after grace seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    # Workers orphaned by a master that died first are still in the group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One HTTP exchange as a test sees it."""
+
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    seconds: float  # from connecting to the last byte of the body
+    port: int = 0
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def request(
+    port: int,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    source: str | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    """Send one request on a fresh connection (Connection: close), optionally from a loopback source IP.
+
+    Binding the client socket to 127.0.0.N gives the server a distinct REMOTE_ADDR per simulated
+    client: the whole 127.0.0.0/8 range is loopback on Linux.
+    """
+    began = time.perf_counter()
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=(source, 0) if source else None)
+    try:
+        conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+        response = conn.getresponse()
+        body = response.read()
+        return Reply(
+            status=response.status,
+            headers={k.lower(): v for k, v in response.getheaders()},
+            body=body,
+            seconds=time.perf_counter() - began,
+            port=port,
+        )
+    finally:
+        conn.close()
+
+
+# --- gunicorn ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveServer:
+    """Run ``gunicorn -c deploy/gunicorn.conf.py bookstore.wsgi`` on a free loopback port.
+
+    Use as a context manager or call start() and stop(); stop() is safe to call twice.
+    """
+
+    workers: int = 4
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+    # Load Django once in the master and fork ready workers: boots several times faster on a
+    # small machine. Workers still build their runtime, Redis and DB connections after the fork.
+    preload: bool = True
+    boot_timeout: float = 40.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    tmp: Path | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def access_log(self) -> Path:
+        assert self.tmp is not None
+        return self.tmp / "access.log"
+
+    @property
+    def error_log(self) -> Path:
+        assert self.tmp is not None
+        return self.tmp / "stderr.log"
+
+    def environment(self) -> dict[str, str]:
+        from django.conf import settings
+
+        assert self.tmp is not None
+        metrics_dir = self.tmp / "metrics"
+        metrics_dir.mkdir(exist_ok=True)
+        # Several servers run at once: none may take the shared default control socket.
+        args = f"--access-logformat {shlex.quote(ACCESS_LOG_FORMAT)} --no-control-socket"
+        if self.preload:
+            args += " --preload"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_", "GUNICORN_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="bookstore.settings",
+            DEBUG="false",
+            SECRET_KEY="live-test-secret-key-not-for-production",
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+            DATABASE_URL=database_url(),
+            REDIS_URL=settings.REDIS_URL,
+            RESILIENCE_KEY_PREFIX=settings.RESILIENCE_KEY_PREFIX,
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+            GUNICORN_BIND=f"{HOST}:{self.port}",
+            GUNICORN_WORKERS=str(self.workers),
+            GUNICORN_ACCESSLOG=str(self.access_log),
+            GUNICORN_CMD_ARGS=args,
+            LOG_LEVEL="WARNING",
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start(self) -> LiveServer:
+        """Start gunicorn and return once every worker has served a request."""
+        if self.proc is not None:
+            raise RuntimeError("already started")
+        self.port = self.port or free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="live-gunicorn-"))
+        with self.error_log.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                [str(GUNICORN), "-c", "deploy/gunicorn.conf.py", "bookstore.wsgi"],
+                cwd=ROOT,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,  # its own process group, stopped as one
+            )
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _fail(self, why: str) -> None:
+        raise RuntimeError(f"gunicorn on port {self.port} {why}:\n{self.stderr_tail()}")
+
+    def _wait_until_serving(self) -> None:
+        """Poll READY_PATH until it answers, then until each worker has answered one request.
+
+        One answering worker is not yet a full pool (without --preload each loads Django after
+        the fork), and tests that reason per worker need every worker serving.
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + self.boot_timeout
+        while True:
+            if self.proc.poll() is not None:
+                self._fail(f"exited with status {self.proc.returncode}")
+            try:
+                if request(self.port, READY_PATH, timeout=2).status < 500:  # type: ignore[arg-type]
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self._fail(f"did not answer within {self.boot_timeout:.0f} s")
+            time.sleep(0.05)
+        while len(self.served_pids() & set(self.worker_pids())) < self.workers:
+            if self.proc.poll() is not None:
+                self._fail(f"exited with status {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                self._fail(f"did not have {self.workers} serving workers within {self.boot_timeout:.0f} s")
+            self._burst(READY_PATH, self.workers * 2)
+
+    def _burst(self, path: str, count: int) -> None:
+        threads = [threading.Thread(target=self._quiet_request, args=(path,), daemon=True) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _quiet_request(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            request(self.port, path, timeout=5)  # type: ignore[arg-type]
+
+    def worker_pids(self) -> list[int]:
+        """Return the PIDs of the master's live worker processes."""
+        return _children(self.proc.pid) if self.proc is not None else []
+
+    def access_lines(self) -> list[list[str]]:
+        """Return the access log, one split line per request (pid, status, method, path, probe)."""
+        try:
+            text = self.access_log.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line.split(" ") for line in text.splitlines() if line]
+
+    def served_pids(self, probe: str | None = None) -> set[int]:
+        """Return the worker PIDs that served requests (with this X-Probe header value, if given)."""
+        pids = set()
+        for fields in self.access_lines():
+            pid = fields[0].strip("<>")  # gunicorn writes %(p)s as <pid>
+            if pid.isdigit() and (probe is None or fields[-1] == probe):
+                pids.add(int(pid))
+        return pids
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
+        except (OSError, AssertionError):
+            return "(no log)"
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop gunicorn by its process group: SIGTERM, then SIGKILL after grace seconds."""
+        if self.proc is not None:
+            _stop_group(self.proc, grace)
+            self.proc = None
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A private, throwaway redis-server on a loopback port, for fault tests.
+
+    stop() ends it (losing every key, as a crashed cache would); start() brings a fresh one up on
+    the same port, so clients configured with its URL reconnect without being told.
+    """
+
+    port: int = 0
+    boot_timeout: float = 10.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    tmp: Path | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        if self.proc is not None:
+            raise RuntimeError("already started")
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = self.port or free_port()
+        self.tmp = self.tmp or Path(tempfile.mkdtemp(prefix="live-redis-"))
+        # stdout to a file, not a pipe: a full pipe nobody reads would stall the server.
+        with (self.tmp / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [executable, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
+                 "--dir", str(self.tmp)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + self.boot_timeout
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.tmp / "redis.log").read_text(errors="replace")
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log_text}")
+            time.sleep(0.02)
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def client(self, **kwargs: Any) -> Any:
+        import redis
+
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=2, **kwargs)
+
+    def keys(self, pattern: str) -> list[str]:
+        client = self.client(decode_responses=True)
+        try:
+            return list(client.scan_iter(match=pattern, count=1000))
+        finally:
+            client.close()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it accepts connections but answers nothing, like a hung host."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT); it answers what queued up meanwhile."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the server by PID; its port refuses connections until start()."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            _stop_group(self.proc, grace)
+            self.proc = None
+
+    def close(self) -> None:
+        """Stop the server and delete its directory."""
+        self.stop()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def stop_all(servers: Iterable[LiveServer | RedisServer]) -> None:
+    """Stop every server, even if stopping one fails."""
+    errors = []
+    for server in servers:
+        try:
+            if isinstance(server, RedisServer):
+                server.close()
+            else:
+                server.stop()
+        except Exception as e:  # noqa: BLE001 - keep stopping the others
+            errors.append(e)
+    if errors:
+        raise errors[0]

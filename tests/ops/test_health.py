@@ -1,0 +1,139 @@
+"""Health probes: liveness never touches a dependency; readiness names the dependency that fails."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.test import Client, RequestFactory
+
+from bookstore import health
+from resilience.models import RateLimitPolicy
+from resilience.policyset import compile_policies
+from tests.live import HOST, LiveServer, database_url, request
+
+
+def test_live_answers_without_database_or_redis(monkeypatch: pytest.MonkeyPatch, rf: RequestFactory) -> None:
+    # No db fixture: pytest-django refuses any query, and Redis access would raise here.
+    def no_redis(*args: object) -> None:
+        raise AssertionError("liveness must not touch Redis")
+
+    monkeypatch.setattr("django_redis.get_redis_connection", no_redis)
+    for method in ("get", "head"):
+        response = health.HealthCheckMiddleware(lambda r: pytest.fail("reached the rest of the stack"))(
+            getattr(rf, method)("/health/live")
+        )
+        assert response.status_code == 200
+    assert Client().get("/health/live").json() == {"status": "ok"}
+
+
+def test_ready_answers_ok_when_database_and_redis_answer(db: None) -> None:
+    response = Client().get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+    assert response["Cache-Control"].startswith("max-age=0")
+
+
+def test_ready_is_a_problem_naming_the_failed_check(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+
+    response = Client().get("/health/ready")
+
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["checks"] == {"database": "ok", "redis": "error: ConnectionRefusedError: connection refused"}
+    assert body["detail"] == "Failing: redis."
+
+
+def test_ready_gives_up_on_a_hung_check_within_the_timeout(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def hung() -> None:
+        time.sleep(3)
+
+    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": hung})
+    monkeypatch.setattr("django.conf.settings.HEALTH_CHECK_TIMEOUT", 0.2, raising=False)
+
+    began = time.monotonic()
+    response = Client().get("/health/ready")
+
+    assert time.monotonic() - began < 1.5
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "redis": "error: no answer within 0.2 s"}
+
+
+@pytest.mark.default_policies
+def test_default_policies_do_not_match_the_probes(db: None) -> None:
+    assert RateLimitPolicy.objects.exists(), "the data migration's default policies are expected here"
+    policies = compile_policies(version=0)
+    for path in ("/health/live", "/health/ready"):
+        assert policies.match_ratelimits("GET", path, lambda: ("", frozenset())) == []
+        assert policies.match_breakers("GET", path, lambda: ("", frozenset())) == []
+
+
+def test_probes_are_not_limited_even_by_a_catch_all_policy(db: None) -> None:
+    from resilience.runtime import get_runtime
+
+    RateLimitPolicy.objects.create(name="everything", match_type="prefix", pattern="/", key="global", limit=0)
+    get_runtime().invalidate()
+    client = Client()
+
+    assert client.get("/api/books").status_code == 429
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/health/ready").status_code == 200
+
+
+# --- real processes ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_postgres() -> Iterator[str]:
+    """Return a postgres:// URL whose server accepts TCP connections and never says a word (a hung host)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((HOST, 0))
+    sock.listen(64)
+    try:
+        yield f"postgres://postgres@{HOST}:{sock.getsockname()[1]}/bookstore"
+    finally:
+        sock.close()
+
+
+@pytest.mark.live
+def test_ready_names_the_database_when_postgres_hangs(
+    live_servers: Callable[..., LiveServer], silent_postgres: str
+) -> None:
+    server = live_servers(workers=1, probe=True, env_overrides={"DATABASE_URL": silent_postgres})
+
+    began = time.monotonic()
+    reply = request(server.port, "/health/ready")
+    seconds = time.monotonic() - began
+
+    assert reply.status == 503, reply.body
+    assert reply.header("Content-Type") == "application/problem+json"
+    checks = json.loads(reply.body)["checks"]
+    assert checks["database"].startswith("error: ")
+    assert checks["redis"] == "ok"
+    assert seconds < 3, "a hung database must cost the probe about one timeout"
+    live = request(server.port, "/health/live")
+    assert (live.status, live.body) == (200, b'{"status": "ok"}')
+
+
+@pytest.mark.live
+def test_ready_names_redis_when_redis_is_unreachable(live_servers: Callable[..., LiveServer]) -> None:
+    server = live_servers(
+        workers=1, probe=True, env_overrides={"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": database_url()}
+    )
+
+    reply = request(server.port, "/health/ready")
+
+    assert reply.status == 503, reply.body
+    checks = json.loads(reply.body)["checks"]
+    assert checks["database"] == "ok"
+    assert checks["redis"].startswith("error: ")
+    assert request(server.port, "/health/live").status == 200

@@ -1,0 +1,300 @@
+"""Placing orders: all-or-nothing stock, unknown and duplicate books, idempotent retries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+from django.http import HttpResponse
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from catalog.models import Book
+from orders.exceptions import InsufficientStock, UnknownBooks
+from orders.models import Order, OrderLine
+from orders.services import LineRequest, order_place
+from tests.conftest import client_for
+
+ORDERS = "/api/orders"
+PROBLEM = "application/problem+json"
+
+
+def _problem(response: HttpResponse, status: int) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status
+    return body
+
+
+def _stock(book: Book) -> int:
+    book.refresh_from_db()
+    return book.stock
+
+
+def _post(client: APIClient, lines: list[dict], key: str | None = None) -> HttpResponse:
+    headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
+    return client.post(ORDERS, {"lines": lines}, format="json", **headers)
+
+
+# --- placing ---------------------------------------------------------------------------------
+
+
+def test_order_place_decrements_stock_and_records_prices(
+    customer: User, customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    first = make_book(stock=5, price="12.50")
+    second = make_book(stock=3, price="7.25")
+
+    response = _post(customer_client, [{"book_id": first.pk, "quantity": 2}, {"book_id": second.pk, "quantity": 3}])
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert response["Location"] == f"/api/orders/{body['id']}"
+    assert "Idempotent-Replayed" not in response
+    assert body["user_id"] == customer.pk
+    assert body["status"] == "placed"
+    assert body["cancelled_at"] is None
+    assert Decimal(body["total"]) == Decimal("46.75")
+    assert sorted((line["book_id"], line["quantity"], line["unit_price"]) for line in body["lines"]) == sorted(
+        [(first.pk, 2, "12.50"), (second.pk, 3, "7.25")]
+    )
+    assert _stock(first) == 3
+    assert _stock(second) == 0
+
+
+def test_order_place_keeps_price_history_when_catalogue_changes(customer: User, make_book: Callable[..., Book]) -> None:
+    book = make_book(stock=5, price="10.00")
+    result = order_place(user=customer, lines=[LineRequest(book_id=book.pk, quantity=1)])
+
+    Book.objects.filter(pk=book.pk).update(price=Decimal("99.00"))
+
+    line = OrderLine.objects.get(order=result.order)
+    assert line.unit_price == Decimal("10.00")
+    assert result.order.total == Decimal("10.00")
+    assert result.replayed is False
+
+
+def test_order_place_can_sell_the_last_copy(customer_client: APIClient, make_book: Callable[..., Book]) -> None:
+    book = make_book(stock=2)
+
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 2}])
+
+    assert response.status_code == 201
+    assert _stock(book) == 0
+
+
+def test_order_place_rejects_when_stock_short(customer_client: APIClient, make_book: Callable[..., Book]) -> None:
+    plenty = make_book(stock=10)
+    short = make_book(stock=1)
+    empty = make_book(stock=0)
+
+    response = _post(
+        customer_client,
+        [
+            {"book_id": plenty.pk, "quantity": 4},
+            {"book_id": short.pk, "quantity": 2},
+            {"book_id": empty.pk, "quantity": 1},
+        ],
+    )
+
+    body = _problem(response, 409)
+    assert body["type"].endswith("/insufficient-stock")
+    assert sorted(body["short_lines"], key=lambda line: line["book_id"]) == sorted(
+        [
+            {"book_id": short.pk, "requested": 2, "available": 1},
+            {"book_id": empty.pk, "requested": 1, "available": 0},
+        ],
+        key=lambda line: line["book_id"],
+    )
+    # All or nothing: the line that could be filled was not.
+    assert _stock(plenty) == 10
+    assert _stock(short) == 1
+    assert _stock(empty) == 0
+    assert Order.objects.count() == 0
+    assert OrderLine.objects.count() == 0
+
+
+def test_order_place_short_line_rolls_back_whole_order_in_service(
+    customer: User, make_book: Callable[..., Book]
+) -> None:
+    books = [make_book(stock=5), make_book(stock=5), make_book(stock=1)]
+    lines = [LineRequest(book_id=books[0].pk, quantity=5), LineRequest(book_id=books[1].pk, quantity=1)]
+    lines.append(LineRequest(book_id=books[2].pk, quantity=3))
+
+    with pytest.raises(InsufficientStock) as excinfo:
+        order_place(user=customer, lines=lines)
+
+    assert excinfo.value.lines == [{"book_id": books[2].pk, "requested": 3, "available": 1}]
+    assert [_stock(book) for book in books] == [5, 5, 1]
+    assert not Order.objects.exists()
+    assert not OrderLine.objects.exists()
+
+
+def test_order_place_rejects_unknown_books_naming_them(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=5)
+    missing = [book.pk + 1000, book.pk + 999]
+
+    response = _post(
+        customer_client,
+        [
+            {"book_id": book.pk, "quantity": 1},
+            {"book_id": missing[0], "quantity": 1},
+            {"book_id": missing[1], "quantity": 1},
+        ],
+    )
+
+    body = _problem(response, 400)
+    assert body["type"].endswith("/unknown-books")
+    assert body["book_ids"] == sorted(missing)
+    assert _stock(book) == 5
+    assert Order.objects.count() == 0
+    assert OrderLine.objects.count() == 0
+
+
+def test_order_place_service_raises_unknown_books(customer: User) -> None:
+    with pytest.raises(UnknownBooks):
+        order_place(user=customer, lines=[LineRequest(book_id=10**9, quantity=1)])
+
+    assert not Order.objects.exists()
+
+
+def test_order_place_rejects_duplicate_book_lines(customer_client: APIClient, make_book: Callable[..., Book]) -> None:
+    book = make_book(stock=5)
+
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 1}, {"book_id": book.pk, "quantity": 2}])
+
+    body = _problem(response, 400)
+    assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines", "duplicate_book")]
+    assert _stock(book) == 5
+    assert Order.objects.count() == 0
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+
+def test_order_place_replays_same_key_and_body(customer_client: APIClient, make_book: Callable[..., Book]) -> None:
+    book = make_book(stock=5)
+    lines = [{"book_id": book.pk, "quantity": 2}]
+
+    first = _post(customer_client, lines, key="order-123")
+    second = _post(customer_client, lines, key="order-123")
+
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first
+    assert second.status_code == 201
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
+    assert second["Location"] == first["Location"]
+    assert _stock(book) == 3
+    assert Order.objects.count() == 1
+
+
+def test_order_place_replay_ignores_line_order(customer_client: APIClient, make_book: Callable[..., Book]) -> None:
+    first_book, second_book = make_book(stock=5), make_book(stock=5)
+    lines = [{"book_id": first_book.pk, "quantity": 1}, {"book_id": second_book.pk, "quantity": 2}]
+
+    first = _post(customer_client, lines, key="k")
+    second = _post(customer_client, list(reversed(lines)), key="k")
+
+    assert second.status_code == 201
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
+    assert (_stock(first_book), _stock(second_book)) == (4, 3)
+
+
+def test_order_place_rejects_key_reused_with_different_body(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=5)
+    assert _post(customer_client, [{"book_id": book.pk, "quantity": 1}], key="k").status_code == 201
+
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 2}], key="k")
+
+    body = _problem(response, 422)
+    assert body["type"].endswith("/idempotency-key-reused")
+    assert _stock(book) == 4
+    assert Order.objects.count() == 1
+
+
+def test_order_place_key_is_scoped_to_the_user(make_user: Callable[..., User], make_book: Callable[..., Book]) -> None:
+    alice, bob = make_user(), make_user()
+    book = make_book(stock=5)
+    lines = [{"book_id": book.pk, "quantity": 1}]
+
+    alices = _post(client_for(alice), lines, key="shared-key")
+    bobs = _post(client_for(bob), lines, key="shared-key")
+
+    assert alices.status_code == bobs.status_code == 201
+    assert "Idempotent-Replayed" not in bobs
+    assert alices.json()["id"] != bobs.json()["id"]
+    assert bobs.json()["user_id"] == bob.pk
+    assert _stock(book) == 3
+    # A different body under the same key is fine for another user too.
+    carols = _post(client_for(make_user()), [{"book_id": book.pk, "quantity": 2}], key="shared-key")
+    assert carols.status_code == 201
+    assert _stock(book) == 1
+
+
+def test_order_place_without_key_is_not_deduplicated(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=5)
+    lines = [{"book_id": book.pk, "quantity": 1}]
+
+    assert _post(customer_client, lines).status_code == 201
+    assert _post(customer_client, lines).status_code == 201
+
+    assert Order.objects.count() == 2
+    assert _stock(book) == 3
+
+
+def test_order_place_accepts_longest_key(customer_client: APIClient, make_book: Callable[..., Book]) -> None:
+    book = make_book(stock=5)
+
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 1}], key="k" * 255)
+
+    assert response.status_code == 201
+    assert Order.objects.get().idempotency_key == "k" * 255
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("k" * 256, id="too-long"),
+        pytest.param("abc\x01def", id="control-char"),
+        pytest.param("abc\x7f", id="delete-char"),
+        pytest.param("clé-été", id="non-ascii"),
+        pytest.param("   ", id="blank"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_order_place_rejects_invalid_idempotency_key(
+    customer_client: APIClient, make_book: Callable[..., Book], key: str
+) -> None:
+    book = make_book(stock=5)
+
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 1}], key=key)
+
+    body = _problem(response, 400)
+    assert [error["field"] for error in body["errors"]] == ["Idempotency-Key"]
+    assert _stock(book) == 5
+    assert Order.objects.count() == 0
+
+
+def test_order_place_retry_after_conflict_places_the_order(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=1)
+    lines = [{"book_id": book.pk, "quantity": 2}]
+    assert _post(customer_client, lines, key="retry").status_code == 409
+
+    Book.objects.filter(pk=book.pk).update(stock=2)  # restocked
+    response = _post(customer_client, lines, key="retry")
+
+    assert response.status_code == 201
+    assert "Idempotent-Replayed" not in response
+    assert _stock(book) == 0
