@@ -12,7 +12,7 @@ Both serve GET /api/books/<id> of one small book. The report gives requests per 
 round, the ratio B / A (goal: at least 0.90), server CPU per request, and Redis commands per
 request in B, counted from INFO commandstats of a private redis-server that only B talks to
 (calls made inside the Lua script count too, so the round trips are the EVALSHA line).
-Knobs: BENCH_DURATION (s per round and config, default 5), BENCH_WARMUP (1), BENCH_ROUNDS (3),
+Knobs: BENCH_DURATION (s per round and config, default 5), BENCH_WARMUP (1), BENCH_ROUNDS (5),
 BENCH_CLIENTS (16), BENCH_WORKERS (4), BENCH_THREADS (2: gthread, so connections are kept alive).
 """
 
@@ -166,7 +166,7 @@ def _report(results: dict[str, Any]) -> str:
 def main() -> int:
     warmup = common.env_number("BENCH_WARMUP", 1.0)
     duration = common.env_number("BENCH_DURATION", 5.0)
-    rounds = int(common.env_number("BENCH_ROUNDS", 3))
+    rounds = int(common.env_number("BENCH_ROUNDS", 5))
     clients = int(common.env_number("BENCH_CLIENTS", 16))
     workers = int(common.env_number("BENCH_WORKERS", 4))
     threads = int(common.env_number("BENCH_THREADS", 2))

@@ -8,6 +8,7 @@ limits admit, so a request refused by a limit never takes a half-open trial slot
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import redis
@@ -27,41 +28,71 @@ class Admission(NamedTuple):
     permits: list[tuple[Permit, list[Transition]]]
 
 
+_SPEC_ARGS: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def _spec_args(spec: LimitSpec) -> tuple[str, ...]:
+    """Return the five script arguments of a spec, validating each distinct policy shape once."""
+    shape = tuple(spec[1:])
+    args = _SPEC_ARGS.get(shape)
+    if args is None:
+        (checked,) = validate([spec], 1)
+        args = (
+            checked.algorithm.value,
+            str(checked.limit),
+            str(checked.period),
+            "" if checked.burst is None else str(checked.burst),
+            "1" if checked.enforce else "0",
+        )
+        if len(_SPEC_ARGS) < 10_000:  # shapes come from policies and overrides: a handful
+            _SPEC_ARGS[shape] = args
+    return args
+
+
+@lru_cache(maxsize=1024)
+def _breaker_args(cfg: BreakerConfig) -> tuple[str, ...]:
+    cfg.validate()
+    return tuple(config_args(cfg))
+
+
 class RedisAdmission:
-    """Decide limits and breaker admission in one atomic Redis round trip."""
+    """Decide limits and breaker admission in one atomic Redis round trip.
+
+    Two scripts share one main chunk: requests that no breaker guards run the smaller one
+    without the breaker library, which Redis would otherwise re-create on every call.
+    """
 
     def __init__(self, limiter: RedisLimiterStore, breakers: RedisBreakerStore) -> None:
         self.limiter = limiter
         self.breakers = breakers
-        self._script = limiter.client.register_script(
+        client = limiter.client
+        self._limits_only = client.register_script("\n".join((load_lua("limiter_lib"), load_lua("admit_main"))))
+        self._full = client.register_script(
             "\n".join((load_lua("limiter_lib"), load_lua("breaker_lib"), load_lua("admit_main")))
         )
 
     def admit(
         self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig], now: float | None = None
     ) -> Admission:
-        checked = validate(specs, 1) if specs else []
-        keys = [spec.key for spec in checked] + [self.limiter.version_key]
-        args: list[str] = ["" if now is None else str(to_micros(now)), str(len(checked))]
-        for spec in checked:
-            args += [
-                spec.algorithm.value,
-                str(spec.limit),
-                str(spec.period),
-                "" if spec.burst is None else str(spec.burst),
-                "1" if spec.enforce else "0",
-            ]
+        keys = [spec.key for spec in specs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key appears twice in one admission")
+        keys.append(self.limiter.version_key)
+        args: list[str] = ["" if now is None else str(to_micros(now)), str(len(specs))]
+        for spec in specs:
+            args += _spec_args(spec)
         args.append(str(len(breakers)))
         for cfg in breakers:
             keys += self.breakers.keys_for(cfg.name)
-            args += config_args(cfg)
+            args += _breaker_args(cfg)
+        script = self._full if breakers else self._limits_only
         try:
-            reply: list[Any] = self._script(keys=keys, args=args)
+            reply: list[Any] = script(keys=keys, args=args)
         except redis.RedisError as e:
             raise StoreUnavailable(f"admission store unavailable: {e}") from e
-        decisions = RedisLimiterStore._decisions(reply, len(checked))
+        decisions = RedisLimiterStore._decisions(reply, len(specs))
         hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
-        at = 2 + 5 * len(checked)
+        at = 2 + 5 * len(specs)
         asked = int(reply[at])
         permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
         return Admission(hit=hit, permits=permits)
