@@ -9,6 +9,16 @@ from resilience import api as resilience_api
 from resilience import views as resilience_views
 
 urlpatterns = [
+    path(
+        "admin/resilience/dashboard/",
+        admin.site.admin_view(resilience_views.dashboard),
+        name="resilience-dashboard",
+    ),
+    path(
+        "admin/resilience/dashboard/data.json",
+        admin.site.admin_view(resilience_views.dashboard_json),
+        name="resilience-dashboard-data",
+    ),
     path("admin/", admin.site.urls),
     path("api/", include("accounts.urls")),
     path("api/", include("catalog.urls")),

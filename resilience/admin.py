@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from resilience import services
 from resilience.breaker import State, StoreUnavailable
@@ -59,13 +62,39 @@ class RateLimitOverrideInline(admin.TabularInline):
 _page = threading.local()
 
 
+def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest) -> None:
+    """Tell staff when a change they just made is enforced everywhere."""
+    by = (timezone.localtime() + timedelta(seconds=1)).strftime("%H:%M:%S")
+    admin_obj.message_user(
+        request,
+        format_html(
+            "In force on every worker by {} (each worker reloads within a second); "
+            '<a href="{}">the dashboard</a> shows which workers have loaded it.',
+            by,
+            reverse("resilience-dashboard"),
+        ),
+    )
+
+
+class PropagationNoticeMixin:
+    """After a save or delete, say when the change is in force on all workers."""
+
+    def save_model(self, request: HttpRequest, obj: object, form: object, change: bool) -> None:
+        super().save_model(request, obj, form, change)  # type: ignore[misc]
+        _announce_propagation(self, request)  # type: ignore[arg-type]
+
+    def delete_model(self, request: HttpRequest, obj: object) -> None:
+        super().delete_model(request, obj)  # type: ignore[misc]
+        _announce_propagation(self, request)  # type: ignore[arg-type]
+
+
 def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, message: str) -> None:
     for obj in queryset:
         admin_obj.log_change(request, obj, message)
 
 
 @admin.register(RateLimitPolicy)
-class RateLimitPolicyAdmin(admin.ModelAdmin):
+class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
     form = RateLimitPolicyForm
     inlines = [RateLimitOverrideInline]
     list_display = [
@@ -146,7 +175,7 @@ class RateLimitPolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(CircuitBreakerPolicy)
-class CircuitBreakerPolicyAdmin(admin.ModelAdmin):
+class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "enabled",

@@ -150,3 +150,15 @@ def rate_limited(request: Any, policies: Iterable[str], retry_after: int) -> Non
                 "suppressed": suppressed,
             },
         )
+
+
+def log_bulk_update(before: Iterable[models.Model], fields: dict[str, Any], action: str = "updated") -> None:
+    """Log rows changed by a queryset update (which sends no model signals), as a save would."""
+    for instance in before:
+        changes = {
+            name: [_value(getattr(instance, name)), _value(value)]
+            for name, value in fields.items()
+            if not isinstance(value, models.expressions.Combinable) and getattr(instance, name) != value
+        }
+        if changes or action != "updated":
+            _log_change(instance, action, changes)

@@ -157,7 +157,9 @@ class ResilienceMiddleware:
         if not applied and not breakers:
             return self.get_response(request)
 
-        admission, from_fallback = runtime.admit([spec for _, spec in applied], [b.config for b in breakers])
+        admission, from_fallback = runtime.admit(
+            [spec for _, spec in applied], [b.config for b in breakers], labels=[rule.label for rule, _ in applied]
+        )
         headers: dict[str, str] = {}
         if applied:
             outcome = self._limits(request, applied, admission, from_fallback, runtime)

@@ -72,6 +72,11 @@ class RateLimitRule:
     overrides: dict[str, int] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)  # outcome -> prometheus child, resolved once
 
+    @property
+    def label(self) -> str:
+        """Return the name the dashboard's per-minute counters use for this policy."""
+        return str(self.id)
+
     def count(self, outcome: str) -> None:
         child = self.counters.get(outcome)
         if child is None:

@@ -10,12 +10,16 @@ per request.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
+from time import time as wall_clock
 
 from django.conf import settings
 from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from resilience.breaker import BreakerConfig, BreakerStore
 from resilience.limiter import LimitSpec, StoreUnavailable
@@ -29,10 +33,17 @@ log = logging.getLogger("resilience")
 
 # How often a worker that saw no admission round trip checks the version counter (seconds).
 VERSION_CHECK_INTERVAL = 1.0
+# How often a worker reports the policy version it enforces, for the dashboard (seconds).
+HEARTBEAT_INTERVAL = 10.0
 
 
 def key_prefix() -> str:
     return getattr(settings, "RESILIENCE_KEY_PREFIX", "")
+
+
+def workers_key() -> str:
+    """Return the Redis hash where workers report "<version> <unix time>" under "<host>:<pid>"."""
+    return f"{key_prefix()}workers"
 
 
 class Runtime:
@@ -49,6 +60,8 @@ class Runtime:
         self.breaker_shared = self._make_breaker_store()
         self.fallback_admission = MemoryAdmission(self.fallback, self.breaker_fallback)
         self._shared_admission: RedisAdmission | MemoryAdmission | None = None
+        self._beat_at = 0.0
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def uses_redis(self) -> bool:
@@ -80,6 +93,18 @@ class Runtime:
             return self.breaker_shared, False
         return self.breaker_fallback, self.uses_redis
 
+    def heartbeat(self, version: int) -> None:
+        """Tell the dashboard which policy version this worker enforces (one write per interval)."""
+        self._beat_at = time.monotonic()
+        if not self.store_available():
+            return
+        try:
+            self.shared.client.hset(  # type: ignore[attr-defined]
+                workers_key(), self.worker_id, f"{version} {wall_clock():.3f}"
+            )
+        except RedisError as e:  # the dashboard's view is never worth a failed request
+            self.mark_down("heartbeat", e)
+
     # --- store health --------------------------------------------------------------------
     def store_available(self) -> bool:
         return self.uses_redis and time.monotonic() >= self._down_until
@@ -97,6 +122,8 @@ class Runtime:
         """Return the current policies, reloading them when a change is seen or overdue."""
         current = self._snapshot
         now = time.monotonic()
+        if current is not None and now - self._beat_at >= HEARTBEAT_INTERVAL:
+            self.heartbeat(current.version)
         if current is not None and now - self._checked_at < VERSION_CHECK_INTERVAL:
             return current
         # Without a reachable shared counter, reload from the database once per interval.
@@ -125,6 +152,7 @@ class Runtime:
                 return current
             try:
                 self._snapshot = compile_policies(version)
+                self._beat_at = 0.0  # report the new version with the next request
             except DatabaseError as e:
                 # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
                 # and try again at the next interval rather than failing every request.
@@ -144,13 +172,22 @@ class Runtime:
         current = self._shared_admission
         if current is None or current.limiter is not self.shared or current.breakers is not self.breaker_shared:
             if self.uses_redis:
-                current = RedisAdmission(self.shared, self.breaker_shared)  # type: ignore[arg-type]
+                current = RedisAdmission(
+                    self.shared,  # type: ignore[arg-type]
+                    self.breaker_shared,  # type: ignore[arg-type]
+                    stats_prefix=key_prefix(),
+                )
             else:
                 current = MemoryAdmission(self.fallback, self.breaker_fallback)
             self._shared_admission = current
         return current
 
-    def admit(self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig]) -> tuple[Admission, bool]:
+    def admit(
+        self,
+        specs: Sequence[LimitSpec],
+        breakers: Sequence[BreakerConfig],
+        labels: Sequence[str] | None = None,
+    ) -> tuple[Admission, bool]:
         """Decide limits and breakers; return (admission, from_fallback).
 
         The shared store answers in one round trip; while it is unavailable the in-process
@@ -159,13 +196,13 @@ class Runtime:
         """
         if self.store_available() or not self.uses_redis:
             try:
-                admission = self._admission().admit(specs, breakers)
+                admission = self._admission().admit(specs, breakers, labels=labels)
             except StoreUnavailable as e:
                 self.mark_down("admit", e)
             else:
                 self.observe_version(admission.hit.version)
                 return admission, False
-        return self.fallback_admission.admit(specs, breakers), True
+        return self.fallback_admission.admit(specs, breakers, labels=labels), True
 
     def bump_version(self) -> None:
         """Tell every worker the policies changed (called after commit)."""

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from resilience.audit import log_bulk_update
 from resilience.breaker import BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
@@ -27,7 +28,9 @@ def policies_changed() -> None:
 def policy_update(*, policies: Iterable[RateLimitPolicy], **fields: object) -> int:
     """Set fields (enabled, mode, ...) on policies; return how many changed."""
     ids = [p.pk for p in policies]
+    before = list(RateLimitPolicy.objects.filter(pk__in=ids))
     count = RateLimitPolicy.objects.filter(pk__in=ids).update(**fields)
+    log_bulk_update(before, fields)
     policies_changed()
     return count
 
@@ -70,6 +73,7 @@ def policy_reset(*, policies: Iterable[RateLimitPolicy], key: str | None = None)
     policies = list(policies)
     if key is None:
         count = RateLimitPolicy.objects.filter(pk__in=[p.pk for p in policies]).update(epoch=F("epoch") + 1)
+        log_bulk_update(policies, {}, action="counters reset")
         policies_changed()
         return count
     runtime = get_runtime()

@@ -7,13 +7,17 @@ import os
 import secrets
 
 from django.conf import settings
+from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 from bookstore.problems import problem_response
 from resilience import services
 from resilience.breaker import StoreUnavailable
+from resilience.dashboard import dashboard_data
 
 
 def _metrics_allowed(request: HttpRequest) -> bool:
@@ -81,3 +85,35 @@ def breaker_metrics(request: HttpRequest) -> HttpResponse:
 
 _breaker_registry = CollectorRegistry()
 _breaker_registry.register(BreakerStateCollector())
+
+
+def _staff_only(request: HttpRequest) -> HttpResponse | None:
+    user = request.user
+    if not (user.is_authenticated and getattr(user, "is_shop_staff", False)):
+        return problem_response(request, status=403, slug="permission-denied", title="Staff only")
+    return None
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Render the staff resilience dashboard (it refreshes itself from dashboard_data)."""
+    refused = _staff_only(request)
+    if refused is not None:
+        return refused
+    context = {
+        **admin.site.each_context(request),
+        "title": "Resilience dashboard",
+        "data_url": reverse("resilience-dashboard-data"),
+        "initial": dashboard_data(),
+        "refresh_ms": 3000,
+    }
+    return TemplateResponse(request, "admin/resilience/dashboard.html", context)
+
+
+def dashboard_json(request: HttpRequest) -> HttpResponse:
+    """Return the dashboard's data as JSON, for its refresh loop."""
+    refused = _staff_only(request)
+    if refused is not None:
+        return refused
+    response = JsonResponse(dashboard_data())
+    response["Cache-Control"] = "no-store"
+    return response

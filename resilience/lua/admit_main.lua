@@ -8,6 +8,13 @@
 -- ARGV[2]             n, the number of limit specs
 -- ARGV[3 .. 2 + 5n]   five per spec: algorithm, limit, period, burst ('' = limit), enforce
 -- then                m, the number of breakers, and seven config values per breaker
+-- then                the stats prefix ('' = keep no stats) and one stats label per spec
+--
+-- Stats for the staff dashboard ride on this same round trip: per minute, a hash of
+-- "<label>:<outcome>" counters (a = allowed, l = limited, d = dry run would limit) and a sorted
+-- set of the keys that were limited ("<label>|<counted value>"), both expiring after 20 minutes.
+-- Their key names are built here from the minute, so they are not declared in KEYS: like the
+-- multi-policy hit itself, this needs a single Redis (or one shard), not a cluster.
 --
 -- Breakers are asked only when every enforcing limit admits, so a request refused by a limit
 -- never takes a half-open trial slot. They are asked in order and the first refusal stops the
@@ -60,6 +67,33 @@ end
 
 local m_at = 3 + n * 5
 local m = tonumber(ARGV[m_at])
+
+local stats_at = m_at + 1 + m * 7
+local stats_prefix = ARGV[stats_at]
+if stats_prefix ~= nil and stats_prefix ~= '' and n > 0 then
+  local minute = math.floor(now_us / 60000000)
+  local counts = stats_prefix .. 'stats:' .. minute
+  local top = stats_prefix .. 'top:' .. minute
+  local any_limited = false
+  for i, r in ipairs(results) do
+    local label = ARGV[stats_at + i]
+    local outcome = 'a'
+    if not r[1] then
+      if specs[i].enforce then outcome = 'l' else outcome = 'd' end
+    end
+    redis.call('HINCRBY', counts, label .. ':' .. outcome, 1)
+    if outcome == 'l' then
+      -- The counted value is what follows the policy part of the key: "...rl:{<id>.<epoch>:<value>}".
+      local key = specs[i].key
+      local colon = string.find(key, ':', string.find(key, '{', 1, true), true)
+      local value = string.sub(key, colon + 1, -2)
+      redis.call('ZINCRBY', top, 1, label .. '|' .. value)
+      any_limited = true
+    end
+  end
+  redis.call('EXPIRE', counts, 1200)
+  if any_limited then redis.call('EXPIRE', top, 1200) end
+end
 local asked = {}
 if admitted then
   local now_s = now_us / 1000000

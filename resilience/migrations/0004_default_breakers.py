@@ -5,11 +5,13 @@ from django.db import migrations
 DEFAULTS = [
     # Search's dependency (the full-text query) failing or crawling: 5 failures in a row, or half
     # of the last 20 calls (after 10), or calls slower than 2 s open it for 15 s; then 2 trial
-    # calls decide whether it closes.
+    # calls decide whether it closes. It matches the views tagged "search", so while it is open
+    # the middleware refuses searches in its one admission round trip, before any view work;
+    # the view's `with breaker("search")` guard defers to it for those requests.
     dict(
         name="search",
-        match_type="code",
-        pattern="",
+        match_type="tag",
+        pattern="search",
         failure_statuses="500-599",
         slow_call_ms=2000,
         failure_threshold=5,

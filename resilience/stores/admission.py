@@ -7,6 +7,9 @@ limits admit, so a request refused by a limit never takes a half-open trial slot
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -62,9 +65,10 @@ class RedisAdmission:
     without the breaker library, which Redis would otherwise re-create on every call.
     """
 
-    def __init__(self, limiter: RedisLimiterStore, breakers: RedisBreakerStore) -> None:
+    def __init__(self, limiter: RedisLimiterStore, breakers: RedisBreakerStore, stats_prefix: str = "") -> None:
         self.limiter = limiter
         self.breakers = breakers
+        self.stats_prefix = stats_prefix
         client = limiter.client
         self._limits_only = client.register_script("\n".join((load_lua("limiter_lib"), load_lua("admit_main"))))
         self._full = client.register_script(
@@ -72,8 +76,13 @@ class RedisAdmission:
         )
 
     def admit(
-        self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig], now: float | None = None
+        self,
+        specs: Sequence[LimitSpec],
+        breakers: Sequence[BreakerConfig],
+        now: float | None = None,
+        labels: Sequence[str] | None = None,
     ) -> Admission:
+        """Decide specs and breakers; with labels (one per spec), count outcomes per minute too."""
         keys = [spec.key for spec in specs]
         if len(set(keys)) != len(keys):
             raise ValueError("a key appears twice in one admission")
@@ -85,6 +94,11 @@ class RedisAdmission:
         for cfg in breakers:
             keys += self.breakers.keys_for(cfg.name)
             args += _breaker_args(cfg)
+        if labels is not None and self.stats_prefix:
+            args.append(self.stats_prefix)
+            args += labels
+        else:
+            args.append("")
         script = self._full if breakers else self._limits_only
         try:
             reply: list[Any] = script(keys=keys, args=args)
@@ -104,15 +118,23 @@ class MemoryAdmission:
     def __init__(self, limiter: MemoryLimiterStore, breakers: MemoryBreakerStore) -> None:
         self.limiter = limiter
         self.breakers = breakers
+        self.stats = MemoryStats()
 
     def admit(
-        self, specs: Sequence[LimitSpec], breakers: Sequence[BreakerConfig], now: float | None = None
+        self,
+        specs: Sequence[LimitSpec],
+        breakers: Sequence[BreakerConfig],
+        now: float | None = None,
+        labels: Sequence[str] | None = None,
     ) -> Admission:
+        """Decide specs and breakers in process; with labels, count outcomes per minute too."""
         hit = (
             self.limiter.hit(specs, now=now)
             if specs
             else HitResult(decisions=[], allowed=True, version=self.limiter.version())
         )
+        if labels is not None:
+            self.stats.record(specs, hit, labels, now if now is not None else time.time())
         permits: list[tuple[Permit, list[Transition]]] = []
         if hit.allowed:
             for cfg in breakers:
@@ -121,3 +143,33 @@ class MemoryAdmission:
                 if not permit.allowed:
                     break
         return Admission(hit=hit, permits=permits)
+
+
+class MemoryStats:
+    """Per-minute outcome counts and limited keys kept in process (embedded default, fallback)."""
+
+    KEEP_MINUTES = 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[int, Counter[str]] = {}
+        self.top: dict[int, Counter[str]] = {}
+
+    def record(self, specs: Sequence[LimitSpec], hit: HitResult, labels: Sequence[str], now: float) -> None:
+        minute = int(now // 60)
+        with self._lock:
+            counts = self.counts.setdefault(minute, Counter())
+            for spec, decision, label in zip(specs, hit.decisions, labels, strict=True):
+                outcome = "a" if decision.allowed else ("l" if spec.enforce else "d")
+                counts[f"{label}:{outcome}"] += 1
+                if outcome == "l":
+                    value = spec.key[spec.key.index(":", spec.key.index("{")) + 1 : -1]
+                    self.top.setdefault(minute, Counter())[f"{label}|{value}"] += 1
+            for old in [m for m in self.counts if m < minute - self.KEEP_MINUTES]:
+                self.counts.pop(old, None)
+                self.top.pop(old, None)
+
+    def minutes(self, first: int, last: int) -> list[tuple[dict[str, int], dict[str, int]]]:
+        """Return (counts, limited keys) for each minute from first to last, inclusive."""
+        with self._lock:
+            return [(dict(self.counts.get(m, {})), dict(self.top.get(m, {}))) for m in range(first, last + 1)]

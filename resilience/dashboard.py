@@ -1,0 +1,193 @@
+"""What the staff dashboard shows: breaker states, limiter decisions per minute, hot keys, health.
+
+Everything here is read from the shared store in a few pipelined round trips per refresh; the
+per-minute counters are written by the admission script itself, so the dashboard adds no work
+to any request it reports on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from django.db import connection
+from django.urls import reverse
+
+from resilience import services
+from resilience.breaker import StoreUnavailable
+from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.runtime import get_runtime, key_prefix, workers_key
+
+MINUTES = 15
+OUTCOMES = {"a": "allowed", "l": "limited", "d": "dry_run_would_limit"}
+COLOURS = {"allowed": "#2e7d32", "limited": "#c62828", "dry_run_would_limit": "#ef6c00"}
+ACTIVE_WORKER_SECONDS = 30  # a worker that reported this recently counts as serving
+FORGET_WORKER_SECONDS = 3600
+
+
+def _minutes(now: float) -> tuple[int, int]:
+    last = int(now // 60)
+    return last - MINUTES + 1, last
+
+
+def _read_minutes(first: int, last: int) -> tuple[list[dict[str, int]], Counter[str], str]:
+    """Return per-minute counters, limited keys over the span, and where they came from."""
+    runtime = get_runtime()
+    if runtime.uses_redis and runtime.store_available():
+        client = runtime.shared.client  # type: ignore[attr-defined]
+        pipe = client.pipeline(transaction=False)
+        for minute in range(first, last + 1):
+            pipe.hgetall(f"{key_prefix()}stats:{minute}")
+        for minute in range(first, last + 1):
+            pipe.zrevrange(f"{key_prefix()}top:{minute}", 0, 19, withscores=True)
+        try:
+            replies = pipe.execute()
+        except Exception as e:  # noqa: BLE001 - shown as "store unavailable" on the page
+            runtime.mark_down("dashboard", e)
+        else:
+            span = last - first + 1
+            counts = [{_text(k): int(v) for k, v in reply.items()} for reply in replies[:span]]
+            top: Counter[str] = Counter()
+            for reply in replies[span:]:
+                for member, score in reply:
+                    top[_text(member)] += int(score)
+            return counts, top, "shared"
+    rows = runtime.fallback_admission.stats.minutes(first, last)
+    top = Counter()
+    for _, minute_top in rows:
+        top.update(minute_top)
+    return [counts for counts, _ in rows], top, "process"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def sparkline(series: dict[str, list[int]], width: int = 180, height: int = 40) -> str:
+    """Return an inline SVG of stacked per-minute bars (allowed, dry run, limited)."""
+    span = len(next(iter(series.values())))
+    totals = [sum(values[i] for values in series.values()) for i in range(span)]
+    peak = max(totals) or 1
+    bar = width / span
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="decisions per minute, last {span} minutes">'
+    ]
+    for i in range(span):
+        y = float(height)
+        for outcome in ("allowed", "dry_run_would_limit", "limited"):
+            value = series[outcome][i]
+            if not value:
+                continue
+            h = value / peak * (height - 2)
+            y -= h
+            parts.append(
+                f'<rect x="{i * bar + 1:.1f}" y="{y:.1f}" width="{max(bar - 2, 1):.1f}" height="{h:.1f}" '
+                f'fill="{COLOURS[outcome]}"><title>{outcome}: {value}</title></rect>'
+            )
+    parts.append(f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#999"/></svg>')
+    return "".join(parts)
+
+
+def _health() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        out["postgresql"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    except Exception as e:  # noqa: BLE001 - the page reports it
+        out["postgresql"] = {"ok": False, "error": str(e)[:200]}
+    runtime = get_runtime()
+    if not runtime.uses_redis:
+        out["redis"] = {"ok": None, "error": "not configured (in-process stores)"}
+        return out
+    started = time.perf_counter()
+    try:
+        runtime.shared.client.ping()  # type: ignore[attr-defined]
+        out["redis"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    except Exception as e:  # noqa: BLE001 - the page reports it
+        out["redis"] = {"ok": False, "error": str(e)[:200]}
+    return out
+
+
+def _workers(now: float) -> dict[str, Any]:
+    runtime = get_runtime()
+    version = None
+    workers: list[dict[str, Any]] = []
+    if runtime.uses_redis and runtime.store_available():
+        try:
+            client = runtime.shared.client  # type: ignore[attr-defined]
+            version = runtime.shared.version()
+            stale = []
+            for worker, raw in client.hgetall(workers_key()).items():
+                seen_version, _, seen_at = _text(raw).partition(" ")
+                age = now - float(seen_at or 0)
+                if age > FORGET_WORKER_SECONDS:
+                    stale.append(worker)
+                elif age <= ACTIVE_WORKER_SECONDS:
+                    workers.append({"worker": _text(worker), "version": int(seen_version), "seen": round(age, 1)})
+            if stale:
+                client.hdel(workers_key(), *stale)
+        except (StoreUnavailable, Exception) as e:  # noqa: BLE001 - shown as unknown
+            runtime.mark_down("dashboard", e)
+    current = sum(1 for w in workers if version is not None and w["version"] == version)
+    return {
+        "version": version,
+        "active": len(workers),
+        "current": current,
+        "workers": sorted(workers, key=lambda w: w["worker"]),
+    }
+
+
+def dashboard_data() -> dict[str, Any]:
+    """Return everything the dashboard page shows, as JSON-ready data."""
+    now = time.time()
+    first, last = _minutes(now)
+    counts, top, source = _read_minutes(first, last)
+    policies = list(RateLimitPolicy.objects.all())
+    names = {str(p.pk): p.name for p in policies}
+    rows = []
+    for p in policies:
+        series = {name: [c.get(f"{p.pk}:{code}", 0) for c in counts] for code, name in OUTCOMES.items()}
+        rows.append(
+            {
+                "id": p.pk,
+                "name": p.name,
+                "enabled": p.enabled,
+                "mode": p.mode,
+                "rate": f"{p.limit}/{p.period}s",
+                "key": p.key if p.key != "header" else f"header {p.header_name}",
+                "algorithm": p.algorithm,
+                "totals": {name: sum(values) for name, values in series.items()},
+                "series": series,
+                "svg": sparkline(series),
+                "change_url": reverse("admin:resilience_ratelimitpolicy_change", args=[p.pk]),
+            }
+        )
+    top_keys = []
+    for member, count in top.most_common(10):
+        label, _, value = member.partition("|")
+        if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+            value = f"hash {value[:12]}…"  # a header value: only a prefix of its hash is shown
+        top_keys.append({"policy": names.get(label, f"#{label}"), "key": value, "count": count})
+    try:
+        breakers = services.breaker_status(policies=CircuitBreakerPolicy.objects.all())
+        breaker_error = ""
+    except StoreUnavailable as e:
+        breakers, breaker_error = [], str(e)[:200]
+    ids = dict(CircuitBreakerPolicy.objects.values_list("name", "pk"))
+    for row in breakers:
+        row["change_url"] = reverse("admin:resilience_circuitbreakerpolicy_change", args=[ids[row["name"]]])
+    return {
+        "generated_at": now,
+        "minutes": [m * 60 for m in range(first, last + 1)],
+        "source": source,
+        "policies": rows,
+        "top_keys": top_keys,
+        "breakers": breakers,
+        "breaker_error": breaker_error,
+        "health": _health(),
+        "propagation": _workers(now),
+    }
