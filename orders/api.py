@@ -64,8 +64,11 @@ class OrderListApi(APIView):
         headers = {"Location": f"/api/orders/{result.order.pk}"}
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
-        order = Order.objects.prefetch_related("lines").get(pk=result.order.pk)
-        return Response(OrderOutput(order).data, status=status.HTTP_201_CREATED, headers=headers)
+        if result.lines is not None:  # just written: serialise what we hold, no second read
+            data = OrderOutput(result.order, context={"lines": result.lines}).data
+        else:
+            data = OrderOutput(Order.objects.prefetch_related("lines").get(pk=result.order.pk)).data
+        return Response(data, status=status.HTTP_201_CREATED, headers=headers)
 
 
 class OrderDetailApi(APIView):

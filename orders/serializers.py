@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orders.models import Order, OrderLine
@@ -38,8 +39,14 @@ class OrderLineOutput(serializers.ModelSerializer):
 
 
 class OrderOutput(serializers.ModelSerializer):
-    lines = OrderLineOutput(many=True, read_only=True)
+    lines = serializers.SerializerMethodField()
     user_id = serializers.IntegerField()
+
+    @extend_schema_field(OrderLineOutput(many=True))
+    def get_lines(self, order: Order) -> list[dict]:
+        # A just-placed order passes its lines in the context; others read the prefetched rows.
+        lines = self.context.get("lines")
+        return OrderLineOutput(lines if lines is not None else order.lines.all(), many=True).data
 
     class Meta:
         model = Order
