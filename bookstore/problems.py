@@ -42,9 +42,14 @@ def problem_response(
     title: str,
     detail: str = "",
     headers: dict[str, str] | None = None,
+    quiet: bool = False,
     **extra: Any,
 ) -> JsonResponse:
-    """Return a plain Django response carrying a problem document (for middleware and handlers)."""
+    """Return a plain Django response carrying a problem document (for middleware and handlers).
+
+    quiet=True keeps Django from logging the response (one line per request): for refusals the
+    resilience layer counts and samples itself, so an attack cannot flood the logs.
+    """
     body = problem_body(
         status=status,
         slug=slug,
@@ -56,4 +61,6 @@ def problem_response(
     response = JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
     for name, value in (headers or {}).items():
         response[name] = value
+    if quiet:
+        response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
     return response

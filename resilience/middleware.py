@@ -188,6 +188,7 @@ class ResilienceMiddleware:
                 rule.count("store_error")
             return problem_response(
                 request,
+                quiet=True,
                 status=503,
                 slug="temporary-reduced-capacity",
                 title="Service temporarily unavailable",
@@ -212,6 +213,7 @@ class ResilienceMiddleware:
         audit.rate_limited(request, [rule.name for rule, _ in violated], retry_after)
         return problem_response(
             request,
+            quiet=True,
             status=429,
             slug="quota-exceeded",
             title="Too many requests",
@@ -287,6 +289,7 @@ class ResilienceMiddleware:
                 return response
         return problem_response(
             request,
+            quiet=True,
             status=503,
             slug="temporary-reduced-capacity",
             title="Service temporarily unavailable",

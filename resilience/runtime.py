@@ -133,17 +133,19 @@ class Runtime:
                 version = self.shared.version()
             except StoreUnavailable as e:
                 self.mark_down("version", e)
-        self._checked_at = now
         if current is None or version != current.version:
-            return self.reload(version)
+            current = self.reload(version)
+        # Only now: until the reload is done, other threads must keep checking, not serve the
+        # old policies under a fresh timestamp.
+        self._checked_at = now
         return current
 
     def observe_version(self, version: int) -> None:
         """Learn the policy version from an admission round trip; reload if it moved."""
-        self._checked_at = time.monotonic()
         current = self._snapshot
         if current is not None and version != current.version:
             self.reload(version)
+        self._checked_at = time.monotonic()
 
     def reload(self, version: int) -> PolicySet:
         with self._lock:
@@ -178,7 +180,8 @@ class Runtime:
                     stats_prefix=key_prefix(),
                 )
             else:
-                current = MemoryAdmission(self.fallback, self.breaker_fallback)
+                # The same in-process admission as the fallback: the dashboard reads its stats.
+                current = self.fallback_admission
             self._shared_admission = current
         return current
 
