@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from django import forms
 from django.contrib import admin, messages
@@ -64,7 +64,9 @@ _page = threading.local()
 
 def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest) -> None:
     """Tell staff when a change they just made is enforced everywhere."""
-    by = (timezone.localtime() + timedelta(seconds=1)).strftime("%H:%M:%S")
+    # Rounded up: a truncated time would name a moment up to a second before the promise holds.
+    deadline = datetime.fromtimestamp(math.ceil(timezone.now().timestamp() + 1), tz=UTC)
+    by = timezone.localtime(deadline).strftime("%H:%M:%S")
     admin_obj.message_user(
         request,
         format_html(

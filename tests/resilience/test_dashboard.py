@@ -1,0 +1,368 @@
+"""The staff resilience dashboard: who may see it, and that its numbers are the requests actually decided."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from pytest_django.fixtures import Settings
+
+from accounts.models import User
+from resilience import services
+from resilience.breaker import State
+from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.runtime import get_runtime, key_prefix, reset_runtime
+
+pytestmark = pytest.mark.django_db
+
+DASHBOARD = "/admin/resilience/dashboard/"
+DATA = "/admin/resilience/dashboard/data.json"
+LOGIN = "/admin/login/"
+POLICIES = "/admin/resilience/ratelimitpolicy/"
+
+# The traffic the counting tests send: N allowed and M limited by an enforcing policy of limit N,
+# and L allowed then K "would limit" by a dry-run policy of limit L.
+N, M = 3, 2
+L, K = 2, 4
+
+
+def web_client(user: User) -> Client:
+    """Return a browser-like client signed in to the admin (session cookie)."""
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def superuser(db: None) -> User:
+    return User.objects.create_superuser(username="root", email="root@example.com", password="correct-horse-battery")
+
+
+@pytest.fixture
+def staff_web(staff: User) -> Client:
+    return web_client(staff)
+
+
+@pytest.fixture
+def in_process_runtime(settings: Settings) -> Iterator[None]:
+    """Run the resilience layer without Redis (the embedded default), then restore the Redis runtime."""
+    settings.REDIS_URL = ""
+    reset_runtime()
+    yield
+    reset_runtime()
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "process"])
+def store(request: pytest.FixtureRequest) -> str:
+    """Run the test against the Redis store and against the in-process store."""
+    if request.param == "process":
+        request.getfixturevalue("in_process_runtime")
+    else:
+        # Earlier tests of this run counted into the same minutes; policy ids may come round again.
+        client = get_runtime().shared.client  # type: ignore[attr-defined]
+        for pattern in ("stats:*", "top:*"):
+            for key in client.scan_iter(match=f"{key_prefix()}{pattern}"):
+                client.delete(key)
+    return request.param
+
+
+def make_policy(**fields: Any) -> RateLimitPolicy:
+    """Create a validated policy and make this process load it (no commit happens inside a test)."""
+    policy = RateLimitPolicy(**fields)
+    policy.full_clean()
+    policy.save()
+    get_runtime().invalidate()
+    return policy
+
+
+def make_breaker(name: str) -> CircuitBreakerPolicy:
+    breaker = CircuitBreakerPolicy(name=name, match_type="code", pattern=name)
+    breaker.full_clean()
+    breaker.save()
+    get_runtime().invalidate()
+    return breaker
+
+
+class _Links(HTMLParser):
+    """Collect every src and href attribute value of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value or "" for name, value in attrs if name in ("src", "href")]
+
+
+def asset_urls(html: str) -> list[str]:
+    parser = _Links()
+    parser.feed(html)
+    return parser.urls
+
+
+def policy_row(data: dict[str, Any], name: str) -> dict[str, Any]:
+    (row,) = [p for p in data["policies"] if p["name"] == name]
+    return row
+
+
+def assert_series(row: dict[str, Any], outcome: str, total: int, span: int) -> None:
+    """Assert the per-minute series holds exactly `total` decisions, in its last minute or two."""
+    series = row["series"][outcome]
+    assert len(series) == span
+    assert sum(series) == total
+    # The requests took well under a minute, so only a minute boundary can split them.
+    assert sum(series[-2:]) == total
+
+
+def send_counted_traffic(client: Client) -> tuple[RateLimitPolicy, RateLimitPolicy]:
+    """Send N + M requests under an enforcing limit of N and L + K under a dry-run limit of L."""
+    enforced = make_policy(name="dash-books", pattern="/api/books", key="ip", limit=N, period=60)
+    dry_run = make_policy(name="dash-orders", pattern="/api/orders", key="ip", limit=L, period=60, mode="dry_run")
+    statuses = [client.get("/api/books").status_code for _ in range(N + M)]
+    assert statuses == [200] * N + [429] * M
+    # Anonymous order lists are refused by the view (401); the dry-run policy counts them all first.
+    statuses = [client.get("/api/orders").status_code for _ in range(L + K)]
+    assert statuses == [401] * (L + K)
+    return enforced, dry_run
+
+
+# --- who may look --------------------------------------------------------------------------------
+
+
+def test_dashboard_page_renders_for_staff_with_same_origin_assets_only(staff_web: Client) -> None:
+    response = staff_web.get(DASHBOARD)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="rs-dashboard"' in html
+    assert f'data-url="{DATA}"' in html
+    assert 'id="rs-initial"' in html  # the first render needs no second request
+    urls = asset_urls(html)
+    assert urls, "the admin page links its stylesheets and pages"
+    external = [url for url in urls if urlsplit(url).scheme not in ("", "http", "https") or urlsplit(url).netloc]
+    assert external == [], "every src/href must be relative or same-origin"
+
+
+def test_dashboard_json_is_served_to_staff_uncached(staff_web: Client) -> None:
+    response = staff_web.get(DATA)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert "no-store" in response["Cache-Control"]
+    data = response.json()
+    assert set(data) >= {"policies", "top_keys", "breakers", "health", "propagation", "minutes", "source"}
+
+
+@pytest.mark.parametrize("who", ["customer", "anonymous"])
+@pytest.mark.parametrize("url", [DASHBOARD, DATA])
+def test_dashboard_sends_non_staff_to_the_admin_login(who: str, url: str, customer: User) -> None:
+    client = web_client(customer) if who == "customer" else Client()
+
+    response = client.get(url)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"{LOGIN}?next=")
+    assert b"rs-dashboard" not in response.content
+    assert b"policies" not in response.content
+
+
+def test_dashboard_refuses_admin_flagged_users_who_are_not_shop_staff(make_user: Callable[..., User]) -> None:
+    user = make_user()
+    User.objects.filter(pk=user.pk).update(is_staff=True)  # may enter the admin, yet is a customer
+    client = web_client(user)
+
+    for url in (DASHBOARD, DATA):
+        response = client.get(url)
+        assert response.status_code == 403
+        assert response["Content-Type"] == "application/problem+json"
+
+
+# --- what it counts ------------------------------------------------------------------------------
+
+
+def test_dashboard_counts_every_decision_per_policy_and_minute(store: str, staff_web: Client) -> None:
+    client = Client()  # an API client from 127.0.0.1
+    enforced, dry_run = send_counted_traffic(client)
+
+    data = staff_web.get(DATA).json()
+
+    assert data["source"] == ("shared" if store == "redis" else "process")
+    span = len(data["minutes"])
+    assert span == 15
+    books = policy_row(data, "dash-books")
+    assert books["totals"] == {"allowed": N, "limited": M, "dry_run_would_limit": 0}
+    assert_series(books, "allowed", N, span)
+    assert_series(books, "limited", M, span)
+    assert books["rate"] == f"{N}/60s"
+    assert books["change_url"] == f"{POLICIES}{enforced.pk}/change/"
+    assert books["svg"].startswith("<svg")
+    orders = policy_row(data, "dash-orders")
+    assert orders["totals"] == {"allowed": L, "limited": 0, "dry_run_would_limit": K}
+    assert_series(orders, "dry_run_would_limit", K, span)
+    assert orders["change_url"] == f"{POLICIES}{dry_run.pk}/change/"
+    # Only enforced refusals make a key "limited"; dry-run ones are counted, not listed.
+    assert data["top_keys"] == [{"policy": "dash-books", "key": "127.0.0.1", "count": M}]
+
+
+@pytest.mark.redis
+def test_dashboard_counters_expire_within_twenty_minutes() -> None:
+    send_counted_traffic(Client())
+
+    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    counts = list(client.scan_iter(match=f"{key_prefix()}stats:*"))
+    limited = list(client.scan_iter(match=f"{key_prefix()}top:*"))
+
+    assert counts
+    assert limited
+    ttls = {key: client.ttl(key) for key in counts + limited}
+    assert all(0 < ttl <= 1200 for ttl in ttls.values()), ttls
+
+
+@pytest.mark.redis
+def test_dashboard_lists_breakers_with_state_and_change_link(staff_web: Client) -> None:
+    quiet = make_breaker("dash-quiet")
+    tripped = make_breaker("dash-tripped")
+    services.breaker_force(names=["dash-tripped"], state=State.FORCED_OPEN)
+
+    data = staff_web.get(DATA).json()
+
+    rows = {row["name"]: row for row in data["breakers"]}
+    assert data["breaker_error"] == ""
+    assert rows["dash-quiet"]["state"] == "closed"
+    assert rows["dash-quiet"]["change_url"] == f"/admin/resilience/circuitbreakerpolicy/{quiet.pk}/change/"
+    assert rows["dash-tripped"]["state"] == "open"
+    assert rows["dash-tripped"]["forced"] is True
+    assert rows["dash-tripped"]["change_url"] == f"/admin/resilience/circuitbreakerpolicy/{tripped.pk}/change/"
+
+
+@pytest.mark.redis
+def test_dashboard_reports_postgresql_and_redis_up(staff_web: Client) -> None:
+    health = staff_web.get(DATA).json()["health"]
+
+    assert health["postgresql"]["ok"] is True
+    assert health["redis"]["ok"] is True
+    assert health["redis"]["ms"] >= 0
+
+
+@pytest.mark.redis
+def test_dashboard_shows_this_worker_enforcing_the_current_version(staff_web: Client) -> None:
+    version = get_runtime().shared.bump_version()  # type: ignore[attr-defined]
+    # The first request loads the policies; the next one reports the version it enforces.
+    Client().get("/api/books")
+    Client().get("/api/books")
+
+    propagation = staff_web.get(DATA).json()["propagation"]
+
+    assert propagation["version"] == version
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    (mine,) = [w for w in propagation["workers"] if w["worker"] == me]
+    assert mine["version"] == version
+    assert 0 <= mine["seen"] <= 30
+    assert 1 <= propagation["current"] <= propagation["active"]
+
+
+def test_dashboard_without_redis_says_so(in_process_runtime: None, staff_web: Client) -> None:
+    data = staff_web.get(DATA).json()
+
+    assert get_runtime().uses_redis is False
+    assert data["health"]["postgresql"]["ok"] is True
+    assert data["health"]["redis"]["ok"] is None
+    assert data["propagation"]["version"] is None
+    assert data["source"] == "process"
+
+
+# --- the admin around it -------------------------------------------------------------------------
+
+
+def change_form(policy: RateLimitPolicy, **fields: str) -> dict[str, str]:
+    """Return the POST body of the policy's change form with `fields` changed (no overrides)."""
+    data = {
+        "name": policy.name,
+        "enabled": "on",
+        "mode": policy.mode,
+        "priority": str(policy.priority),
+        "methods": policy.methods,
+        "match_type": policy.match_type,
+        "pattern": policy.pattern,
+        "key": policy.key,
+        "header_name": policy.header_name,
+        "rate": "",
+        "algorithm": policy.algorithm,
+        "limit": str(policy.limit),
+        "period": str(policy.period),
+        "burst": "",
+        "on_store_failure": policy.on_store_failure,
+        "overrides-TOTAL_FORMS": "0",
+        "overrides-INITIAL_FORMS": "0",
+        "overrides-MIN_NUM_FORMS": "0",
+        "overrides-MAX_NUM_FORMS": "1000",
+    }
+    data.update(fields)
+    return data
+
+
+def seconds_of_day(moment: datetime, later: int) -> int:
+    """Return the local second of the day `later` seconds after moment, rounded up."""
+    at = timezone.localtime(moment)
+    return math.ceil(at.hour * 3600 + at.minute * 60 + at.second + at.microsecond / 1e6 + later) % 86400
+
+
+def test_admin_save_says_when_the_change_is_in_force(superuser: User) -> None:
+    policy = make_policy(name="dash-save", pattern="/api/books", key="ip", limit=100, period=60)
+    client = web_client(superuser)
+
+    began = timezone.now()
+    response = client.post(f"{POLICIES}{policy.pk}/change/", change_form(policy, limit="3"), follow=True)
+    ended = timezone.now()
+
+    assert response.status_code == 200
+    assert response.redirect_chain == [(POLICIES, 302)]
+    html = response.content.decode()
+    stated = re.search(r"In force on every worker by (\d\d):(\d\d):(\d\d)", html)
+    assert stated is not None
+    # The stated moment is no earlier than a second after the save (a whole second, rounded up).
+    hours, minutes, seconds = map(int, stated.groups())
+    earliest, latest = seconds_of_day(began, 1), seconds_of_day(ended, 1)
+    assert (hours * 3600 + minutes * 60 + seconds - earliest) % 86400 <= (latest - earliest) % 86400
+    assert f'href="{DASHBOARD}"' in html
+    policy.refresh_from_db()
+    assert policy.limit == 3
+
+
+@pytest.mark.parametrize(
+    ("action", "before", "after"),
+    [("disable", True, False), ("enable", False, True)],
+)
+def test_admin_enable_disable_actions_log_policy_change(
+    action: str, before: bool, after: bool, superuser: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = make_policy(name="dash-action", pattern="/api/books", key="ip", limit=100, period=60, enabled=before)
+    client = web_client(superuser)
+    caplog.set_level(logging.INFO, logger="resilience.audit")
+    caplog.clear()
+
+    response = client.post(
+        POLICIES, {"action": action, "_selected_action": [str(policy.pk)], "index": "0", "select_across": "0"}
+    )
+
+    assert response.status_code == 302
+    policy.refresh_from_db()
+    assert policy.enabled is after
+    lines = [r for r in caplog.records if r.name == "resilience.audit" and getattr(r, "event", "") == "policy_change"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.policy == "dash-action"  # type: ignore[attr-defined]
+    assert line.action == "updated"  # type: ignore[attr-defined]
+    assert line.changes == {"enabled": [before, after]}  # type: ignore[attr-defined]
+    assert line.user == "root"  # type: ignore[attr-defined]
