@@ -47,7 +47,6 @@ import logging
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -142,40 +141,9 @@ def _loadgen_main() -> None:
     json.dump(report, sys.stdout)
 
 
-def _run_load(
-    server: common.Server,
-    requests: Sequence[common.Request],
-    *,
-    warmup: float,
-    duration: float,
-    max_requests: int,
-    timeout: float = 15.0,
-) -> dict[str, Any]:
-    """common.run_load, with the generator above: the report also has "responses" ("phase|signature" -> count)."""
-    spec = {
-        "host": server.host,
-        "port": server.port,
-        "warmup": warmup,
-        "duration": duration,
-        "max_requests": max_requests,
-        "timeout": timeout,
-        "clients": [r.__dict__ for r in requests],
-    }
-    proc = subprocess.Popen(
-        [common.PYTHON, "-m", "bench.breaker", "loadgen"],
-        cwd=common.ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(json.dumps(spec), timeout=warmup + duration + timeout + 30)
-    finally:
-        common.stop_process(proc, grace=2)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed ({proc.returncode}):\n{err}")
-    return json.loads(out)
+def _run_load(server: common.Server, requests: Sequence[common.Request], **kwargs: Any) -> dict[str, Any]:
+    """common.run_load with the generator above: the report also has "responses" ("phase|signature" -> count)."""
+    return common.run_load(server, requests, generator=("bench.breaker", "loadgen"), **kwargs)
 
 
 # --- bench database and policies ----------------------------------------------------------------

@@ -303,11 +303,13 @@ def run_load(
     duration: float,
     max_requests: int,
     timeout: float = 15.0,
+    generator: Sequence[str] = ("bench.loadgen",),
 ) -> dict[str, Any]:
     """Drive the server from a separate process (bench/loadgen.py), one client per request given.
 
     Return the generator's JSON report: statuses, errors, and throughput and latency over the
-    measured window (after warm-up).
+    measured window (after warm-up). generator names the module (and arguments) to run with
+    `python -m` when a benchmark needs a generator that records more.
     """
     spec = {
         "host": server.host,
@@ -319,7 +321,7 @@ def run_load(
         "clients": [r.__dict__ for r in requests],
     }
     proc = subprocess.Popen(
-        [PYTHON, "-m", "bench.loadgen"],
+        [PYTHON, "-m", *generator],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -33,20 +33,7 @@ else
   now_us = tonumber(time[1]) * 1e6 + tonumber(time[2])
 end
 
-local specs = {}
-for i = 1, n do
-  local base = 2 + (i - 1) * 5
-  local burst = nil
-  if ARGV[base + 4] ~= '' then burst = tonumber(ARGV[base + 4]) end
-  specs[i] = {
-    key = KEYS[i],
-    algorithm = ARGV[base + 1],
-    limit = tonumber(ARGV[base + 2]),
-    period = tonumber(ARGV[base + 3]),
-    burst = burst,
-    enforce = ARGV[base + 5] == '1',
-  }
-end
+local specs = rl_parse_specs(KEYS, ARGV, n, 2)
 
 local results, admitted = {}, true
 if n > 0 then
@@ -55,15 +42,7 @@ end
 
 local reply = {0, tonumber(redis.call('GET', KEYS[n + 1])) or 0}
 if admitted then reply[1] = 1 end
-for _, r in ipairs(results) do
-  local allowed = 0
-  if r[1] then allowed = 1 end
-  reply[#reply + 1] = allowed
-  reply[#reply + 1] = r[2]
-  reply[#reply + 1] = r[3]
-  reply[#reply + 1] = r[4]
-  reply[#reply + 1] = r[5]
-end
+rl_reply(reply, results)
 
 local m_at = 3 + n * 5
 local m = tonumber(ARGV[m_at])

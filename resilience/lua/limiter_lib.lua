@@ -246,3 +246,38 @@ local function rl_hit(now, specs, cost, consume)
   end
   return results, admitted
 end
+
+-- Read n specs from argv: five values per spec (algorithm, limit, period, burst ('' = limit),
+-- enforce '1'/'0'), the first spec's right after argv[offset]; keys[i] is spec i's state key.
+local function rl_parse_specs(keys, argv, n, offset)
+  local specs = {}
+  for i = 1, n do
+    local base = offset + (i - 1) * 5
+    local burst = nil
+    if argv[base + 4] ~= '' then burst = tonumber(argv[base + 4]) end
+    specs[i] = {
+      key = keys[i],
+      algorithm = argv[base + 1],
+      limit = tonumber(argv[base + 2]),
+      period = tonumber(argv[base + 3]),
+      burst = burst,
+      enforce = argv[base + 5] == '1',
+    }
+  end
+  return specs
+end
+
+-- Append five integers per result to reply: allowed (0/1), limit, remaining, reset_after_us,
+-- retry_after_us. Times are whole microseconds, so integer replies lose nothing.
+local function rl_reply(reply, results)
+  for _, r in ipairs(results) do
+    local allowed = 0
+    if r[1] then allowed = 1 end
+    reply[#reply + 1] = allowed
+    reply[#reply + 1] = r[2]
+    reply[#reply + 1] = r[3]
+    reply[#reply + 1] = r[4]
+    reply[#reply + 1] = r[5]
+  end
+  return reply
+end

@@ -20,32 +20,11 @@ end
 local cost = tonumber(ARGV[2])
 local consume = ARGV[3] == '1'
 
-local specs = {}
-for i = 1, n do
-  local base = 3 + (i - 1) * 5
-  local burst = nil
-  if ARGV[base + 4] ~= '' then burst = tonumber(ARGV[base + 4]) end
-  specs[i] = {
-    key = KEYS[i],
-    algorithm = ARGV[base + 1],
-    limit = tonumber(ARGV[base + 2]),
-    period = tonumber(ARGV[base + 3]),
-    burst = burst,
-    enforce = ARGV[base + 5] == '1',
-  }
-end
+local specs = rl_parse_specs(KEYS, ARGV, n, 3)
 
 local results, admitted = rl_hit(now, specs, cost, consume)
 
 local reply = {0, tonumber(redis.call('GET', KEYS[n + 1])) or 0}
 if admitted then reply[1] = 1 end
-for _, r in ipairs(results) do
-  local allowed = 0
-  if r[1] then allowed = 1 end
-  reply[#reply + 1] = allowed
-  reply[#reply + 1] = r[2]
-  reply[#reply + 1] = r[3]
-  reply[#reply + 1] = r[4]
-  reply[#reply + 1] = r[5]
-end
+rl_reply(reply, results)
 return reply
