@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.db.models import ProtectedError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views import defaults
@@ -14,6 +16,8 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from bookstore.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
+
+logger = logging.getLogger("bookstore.api")
 
 
 class ApplicationError(Exception):
@@ -93,6 +97,17 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(detail=exceptions.as_serializer_error(exc))
+    elif isinstance(exc, OperationalError | InterfaceError):
+        # PostgreSQL unreachable (or the pool exhausted): a temporary condition, not a bug.
+        logger.error("database unavailable: %s", exc, extra={"event": "database_unavailable"})
+        body = problem_body(
+            status=503,
+            slug="database-unavailable",
+            title="Database temporarily unavailable",
+            detail="The database cannot be reached; nothing was written. Retry shortly.",
+            instance=instance,
+        )
+        return Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers={"Retry-After": "5"})
     elif isinstance(exc, ProtectedError):
         body = problem_body(
             status=409,

@@ -107,7 +107,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "pool": {
             "min_size": env_int("DB_POOL_MIN", 1, minimum=0),
             "max_size": env_int("DB_POOL_MAX", 8, minimum=1),
-            "timeout": env_float("DB_POOL_TIMEOUT", 10.0),
+            "timeout": env_float("DB_POOL_TIMEOUT", 2.0),
         },
         # A host that accepts TCP but never answers must not stall a worker for long (seconds).
         "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),

@@ -33,6 +33,8 @@ log = logging.getLogger("resilience")
 
 # How often a worker that saw no admission round trip checks the version counter (seconds).
 VERSION_CHECK_INTERVAL = 1.0
+# After the database failed a policy reload, wait this much longer before trying again (seconds).
+POLICY_RELOAD_BACKOFF = 5.0
 # How often a worker reports the policy version it enforces, for the dashboard (seconds).
 HEARTBEAT_INTERVAL = 10.0
 
@@ -159,7 +161,9 @@ class Runtime:
                 # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
                 # and try again at the next interval rather than failing every request.
                 log.error("cannot load resilience policies", extra={"event": "policy_load_error", "error": repr(e)})
-                self._checked_at = time.monotonic()
+                # Back off: while PostgreSQL is down, one request per worker per interval pays
+                # the pool's wait for this, not every request.
+                self._checked_at = time.monotonic() + POLICY_RELOAD_BACKOFF
                 return current if current is not None else PolicySet(version=-1)
             return self._snapshot
 

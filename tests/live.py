@@ -99,6 +99,7 @@ def request(
     *,
     method: str = "GET",
     headers: dict[str, str] | None = None,
+    body: bytes | None = None,
     source: str | None = None,
     timeout: float = 10.0,
 ) -> Reply:
@@ -110,7 +111,7 @@ def request(
     began = time.perf_counter()
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=(source, 0) if source else None)
     try:
-        conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
         response = conn.getresponse()
         body = response.read()
         return Reply(
@@ -141,6 +142,8 @@ class LiveServer:
     # small machine. Workers still build their runtime, Redis and DB connections after the fork.
     preload: bool = True
     boot_timeout: float = 40.0
+    # Where readiness is polled; "/health/live" lets a server boot with a dead database.
+    ready_path: str = READY_PATH
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -215,7 +218,7 @@ class LiveServer:
         raise RuntimeError(f"gunicorn on port {self.port} {why}:\n{self.stderr_tail()}")
 
     def _wait_until_serving(self) -> None:
-        """Poll READY_PATH until it answers, then until each worker has answered one request.
+        """Poll ready_path until it answers, then until each worker has answered one request.
 
         One answering worker is not yet a full pool (without --preload each loads Django after
         the fork), and tests that reason per worker need every worker serving.
@@ -226,7 +229,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 self._fail(f"exited with status {self.proc.returncode}")
             try:
-                if request(self.port, READY_PATH, timeout=2).status < 500:  # type: ignore[arg-type]
+                if request(self.port, self.ready_path, timeout=2).status < 500:  # type: ignore[arg-type]
                     break
             except OSError:
                 pass
@@ -238,7 +241,7 @@ class LiveServer:
                 self._fail(f"exited with status {self.proc.returncode}")
             if time.monotonic() > deadline:
                 self._fail(f"did not have {self.workers} serving workers within {self.boot_timeout:.0f} s")
-            self._burst(READY_PATH, self.workers * 2)
+            self._burst(self.ready_path, self.workers * 2)
 
     def _burst(self, path: str, count: int) -> None:
         threads = [threading.Thread(target=self._quiet_request, args=(path,), daemon=True) for _ in range(count)]

@@ -11,34 +11,7 @@ from typing import Any
 import pytest
 
 from bookstore.logging import JsonFormatter
-from tests.live import LiveServer, request, stop_all
-
-
-class ProbeLiveServer(LiveServer):
-    """A LiveServer that counts as up once /health/live answers, so it boots with a dead database too."""
-
-    def _wait_until_serving(self) -> None:
-        import time
-
-        assert self.proc is not None
-        deadline = time.monotonic() + self.boot_timeout
-        while True:
-            if self.proc.poll() is not None:
-                self._fail(f"exited with status {self.proc.returncode}")
-            try:
-                if request(self.port, "/health/live", timeout=2).status == 200:  # type: ignore[arg-type]
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self._fail(f"did not answer within {self.boot_timeout:.0f} s")
-            time.sleep(0.05)
-        while len(self.served_pids() & set(self.worker_pids())) < self.workers:
-            if self.proc.poll() is not None:
-                self._fail(f"exited with status {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                self._fail(f"did not have {self.workers} serving workers within {self.boot_timeout:.0f} s")
-            self._burst("/health/live", self.workers * 2)
+from tests.live import LiveServer, stop_all
 
 
 @pytest.fixture
@@ -47,7 +20,9 @@ def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
     def start(*, probe: bool = False, **kwargs: Any) -> LiveServer:
-        server = (ProbeLiveServer if probe else LiveServer)(**kwargs)
+        if probe:
+            kwargs.setdefault("ready_path", "/health/live")
+        server = LiveServer(**kwargs)
         servers.append(server)
         return server.start()
 

@@ -137,3 +137,26 @@ def test_ready_names_redis_when_redis_is_unreachable(live_servers: Callable[...,
     assert checks["database"] == "ok"
     assert checks["redis"].startswith("error: ")
     assert request(server.port, "/health/live").status == 200
+
+
+@pytest.mark.live
+def test_api_answers_503_problem_when_postgres_is_down(live_servers: Callable[..., LiveServer]) -> None:
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    dead = "postgres://postgres@127.0.0.1:1/bookstore"
+    server = live_servers(workers=1, probe=True, env_overrides={"DATABASE_URL": dead})
+
+    for method, path, body in [
+        ("GET", "/api/books", None),
+        ("GET", "/api/books/search?q=river", None),
+        ("POST", "/api/accounts/token", b'{"username": "a", "password": "b"}'),
+    ]:
+        began = time.monotonic()
+        reply = request(server.port, path, method=method, body=body, headers={"Content-Type": "application/json"})
+        assert reply.status == 503, (path, reply.status, reply.body[:300])
+        assert reply.header("Content-Type") == "application/problem+json"
+        problem = json.loads(reply.body)
+        assert problem["type"].endswith("/database-unavailable")
+        assert reply.header("Retry-After") == "5"
+        # Each database access waits at most DB_POOL_TIMEOUT (2 s) for a connection; a request makes at most three.
+        assert time.monotonic() - began < 7.5
+    assert request(server.port, "/health/live").status == 200
