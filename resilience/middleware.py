@@ -122,6 +122,16 @@ def rate_limit_headers(items: list[tuple[RateLimitRule, LimitSpec, Decision]]) -
     }
 
 
+def _timing(started: float, outcome: str) -> str:
+    return f'resilience;dur={(time.perf_counter() - started) * 1000:.2f};desc="{outcome}"'
+
+
+def _timed(response: HttpResponse, started: float, outcome: str) -> HttpResponse:
+    """Stamp a response the resilience layer produced with the time it took (Server-Timing)."""
+    response["Server-Timing"] = _timing(started, outcome)
+    return response
+
+
 class ResilienceMiddleware:
     """Admit or refuse each request under the rate-limit and circuit-breaker policies that match it.
 
@@ -133,6 +143,7 @@ class ResilienceMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
         runtime = get_runtime()
         snapshot = runtime.snapshot()
         if not snapshot.ratelimits and not snapshot.breakers:
@@ -157,6 +168,16 @@ class ResilienceMiddleware:
         if not applied and not breakers:
             return self.get_response(request)
 
+        return self._decide(request, runtime, applied, breakers, started)
+
+    def _decide(
+        self,
+        request: HttpRequest,
+        runtime: Runtime,
+        applied: list[tuple[RateLimitRule, LimitSpec]],
+        breakers: list[BreakerRule],
+        started: float,
+    ) -> HttpResponse:
         admission, from_fallback = runtime.admit(
             [spec for _, spec in applied], [b.config for b in breakers], labels=[rule.label for rule, _ in applied]
         )
@@ -164,12 +185,14 @@ class ResilienceMiddleware:
         if applied:
             outcome = self._limits(request, applied, admission, from_fallback, runtime)
             if isinstance(outcome, HttpResponse):
-                return outcome  # refused: no view work, no database query
+                return _timed(outcome, started, "refused")  # no view work, no database query
             headers = outcome
+        # What deciding cost this request, for Server-Timing (the view's own time is not in it).
+        headers["Server-Timing"] = _timing(started, "admitted")
         if not breakers:
             response = self.get_response(request)
         else:
-            response = self._guarded(request, runtime, breakers, admission, from_fallback)
+            response = self._guarded(request, runtime, breakers, admission, from_fallback, started)
         for name, value in headers.items():
             response[name] = value
         return response
@@ -229,6 +252,7 @@ class ResilienceMiddleware:
         rules: list[BreakerRule],
         admission: Admission,
         from_fallback: bool,
+        started: float,
     ) -> HttpResponse:
         """Run the view under the matched breakers, or answer for the first one that is open."""
         calls: list[Call] = []
@@ -239,7 +263,7 @@ class ResilienceMiddleware:
                 # An earlier breaker admitted a call that never ran: report no outcome for it. A success
                 # would close a half-open breaker on no evidence; its trial slot is left to the lease
                 # (the tradeoff admit_main.lua accepts), and a closed permit holds nothing.
-                return self._open_response(request, runtime, rule, permit.retry_after)
+                return _timed(self._open_response(request, runtime, rule, permit.retry_after), started, "refused")
             calls.append(Call(runtime, rule, permit, from_fallback))
         held = held_by_request.set(held_by_request.get() | {call.rule.name for call in calls})
         try:

@@ -9,9 +9,12 @@ DEFAULTS = [
     # 100 order requests (list, place, cancel) per minute per IP.
     dict(name="orders-ip", priority=20, match_type="prefix", pattern="/api/orders", key="ip",
          algorithm="sliding_window", limit=100, period=60),
-    # 20 login attempts per IP per 10 minutes: enough for typos, useless for credential stuffing.
+    # 20 login attempts per IP per 10 minutes, at most 3 at once: enough for typos, useless for
+    # credential stuffing. The token bucket spreads an attacker's attempts (one every 30 s after
+    # the burst): each attempt costs a password hash, a large share of a core, and 20 at once
+    # would stall every other request on a small machine.
     dict(name="login-ip", priority=5, methods="POST", match_type="prefix", pattern="/api/accounts/token",
-         key="ip", algorithm="sliding_window", limit=20, period=600),
+         key="ip", algorithm="token_bucket", limit=20, period=600, burst=3),
     # A ceiling for the whole API: 3000 requests per second with bursts of 6000, everyone together.
     dict(name="global-ceiling", priority=1000, match_type="prefix", pattern="/api/", key="global",
          algorithm="token_bucket", limit=3000, period=1, burst=6000),

@@ -1,0 +1,797 @@
+"""Judge the attack scenario's records, draw its charts and write docs/benchmarks.md.
+
+finish(results) evaluates the assertions, prints the PASS/FAIL table, writes
+bench/results/scenario.json (figures, not the raw records), the PNG charts under docs/charts/,
+reruns the micro-benchmarks of bench/run (or reads their last results, BENCH_SCENARIO_MICRO=0),
+writes the report and returns the exit status: 0 only when every assertion holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+DOCS = common.ROOT / "docs"
+CHARTS = DOCS / "charts"
+MICRO = ("orders", "ratelimit", "breaker")
+DESIGNED_503 = {"temporary-reduced-capacity", "dependency-unavailable"}
+OUTCOMES = (
+    "2xx",
+    "409 out of stock",
+    "401",
+    "429",
+    "503 breaker open",
+    "503 dependency failed",
+    "other",
+    "5xx",
+    "error",
+)
+ACTORS = ("legit", "crawler", "bot", "spike")
+SEARCH_BUDGET = (100, 60.0)  # search-ip: 100 per 60 s per IP, sliding window
+LOGIN_BUDGET = (20, 600.0)  # login-ip: 20 per 600 s per IP, sliding window
+BREAKER_OPEN_SECONDS = 15.0
+REJECT_P99_MS = 5.0
+
+
+def outcome(r: dict[str, Any]) -> str:
+    status, problem = r["status"], r["problem"]
+    if status == 0:
+        return "error"
+    if 200 <= status < 300:
+        return "2xx"
+    if status == 409 and problem == "insufficient-stock":
+        return "409 out of stock"
+    if status in (401, 429):
+        return str(status)
+    if status == 503 and problem == "temporary-reduced-capacity":
+        return "503 breaker open"
+    if status == 503 and problem == "dependency-unavailable":
+        return "503 dependency failed"
+    return "5xx" if status >= 500 else "other"
+
+
+def pct(values: Iterable[float], q: float) -> float:
+    return common.percentile(sorted(values), q)
+
+
+def latency_ms(r: dict[str, Any]) -> float:
+    return (r["received"] - r["sent"]) * 1000
+
+
+def _row(name: str, ok: bool, measured: str, limit: str) -> dict[str, Any]:
+    return {"assertion": name, "ok": ok, "measured": measured, "limit": limit}
+
+
+# --- Analysis ----------------------------------------------------------------------------------
+
+
+def analyse(results: dict[str, Any]) -> dict[str, Any]:
+    records, samples = results["records"], results["samples"]
+    timeline, events = results["config"]["timeline"], results["load"]["events"]
+    wall_t0 = results["load"]["wall_t0"]
+    for r in records:
+        r["outcome"] = outcome(r)
+    by_actor: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_actor[r["actor"]].append(r)
+    attack_start, attack_end = timeline["attack"]
+
+    # The failure and the breaker's answer to it.
+    fault_on = (events.get("fault_on") or [timeline["fault_on"]] * 2)[0]
+    fault_off_sent, fault_off_received = events.get("fault_off") or [timeline["fault_off"]] * 2
+    transitions: list[dict[str, Any]] = []
+    for s in samples:
+        if not transitions or transitions[-1]["state"] != s[2] or transitions[-1]["generation"] != s[3]:
+            transitions.append({"t": s[1], "state": s[2], "generation": s[3], "opened_at": s[4]})
+    open_samples = [s for s in samples if s[1] >= fault_on and s[2] == "open"]
+    breaker_503 = [r for r in records if r["outcome"] == "503 breaker open"]
+    first_503 = min((r["received"] for r in breaker_503 if r["sent"] >= fault_on), default=None)
+    first_open_sample = open_samples[0][1] if open_samples else None
+    bounds = [t for t in (first_open_sample, first_503) if t is not None]
+    opened_upper = min(bounds) if bounds else None
+    store_opened = [s[4] - wall_t0 for s in open_samples if s[4]]
+    opened_exact = min(store_opened) if store_opened else None
+    closed = [s for s in samples if s[0] >= fault_off_received and s[2] == "closed"]
+    closed_at = closed[0][1] if closed else None
+    window_end = closed_at if closed_at is not None else fault_off_received + BREAKER_OPEN_SECONDS + 5
+    failure = (fault_on, window_end)
+
+    def in_failure(r: dict[str, Any]) -> bool:
+        return failure[0] <= r["sent"] < failure[1]
+
+    # Legitimate users.
+    legit = by_actor["legit"]
+    judged = [r for r in legit if not (r["endpoint"] == "search" and in_failure(r))]
+
+    def legit_ok(r: dict[str, Any]) -> bool:
+        if r["endpoint"] == "order-replay":
+            extra = r["extra"] or []
+            return r["status"] == 201 and len(extra) == 5 and extra[3] == extra[2] and extra[4] is True
+        return r["outcome"] == "2xx" or (r["endpoint"] == "order" and r["outcome"] == "409 out of stock")
+
+    failures = [r for r in judged if not legit_ok(r)]
+    success_rate = 1 - len(failures) / len(judged) if judged else 0.0
+    warm = timeline["warmup"][1]
+    baseline = [latency_ms(r) for r in legit if warm <= r["sent"] < timeline["baseline"][1]]
+    outside = [latency_ms(r) for r in legit if r["sent"] >= warm and not in_failure(r)]
+    baseline_p99, outside_p99 = pct(baseline, 99), pct(outside, 99)
+
+    phases = {
+        "warm-up (not judged)": (0.0, warm),
+        "baseline": (warm, attack_start),
+        "attack, before the failure": (attack_start, failure[0]),
+        "failure window (fault on until the breaker closes)": failure,
+        "attack, after recovery": (failure[1], attack_end),
+        "cool-down": (attack_end, timeline["end"] + 60),
+    }
+    phase_rows = []
+    for label, (lo, hi) in phases.items():
+        for endpoint_set, name in (
+            (None, "all"),
+            ({"search"}, "search"),
+            ({"order", "order-replay", "cancel"}, "orders"),
+        ):
+            lat = [
+                latency_ms(r)
+                for r in legit
+                if lo <= r["sent"] < hi and (endpoint_set is None or r["endpoint"] in endpoint_set)
+            ]
+            phase_rows.append(
+                {
+                    "phase": label,
+                    "requests": name,
+                    "count": len(lat),
+                    "p50_ms": round(pct(lat, 50), 1),
+                    "p95_ms": round(pct(lat, 95), 1),
+                    "p99_ms": round(pct(lat, 99), 1),
+                    "max_ms": round(max(lat, default=0.0), 1),
+                }
+            )
+
+    # Budgets of the crawler and the bot: a request is admitted unless the limiter refused it.
+    def budget(actor: str, limit: int, period: float) -> dict[str, Any]:
+        admitted = sorted((r for r in by_actor[actor] if r["status"] not in (0, 429)), key=lambda r: r["sent"])
+        # The server decided each request somewhere between its send and receive times. Certain
+        # violation: limit + 1 admitted requests that all reached the server within `period`.
+        # certain_max: the most admitted requests surely decided inside one period; by_send: the
+        # most whose send times fall inside one period (queueing can push those over the limit).
+        certain = False
+        certain_max = by_send = 0
+        for i in range(len(admitted)):
+            j = i + limit
+            if j < len(admitted) and max(r["received"] for r in admitted[i : j + 1]) - admitted[i]["sent"] < period:
+                certain = True
+            start = admitted[i]["sent"]
+            inside = [r for r in admitted[i:] if r["sent"] < start + period]
+            by_send = max(by_send, len(inside))
+            certain_max = max(certain_max, sum(1 for r in inside if r["received"] < start + period))
+        span = attack_end - attack_start
+        return {
+            "sent": len(by_actor[actor]),
+            "admitted": len(admitted),
+            "limited": sum(1 for r in by_actor[actor] if r["status"] == 429),
+            "max_in_any_period": certain_max,
+            "max_in_any_period_by_send": by_send,
+            "violation": certain,
+            "bound_over_attack": limit * math.ceil(span / period),
+            "admitted_span": [round(admitted[0]["sent"], 2), round(admitted[-1]["sent"], 2)] if admitted else [],
+        }
+
+    crawler_budget = budget("crawler", *SEARCH_BUDGET)
+    bot_budget = budget("bot", *LOGIN_BUDGET)
+
+    # Breaker rejections: client-side latency, and gunicorn's service time for the same requests.
+    timings = results["server_timings"]
+    reject_client = [latency_ms(r) for r in breaker_503]
+    reject_server = [timings[r["rid"]][1] / 1000 for r in breaker_503 if r["rid"] in timings]
+    search_ok_server = [
+        timings[r["rid"]][1] / 1000
+        for r in records
+        if r["endpoint"] == "search" and r["status"] == 200 and r["rid"] in timings
+    ]
+    limited_server = [timings[r["rid"]][1] / 1000 for r in records if r["status"] == 429 and r["rid"] in timings]
+
+    # 5xx and transport errors outside the design.
+    unexpected = [
+        r
+        for r in records
+        if r["status"] == 0
+        or (r["status"] >= 500 and not (r["status"] == 503 and r["problem"] in DESIGNED_503))
+        or (r["status"] == 503 and r["endpoint"] != "search")
+        or (
+            r["outcome"] == "503 dependency failed"
+            and not (r["received"] >= fault_on and r["sent"] <= fault_off_received)
+        )
+    ]
+
+    db = results["db_checks"]
+    db_max = max((s[1] for s in results["db_samples"]), default=0)
+    ceiling = results["config"]["db_ceiling"]
+    spike = by_actor["spike"]
+    spike_bad = [r for r in spike if r["outcome"] not in ("2xx", "409 out of stock")]
+
+    open_latency = opened_upper - fault_on if opened_upper is not None else math.inf
+    close_latency = closed_at - fault_off_sent if closed_at is not None else math.inf
+    reject_p99 = pct(reject_server, 99) if reject_server else math.inf
+    assertions = [
+        _row(
+            "crawler admitted within search-ip (100 per 60 s)",
+            not crawler_budget["violation"] and crawler_budget["max_in_any_period"] <= SEARCH_BUDGET[0],
+            f"{crawler_budget['admitted']} of {crawler_budget['sent']} admitted; "
+            f"at most {crawler_budget['max_in_any_period']} surely decided in one 60 s",
+            "≤ 100 in any 60 s",
+        ),
+        _row(
+            "bot admitted within login-ip (20 per 600 s)",
+            not bot_budget["violation"] and bot_budget["admitted"] <= LOGIN_BUDGET[0],
+            f"{bot_budget['admitted']} of {bot_budget['sent']} admitted",
+            "≤ 20 over the attack",
+        ),
+        _row(
+            "legitimate success rate outside the failure window",
+            success_rate >= 0.99,
+            f"{success_rate:.2%} ({len(judged) - len(failures)} / {len(judged)})",
+            "≥ 99%",
+        ),
+        _row(
+            "legitimate p99 outside the failure window vs baseline",
+            outside_p99 <= 2 * baseline_p99,
+            f"{outside_p99:.1f} ms vs {baseline_p99:.1f} ms (x{outside_p99 / baseline_p99 if baseline_p99 else 0:.2f})",
+            "≤ 2x baseline",
+        ),
+        _row(
+            "search breaker opens after the failure starts",
+            open_latency <= 1.0,
+            f"{open_latency:.3f} s (store's opened_at: "
+            f"{'%.3f s' % (opened_exact - fault_on) if opened_exact is not None else 'n/a'})",
+            "≤ 1 s",
+        ),
+        _row(
+            "open breaker rejects fast (server side, p99)",
+            reject_p99 < REJECT_P99_MS,
+            f"{reject_p99:.2f} ms server, {pct(reject_client, 99):.2f} ms client ({len(breaker_503)} rejections)",
+            f"< {REJECT_P99_MS:g} ms",
+        ),
+        _row(
+            "search breaker closes after recovery",
+            close_latency <= BREAKER_OPEN_SECONDS + 5,
+            f"{close_latency:.2f} s after the fault was switched off",
+            f"≤ {BREAKER_OPEN_SECONDS:g} + 5 s",
+        ),
+        _row(
+            "no 5xx but the designed 503s, no transport errors",
+            not unexpected,
+            f"{len(unexpected)} unexpected"
+            + (
+                f" (e.g. {unexpected[0]['actor']} {unexpected[0]['endpoint']} {unexpected[0]['status']})"
+                if unexpected
+                else ""
+            ),
+            "0",
+        ),
+        _row(
+            "spike customers: 201 or 409 only",
+            not spike_bad and bool(spike),
+            f"{len(spike) - len(spike_bad)} / {len(spike)}",
+            "all",
+        ),
+        _row(
+            "every 201 order exists, none without a 201",
+            db["orders_201_found"] == db["orders_201"]
+            and not db["orders_201_missing"]
+            and not db["orders_without_201"],
+            f"{db['orders_201_found']} / {db['orders_201']} found; {len(db['orders_without_201'])} unanswered",
+            "all, 0",
+        ),
+        _row(
+            "stock conserved on every book (no loss, no oversell)",
+            not db["stock_broken"] and db["negative_stock"] == 0 and not db["cancelled_not_applied"],
+            f"{db['books_checked'] - len(db['stock_broken'])} / {db['books_checked']} books; "
+            f"{db['cancelled_200']} cancels applied",
+            "initial = current + sold",
+        ),
+        _row(
+            "DB connections never above workers x DB_POOL_MAX",
+            db_max <= ceiling,
+            f"max {db_max} over {len(results['db_samples'])} samples",
+            f"≤ {ceiling}",
+        ),
+    ]
+
+    # Time series for the charts (1 s bins).
+    end = int(math.ceil(max((r["received"] for r in records), default=0))) + 1
+    series: dict[str, dict[str, list[int]]] = {a: {o: [0] * end for o in OUTCOMES} for a in ACTORS}
+    for r in records:
+        if r["actor"] in series and 0 <= r["sent"] < end:
+            series[r["actor"]][r["outcome"]][int(r["sent"])] += 1
+    legit_5s = []
+    for lo in range(0, end, 5):
+        lat = [latency_ms(r) for r in legit if lo <= r["sent"] < lo + 5]
+        if lat:
+            legit_5s.append([lo + 2.5, pct(lat, 50), pct(lat, 95), pct(lat, 99)])
+
+    windows = []
+    for lo in range(int(warm), end, 2):
+        lat = [latency_ms(r) for r in legit if lo <= r["sent"] < lo + 2 and not in_failure(r)]
+        if len(lat) >= 10:
+            windows.append([lo, len(lat), round(pct(lat, 50), 1), round(pct(lat, 99), 1)])
+    bot_admitted = [r for r in by_actor["bot"] if r["status"] not in (0, 429)]
+    bot_server = [timings[r["rid"]][1] / 1000 for r in bot_admitted if r["rid"] in timings]
+    after_fault = [latency_ms(r) for r in legit if r["endpoint"] == "search" and fault_on <= r["sent"] < fault_on + 2]
+
+    counts = {
+        actor: dict(Counter(r["outcome"] for r in by_actor[actor]))
+        for actor in (*ACTORS, "staff")
+        if by_actor.get(actor)
+    }
+    endpoint_counts = {
+        ep: dict(Counter(r["outcome"] for r in legit if r["endpoint"] == ep))
+        for ep in ("list", "detail", "search", "order", "order-replay", "cancel")
+    }
+    return {
+        "assertions": assertions,
+        "ok": all(a["ok"] for a in assertions),
+        "counts": counts,
+        "legit_endpoints": endpoint_counts,
+        "legit_failures": Counter(f"{r['endpoint']} {r['status']} {r['problem']}".strip() for r in failures),
+        "phases": phase_rows,
+        "crawler": crawler_budget,
+        "bot": bot_budget,
+        "breaker": {
+            "fault_on": round(fault_on, 3),
+            "fault_off": round(fault_off_sent, 3),
+            "opened_upper_bound": opened_upper,
+            "opened_store": opened_exact,
+            "first_503": first_503,
+            "first_open_sample": first_open_sample,
+            "closed_at": closed_at,
+            "failure_window": [round(failure[0], 3), round(failure[1], 3)],
+            "transitions": transitions,
+            "rejections": len(breaker_503),
+            "reject_client_ms": {q: round(pct(reject_client, q), 2) for q in (50, 99)},
+            "reject_server_ms": {q: round(pct(reject_server, q), 2) for q in (50, 99)},
+            "reject_server_matched": len(reject_server),
+            "search_ok_server_ms": {q: round(pct(search_ok_server, q), 2) for q in (50, 99)},
+            "limited_server_ms": {q: round(pct(limited_server, q), 2) for q in (50, 99)},
+            "dependency_failures": sum(1 for r in records if r["outcome"] == "503 dependency failed"),
+        },
+        "db_max_connections": db_max,
+        "legit_2s_windows": windows,
+        "bot_admitted_server_ms": {q: round(pct(bot_server, q), 1) for q in (50, 100)},
+        "bot_admitted_span": [
+            round(min((r["sent"] for r in bot_admitted), default=0), 2),
+            round(max((r["received"] for r in bot_admitted), default=0), 2),
+        ],
+        "search_latency_after_fault_ms": {q: round(pct(after_fault, q), 1) for q in (50, 99)},
+        "db_ceiling": ceiling,
+        "unexpected": [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in unexpected[:20]],
+        "series": series,
+        "legit_5s": legit_5s,
+        "end": end,
+    }
+
+
+# --- Charts ------------------------------------------------------------------------------------
+
+
+COLOURS = {
+    "2xx": "#2e7d32",
+    "409 out of stock": "#9e9d24",
+    "401": "#6d4c41",
+    "429": "#f9a825",
+    "503 breaker open": "#1565c0",
+    "503 dependency failed": "#c62828",
+    "other": "#8e24aa",
+    "5xx": "#000000",
+    "error": "#616161",
+}
+
+
+def _shade(ax: Any, results: dict[str, Any], analysis: dict[str, Any]) -> None:
+    timeline = results["config"]["timeline"]
+    ax.axvspan(*timeline["attack"], color="#ffebee", alpha=0.35, lw=0)
+    ax.axvspan(analysis["breaker"]["fault_on"], analysis["breaker"]["fault_off"], color="#ef9a9a", alpha=0.35, lw=0)
+
+
+def charts(results: dict[str, Any], analysis: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    CHARTS.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    end = analysis["end"]
+    xs = list(range(end))
+    note = "light red: attack; darker: search dependency failing"
+
+    fig, axes = plt.subplots(len(ACTORS), 1, figsize=(11, 10), sharex=True)
+    for ax, actor in zip(axes, ACTORS, strict=True):
+        data = analysis["series"][actor]
+        bottom = [0] * end
+        for name in OUTCOMES:
+            values = data[name]
+            if any(values):
+                ax.bar(xs, values, bottom=bottom, width=1.0, align="edge", color=COLOURS[name], label=name)
+                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        _shade(ax, results, analysis)
+        ax.set_ylabel(f"{actor}\nrequests / s")
+        ax.legend(loc="upper right", fontsize=7, ncol=3)
+    axes[0].set_title(f"Requests per second by outcome and actor ({note})")
+    axes[-1].set_xlabel("seconds since start")
+    fig.tight_layout()
+    paths.append(_save(fig, "scenario-outcomes.png"))
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    rows = analysis["legit_5s"]
+    for i, (label, style) in enumerate((("p50", "-"), ("p95", "--"), ("p99", ":")), start=1):
+        ax.plot([r[0] for r in rows], [r[i] for r in rows], style, marker="o", ms=3, label=label)
+    _shade(ax, results, analysis)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency, ms (client side)")
+    ax.set_xlabel("seconds since start")
+    ax.set_title(f"Legitimate users' latency per 5 s ({note})")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    paths.append(_save(fig, "scenario-latency.png"))
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    levels = {"closed": 0, "half-open": 1, "open": 2, "forced-open": 2, "forced-closed": 0}
+    samples = results["samples"]
+    ax1.step([s[1] for s in samples], [levels.get(s[2], -1) for s in samples], where="post", color="#1565c0")
+    ax1.set_yticks([0, 1, 2], ["closed", "half-open", "open"])
+    ax1.set_title("Search breaker state (sampled every 250 ms) and PostgreSQL connections")
+    _shade(ax1, results, analysis)
+    db = results["db_samples"]
+    ax2.plot([s[0] for s in db], [s[1] for s in db], label="connections", color="#2e7d32")
+    ax2.plot([s[0] for s in db], [s[2] for s in db], label="active", color="#f9a825", lw=0.8)
+    ax2.axhline(analysis["db_ceiling"], color="#c62828", ls="--", label="ceiling: workers x DB_POOL_MAX")
+    ax2.set_ylim(0, analysis["db_ceiling"] + 4)
+    ax2.set_ylabel("connections")
+    ax2.set_xlabel("seconds since start")
+    ax2.legend(loc="upper right", fontsize=8)
+    _shade(ax2, results, analysis)
+    fig.tight_layout()
+    paths.append(_save(fig, "scenario-breaker.png"))
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
+    for ax, actor in zip(axes, ("crawler", "bot", "legit"), strict=True):
+        data = analysis["series"][actor]
+        limited = data["429"]
+        admitted = [sum(data[o][i] for o in OUTCOMES if o not in ("429", "error")) for i in range(end)]
+        ax.plot(xs, admitted, label="admitted", color="#2e7d32", drawstyle="steps-post")
+        ax.plot(xs, limited, label="429", color="#f9a825", drawstyle="steps-post")
+        _shade(ax, results, analysis)
+        ax.set_ylabel(f"{actor}\nper second")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_title("Rate-limiter decisions per second by actor (search-ip, login-ip, orders-ip)")
+    axes[-1].set_xlabel("seconds since start")
+    fig.tight_layout()
+    paths.append(_save(fig, "scenario-limiter.png"))
+    return paths
+
+
+def _save(fig: Any, name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = CHARTS / name
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --- Micro-benchmarks --------------------------------------------------------------------------
+
+
+def micro_benchmarks() -> dict[str, Any]:
+    """Rerun bench/run's other benchmarks one after another (or read their last results)."""
+    rerun = os.environ.get("BENCH_SCENARIO_MICRO", "1").strip() not in ("0", "false", "no")
+    out: dict[str, Any] = {}
+    for name in MICRO:
+        if not (common.ROOT / "bench" / f"{name}.py").exists():
+            continue
+        path = common.RESULTS_DIR / f"{name}.json"
+        entry: dict[str, Any] = {"rerun": rerun}
+        if rerun:
+            print(f"==> {name}", flush=True)
+            proc = subprocess.run([common.PYTHON, "-m", f"bench.{name}"], cwd=common.ROOT, check=False)
+            entry["exit_status"] = proc.returncode
+        if path.exists():
+            entry["results"] = json.loads(path.read_text())
+        out[name] = entry
+    return out
+
+
+def micro_figures(micro: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Return (benchmark, figure, value) rows of the micro-benchmarks' key figures."""
+    rows: list[tuple[str, str, str]] = []
+    orders = micro.get("orders", {}).get("results")
+    if orders:
+        app, sql = orders["app"], orders["bare_sql"]
+        rows += [
+            ("orders", "orders/s through the app (one hot book)", f"{app['per_second']:.1f} (p99 {app['p99_ms']} ms)"),
+            ("orders", "orders/s as bare SQL (same row lock)", f"{sql['per_second']:.1f} (p99 {sql['p99_ms']} ms)"),
+            ("orders", "ratio app / bare SQL", f"{orders['ratio']:.3f}"),
+            ("orders", "server CPU per order", f"{app['server_cpu_ms_per_request']} ms"),
+            ("orders", "checks", "OK" if orders["ok"] else "FAILED"),
+        ]
+    rl = micro.get("ratelimit", {}).get("results")
+    if rl:
+        rows += [
+            ("ratelimit", "req/s without the middleware (A)", f"{rl['A']['per_second_mean']:.1f}"),
+            ("ratelimit", "req/s with middleware + 3 policies (B)", f"{rl['B']['per_second_mean']:.1f}"),
+            ("ratelimit", "ratio B / A (goal ≥ 0.90)", f"{rl['ratio']:.3f}"),
+            ("ratelimit", "Redis round trips per request (B)", f"{rl['B']['redis_round_trips_per_request']:.3f}"),
+            ("ratelimit", "checks", "OK" if rl["ok"] else "FAILED"),
+        ]
+    br = micro.get("breaker", {}).get("results")
+    if br:
+        rows += [
+            ("breaker", "req/s without a breaker (A)", f"{br['A']['per_second_mean']:.1f}"),
+            ("breaker", "req/s with a closed breaker (B)", f"{br['B']['per_second_mean']:.1f}"),
+            ("breaker", "ratio B / A (overhead; goal ≥ 0.90)", f"{br['ratio']:.3f}"),
+            (
+                "breaker",
+                "open breaker: 503s per second, p50 / p99 (client, 16 clients)",
+                f"{br['open']['per_second']:.0f}/s, {br['open']['p50_ms']} / {br['open']['p99_ms']} ms",
+            ),
+            ("breaker", "open breaker: server CPU per rejection", f"{br['open']['server_cpu_ms_per_request']} ms"),
+            ("breaker", "checks", "OK" if br["ok"] else "FAILED"),
+        ]
+    for name, entry in micro.items():
+        if entry.get("results") is None:
+            rows.append((name, "results", "missing"))
+        elif entry.get("exit_status"):
+            rows.append((name, "exit status", str(entry["exit_status"])))
+        rows.append((name, "finished at", str((entry.get("results") or {}).get("finished_at", "?"))))
+    return rows
+
+
+# --- Report ------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def assertion_table(analysis: dict[str, Any]) -> str:
+    width = max(len(a["assertion"]) for a in analysis["assertions"])
+    lines = [f"{'':4} {'assertion':{width}}  measured  (limit)"]
+    for a in analysis["assertions"]:
+        lines.append(f"{'PASS' if a['ok'] else 'FAIL'} {a['assertion']:{width}}  {a['measured']}  ({a['limit']})")
+    return "\n".join(lines)
+
+
+def _fmt(t: float | None, digits: int = 2) -> str:
+    return "n/a" if t is None else f"{t:.{digits}f}"
+
+
+def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str, Any], charts: list[Path]) -> str:
+    m, cfg, load = results["machine"], results["config"], results["load"]
+    tl, rates, br = cfg["timeline"], cfg["rates"], analysis["breaker"]
+    out: list[str] = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run scenario` (bench/scenario.py); do not edit by hand. Every figure below",
+        "comes from one run on the machine described here, on loopback, with PostgreSQL and Redis on the",
+        "same two cores as the app and the load generator: read the absolute numbers as this machine's,",
+        "the ratios and the pass/fail verdicts as the point.",
+        "",
+        "## Machine",
+        "",
+        *_table(
+            ["item", "value"],
+            [
+                ("CPUs (nproc)", m["nproc"]),
+                ("CPU", m["cpu"]),
+                ("RAM", f"{m['ram_gib']} GiB"),
+                ("load average (1 min) at start", m["loadavg_1m_at_start"]),
+                ("OS", m["platform"]),
+                ("Python", m["python"]),
+                ("Django", m["django"]),
+                ("PostgreSQL", m["postgresql"]),
+                ("Redis", m["redis"]),
+                ("gunicorn", m["gunicorn"]),
+            ],
+        ),
+        "",
+        "## Commands",
+        "",
+        "```sh",
+        "bench/run scenario                  # this report: the scenario, then the micro-benchmarks",
+        "BENCH_SCENARIO_MICRO=0 bench/run scenario   # the scenario only; reuse bench/results/*.json",
+        "bench/run orders ratelimit breaker  # the micro-benchmarks alone",
+        "```",
+        "",
+        f"Server: `{cfg['server_command']}` on the scenario's own PostgreSQL database and a private",
+        "redis-server, with the default policies of the data migrations (search-ip 100/min/IP sliding window,",
+        "orders-ip 100/min/IP, login-ip 20 per 10 min/IP on `POST /api/accounts/token`, global-ceiling",
+        "3000/s token bucket; breaker `search`: 5 consecutive failures or 50% of the last 20 after 10, slow",
+        "2 s, open 15 s, 2 half-open trials). gunicorn writes an access log with each request's id and",
+        "service time, which gives the server-side timings below.",
+        "",
+        "## Scenario: under attack",
+        "",
+        f"Seed: {cfg['books']} demo books, {len(cfg['hot_books'])} hot books with {cfg['hot_stock']} copies each, "
+        f"{cfg['customers']} customers with tokens, staff ({cfg['seed_seconds']} s).",
+        "",
+        *_table(
+            ["time (s)", "what"],
+            [
+                (f"{tl['warmup'][0]:g}–{tl['warmup'][1]:g}", "warm-up: legitimate users only, not judged for latency"),
+                (f"{tl['baseline'][0]:g}–{tl['baseline'][1]:g}", "baseline: legitimate users only"),
+                (
+                    f"{tl['attack'][0]:g}–{tl['attack'][1]:g}",
+                    f"attack: a crawler searching at {rates['crawler_rate']:g}/s from one address; a "
+                    f"credential-stuffing bot at {rates['bot_rate']:g}/s from one address (wrong passwords for "
+                    "leaked user names, so every admitted attempt costs a full password hash)",
+                ),
+                (
+                    ", ".join(f"{s:g}" for s in tl["spikes"]),
+                    f"order spikes: {cfg['spike_customers']} customers, each from its own address on a new "
+                    f"connection, order 1–2 copies of a hot book within {tl['spike_seconds']:g} s",
+                ),
+                (
+                    f"{tl['fault_on']:g}–{tl['fault_off']:g}",
+                    "the search dependency fails (staff `PUT` / `DELETE /api/ops/faults/search`)",
+                ),
+                (f"{tl['attack'][1]:g}–{tl['end']:g}", "cool-down: legitimate users only"),
+            ],
+        ),
+        "",
+        f"Legitimate users: {cfg['customers']} customers, each with its own address in `X-Forwarded-For` "
+        f"(TRUSTED_PROXY_COUNT=1), {rates['legit_rate']:g} actions/s all together (Poisson arrivals, each user one "
+        "action at a time on its own keep-alive connection): 28% list a page, 25% open a book, 30% search, "
+        "13% order one copy with an `Idempotency-Key` (a quarter of them a hot book; one order in ten is "
+        "retried with the same key and must be replayed), 4% cancel one of their orders. Success is a 2xx, "
+        "or a 409 insufficient-stock answer to an order.",
+        "",
+        "### Assertions",
+        "",
+        *_table(
+            ["", "assertion", "measured", "limit"],
+            [
+                ("PASS" if a["ok"] else "**FAIL**", a["assertion"], a["measured"], a["limit"])
+                for a in analysis["assertions"]
+            ],
+        ),
+        "",
+        f"The failure window used above runs from the fault switching on ({br['failure_window'][0]:.2f} s) to the "
+        f"first breaker sample that reads closed after it was switched off ({br['failure_window'][1]:.2f} s); "
+        "legitimate searches inside it are left out of the success rate, and every legitimate request inside it "
+        "out of the outside-the-window p99.",
+        "",
+        "### Requests per actor by outcome",
+        "",
+    ]
+    outcome_cols = [o for o in OUTCOMES if any(o in c for c in analysis["counts"].values())]
+    out += _table(
+        ["actor", "requests", *outcome_cols],
+        [(actor, sum(c.values()), *(c.get(o, 0) for o in outcome_cols)) for actor, c in analysis["counts"].items()],
+    )
+    out += ["", "Legitimate users by endpoint:", ""]
+    ep_cols = [o for o in OUTCOMES if any(o in c for c in analysis["legit_endpoints"].values())]
+    out += _table(
+        ["endpoint", "requests", *ep_cols],
+        [(ep, sum(c.values()), *(c.get(o, 0) for o in ep_cols)) for ep, c in analysis["legit_endpoints"].items()],
+    )
+    if analysis["legit_failures"]:
+        out += ["", "Legitimate requests counted as failures: "
+                + ", ".join(f"{k} × {v}" for k, v in analysis["legit_failures"].most_common())]  # fmt: skip
+    cr, bot = analysis["crawler"], analysis["bot"]
+    out += [
+        "",
+        f"Crawler: {cr['sent']} searches sent, {cr['admitted']} admitted, {cr['limited']} refused with 429; the "
+        f"most admitted requests surely decided inside one 60 s span was {cr['max_in_any_period']} (by send time "
+        f"{cr['max_in_any_period_by_send']}: requests queued in the server are decided later than sent; admitted "
+        f"between {cr['admitted_span']} s). Bot: "
+        f"{bot['sent']} token requests, {bot['admitted']} admitted (answered 401), {bot['limited']} refused.",
+        "",
+        "### Latency of legitimate users per phase (client side, ms)",
+        "",
+    ]
+    out += _table(
+        ["phase", "requests", "count", "p50", "p95", "p99", "max"],
+        [
+            (r["phase"], r["requests"], r["count"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"])
+            for r in analysis["phases"]
+        ],
+    )
+    out += [
+        "",
+        "### Search breaker timeline",
+        "",
+        f"Fault switched on at {br['fault_on']:.3f} s and off at {br['fault_off']:.3f} s. Breaker open no later than "
+        f"{_fmt(br['opened_upper_bound'], 3)} s (first sample reading open: {_fmt(br['first_open_sample'], 3)} s; "
+        f"first 503 from the open breaker received: {_fmt(br['first_503'], 3)} s; the store's own `opened_at`: "
+        f"{_fmt(br['opened_store'], 3)} s). Closed again by {_fmt(br['closed_at'], 3)} s. "
+        f"{br['dependency_failures']} searches failed with 503 dependency-unavailable before or between the "
+        f"breaker's open periods; {br['rejections']} were refused by the open breaker.",
+        "",
+    ]
+    out += _table(
+        ["time (s)", "state", "generation"],
+        [(f"{t['t']:.2f}", t["state"], t["generation"]) for t in br["transitions"]],
+    )
+    out += [
+        "",
+        "Rejection latency while open: client side p50 / p99 "
+        f"{br['reject_client_ms'][50]} / {br['reject_client_ms'][99]} ms; server side (gunicorn's service time, "
+        f"matched by request id for {br['reject_server_matched']} of {br['rejections']}) p50 / p99 "
+        f"{br['reject_server_ms'][50]} / {br['reject_server_ms'][99]} ms. For comparison, server side: a "
+        f"successful search p50 / p99 {br['search_ok_server_ms'][50]} / {br['search_ok_server_ms'][99]} ms, a "
+        f"429 refusal {br['limited_server_ms'][50]} / {br['limited_server_ms'][99]} ms. The assertion uses the "
+        "server-side figure: on a loopback shared by the server, PostgreSQL, Redis and the load generator, the "
+        "client-side time of a sub-millisecond answer is mostly waiting for a CPU and for a worker thread "
+        "(gunicorn's service time starts when a thread picks the request up, so it leaves that queueing out).",
+        "",
+        "### Resources",
+        "",
+        f"PostgreSQL connections to the scenario database: at most {analysis['db_max_connections']} (ceiling "
+        f"{analysis['db_ceiling']} = {cfg['workers']} workers × DB_POOL_MAX {cfg['db_pool_max']}), sampled every "
+        f"250 ms. CPU over the run: server {results['server_cpu_seconds']} s, Redis {results['redis_cpu_seconds']} "
+        f"s, load generator {load['cpu_seconds']} s over {load['wall_seconds']} s (one process). Open-loop sends "
+        f"more than 50 ms behind schedule: {load['late'] or 'none'}. Connections opened by the crawler "
+        f"{load['crawler_connections']}, by the bot {load['bot_connections']}.",
+        "",
+        "Rate-limit decisions counted by the app (`/metrics`, summed over the workers):",
+        "",
+    ]
+    out += _table(
+        ["series", "value"],
+        [(k.replace("|", "\\|"), int(v)) for k, v in sorted(results["metrics"].items())],
+    )
+    out += ["", "### Charts", ""]
+    captions = {
+        "scenario-outcomes.png": "Requests per second by outcome, per actor",
+        "scenario-latency.png": "Legitimate users' latency percentiles per 5 s",
+        "scenario-breaker.png": "Search breaker state and PostgreSQL connections",
+        "scenario-limiter.png": "Rate-limiter decisions per second by actor",
+    }
+    for path in charts:
+        out += [f"![{captions.get(path.name, path.name)}](charts/{path.name})", ""]
+    out += ["## Micro-benchmarks", ""]
+    rows = micro_figures(micro)
+    if rows:
+        out += _table(["benchmark", "figure", "value"], rows)
+        out += [
+            "",
+            "orders: one hot book, 32 clients, through gunicorn vs the bare SQL transaction every order needs on the "
+            "same row lock (bench/orders.py). ratelimit: a cheap GET with and without the resilience middleware "
+            "deciding three policies in one Lua round trip (bench/ratelimit.py). breaker: the same GET with and "
+            "without a closed breaker, then forced open (bench/breaker.py).",
+        ]
+    else:
+        out.append("No micro-benchmark results.")
+    notes = results.get("notes") or []
+    if notes:
+        out += ["", "## Notes", "", *notes]
+    return "\n".join(out) + "\n"
+
+
+def finish(results: dict[str, Any], extra_notes: Callable[[dict[str, Any]], list[str]] | None = None) -> int:
+    analysis = analyse(results)
+    print(assertion_table(analysis), flush=True)
+    paths = charts(results, analysis)
+    if extra_notes is not None:
+        results["notes"] = extra_notes(analysis)
+    summary = {k: v for k, v in results.items() if k not in ("records", "samples", "db_samples", "server_timings")}
+    summary["analysis"] = {k: v for k, v in analysis.items() if k not in ("series", "legit_5s")}
+    common.write_results("scenario", summary)
+    micro = micro_benchmarks()
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "benchmarks.md").write_text(markdown(results, analysis, micro, paths))
+    print(f"report: docs/benchmarks.md; charts: {', '.join(str(p.relative_to(common.ROOT)) for p in paths)}")
+    print(assertion_table(analysis))
+    return 0 if analysis["ok"] else 1
