@@ -39,7 +39,7 @@ def redis_client() -> Iterator[redis.Redis]:
     try:
         client.ping()
     except redis.RedisError as e:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
+        pytest.fail(f"Redis not reachable at {REDIS_URL}: {e}")
     yield client
     client.close()
 
