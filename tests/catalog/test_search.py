@@ -21,7 +21,7 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(autouse=True)
 def _postgresql(db: None) -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("full-text search is PostgreSQL only")
+        pytest.fail("full-text search is PostgreSQL only: run the suite with DATABASE_URL=postgres://...")
 
 
 def _titles(response: HttpResponse) -> list[str]:
