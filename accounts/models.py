@@ -36,12 +36,8 @@ class User(AbstractUser):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(
-                condition=models.Q(role__in=["customer", "staff"]), name="user_role_valid"
-            ),
-            models.CheckConstraint(
-                condition=models.Q(status__in=["active", "suspended"]), name="user_status_valid"
-            ),
+            models.CheckConstraint(condition=models.Q(role__in=["customer", "staff"]), name="user_role_valid"),
+            models.CheckConstraint(condition=models.Q(status__in=["active", "suspended"]), name="user_status_valid"),
             models.UniqueConstraint(Lower("email"), name="user_email_ci_unique"),
         ]
 

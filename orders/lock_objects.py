@@ -18,8 +18,4 @@ def books_select_for_update(book_ids: Iterable[int]) -> QuerySet[Book]:
     (a foreign key to the book) takes, so a transaction that wrote its lines first can still lock.
     Must be evaluated inside a transaction.
     """
-    return (
-        Book.objects.filter(pk__in=sorted(set(book_ids)))
-        .order_by("pk")
-        .select_for_update(of=("self",), no_key=True)
-    )
+    return Book.objects.filter(pk__in=sorted(set(book_ids))).order_by("pk").select_for_update(of=("self",), no_key=True)

@@ -26,9 +26,7 @@ class Order(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=models.Q(total__gte=0), name="order_total_non_negative"),
-            models.CheckConstraint(
-                condition=models.Q(status__in=["placed", "cancelled"]), name="order_status_valid"
-            ),
+            models.CheckConstraint(condition=models.Q(status__in=["placed", "cancelled"]), name="order_status_valid"),
             models.UniqueConstraint(
                 fields=["user", "idempotency_key"],
                 condition=models.Q(idempotency_key__isnull=False),
@@ -51,9 +49,7 @@ class OrderLine(models.Model):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=models.Q(quantity__gt=0), name="orderline_quantity_positive"),
-            models.CheckConstraint(
-                condition=models.Q(unit_price__gte=0), name="orderline_price_non_negative"
-            ),
+            models.CheckConstraint(condition=models.Q(unit_price__gte=0), name="orderline_price_non_negative"),
             models.UniqueConstraint(fields=["order", "book"], name="orderline_one_per_book"),
         ]
 

@@ -8,7 +8,9 @@ to any request it reports on.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connection
@@ -20,6 +22,7 @@ from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.runtime import get_runtime, key_prefix, workers_key
 
 MINUTES = 15
+TOP_KEYS = 10  # limited keys listed
 OUTCOMES = {"a": "allowed", "l": "limited", "d": "dry_run_would_limit"}
 COLOURS = {"allowed": "#2e7d32", "limited": "#c62828", "dry_run_would_limit": "#ef6c00"}
 ACTIVE_WORKER_SECONDS = 30  # a worker that reported this recently counts as serving
@@ -31,16 +34,26 @@ def _minutes(now: float) -> tuple[int, int]:
     return last - MINUTES + 1, last
 
 
-def _read_minutes(first: int, last: int) -> tuple[list[dict[str, int]], Counter[str], str]:
-    """Return per-minute counters, limited keys over the span, and where they came from."""
+def _read_minutes(
+    first: int, last: int, labels: Iterable[str]
+) -> tuple[list[dict[str, int]], dict[str, Counter[str]], str]:
+    """Return per-minute counters, each policy's most limited keys over the span, and their source.
+
+    The shared store keeps one sorted set per policy and minute; a policy's sets are summed into
+    a scratch key inside one transaction, so the counts are exact over the whole span.
+    """
+    labels = list(labels)
     runtime = get_runtime()
     if runtime.uses_redis and runtime.store_available():
         client = runtime.shared.client  # type: ignore[attr-defined]
-        pipe = client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=True)
         for minute in range(first, last + 1):
             pipe.hgetall(f"{key_prefix()}stats:{minute}")
-        for minute in range(first, last + 1):
-            pipe.zrevrange(f"{key_prefix()}top:{minute}", 0, 19, withscores=True)
+        scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
+        for label in labels:
+            pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
+            pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
+            pipe.unlink(scratch)
         try:
             replies = pipe.execute()
         except Exception as e:  # noqa: BLE001 - shown as "store unavailable" on the page
@@ -48,15 +61,19 @@ def _read_minutes(first: int, last: int) -> tuple[list[dict[str, int]], Counter[
         else:
             span = last - first + 1
             counts = [{_text(k): int(v) for k, v in reply.items()} for reply in replies[:span]]
-            top: Counter[str] = Counter()
-            for reply in replies[span:]:
-                for member, score in reply:
-                    top[_text(member)] += int(score)
+            ranked = replies[span + 1 :: 3]  # per policy: ZUNIONSTORE, ZREVRANGE, UNLINK
+            top = {
+                label: Counter({_text(member): int(score) for member, score in reply})
+                for label, reply in zip(labels, ranked, strict=True)
+            }
             return counts, top, "shared"
     rows = runtime.fallback_admission.stats.minutes(first, last)
-    top = Counter()
+    top = {label: Counter() for label in labels}
     for _, minute_top in rows:
-        top.update(minute_top)
+        for member, count in minute_top.items():
+            label, _, value = member.partition("|")
+            if label in top:
+                top[label][value] += count
     return [counts for counts, _ in rows], top, "process"
 
 
@@ -145,9 +162,9 @@ def dashboard_data() -> dict[str, Any]:
     """Return everything the dashboard page shows, as JSON-ready data."""
     now = time.time()
     first, last = _minutes(now)
-    counts, top, source = _read_minutes(first, last)
     policies = list(RateLimitPolicy.objects.all())
     names = {str(p.pk): p.name for p in policies}
+    counts, top, source = _read_minutes(first, last, names)
     rows = []
     for p in policies:
         series = {name: [c.get(f"{p.pk}:{code}", 0) for c in counts] for code, name in OUTCOMES.items()}
@@ -166,16 +183,15 @@ def dashboard_data() -> dict[str, Any]:
                 "change_url": reverse("admin:resilience_ratelimitpolicy_change", args=[p.pk]),
             }
         )
+    ranked = sorted(
+        ((count, names[label], value) for label, keys in top.items() for value, count in keys.items()),
+        key=lambda row: (-row[0], row[1], row[2]),
+    )
     top_keys = []
-    for member, count in top.most_common():
-        label, _, value = member.partition("|")
-        if label not in names:
-            continue  # a policy deleted since: its keys say nothing about today's limits
-        if len(top_keys) == 10:
-            break
+    for count, policy, value in ranked[:TOP_KEYS]:
         if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
             value = f"hash {value[:12]}…"  # a header value: only a prefix of its hash is shown
-        top_keys.append({"policy": names[label], "key": value, "count": count})
+        top_keys.append({"policy": policy, "key": value, "count": count})
     try:
         breakers = services.breaker_status(policies=CircuitBreakerPolicy.objects.all())
         breaker_error = ""

@@ -52,8 +52,7 @@ local stats_prefix = ARGV[stats_at]
 if stats_prefix ~= nil and stats_prefix ~= '' and n > 0 then
   local minute = math.floor(now_us / 60000000)
   local counts = stats_prefix .. 'stats:' .. minute
-  local top = stats_prefix .. 'top:' .. minute
-  local any_limited = false
+  local top = stats_prefix .. 'top:' .. minute .. ':'
   for i, r in ipairs(results) do
     local label = ARGV[stats_at + i]
     local outcome = 'a'
@@ -66,12 +65,13 @@ if stats_prefix ~= nil and stats_prefix ~= '' and n > 0 then
       local key = specs[i].key
       local colon = string.find(key, ':', string.find(key, '{', 1, true), true)
       local value = string.sub(key, colon + 1, -2)
-      redis.call('ZINCRBY', top, 1, label .. '|' .. value)
-      any_limited = true
+      -- One sorted set per policy and minute: the dashboard sums a policy's sets exactly,
+      -- and a busy policy's keys never crowd out a quiet one's.
+      redis.call('ZINCRBY', top .. label, 1, value)
+      redis.call('EXPIRE', top .. label, 1200)
     end
   end
   redis.call('EXPIRE', counts, 1200)
-  if any_limited then redis.call('EXPIRE', top, 1200) end
 end
 local asked = {}
 if admitted then

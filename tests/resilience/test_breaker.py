@@ -166,9 +166,7 @@ def test_it_resets_consecutive_count_on_success(store: Store, make_cfg: Callable
     assert store.snapshot(cfg, T0).state is State.CLOSED
 
 
-def test_it_trips_on_failure_rate_over_count_window(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_it_trips_on_failure_rate_over_count_window(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=0, failure_rate=60, window_size=6, minimum_calls=4)
     for success in (False, False, True):  # 67 % failures, but only 3 calls: below the minimum
         assert store.record(cfg, 0, success, T0)[0] is State.CLOSED
@@ -183,9 +181,7 @@ def test_it_trips_on_failure_rate_over_count_window(
     assert [(t.from_state, t.to_state) for t in moved] == [(State.CLOSED, State.OPEN)]
 
 
-def test_it_trips_on_failure_rate_over_time_window(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_it_trips_on_failure_rate_over_time_window(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=0, failure_rate=60, window_size=10, window_kind="time", minimum_calls=3)
     store.record(cfg, 0, False, T0)
     store.record(cfg, 0, False, T0 + 1)
@@ -204,18 +200,14 @@ def test_it_trips_on_failure_rate_over_time_window(
     assert store.record(cfg, 0, False, T0 + 11.9)[0] is State.OPEN  # 3 of 5 = 60 %
 
 
-def test_time_window_forgets_everything_after_a_long_gap(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_time_window_forgets_everything_after_a_long_gap(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=0, failure_rate=50, window_size=5, window_kind="time", minimum_calls=2)
     store.record(cfg, 0, False, T0)
     store.record(cfg, 0, True, T0 + 1000)
     assert store.snapshot(cfg, T0 + 1000)[4:6] == (1, 0)
 
 
-def test_window_layout_change_starts_counting_afresh(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_window_layout_change_starts_counting_afresh(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=0, failure_rate=50, window_size=10, minimum_calls=4)
     for _ in range(3):
         store.record(cfg, 0, False, T0)
@@ -225,9 +217,7 @@ def test_window_layout_change_starts_counting_afresh(
     assert store.snapshot(as_time, T0)[4:6] == (1, 1)
 
 
-def test_open_turns_half_open_after_open_seconds(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_open_turns_half_open_after_open_seconds(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=1, open_seconds=30)
     trip(store, cfg, T0)
     assert store.allow(cfg, T0 + 10)[0].retry_after == 20.0
@@ -252,9 +242,7 @@ def test_half_open_admits_exactly_k(store: Store, make_cfg: Callable[..., Breake
     assert store.snapshot(cfg, T0 + 35).retry_after == permits[4].retry_after - 1
 
 
-def test_half_open_admits_exactly_k_under_concurrency(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_half_open_admits_exactly_k_under_concurrency(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=1, open_seconds=30, half_open_max_calls=3)
     trip(store, cfg, T0)
     barrier = threading.Barrier(64)
@@ -291,9 +279,7 @@ def test_k_successes_close(store: Store, make_cfg: Callable[..., BreakerConfig])
     assert store.allow(cfg, T0 + 33)[0] == Permit(True, State.CLOSED, 3, 0.0, False)
 
 
-def test_failure_in_half_open_reopens_with_fresh_period(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_failure_in_half_open_reopens_with_fresh_period(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=1, open_seconds=30, half_open_max_calls=2)
     trip(store, cfg, T0)
     first, _ = store.allow(cfg, T0 + 30)
@@ -335,18 +321,14 @@ def test_forced_states_hold_until_released(store: Store, make_cfg: Callable[...,
     fail_times(store, cfg, 5, T0 + 2)  # failures do not trip a forced-closed breaker
     assert store.allow(cfg, T0 + 3)[0] == Permit(True, State.FORCED_CLOSED, 2, 0.0, False)
 
-    assert store.force(cfg.name, None, T0 + 4) == [
-        Transition(cfg.name, State.FORCED_CLOSED, State.CLOSED, 3, T0 + 4)
-    ]
+    assert store.force(cfg.name, None, T0 + 4) == [Transition(cfg.name, State.FORCED_CLOSED, State.CLOSED, 3, T0 + 4)]
     assert store.force(cfg.name, None, T0 + 5) == []  # releasing a free breaker changes nothing
     assert store.snapshot(cfg, T0 + 5).forced is False
     with pytest.raises(ValueError, match="force"):
         store.force(cfg.name, State.OPEN, T0)
 
 
-def test_release_does_not_close_a_tripped_breaker(
-    store: Store, make_cfg: Callable[..., BreakerConfig]
-) -> None:
+def test_release_does_not_close_a_tripped_breaker(store: Store, make_cfg: Callable[..., BreakerConfig]) -> None:
     cfg = make_cfg(failure_threshold=1)
     trip(store, cfg, T0)
     assert store.force(cfg.name, None, T0) == []

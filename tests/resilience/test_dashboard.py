@@ -215,6 +215,40 @@ def test_dashboard_counts_every_decision_per_policy_and_minute(store: str, staff
     assert data["top_keys"] == [{"policy": "dash-books", "key": "127.0.0.1", "count": M}]
 
 
+def test_hot_keys_of_a_deleted_policy_never_crowd_out_a_live_one(store: str, staff_web: Client) -> None:
+    busy = make_policy(name="dash-busy", pattern="/api/books", key="ip", limit=1, period=60)
+    crawlers = [f"198.51.100.{i}" for i in range(1, 31)]
+    for ip in crawlers:  # thirty keys, each refused twice, in this very minute
+        statuses = [Client(REMOTE_ADDR=ip).get("/api/books").status_code for _ in range(3)]
+        assert statuses == [200, 429, 429]
+    busy.delete()
+    get_runtime().invalidate()
+    quiet = make_policy(name="dash-quiet", pattern="/api/orders", key="ip", limit=1, period=60)
+    statuses = [Client(REMOTE_ADDR="203.0.113.7").get("/api/orders").status_code for _ in range(2)]
+    assert statuses == [401, 429]
+
+    data = staff_web.get(DATA).json()
+
+    assert data["top_keys"] == [{"policy": quiet.name, "key": "203.0.113.7", "count": 1}]
+
+
+def test_hot_keys_rank_every_live_policy_by_refusals(store: str, staff_web: Client) -> None:
+    make_policy(name="dash-many", pattern="/api/books", key="ip", limit=1, period=60)
+    make_policy(name="dash-one", pattern="/api/orders", key="ip", limit=1, period=60)
+    for i in range(1, 26):  # 25 keys refused once each: more than any one page lists
+        assert Client(REMOTE_ADDR=f"198.51.100.{i}").get("/api/books").status_code == 200
+        assert Client(REMOTE_ADDR=f"198.51.100.{i}").get("/api/books").status_code == 429
+    heavy = Client(REMOTE_ADDR="192.0.2.9")
+    assert [heavy.get("/api/orders").status_code for _ in range(5)] == [401, 429, 429, 429, 429]
+
+    top = staff_web.get(DATA).json()["top_keys"]
+
+    assert len(top) == 10
+    assert top[0] == {"policy": "dash-one", "key": "192.0.2.9", "count": 4}
+    assert {row["policy"] for row in top[1:]} == {"dash-many"}
+    assert {row["count"] for row in top[1:]} == {1}
+
+
 @pytest.mark.redis
 def test_dashboard_counters_expire_within_twenty_minutes() -> None:
     send_counted_traffic(Client())
