@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterator
 from io import StringIO
@@ -332,6 +333,24 @@ def test_limit_refused_request_never_takes_a_half_open_trial_slot(db: None, make
     assert trial.status_code == 200
     assert trial["X-Circuit-Breaker-State"] == "half-open"
     assert state_of(policy) is State.CLOSED
+
+
+def test_server_timing_says_whether_the_layer_refused_or_admitted(db: None, make_book: Callable[..., Book]) -> None:
+    make_breaker(failure_threshold=1, open_seconds=30)
+    book = make_book()
+    client = APIClient()
+
+    admitted = client.get(f"/api/books/{book.pk}")
+    client.get(MISSING)
+    refused = client.get(f"/api/books/{book.pk}")
+
+    assert re.fullmatch(
+        r'resilience;dur=\d+\.\d\d;desc="admitted", resilience-cpu;dur=\d+\.\d\d', admitted["Server-Timing"]
+    )
+    assert_open_problem(refused, 30)
+    assert re.fullmatch(
+        r'resilience;dur=\d+\.\d\d;desc="refused", resilience-cpu;dur=\d+\.\d\d', refused["Server-Timing"]
+    )
 
 
 # --- the code guard on book search -----------------------------------------------------------------
