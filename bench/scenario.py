@@ -1,6 +1,6 @@
 """Under attack: legitimate customers keep being served while crawlers, bots, spikes and a failing dependency hit.
 
-One command (`bench/run scenario`), loopback only, about four minutes with the micro-benchmarks:
+One command (`bench/run scenario`), loopback only, about six minutes with the micro-benchmarks:
 
 1. Seed the scenario database: a 2,000-book demo catalogue, three hot books with known stock,
    400 customers with tokens, the staff account (fast hasher in this process only).
@@ -11,7 +11,8 @@ One command (`bench/run scenario`), loopback only, about four minutes with the m
 3. Run bench/scenario_load.py (one asyncio process) through the phases: baseline (legitimate users
    only), attack (legitimate users plus a crawler, a credential-stuffing bot, two order spikes, and
    30 s in the middle when the search dependency fails, switched by staff through the ops API),
-   cool-down. Meanwhile this process samples PostgreSQL's connection count every 250 ms.
+   cool-down. Meanwhile this process samples PostgreSQL's connection count and the machine's CPU
+   (busy, stolen) every 250 ms.
 4. Check the invariants in the database (every 201 order exists, stock is conserved per book),
    evaluate the assertions, draw the charts, rerun the micro-benchmarks of bench/run and write
    docs/benchmarks.md (bench/scenario_report.py).
@@ -19,7 +20,8 @@ One command (`bench/run scenario`), loopback only, about four minutes with the m
 The scenario uses its own database (bookstore_bench_scenario) and a private redis-server: the
 micro-benchmarks drop and recreate bookstore_bench, and the connection-count check must see this
 server's connections only. Knobs: BENCH_SCENARIO_MICRO=0 reuses the micro-benchmarks' last
-bench/results/*.json instead of rerunning them; BENCH_SCENARIO_THREADS (4) and
+bench/results/*.json instead of rerunning them; `python -m bench.scenario --report` redraws the
+report and charts of the last run from bench/results; BENCH_SCENARIO_THREADS (4) and
 BENCH_SCENARIO_POOL (4) set gunicorn threads and DB_POOL_MAX per worker.
 """
 
@@ -32,6 +34,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,8 @@ NAME = "scenario"
 DB_NAME = f"{common.BENCH_DB}_scenario"
 DATABASE_URL = f"{common.PG_SERVER_URL}{DB_NAME}"
 WORKERS = 4
+THREADS = 4  # per worker; BENCH_SCENARIO_THREADS overrides (see the notes for why 4)
+POOL_MAX = 4  # DB_POOL_MAX per worker: one connection per thread; BENCH_SCENARIO_POOL overrides
 BOOKS = 2000
 CUSTOMERS = 400
 HOT_BOOKS = 3
@@ -104,6 +109,23 @@ def _setup_django(redis_url: str) -> None:
     # Customers only ever use tokens; the production hasher would spend ~0.6 s per account here.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     call_command("migrate", interactive=False, verbosity=0)
+
+
+def _policies() -> dict[str, dict[str, Any]]:
+    """Return the rate-limit and breaker policies the server starts with, as the migrations left them."""
+    from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+
+    limits = RateLimitPolicy.objects.filter(enabled=True).values(
+        "name", "methods", "pattern", "key", "algorithm", "limit", "period", "burst", "mode"
+    )
+    breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(
+        "name", "failure_threshold", "failure_rate", "window_size", "minimum_calls", "slow_call_ms",
+        "open_seconds", "half_open_max_calls",
+    )  # fmt: skip
+    return {
+        "ratelimits": {p["name"]: p for p in limits},
+        "breakers": {b["name"]: {**b, "failure_rate": float(b["failure_rate"])} for b in breakers},
+    }
 
 
 def _seed() -> dict[str, Any]:
@@ -181,8 +203,25 @@ def _db_checks(seed: dict[str, Any], created_ids: set[int], cancelled_ids: set[i
 # --- Samplers and server side ------------------------------------------------------------------
 
 
+def _cpu_ticks() -> tuple[int, int, int]:
+    """Return (busy, stolen, total) jiffies of the whole machine from /proc/stat.
+
+    Busy is user + nice + system + irq + softirq; stolen is time the hypervisor gave this VM's
+    CPUs to someone else.
+    """
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + steal + idle + iowait
+
+
 class ConnectionSampler(threading.Thread):
-    """Count the scenario database's PostgreSQL connections every 250 ms, from the `postgres` database."""
+    """Every 250 ms: the scenario database's PostgreSQL connections, and how busy the machine's CPUs were.
+
+    Samples are [seconds, connections, active connections, CPU busy %, CPU stolen %], the last two of
+    all cores together since the previous sample.
+    """
 
     def __init__(self, t0: float) -> None:
         super().__init__(daemon=True)
@@ -195,6 +234,7 @@ class ConnectionSampler(threading.Thread):
 
         with psycopg.connect(f"{common.PG_SERVER_URL}postgres", autocommit=True) as conn:
             n = 0
+            last = _cpu_ticks()
             while not self.stop.is_set():
                 at = self.t0 + n * 0.25
                 n += 1
@@ -206,7 +246,13 @@ class ConnectionSampler(threading.Thread):
                     "WHERE datname = %s",
                     (DB_NAME,),
                 ).fetchone()
-                self.samples.append([round(time.monotonic() - self.t0, 3), row[0], row[1]])
+                ticks = _cpu_ticks()
+                total = max(1, ticks[2] - last[2])
+                busy, stolen = (100 * (ticks[i] - last[i]) / total for i in (0, 1))
+                last = ticks
+                self.samples.append(
+                    [round(time.monotonic() - self.t0, 3), row[0], row[1], round(busy, 1), round(stolen, 1)]
+                )
 
 
 def _access_log(path: Path) -> dict[str, list[int]]:
@@ -270,13 +316,14 @@ def machine(redis_version: str) -> dict[str, Any]:
 
 
 def run_scenario() -> dict[str, Any]:
-    threads = int(common.env_number("BENCH_SCENARIO_THREADS", 8))
-    pool_max = int(common.env_number("BENCH_SCENARIO_POOL", 8))
+    threads = int(common.env_number("BENCH_SCENARIO_THREADS", THREADS))
+    pool_max = int(common.env_number("BENCH_SCENARIO_POOL", POOL_MAX))
     with RedisServer() as redis_server:
         _setup_django(redis_server.url)
         t_seed = time.monotonic()
         seed = _seed()
         seed_seconds = time.monotonic() - t_seed
+        policies = _policies()
         redis_client = redis_server.client()
         redis_version = redis_client.info("server")["redis_version"]
         info = machine(redis_version)
@@ -305,49 +352,52 @@ def run_scenario() -> dict[str, Any]:
         ]
         output = common.RESULTS_DIR / f"{NAME}.records.json"
         log = common.RESULTS_DIR / f"{NAME}.gunicorn.log"
-        with common.gunicorn(workers=WORKERS, threads=threads, env=env, log=log) as server:
-            cpu_before = common.server_cpu_seconds(server)
-            redis_cpu_before = _redis_cpu(redis_client)
-            t0 = time.monotonic() + 1.5  # the generator's start-up happens before the first second
-            spec = {
-                "host": server.host,
-                "port": server.port,
-                "t0": t0,
-                "timeout": 30.0,
-                "seed": 20251126,
-                "output": str(output),
-                **TIMELINE,
-                **RATES,
-                "users": customers,
-                "spike_customers": spike_customers,
-                "crawler_ip": _address(9, 0),
-                "bot_ip": _address(9, 1),
-                "staff_ip": _address(8, 0),
-                "staff_token": seed["staff_token"],
-                "book_ids": seed["book_ids"],
-                "in_stock_ids": seed["in_stock_ids"],
-                "hot_ids": seed["hot_ids"],
-                "list_pages": seed["list_pages"],
-                "words": WORDS,
-            }
-            sampler = ConnectionSampler(t0)
-            sampler.start()
-            proc = subprocess.run(
-                [common.PYTHON, "-m", "bench.scenario_load"],
-                cwd=common.ROOT,
-                input=json.dumps(spec),
-                capture_output=True,
-                text=True,
-                timeout=TIMELINE["end"] + 120,
-                check=False,
-            )
-            sampler.stop.set()
-            sampler.join()
-            if proc.returncode != 0:
-                raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
-            server_cpu = common.server_cpu_seconds(server) - cpu_before
-            redis_cpu = _redis_cpu(redis_client) - redis_cpu_before
-            metrics = _metrics(server)
+        try:
+            with common.gunicorn(workers=WORKERS, threads=threads, env=env, log=log) as server:
+                cpu_before = common.server_cpu_seconds(server)
+                redis_cpu_before = _redis_cpu(redis_client)
+                t0 = time.monotonic() + 1.5  # the generator's start-up happens before the first second
+                spec = {
+                    "host": server.host,
+                    "port": server.port,
+                    "t0": t0,
+                    "timeout": 30.0,
+                    "seed": 20251126,
+                    "output": str(output),
+                    **TIMELINE,
+                    **RATES,
+                    "users": customers,
+                    "spike_customers": spike_customers,
+                    "crawler_ip": _address(9, 0),
+                    "bot_ip": _address(9, 1),
+                    "staff_ip": _address(8, 0),
+                    "staff_token": seed["staff_token"],
+                    "book_ids": seed["book_ids"],
+                    "in_stock_ids": seed["in_stock_ids"],
+                    "hot_ids": seed["hot_ids"],
+                    "list_pages": seed["list_pages"],
+                    "words": WORDS,
+                }
+                sampler = ConnectionSampler(t0)
+                sampler.start()
+                proc = subprocess.run(
+                    [common.PYTHON, "-m", "bench.scenario_load"],
+                    cwd=common.ROOT,
+                    input=json.dumps(spec),
+                    capture_output=True,
+                    text=True,
+                    timeout=TIMELINE["end"] + 120,
+                    check=False,
+                )
+                sampler.stop.set()
+                sampler.join()
+                if proc.returncode != 0:
+                    raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
+                server_cpu = common.server_cpu_seconds(server) - cpu_before
+                redis_cpu = _redis_cpu(redis_client) - redis_cpu_before
+                metrics = _metrics(server)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         redis_client.close()
         load = json.loads(output.read_text())
         fields = load["fields"]
@@ -373,6 +423,7 @@ def run_scenario() -> dict[str, Any]:
             "spike_customers": SPIKE_CUSTOMERS,
             "timeline": TIMELINE,
             "rates": RATES,
+            "policies": policies,
             "seed_seconds": round(seed_seconds, 1),
             "server_command": f"gunicorn bookstore.wsgi -w {WORKERS} --worker-class gthread --threads {threads} "
             f"--preload --keep-alive 5 (DB_POOL_MAX={pool_max}, TRUSTED_PROXY_COUNT=1, FAULT_INJECTION=true)",
@@ -416,77 +467,195 @@ def _hash_seconds() -> float:
     return time.perf_counter() - began
 
 
+SHAPE_HISTORY = 5  # runs kept per server shape
+
+
+def shape_summary(results: dict[str, Any], analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """Keep this run's key figures per server shape; return the kept runs of every shape, this run first.
+
+    Each run appends to bench/results/scenario-shape-<workers>x<threads>.json (the last few runs),
+    so runs with BENCH_SCENARIO_THREADS / BENCH_SCENARIO_POOL set leave their figures for the
+    default run's report to compare against, and run-to-run variation is visible.
+    """
+    cfg, br = results["config"], analysis["breaker"]
+    phases = {(r["phase"], r["requests"]): r for r in analysis["phases"]}
+    mine = {
+        "shape": f"{cfg['workers']} x {cfg['threads']}",
+        "db_pool_max": cfg["db_pool_max"],
+        "finished_at": results["finished_at"],
+        "baseline_p99_ms": analysis["legit_p99_ms"]["baseline"],
+        "outside_p99_ms": analysis["legit_p99_ms"]["outside_failure"],
+        "attack_p99_ms": phases[("attack, before the failure", "all")]["p99_ms"],
+        "after_p99_ms": phases[("attack, after recovery", "all")]["p99_ms"],
+        "failure_p99_ms": phases[("failure window (fault on until the breaker closes)", "all")]["p99_ms"],
+        "open_latency_s": br["open_latency"],
+        "reject_decision_p99_ms": br["reject_decision_ms"][99],
+        "reject_service_p99_ms": br["reject_server_ms"][99],
+        "server_cpu_seconds": results["server_cpu_seconds"],
+        "db_max_connections": analysis["db_max_connections"],
+        "failed": [a["assertion"] for a in analysis["assertions"] if not a["ok"]],
+    }
+    path = common.RESULTS_DIR / f"{NAME}-shape-{cfg['workers']}x{cfg['threads']}.json"
+    kept = [r for r in _shape_runs(path) if r["finished_at"] != mine["finished_at"]]
+    path.write_text(json.dumps({"runs": [*kept, mine][-SHAPE_HISTORY:]}, indent=2) + "\n")
+    runs = [mine]
+    for other in sorted(common.RESULTS_DIR.glob(f"{NAME}-shape-*.json")):
+        runs += sorted(
+            (r for r in _shape_runs(other) if r is not mine and r["finished_at"] != mine["finished_at"]),
+            key=lambda r: r["finished_at"],
+            reverse=True,
+        )
+    return runs
+
+
+def _shape_runs(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return data.get("runs", [data])
+
+
+def _shape_reason(runs: list[dict[str, Any]]) -> str:
+    """Say whether another shape was measurably better: its runs' range entirely below this shape's."""
+    mine = runs[0]["shape"]
+    by_shape: dict[str, list[float]] = {}
+    for r in runs:
+        by_shape.setdefault(r["shape"], []).append(r["outside_p99_ms"])
+    text = "; ".join(f"{shape}: {', '.join(f'{v:g}' for v in values)} ms" for shape, values in by_shape.items())
+    if len(by_shape) == 1:
+        return "- No other shape has been measured on this machine yet."
+    better = [shape for shape, values in by_shape.items() if shape != mine and max(values) < min(by_shape[mine])]
+    if better:
+        return (
+            f"- {', '.join(better)} was measurably better than {mine} here (every run below every run of "
+            f"{mine}; p99 outside the failure window, {text}): consider it."
+        )
+    return (
+        f"- Why {mine}: no other shape was measurably better for legitimate users: the p99 outside the failure "
+        f"window of its runs falls inside the run-to-run range of {mine} ({text}). So the smaller shape stays: "
+        "fewer PostgreSQL connections (ceiling workers × DB_POOL_MAX) and fewer threads contending for each "
+        "worker's GIL."
+    )
+
+
 def notes(results: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
     """Explain the setup choices and, from this run's data, every assertion that failed."""
-    cfg, tl = results["config"], results["config"]["timeline"]
+    cfg = results["config"]
     failed = {a["assertion"] for a in analysis["assertions"] if not a["ok"]}
     hash_s = results["hash_seconds"]
+    login = cfg["policies"]["ratelimits"]["login-ip"]
+    bot = analysis["bot"]
+    shapes = shape_summary(results, analysis)
     out = [
         f"- Server size: {cfg['workers']} gthread workers × {cfg['threads']} threads with DB_POOL_MAX="
         f"{cfg['db_pool_max']}, so every thread holds at most one connection and none waits for the pool; the "
-        f"ceiling is {cfg['db_ceiling']} connections, below PostgreSQL's max_connections (100). With 4 threads a "
-        "worker, the 20 password hashes the bot is allowed at the start of the attack occupy every thread of "
-        "the server for seconds and everything else queues behind them.",
+        f"ceiling is {cfg['db_ceiling']} connections, below PostgreSQL's max_connections (100). 8 threads a "
+        "worker were only needed while the bot's password hashes could occupy a thread each for seconds; with "
+        "login-ip spreading them out, the shape was chosen by running the scenario both ways on this machine "
+        "(`BENCH_SCENARIO_THREADS=8 BENCH_SCENARIO_POOL=8 BENCH_SCENARIO_MICRO=0 bench/run scenario` for the "
+        "other rows; each row is one run, the last few of each shape are kept; client-side p99 of legitimate "
+        "requests in ms):",
+        "",
+        "| workers × threads | DB_POOL_MAX | run | baseline p99 | p99 outside the failure window | attack before "
+        "the failure p99 | failure window p99 | after recovery p99 | server CPU s | max DB connections | "
+        "failed assertions |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {s['shape']}{' (this run)' if n == 0 else ''} | {s['db_pool_max']} | {s['finished_at']} | "
+            + " | ".join(
+                str(s.get(k, "n/a"))
+                for k in (
+                    "baseline_p99_ms",
+                    "outside_p99_ms",
+                    "attack_p99_ms",
+                    "failure_p99_ms",
+                    "after_p99_ms",
+                    "server_cpu_seconds",
+                    "db_max_connections",
+                )
+            )
+            + f" | {', '.join(s.get('failed', [])) or 'none'} |"
+            for n, s in enumerate(shapes)
+        ),
+        "",
+        _shape_reason(shapes),
         "- The scenario runs on its own database and Redis: other benchmarks recreate `bookstore_bench`, and "
         "the connection ceiling check must count this server's connections only.",
-        f"- The machine is shared: the 1-minute load average was {results['machine']['loadavg_1m_at_start']} "
-        "when the run started, so other work competed for the same two cores during parts of it.",
+        f"- The 1-minute load average was {results['machine']['loadavg_1m_at_start']} when the run started "
+        "(it includes this process's seeding of the database just before).",
         f"- One password check with Django's default hasher (PBKDF2, unknown users included) costs "
-        f"{hash_s:.2f} s of CPU here: login-ip's 20 admitted attempts are {20 * hash_s:.0f} CPU-seconds, "
-        f"{10 * hash_s:.1f} s of both cores. The bot's admitted attempts took {analysis['bot_admitted_server_ms'][50]} "
-        f"ms server side at the median and {analysis['bot_admitted_server_ms'][100]} ms at most, between "
-        f"{analysis['bot_admitted_span'][0]} s and {analysis['bot_admitted_span'][1]} s.",
+        f"{hash_s:.2f} s of CPU here. login-ip ({bot['policy_text']}) let the bot through {bot['admitted']} "
+        f"times: the burst at the start of the attack, then one every {login['period'] / login['limit']:g} s; "
+        f"admitted attempts took {analysis['bot_admitted_server_ms'][50]} ms server side at the median and "
+        f"{analysis['bot_admitted_server_ms'][100]} ms at most (sent at "
+        + ", ".join(f"{t:g}" for t in analysis["bot_admitted_sent"])
+        + " s). Skipping the hash for unknown user names is not an option: the timing would reveal which "
+        "accounts exist.",
     ]
-    worst = sorted(analysis["legit_2s_windows"], key=lambda w: -w[3])[:6]
-    spikes = [(at, at + tl["spike_seconds"]) for at in tl["spikes"]]
-
-    def what(lo: float) -> str:
-        tags = []
-        if analysis["bot_admitted_span"][0] - 2 <= lo <= analysis["bot_admitted_span"][1] + 10:
-            tags.append("the bot's admitted password hashes and the backlog behind them")
-        if any(a - 2 <= lo <= b + 4 for a, b in spikes):
-            tags.append("an order spike")
-        return " and ".join(tags) or "no scheduled event"
-
     if "legitimate p99 outside the failure window vs baseline" in failed:
+        worst = sorted(analysis["legit_2s_windows"], key=lambda w: -w[3])[:8]
+        phases = [r for r in analysis["phases"] if r["requests"] == "all"]
         out.append(
-            "- **Why the p99 assertion fails.** The worst 2 s windows of legitimate latency (start s: count, "
-            "p50 / p99 ms) are "
-            + "; ".join(f"{w[0]}: {w[1]}, {w[2]} / {w[3]} ({what(w[0])})" for w in worst)
-            + ". The crawler's 200 refusals a second are absorbed (compare the windows in the middle of the "
-            "attack with the baseline). What is not absorbed on two cores is the work the default policies "
-            "admit by design: the 20 login attempts of one address arrive within a second and cost "
-            f"{20 * hash_s:.0f} CPU-seconds of hashing, and 150 orders within 2 s serialise on a few hot rows. "
-            "Requests queue behind both and the backlog takes seconds to drain. The limits hold (see the budget "
-            "rows); the latency goal needs either more cores than two or a login policy that spreads the "
-            "attempts (a token bucket with a small burst, for example 20 per 10 minutes with a burst of 2). "
-            "Skipping the hash for unknown user names is not an option: the timing would reveal which "
-            "accounts exist."
+            "- **Why the p99 assertion fails: the machine runs out of CPU.** The worst 2 s windows of legitimate "
+            "latency outside the failure window (start s: requests, p50 / p99 ms, CPU busy % / stolen %) are "
+            + "; ".join(f"{w[0]}: {w[1]}, {w[2]} / {w[3]} ms, {w[4]:g} / {w[5]:g} %" for w in worst)
+            + ". They are the start of the attack (the crawler's first 100 searches are admitted at once, the "
+            "bot's burst of 3 password hashes) and the order spikes at "
+            + ", ".join(f"{t:g}" for t in cfg["timeline"]["spikes"])
+            + " s (150 orders within 2 s), on top of more than 200 refusals a second. In those windows both cores "
+            "are close to 100% busy (the hypervisor stole next to nothing), so every request queues for a CPU; "
+            "the machine's CPUs were busy on average "
+            + ", ".join(f"{r['cpu'][0]:g}% in the {r['phase'].split(' (')[0]}" for r in phases[1:])
+            + ". The limits hold (budget rows) and the bot no longer stalls anything; what is left is work the "
+            "policies admit by design arriving faster than two shared cores can serve it. Meeting the goal "
+            "needs more CPU for the same load (more cores, or the database off this machine), not a change in "
+            "the resilience layer."
         )
     if "search breaker opens after the failure starts" in failed:
         lat = analysis["search_latency_after_fault_ms"]
         out.append(
-            "- **Why the opening is late.** The breaker opens on the fifth failed search it records, and a search "
-            f"started in the 2 s after the fault took {lat[50]} ms (p50) / {lat[99]} ms (p99) from send to answer, "
-            "queueing included: the opening waits for those searches to be served and to fail."
+            "- **Why the opening is late.** The breaker opens on the fifth consecutive failed search it records; "
+            f"{analysis['searches_after_fault'][0]} searches were sent in the first second after the fault, and a "
+            f"search sent in the 2 s after it took {lat[50]} ms (p50) / {lat[99]} ms (p99) from send to answer."
         )
     if "open breaker rejects fast (server side, p99)" in failed:
         br = analysis["breaker"]
         out.append(
-            "- **Why the rejection p99 is over 5 ms.** gunicorn's service time of a rejection is "
-            f"{br['reject_server_ms'][50]} ms at the median but {br['reject_server_ms'][99]} ms at p99: it counts "
-            "the time the thread waits for the GIL and for a CPU while other threads of the same worker render "
-            "pages, not only the rejection's own work. The micro-benchmark below measures the open breaker "
-            "alone (server CPU per rejection)."
+            "- **Why the rejection p99 is over 5 ms: waiting, not work.** The refusal's wall time (Server-Timing "
+            f"`resilience`) is {br['reject_decision_ms'][50]} ms at the median and {br['reject_decision_ms'][99]} ms "
+            f"at p99, but the CPU its thread used meanwhile (`resilience-cpu`) is {br['reject_cpu_ms'][50]} ms at "
+            f"the median, {br['reject_cpu_ms'][99]} ms at p99 and {br['reject_cpu_ms'][100]} ms at most: at p99 the "
+            "decision's own work, Redis round trip included, is well under 5 ms. The rest is the thread "
+            "waiting to run again after the Redis reply, for the worker's GIL (other threads hold it up to the "
+            "5 ms switch interval) and for one of two cores that are close to 100% busy during the attack "
+            "(see the CPU column above). The assertion is left as it is: it measures wall time, and on this "
+            "machine under this load the wait dominates."
         )
     return out
 
 
+def _reload() -> dict[str, Any]:
+    """Rebuild the last run's results from bench/results (summary, raw records, access log)."""
+    results = json.loads((common.RESULTS_DIR / f"{NAME}.json").read_text())
+    results.pop("analysis", None)
+    results.pop("notes", None)
+    raw = json.loads((common.RESULTS_DIR / f"{NAME}.records.json").read_text())
+    results["records"] = [dict(zip(raw["fields"], r, strict=True)) for r in raw["records"]]
+    results["samples"] = raw["samples"]
+    results["server_timings"] = _access_log(common.RESULTS_DIR / f"{NAME}.access.log")
+    return results
+
+
 def main() -> int:
+    """Run the scenario and write the report; with --report, only redraw the report of the last run."""
     from bench import scenario_report
 
-    results = run_scenario()
-    results["hash_seconds"] = _hash_seconds()
+    if "--report" in sys.argv[1:]:
+        os.environ["BENCH_SCENARIO_MICRO"] = "0"  # the micro-benchmarks' results of that same run
+        results = _reload()
+    else:
+        results = run_scenario()
+        results["hash_seconds"] = _hash_seconds()
     return scenario_report.finish(results, lambda analysis: notes(results, analysis))
 
 

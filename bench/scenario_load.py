@@ -16,8 +16,9 @@ the spec names and a one-line summary on stdout. Actors:
 - a sampler: reads /health/breakers every 250 ms.
 
 Every request is recorded with its send and receive time (seconds after the scenario's start,
-on CLOCK_MONOTONIC, which the parent process shares), status, problem type and request id; the
-parent matches the ids against gunicorn's access log for server-side timings. Requests are
+on CLOCK_MONOTONIC, which the parent process shares), status, problem type, request id and the
+resilience middleware's Server-Timing (the cost of its own admit/refuse decision); the parent
+matches the ids against gunicorn's access log for server-side service times. Requests are
 encoded and responses parsed by hand: the generator shares two cores with the server and the
 database, so it must stay cheap.
 """
@@ -40,9 +41,13 @@ TYPE_RE = re.compile(rb'"type"\s*:\s*"[^"]*?([a-z0-9-]+)"')
 ID_RE = re.compile(rb'"id"\s*:\s*(\d+)')
 STATE_RE = re.compile(rb'"name"\s*:\s*"search".*?"detail_state"\s*:\s*"([a-z-]+)".*?"generation"\s*:\s*(\d+)')
 OPENED_RE = re.compile(rb'"name"\s*:\s*"search".*?"opened_at"\s*:\s*([0-9.]+|null)')
+# Server-Timing of the resilience middleware: how long its own decision took, and what it decided.
+TIMING_RE = re.compile(rb'resilience;dur=([0-9.]+);desc="([a-z]+)"(?:, resilience-cpu;dur=([0-9.]+))?')
 
 # Record fields, in order (a list per request keeps 25,000 records cheap to build and to dump).
-FIELDS = ("actor", "endpoint", "sent", "received", "status", "problem", "breaker", "rid", "extra")
+# timing: the middleware's Server-Timing as [wall ms, "admitted" | "refused", thread CPU ms or None],
+# None without the header.
+FIELDS = ("actor", "endpoint", "sent", "received", "status", "problem", "breaker", "rid", "timing", "extra")
 
 
 class Transport(Exception):
@@ -205,7 +210,7 @@ class Run:
         except Transport as e:
             now = time.monotonic()
             self.transport_errors[f"{actor} {endpoint}: {e}"] += 1
-            record = [actor, endpoint, self.rel(before), self.rel(now), 0, str(e), "", rid, extra]
+            record = [actor, endpoint, self.rel(before), self.rel(now), 0, str(e), "", rid, None, extra]
             self.records.append(record)
             return None, record
         problem = ""
@@ -213,7 +218,14 @@ class Run:
             match = TYPE_RE.search(response.body)
             problem = match.group(1).decode() if match else ""
         state = response.headers.get(b"x-circuit-breaker-state", b"").decode()
-        record = [actor, endpoint, self.rel(sent), self.rel(received), response.status, problem, state, rid, extra]
+        timing = None
+        header = response.headers.get(b"server-timing")
+        if header is not None and (match := TIMING_RE.search(header)):
+            cpu = match.group(3)
+            timing = [float(match.group(1)), match.group(2).decode(), float(cpu) if cpu else None]
+        record = [
+            actor, endpoint, self.rel(sent), self.rel(received), response.status, problem, state, rid, timing, extra
+        ]  # fmt: skip
         self.records.append(record)
         return response, record
 
