@@ -65,7 +65,13 @@ class Book(models.Model):
             models.CheckConstraint(condition=models.Q(price__gte=0), name="book_price_non_negative"),
             models.CheckConstraint(condition=models.Q(isbn__regex=r"^97[89][0-9]{10}$"), name="book_isbn13"),
         ]
-        indexes = [models.Index(fields=["price"]), models.Index(fields=["published_on"])]
+        # One index per list ordering: a page is read from the index, not sorted from every book.
+        indexes = [
+            models.Index(fields=["title", "id"], name="book_title_id"),
+            models.Index(fields=["price", "id"], name="book_price_id"),
+            models.Index(fields=["published_on", "id"], name="book_published_id"),
+            models.Index(fields=["created_at", "id"], name="book_created_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.title} ({self.isbn})"
