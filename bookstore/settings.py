@@ -144,6 +144,16 @@ else:
     CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
 
 # --- Auth ----------------------------------------------------------------------------------
+# Argon2id first (memory-hard, and about a third of PBKDF2's CPU per check on our machines),
+# run at a low CPU priority so that credential stuffing slows logins, not the shop
+# (accounts/hashers.py). Hashes made by the others still verify, and are upgraded to Argon2 at
+# the user's next successful login.
+PASSWORD_HASHERS = [
+    "accounts.hashers.LowPriorityArgon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -324,3 +324,25 @@ def test_accounts_token_client_works_for_registered_user(make_user: Callable[...
     user = make_user()
 
     assert client_for(user).get(ME).json()["username"] == user.username
+
+
+def test_accounts_old_pbkdf2_password_still_logs_in_and_is_rehashed_with_argon2(
+    anon_client: APIClient, customer: User, settings: object
+) -> None:
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher, identify_hasher
+
+    from bookstore import settings as production
+
+    settings.PASSWORD_HASHERS = production.PASSWORD_HASHERS  # the tests' fast hasher is not the shop's
+    hasher = PBKDF2PasswordHasher()
+    User.objects.filter(pk=customer.pk).update(password=hasher.encode(PASSWORD, hasher.salt()))
+
+    wrong = anon_client.post(TOKEN, {"username": customer.username, "password": "not-it"}, format="json")
+    right = anon_client.post(TOKEN, {"username": customer.username, "password": PASSWORD}, format="json")
+
+    _problem(wrong, 401)
+    assert right.status_code == 200, right.content
+    customer.refresh_from_db()
+    assert identify_hasher(customer.password).algorithm == "argon2"
+    again = anon_client.post(TOKEN, {"username": customer.username, "password": PASSWORD}, format="json")
+    assert again.json()["token"] == right.json()["token"]

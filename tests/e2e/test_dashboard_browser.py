@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.hashers import Argon2PasswordHasher
 from django.core.management import call_command
 from pytest_django.fixtures import Settings
 
@@ -66,7 +66,7 @@ def make_login(role: str, username: str, *, superuser: bool = False) -> User:
     else:
         user = User.objects.create_user(username=username, email=f"{username}@example.com", role=role)
     # The servers run production settings, whose hashers do not include the tests' fast one.
-    user.password = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt())
+    user.password = Argon2PasswordHasher().encode(PASSWORD, Argon2PasswordHasher().salt())
     user.save(update_fields=["password"])
     return user
 

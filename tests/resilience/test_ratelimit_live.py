@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.hashers import Argon2PasswordHasher
 from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.models import User
@@ -298,7 +298,7 @@ def test_admin_changes_are_enforced_by_every_worker_within_a_second(
     path = book_path(book)
     ops = User.objects.create_superuser(username="ops", email="ops@example.com", password="unused")
     # The servers run production settings, whose hashers do not include the tests' fast one.
-    ops.password = PBKDF2PasswordHasher().encode("correct-horse-battery", PBKDF2PasswordHasher().salt())
+    ops.password = Argon2PasswordHasher().encode("correct-horse-battery", Argon2PasswordHasher().salt())
     ops.save(update_fields=["password"])
     policy = make_policy(
         name="live-admin", match_type="regex", pattern=exact_path(book), key="ip", limit=1000, period=60
