@@ -584,17 +584,23 @@ def test_default_policies_exist(db: None) -> None:
 
 
 @pytest.mark.default_policies
-def test_default_search_limit_refuses_the_101st_search_in_a_minute(db: None) -> None:
+def test_default_search_limit_admits_a_burst_of_20_then_refills_at_100_a_minute(db: None) -> None:
     client = APIClient()
     address = {"REMOTE_ADDR": "192.0.2.200"}
+    search = RateLimitPolicy.objects.get(name="search-ip")
+    assert (search.algorithm, search.limit, search.period, search.burst) == ("token_bucket", 100, 60, 20)
 
-    statuses = [client.get("/api/books/search?q=x", **address).status_code for _ in range(100)]
+    statuses = [client.get("/api/books/search?q=x", **address).status_code for _ in range(20)]
     refused = client.get("/api/books/search?q=x", **address)
 
-    assert statuses == [200] * 100
+    assert statuses == [200] * 20
     params = assert_quota_exceeded(refused, ["search-ip"])
-    assert 1 <= params["t"] <= 60
+    assert params["t"] == 1  # the next token comes 0.6 s later (100 per 60 s), rounded up
+    assert refused["Retry-After"] == "1"
+    assert '"search-ip";q=20;w=12' in refused["RateLimit-Policy"]  # a full bucket refills in 12 s
     assert names_in_headers(refused)[0] == "search-ip"
     assert "global-ceiling" in names_in_headers(refused)
-    # Another address still searches.
+    time.sleep(0.65)
+    assert client.get("/api/books/search?q=x", **address).status_code == 200
+    assert client.get("/api/books/search?q=x", **address).status_code == 429
     assert client.get("/api/books/search?q=x", REMOTE_ADDR="192.0.2.201").status_code == 200
