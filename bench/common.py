@@ -202,7 +202,10 @@ def gunicorn(
     probe_path: str = "/api/accounts/me",
     boot_timeout: float = 30.0,
 ) -> Iterator[Server]:
-    """Run gunicorn on a free loopback port; yield once every worker is forked and it answers.
+    """Run gunicorn with the deployment's config on a free loopback port; yield once every worker answers.
+
+    deploy/gunicorn.conf.py supplies what production runs with (hooks, GIL switch interval); the
+    flags here set the size and the socket.
 
     The listening socket is bound here and handed over as fd://, so no other process can take
     the port between choosing it and listening on it. --preload loads Django once in the master:
@@ -216,6 +219,7 @@ def gunicorn(
     port = listener.getsockname()[1]
     cmd = [
         PYTHON, "-m", "gunicorn", app,
+        "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),  # as deployed; the flags below win
         "--bind", f"fd://{listener.fileno()}",
         "--workers", str(workers),
         "--worker-class", "gthread" if threads > 1 else "sync",

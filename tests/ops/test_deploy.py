@@ -206,3 +206,20 @@ def test_dockerfile_builds_the_app_as_documented() -> None:
     assert re.search(r"^USER \w+", text, re.M), "the app does not run as root"
     assert 'CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "bookstore.wsgi"]' in text
     assert "PROMETHEUS_MULTIPROC_DIR=" in text
+
+
+def test_gunicorn_config_bounds_each_workers_gil_hold_to_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+    import sys
+
+    conf = str(Path(__file__).resolve().parents[2] / "deploy" / "gunicorn.conf.py")
+    before = sys.getswitchinterval()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")  # no temporary folder made
+    try:
+        runpy.run_path(conf)["post_fork"](None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        monkeypatch.setenv("GUNICORN_SWITCH_INTERVAL_MS", "2.5")
+        runpy.run_path(conf)["post_fork"](None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+    finally:
+        sys.setswitchinterval(before)
