@@ -26,7 +26,7 @@ def _query(request: Request) -> dict[str, str]:
 
 def _paginated(request: Request, view: APIView, queryset: object) -> Response:
     paginator = PageNumberPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
+    page = selectors.attach_authors(list(paginator.paginate_queryset(queryset, request, view=view)))
     return paginator.get_paginated_response(BookOutput(page, many=True).data)
 
 
@@ -67,11 +67,13 @@ class BookDetailApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
 
     def _book(self, pk: int) -> Book:
-        return get_object_or_404(Book.objects.prefetch_related("authors"), pk=pk)
+        """Return the book to change (its authors are read afresh after the change)."""
+        return get_object_or_404(Book, pk=pk)
 
     @extend_schema(responses=BookOutput, operation_id="books_retrieve")
     def get(self, request: Request, pk: int) -> Response:
-        return Response(BookOutput(self._book(pk)).data)
+        (book,) = selectors.attach_authors([get_object_or_404(Book, pk=pk)])
+        return Response(BookOutput(book).data)
 
     @extend_schema(request=BookInput, responses=BookOutput, operation_id="books_update")
     def put(self, request: Request, pk: int) -> Response:

@@ -779,3 +779,33 @@ def test_book_check_constraints_reject_direct_updates(make_book: Callable[..., B
     book.refresh_from_db()
     assert book.stock == 3
     assert book.price == Decimal("4.00")
+
+
+def test_book_pages_show_exactly_what_the_declared_serializer_fields_describe(
+    anon_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    """BookOutput builds its dict by hand for speed; it must match DRF's own rendering of its fields."""
+    from datetime import date
+
+    from rest_framework import serializers
+
+    from catalog.serializers import BookOutput
+
+    books = [
+        make_book(title="Zebra river", authors=["Zoe Zed", "Adam Ant", "Mia Mid"], price="7.50", stock=0),
+        make_book(title="Alpha river", authors=[], price="1234567.05", published_on=date(1999, 12, 31)),
+        make_book(title="Middle river", authors=["Adam Ant"], price="0", description="Rivers, mostly."),
+    ]
+
+    def generic(book: Book) -> dict:
+        fresh = Book.objects.get(pk=book.pk)
+        return json.loads(json.dumps(serializers.ModelSerializer.to_representation(BookOutput(), fresh)))
+
+    expected = {book.pk: generic(book) for book in books}
+    assert expected[books[0].pk]["authors"][0]["name"] == "Adam Ant"  # the Author ordering, by name
+    listed = anon_client.get(BOOKS, {"ordering": "title"}).json()["results"]
+    searched = anon_client.get("/api/books/search", {"q": "river"}).json()["results"]
+    detailed = [anon_client.get(f"{BOOKS}/{book.pk}").json() for book in books]
+
+    for shown in (listed, searched, detailed):
+        assert {row["id"]: row for row in shown} == expected
