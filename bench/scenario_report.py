@@ -875,34 +875,33 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
         *_table(
             ["measure", "what it counts", "requests", "p50", "p99"],
             [
-                (
-                    "refusal (Server-Timing)",
-                    "middleware receives the request → 503 ready: one Redis round trip, no view",
-                    br["reject_decision_matched"],
-                    br["reject_decision_ms"][50],
-                    br["reject_decision_ms"][99],
-                ),
-                (
-                    "refusal, its thread's CPU (Server-Timing resilience-cpu)",
-                    "the CPU the refusing thread itself used in that span",
-                    br["reject_cpu_matched"],
-                    br["reject_cpu_ms"][50],
-                    br["reject_cpu_ms"][99],
-                ),
-                (
-                    "gunicorn service time",
-                    "plus WSGI and the other middleware, and waiting for the GIL among the worker's threads",
-                    br["reject_server_matched"],
-                    br["reject_server_ms"][50],
-                    br["reject_server_ms"][99],
-                ),
-                (
-                    "client side",
-                    "plus the accept queue, waiting for a free thread, the loopback and the generator's own loop",
-                    br["rejections"],
-                    br["reject_client_ms"][50],
-                    br["reject_client_ms"][99],
-                ),
+                (label, what, br[count], br[f"{series}_ms"][50], br[f"{series}_ms"][99])
+                for label, what, count, series in (
+                    (
+                        "refusal (Server-Timing)",
+                        "middleware receives the request → 503 ready: one Redis round trip, no view",
+                        "reject_decision_matched",
+                        "reject_decision",
+                    ),
+                    (
+                        "refusal, its thread's CPU (Server-Timing resilience-cpu)",
+                        "the CPU the refusing thread itself used in that span",
+                        "reject_cpu_matched",
+                        "reject_cpu",
+                    ),
+                    (
+                        "gunicorn service time",
+                        "plus WSGI and the other middleware, and waiting for the GIL among the worker's threads",
+                        "reject_server_matched",
+                        "reject_server",
+                    ),
+                    (
+                        "client side",
+                        "plus the accept queue, waiting for a free thread, the loopback and the generator's own loop",
+                        "rejections",
+                        "reject_client",
+                    ),
+                )
             ],
         ),
         "",
