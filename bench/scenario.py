@@ -612,9 +612,10 @@ def notes(results: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
         "the connection ceiling check must count this server's connections only.",
         f"- The 1-minute load average was {results['machine']['loadavg_1m_at_start']} when the run started "
         "(it includes this process's seeding of the database just before). The CPU probe (a fixed Python loop, "
-        f"best of three, just before the load) took {results['machine'].get('cpu_probe_ms', 'n/a')} ms: on this "
-        "shared host the same loop varies by 20-30% between runs, and so does every CPU figure here "
-        "(compare the server CPU column above: the same code and load).",
+        f"best of three, just before the load) took {results['machine'].get('cpu_probe_ms', 'n/a')} ms; on this "
+        "virtual machine the same loop has taken anywhere from 75 to 160 ms within one day, and the server's CPU "
+        "seconds for the same code and load have moved by a quarter between runs, so compare "
+        "ratios within one run rather than absolute figures across runs.",
         f"- One password check with the app's hasher ({hash_name}, unknown users included) costs "
         f"{hash_s:.2f} s of CPU here. login-ip ({bot['policy_text']}) let the bot through {bot['admitted']} "
         f"times: the burst at the start of the attack, then one every {login['period'] / login['limit']:g} s; "
