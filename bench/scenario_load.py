@@ -26,7 +26,9 @@ database, so it must stay cheap.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import random
 import re
 import resource
@@ -472,9 +474,30 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _measure_cleanly() -> dict[str, Any]:
+    """Keep the generator's own pauses out of the latencies it measures; return what was done.
+
+    The generator shares two cores with the server it measures. A collection of the cyclic garbage
+    collector over tens of thousands of records stalls every request in flight at once, and a
+    generator waiting for a CPU behind four workers adds its wait to every latency. So the
+    collector is off for this bounded run (the records hold no cycles; memory is ample), and the
+    process asks for a higher CPU priority than the server's (nice -5; needs root or CAP_SYS_NICE,
+    otherwise it stays at the server's priority). Both make the server's job no easier.
+    """
+    gc.disable()
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+        niceness = -5
+    except OSError:
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    return {"gc": "off", "niceness": niceness}
+
+
 def main() -> None:
     spec = json.load(sys.stdin)
+    hygiene = _measure_cleanly()
     out = asyncio.run(_main(spec))
+    out["generator"] = hygiene
     with open(spec["output"], "w") as f:
         json.dump(out, f, separators=(",", ":"))
     json.dump({"records": len(out["records"]), "cpu_seconds": out["cpu_seconds"]}, sys.stdout)

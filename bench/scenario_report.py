@@ -919,7 +919,9 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
         f"PostgreSQL connections to the scenario database: at most {analysis['db_max_connections']} (ceiling "
         f"{analysis['db_ceiling']} = {cfg['workers']} workers × DB_POOL_MAX {cfg['db_pool_max']}), sampled every "
         f"250 ms. CPU over the run: server {results['server_cpu_seconds']} s, Redis {results['redis_cpu_seconds']} "
-        f"s, load generator {load['cpu_seconds']} s over {load['wall_seconds']} s (one process). Open-loop sends "
+        f"s, load generator {load['cpu_seconds']} s over {load['wall_seconds']} s (one process; cyclic garbage "
+        f"collector {load.get('generator', {}).get('gc', 'on')}, nice "
+        f"{load.get('generator', {}).get('niceness', 0)}: its own pauses stay out of the latencies). Open-loop sends "
         f"more than 50 ms behind schedule: {load['late'] or 'none'}. Connections opened by the crawler "
         f"{load['crawler_connections']}, by the bot {load['bot_connections']}.",
         "",

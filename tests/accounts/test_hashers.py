@@ -40,6 +40,7 @@ def test_hashes_are_standard_argon2_that_django_verifies_either_way(settings: ob
     encoded = make_password("correct-horse-battery")
 
     assert identify_hasher(encoded).algorithm == "argon2"
+    assert ",p=1$" in encoded, "one lane: one low-priority thread per hash"
     assert check_password("correct-horse-battery", encoded)
     assert not check_password("wrong-horse-battery", encoded)
     # Django's own Argon2 hasher reads them: dropping the low-priority wrapper needs no rehash.

@@ -208,6 +208,26 @@ def test_dockerfile_builds_the_app_as_documented() -> None:
     assert "PROMETHEUS_MULTIPROC_DIR=" in text
 
 
+def test_gunicorn_config_keeps_the_loaded_app_out_of_garbage_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import runpy
+
+    conf = str(Path(__file__).resolve().parents[2] / "deploy" / "gunicorn.conf.py")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")
+    hooks = runpy.run_path(conf)
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        hooks["pre_fork"](None, None)
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000, "Django and the app's objects are frozen before workers fork"
+        gc.unfreeze()
+        hooks["post_worker_init"](None)
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_gunicorn_config_bounds_each_workers_gil_hold_to_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
     import runpy
     import sys
