@@ -479,8 +479,8 @@ def _order_ids(records: list[dict[str, Any]]) -> tuple[set[int], set[int]]:
 def _hash_cost() -> tuple[str, float]:
     """Return the app's password hasher and the CPU seconds one check costs here (unknown users pay it too).
 
-    The bench process swaps in a fast hasher for seeding; the app's own first hasher is read from
-    a fresh import of its settings.
+    The bench process swaps in a fast hasher for seeding (on django.conf.settings); the app's own
+    first hasher is read from the settings module as written.
     """
     import importlib
 

@@ -67,12 +67,11 @@ class BookDetailApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
 
     def _book(self, pk: int) -> Book:
-        """Return the book to change (its authors are read afresh after the change)."""
         return get_object_or_404(Book, pk=pk)
 
     @extend_schema(responses=BookOutput, operation_id="books_retrieve")
     def get(self, request: Request, pk: int) -> Response:
-        (book,) = selectors.attach_authors([get_object_or_404(Book, pk=pk)])
+        (book,) = selectors.attach_authors([self._book(pk)])
         return Response(BookOutput(book).data)
 
     @extend_schema(request=BookInput, responses=BookOutput, operation_id="books_update")

@@ -70,10 +70,9 @@ def _read_minutes(
     rows = runtime.fallback_admission.stats.minutes(first, last)
     top = {label: Counter() for label in labels}
     for _, minute_top in rows:
-        for member, count in minute_top.items():
-            label, _, value = member.partition("|")
+        for label, keys in minute_top.items():
             if label in top:
-                top[label][value] += count
+                top[label].update(keys)
     return [counts for counts, _ in rows], top, "process"
 
 

@@ -153,7 +153,7 @@ class MemoryStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: dict[int, Counter[str]] = {}
-        self.top: dict[int, Counter[str]] = {}
+        self.top: dict[int, dict[str, Counter[str]]] = {}  # minute -> policy label -> limited key -> count
 
     def record(self, specs: Sequence[LimitSpec], hit: HitResult, labels: Sequence[str], now: float) -> None:
         minute = int(now // 60)
@@ -164,12 +164,15 @@ class MemoryStats:
                 counts[f"{label}:{outcome}"] += 1
                 if outcome == "l":
                     value = spec.key[spec.key.index(":", spec.key.index("{")) + 1 : -1]
-                    self.top.setdefault(minute, Counter())[f"{label}|{value}"] += 1
+                    self.top.setdefault(minute, {}).setdefault(label, Counter())[value] += 1
             for old in [m for m in self.counts if m < minute - self.KEEP_MINUTES]:
                 self.counts.pop(old, None)
                 self.top.pop(old, None)
 
-    def minutes(self, first: int, last: int) -> list[tuple[dict[str, int], dict[str, int]]]:
-        """Return (counts, limited keys) for each minute from first to last, inclusive."""
+    def minutes(self, first: int, last: int) -> list[tuple[dict[str, int], dict[str, dict[str, int]]]]:
+        """Return (counts, limited keys per policy label) for each minute from first to last, inclusive."""
         with self._lock:
-            return [(dict(self.counts.get(m, {})), dict(self.top.get(m, {}))) for m in range(first, last + 1)]
+            return [
+                (dict(self.counts.get(m, {})), {label: dict(keys) for label, keys in self.top.get(m, {}).items()})
+                for m in range(first, last + 1)
+            ]
