@@ -13,6 +13,7 @@ from django.urls import Resolver404, resolve
 
 from bookstore.problems import problem_response
 from resilience import audit
+from resilience.breaker import State
 from resilience.breakers import PUBLIC_STATE, Call, announce, held_by_request, load_stale, save_stale
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec
@@ -146,6 +147,7 @@ class ResilienceMiddleware:
 
     One shared-store round trip decides every matched limit and breaker before any view work;
     a breaker-protected request makes a second one after the response, to record the outcome.
+    A call to a breaker this process knows is open is refused with none (resilience/hints.py).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -163,8 +165,12 @@ class ResilienceMiddleware:
         def route() -> RouteInfo:
             return route_info(path)
 
-        rules = snapshot.match_ratelimits(method, path, route) if snapshot.ratelimits else []
         breakers = snapshot.match_breakers(method, path, route) if snapshot.breakers else []
+        if breakers:
+            refused = self._known_open(request, runtime, breakers, started)
+            if refused is not None:
+                return refused
+        rules = snapshot.match_ratelimits(method, path, route) if snapshot.ratelimits else []
         applied: list[tuple[RateLimitRule, LimitSpec]] = []
         if rules:
             facts = _Request(request)
@@ -178,6 +184,23 @@ class ResilienceMiddleware:
             return self.get_response(request)
 
         return self._decide(request, runtime, applied, breakers, started)
+
+    def _known_open(
+        self, request: HttpRequest, runtime: Runtime, breakers: list[BreakerRule], started: Started
+    ) -> HttpResponse | None:
+        """Refuse, with no round trip, a call to a breaker this process knows is still open.
+
+        Such a request is not counted against rate limits: it was refused before any limit was asked.
+        """
+        known = runtime.open_breakers()
+        if known is None:
+            return None
+        for rule in breakers:
+            left = known.seconds_left(rule.name)
+            if left is not None:
+                breaker_rejections.labels(rule.name).inc()
+                return _timed(self._open_response(request, runtime, rule, left), started, "refused")
+        return None
 
     def _decide(
         self,
@@ -271,6 +294,10 @@ class ResilienceMiddleware:
             announce(transitions)
             if not permit.allowed:
                 breaker_rejections.labels(rule.name).inc()
+                if permit.state in (State.OPEN, State.FORCED_OPEN) and not from_fallback:
+                    known = runtime.open_breakers()
+                    if known is not None:
+                        known.note(rule.name, permit.retry_after, asked_at=started[0])
                 # An earlier breaker admitted a call that never ran: report no outcome for it. A success
                 # would close a half-open breaker on no evidence; its trial slot is left to the lease
                 # (the tradeoff admit_main.lua accepts), and a closed permit holds nothing.

@@ -22,6 +22,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from resilience.breaker import BreakerConfig, BreakerStore
+from resilience.hints import OpenBreakers
 from resilience.limiter import LimitSpec, StoreUnavailable
 from resilience.metrics import store_errors
 from resilience.policyset import PolicySet, compile_policies
@@ -41,6 +42,11 @@ HEARTBEAT_INTERVAL = 10.0
 
 def key_prefix() -> str:
     return getattr(settings, "RESILIENCE_KEY_PREFIX", "")
+
+
+def events_channel() -> str:
+    """Return the channel breaker resets, forced states and policy changes are published on."""
+    return f"{key_prefix()}cb:events"
 
 
 def workers_key() -> str:
@@ -64,6 +70,7 @@ class Runtime:
         self._shared_admission: RedisAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._open_breakers: OpenBreakers | None = None
 
     @property
     def uses_redis(self) -> bool:
@@ -77,7 +84,9 @@ class Runtime:
         from resilience.stores.redis_limiter import RedisLimiterStore
 
         return RedisLimiterStore(  # type: ignore[return-value]
-            get_redis_connection("default"), version_key=f"{key_prefix()}resilience:policy-version"
+            get_redis_connection("default"),
+            version_key=f"{key_prefix()}resilience:policy-version",
+            events_channel=events_channel(),
         )
 
     def _make_breaker_store(self) -> BreakerStore:
@@ -88,6 +97,23 @@ class Runtime:
         from resilience.stores.redis_breaker import RedisBreakerStore
 
         return RedisBreakerStore(get_redis_connection("default"), prefix=f"{key_prefix()}cb:")
+
+    def open_breakers(self) -> OpenBreakers | None:
+        """Return what this process knows of open shared breakers, or None when there is nothing to ask."""
+        if not self.store_available():
+            return None
+        current = self._open_breakers
+        if current is None:
+            client = self.shared.client  # type: ignore[attr-defined]
+            with self._lock:
+                if self._open_breakers is None:
+                    self._open_breakers = OpenBreakers(
+                        client.connection_pool.make_connection,
+                        events_channel(),
+                        settings.RESILIENCE_STORE_RETRY_SECONDS,
+                    )
+                current = self._open_breakers
+        return current
 
     def breaker_store(self) -> tuple[BreakerStore, bool]:
         """Return the breaker store to use now and whether it is the per-process fallback."""
@@ -157,6 +183,8 @@ class Runtime:
             try:
                 self._snapshot = compile_policies(version)
                 self._beat_at = 0.0  # report the new version with the next request
+                if self._open_breakers is not None:
+                    self._open_breakers.forget()  # a breaker's policy may have changed or gone
             except DatabaseError as e:
                 # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
                 # and try again at the next interval rather than failing every request.
@@ -172,6 +200,8 @@ class Runtime:
         with self._lock:
             self._snapshot = None
             self._checked_at = 0.0
+            if self._open_breakers is not None:
+                self._open_breakers.forget()
 
     # --- limits ----------------------------------------------------------------------------
     def _admission(self) -> RedisAdmission | MemoryAdmission:

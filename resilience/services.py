@@ -107,7 +107,7 @@ def _breaker_store() -> BreakerStore:
 
 
 def breaker_reset(*, names: Iterable[str]) -> int:
-    """Close the named breakers with counters cleared; every worker sees it on its next call."""
+    """Close the named breakers with counters cleared; every worker hears it at once (published)."""
     store = _breaker_store()
     count = 0
     for name in names:

@@ -4,10 +4,15 @@
 --   allow    ARGV[3..9] config                                  -> {permit, transitions}
 --   record   ARGV[3..9] config, ARGV[10] generation, ARGV[11] '1' success / '0' failure
 --                                                               -> {state, transitions}
---   force    ARGV[3] 'forced-open' | 'forced-closed' | '' (release) -> {state, transitions}
---   reset                                                       -> {state, transitions}
+--   force    ARGV[3] 'forced-open' | 'forced-closed' | '' (release), ARGV[4] events channel
+--                                                               -> {state, transitions}
+--   reset    ARGV[3] events channel                             -> {state, transitions}
 --   snapshot ARGV[3..9] config                                  -> snapshot array
 -- transitions: array of {from, to, generation, at}.
+--
+-- force and reset publish the breaker's name on the events channel ('' = do not), in the same
+-- atomic step as the change: workers that refuse calls to a breaker they saw open, without asking
+-- Redis, drain that channel before they trust what they saw (resilience/hints.py).
 
 local op = ARGV[1]
 local now = cb_clock(ARGV[2])
@@ -21,9 +26,11 @@ elseif op == 'record' then
   return {state, trans}
 elseif op == 'force' then
   local state, trans = cb_force(now, key, ARGV[3])
+  if ARGV[4] ~= nil and ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], key) end
   return {state, trans}
 elseif op == 'reset' then
   local state, trans = cb_reset(now, key)
+  if ARGV[3] ~= nil and ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], key) end
   return {state, trans}
 elseif op == 'snapshot' then
   return cb_snapshot(now, key, cb_config(ARGV, 3))

@@ -74,6 +74,9 @@ class RedisBreakerStore:
     def __init__(self, client: redis.Redis, prefix: str = "cb:") -> None:
         self.client = client
         self.prefix = prefix
+        # force() and reset() publish here (see resilience/hints.py): they can close an open breaker
+        # before its open period is over.
+        self.events_channel = f"{prefix}events"
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
         self._script = client.register_script(BREAKER_LIB_LUA + "\n" + BREAKER_MAIN_LUA)
 
@@ -100,12 +103,12 @@ class RedisBreakerStore:
         """Hold ``name`` FORCED_OPEN / FORCED_CLOSED, or release it to CLOSED with None."""
         if state is not None and state not in (State.FORCED_OPEN, State.FORCED_CLOSED):
             raise ValueError(f"force() takes {State.FORCED_OPEN}, {State.FORCED_CLOSED} or None, not {state}")
-        _, transitions = self._run(name, ["force", _now(now), "" if state is None else str(state)])
+        _, transitions = self._run(name, ["force", _now(now), "" if state is None else str(state), self.events_channel])
         return parse_transitions(name, transitions)
 
     def reset(self, name: str, now: float | None = None) -> list[Transition]:
         """Put ``name`` back to CLOSED with counters cleared and a new generation."""
-        _, transitions = self._run(name, ["reset", _now(now)])
+        _, transitions = self._run(name, ["reset", _now(now), self.events_channel])
         return parse_transitions(name, transitions)
 
     def snapshot(self, cfg: BreakerConfig, now: float | None = None) -> Snapshot:

@@ -37,9 +37,13 @@ class RedisLimiterStore:
     client's own timeouts and retries bound how long a dead Redis can stall a request.
     """
 
-    def __init__(self, client: redis.Redis, version_key: str = DEFAULT_VERSION_KEY) -> None:
+    def __init__(
+        self, client: redis.Redis, version_key: str = DEFAULT_VERSION_KEY, events_channel: str | None = None
+    ) -> None:
         self.client = client
         self.version_key = version_key
+        # bump_version() also publishes here, when set (see resilience/hints.py).
+        self.events_channel = events_channel
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
         self._script = client.register_script(load_lua("limiter_lib") + "\n" + load_lua("limiter_main"))
 
@@ -62,8 +66,13 @@ class RedisLimiterStore:
         return int(self._call(self.client.delete, *keys))
 
     def bump_version(self) -> int:
-        """Increment the policy-version counter and return its new value."""
-        return int(self._call(self.client.incr, self.version_key))
+        """Increment the policy-version counter and return its new value (and announce it, atomically)."""
+        if self.events_channel is None:
+            return int(self._call(self.client.incr, self.version_key))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incr(self.version_key)
+        pipe.publish(self.events_channel, self.version_key)
+        return int(self._call(pipe.execute)[0])
 
     def version(self) -> int:
         """Return the policy-version counter (0 if never bumped)."""

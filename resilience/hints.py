@@ -1,0 +1,136 @@
+"""Open breakers a worker may refuse calls to without asking Redis, and how it hears they closed.
+
+An open breaker stays open until its open period ends (then the next call finds it half-open),
+unless an operator resets or forces it, or staff change the policies. Those three publish on one
+Redis channel, in the same atomic step as the change (breaker_main.lua, RedisLimiterStore.
+bump_version). A worker that Redis told "open, for R more seconds" remembers it until then; a
+thread of its own listens on that channel and forgets everything at the first message.
+
+So a refusal while open costs no round trip and no system call: the request thread never lets go
+of the GIL, and does not wait for the worker's other threads to hand it back, which is what a
+refusal's time is made of when the cores are busy. A reset from any process reaches every worker
+within about a millisecond: before the operator's command has even returned, in practice.
+
+What is remembered is only used while the subscription is known to be live, and only if it was
+learnt after the subscription began and after the last message heard: a reset published between
+the question and the remembering is then either heard first (nothing is remembered) or heard
+after (everything is forgotten). When the connection fails, everything is forgotten and the
+listener subscribes again after RESILIENCE_STORE_RETRY_SECONDS; meanwhile every call asks Redis.
+Half-open refusals are never remembered: a trial can close the breaker at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+
+from redis.connection import AbstractConnection
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("resilience")
+
+# How long the listener waits for a message before it checks the connection with a PING (seconds).
+IDLE_CHECK_SECONDS = 5.0
+
+
+class OpenBreakers:
+    """Per-process memory of breakers Redis said are open, kept honest by a subscription."""
+
+    def __init__(self, connect: Callable[[], AbstractConnection], channel: str, retry_seconds: float) -> None:
+        self._connect = connect
+        self.channel = channel
+        self._retry_seconds = retry_seconds
+        self._lock = threading.Lock()
+        self._until: dict[str, float] = {}  # breaker name -> perf_counter() when its open period ends
+        self._since: float | None = None  # perf_counter() once subscribed; None while not subscribed
+        self._heard_at = 0.0  # perf_counter() of the last message (or lost connection)
+        self._pid = 0  # the process the listener runs in (threads do not survive fork())
+
+    def seconds_left(self, name: str) -> float | None:
+        """Return how long breaker ``name`` surely stays open, or None when Redis must be asked."""
+        until = self._until.get(name)
+        if until is None or not self.live():
+            return None
+        left = until - time.perf_counter()
+        if left <= 0:
+            self._until.pop(name, None)
+            return None
+        return left
+
+    def note(self, name: str, retry_after: float, asked_at: float) -> None:
+        """Remember that Redis, asked at perf_counter() ``asked_at``, said ``name`` opens again in ``retry_after`` s."""
+        self._listening()
+        since = self._since
+        if since is None or asked_at < since or asked_at < self._heard_at:
+            return  # a change may have been published after the answer and already been heard
+        self._until[name] = asked_at + retry_after
+
+    def forget(self) -> None:
+        """Forget every breaker (the policies changed in this process)."""
+        self._until.clear()
+
+    def live(self) -> bool:
+        """Return whether the subscription is up (what is remembered is used only then)."""
+        return self._since is not None and self._pid == os.getpid()
+
+    # --- the listener ------------------------------------------------------------------------
+    def _listening(self) -> None:
+        """Start the listener thread in this process, once."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._since = None  # a subscription inherited across fork() belongs to the parent
+            self._until.clear()
+            self._pid = os.getpid()
+            threading.Thread(target=self._listen, name="resilience-breaker-events", daemon=True).start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                self._subscribed()
+            except (RedisError, OSError) as e:
+                log.warning(
+                    "lost the subscription to breaker changes",
+                    extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},
+                )
+            time.sleep(self._retry_seconds)
+
+    def _subscribed(self) -> None:
+        """Subscribe, then forget everything at each message; return only by raising."""
+        conn = self._connect()
+        try:
+            conn.connect()
+            conn.send_command("SUBSCRIBE", self.channel)
+            conn.read_response(push_request=True)  # the confirmation: from here on, every change reaches us
+            self._since = time.perf_counter()
+            pinged = False
+            while True:
+                try:
+                    reply = conn.read_response(push_request=True, timeout=IDLE_CHECK_SECONDS, disconnect_on_error=False)
+                except RedisTimeoutError:
+                    if pinged:
+                        raise  # not even the PING came back: the connection is dead
+                    conn.send_command("PING")
+                    pinged = True
+                    continue
+                pinged = False
+                if isinstance(reply, list) and reply and reply[0] in (b"message", "message"):
+                    self._heard()
+        finally:
+            self._since = None
+            self._heard()
+            with suppress(RedisError, OSError):
+                conn.disconnect()
+
+    def _heard(self) -> None:
+        # In this order: a note() that reads _heard_at before it moves may still store, but then
+        # the clear() below comes after it and removes what it stored.
+        self._heard_at = time.perf_counter()
+        self._until.clear()

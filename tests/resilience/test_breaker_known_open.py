@@ -1,0 +1,215 @@
+"""A worker refuses calls to a breaker it saw open without asking Redis, and hears at once when that changes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from catalog.models import Book
+from resilience.breaker import State
+from resilience.hints import OpenBreakers
+from resilience.models import CircuitBreakerPolicy
+from resilience.runtime import Runtime, get_runtime, reset_runtime
+from resilience.stores.redis_breaker import RedisBreakerStore
+from resilience.stores.redis_limiter import RedisLimiterStore
+from tests.resilience.test_breaker_middleware import MISSING, assert_open_problem, make_breaker, rejections
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runtime(db: None) -> Iterator[None]:
+    """A runtime of its own, so what an earlier test taught this process is not known here."""
+    reset_runtime()
+    yield
+    reset_runtime()
+
+
+@pytest.fixture
+def other() -> Iterator[redis.Redis]:
+    """A Redis connection of another process (an operator's shell, another instance)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()
+
+
+class RoundTrips:
+    """Count the admission round trips this process makes to Redis."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
+        self.count = 0
+        admit = runtime.admit
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return admit(*args, **kwargs)
+
+        monkeypatch.setattr(runtime, "admit", counted)
+
+
+def within(seconds: float, condition: Callable[[], bool]) -> float:
+    """Wait until condition() holds; return how long that took, or fail after ``seconds``."""
+    start = time.perf_counter()
+    while not condition():
+        assert time.perf_counter() - start < seconds, "not within the time allowed"
+        time.sleep(0.001)
+    return time.perf_counter() - start
+
+
+def known() -> OpenBreakers:
+    remembered = get_runtime().open_breakers()
+    assert remembered is not None
+    return remembered
+
+
+def opened(make_book: Callable[..., Book], **fields: Any) -> tuple[CircuitBreakerPolicy, str, APIClient]:
+    """Trip a breaker on book pages and let this process see it open; return it, a page it guards, a client."""
+    policy = make_breaker(failure_threshold=1, **fields)
+    page = f"/api/books/{make_book().pk}"
+    client = APIClient()
+    assert client.get(MISSING).status_code == 404  # trips it
+    # The first refusal starts the subscription; the first answer after it is remembered.
+    assert client.get(page).status_code == 503
+    within(2, known().live)
+    assert client.get(page).status_code == 503
+    assert known().seconds_left(policy.name) is not None
+    return policy, page, client
+
+
+def heard(name: str) -> float:
+    """Wait until this process has heard a change that makes it forget ``name``; return how long that took."""
+    return within(1, lambda: known().seconds_left(name) is None)
+
+
+def test_calls_to_a_breaker_seen_open_are_refused_without_a_round_trip(
+    make_book: Callable[..., Book], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy, page, client = opened(make_book, open_seconds=30)
+    trips = RoundTrips(monkeypatch, get_runtime())
+    before = rejections(policy.name)
+
+    refused = [client.get(page) for _ in range(20)]
+
+    assert trips.count == 0
+    assert all(28 <= assert_open_problem(r, 30) <= 30 for r in refused)
+    assert all('desc="refused"' in r["Server-Timing"] for r in refused)
+    assert rejections(policy.name) - before == 20
+
+
+def test_reset_from_another_process_is_heard_at_once(
+    make_book: Callable[..., Book], other: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy, page, client = opened(make_book, open_seconds=30)
+    trips = RoundTrips(monkeypatch, get_runtime())
+
+    RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix).reset(policy.name)  # type: ignore[attr-defined]
+    assert heard(policy.name) < 0.1
+    served = client.get(page)
+
+    assert served.status_code == 200
+    assert served["X-Circuit-Breaker-State"] == "closed"
+    assert trips.count == 1
+
+
+def test_forced_close_from_another_process_is_heard_at_once(make_book: Callable[..., Book], other: redis.Redis) -> None:
+    policy, page, client = opened(make_book, open_seconds=30)
+
+    store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]
+    store.force(policy.name, State.FORCED_CLOSED)
+    assert heard(policy.name) < 0.1
+
+    assert client.get(page).status_code == 200
+    store.force(policy.name, None)
+
+
+def test_forced_open_is_refused_without_a_round_trip_until_released(
+    make_book: Callable[..., Book], other: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = make_breaker(failure_threshold=5, open_seconds=30)
+    page = f"/api/books/{make_book().pk}"
+    client = APIClient()
+    store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]
+    store.force(policy.name, State.FORCED_OPEN)
+    assert client.get(page).status_code == 503
+    within(2, known().live)
+    assert client.get(page).status_code == 503
+    trips = RoundTrips(monkeypatch, get_runtime())
+
+    assert [client.get(page).status_code for _ in range(5)] == [503] * 5
+    assert trips.count == 0
+
+    store.force(policy.name, None)
+    heard(policy.name)
+    assert client.get(page).status_code == 200
+
+
+def test_policy_change_published_by_another_process_is_heard_at_once(
+    make_book: Callable[..., Book], other: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy, page, client = opened(make_book, open_seconds=30)
+    runtime = get_runtime()
+    assert isinstance(runtime.shared, RedisLimiterStore)
+    # Only the announcement can tell this process: it would not look at the version for a minute.
+    monkeypatch.setattr("resilience.runtime.VERSION_CHECK_INTERVAL", 60.0)
+
+    # Staff disable the breaker on another instance: the row changes, then the version is bumped.
+    CircuitBreakerPolicy.objects.filter(pk=policy.pk).update(enabled=False)
+    RedisLimiterStore(other, runtime.shared.version_key, runtime.shared.events_channel).bump_version()
+    heard(policy.name)
+
+    # As when every call asked Redis: the next one learns the new version, the one after obeys it.
+    client.get(page)
+    assert client.get(page).status_code == 200
+
+
+def test_open_period_end_is_kept_to_the_second(make_book: Callable[..., Book]) -> None:
+    _, page, client = opened(make_book, open_seconds=1)
+
+    time.sleep(1.05)
+    trial = client.get(page)
+
+    assert trial.status_code == 200  # a half-open trial, and its success closes the breaker
+    assert client.get(page)["X-Circuit-Breaker-State"] == "closed"
+
+
+def test_lost_subscription_sends_every_call_back_to_redis(
+    make_book: Callable[..., Book], other: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy, page, client = opened(make_book, open_seconds=30)
+    runtime = get_runtime()
+
+    # The subscription dies, and the breaker is then closed in a way nobody announces.
+    assert other.client_kill_filter(_type="pubsub") >= 1
+    heard(policy.name)
+    other.delete(*runtime.breaker_shared.keys_for(policy.name))  # type: ignore[attr-defined]
+    trips = RoundTrips(monkeypatch, runtime)
+
+    assert client.get(page).status_code == 200
+    assert trips.count == 1
+
+
+def test_without_a_subscription_every_call_asks_redis(
+    make_book: Callable[..., Book], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = make_breaker(failure_threshold=1, open_seconds=30)
+    page = f"/api/books/{make_book().pk}"
+    client = APIClient()
+    runtime = get_runtime()
+
+    def refused() -> Any:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(known(), "_connect", refused)
+    assert client.get(MISSING).status_code == 404
+    trips = RoundTrips(monkeypatch, runtime)
+
+    assert [client.get(page).status_code for _ in range(4)] == [503] * 4
+    time.sleep(0.05)  # the listener has had every chance to subscribe, and could not
+    assert client.get(page).status_code == 503
+    assert trips.count == 5  # nothing is remembered that no subscription could take back
+    assert not known().live()
+    assert known().seconds_left(policy.name) is None
