@@ -362,7 +362,14 @@ def run_scenario() -> dict[str, Any]:
             DB_POOL_MAX=str(pool_max),
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
             GUNICORN_CMD_ARGS=shlex.join(
-                ["--access-logfile", str(access_log), "--access-logformat", ACCESS_LOG_FORMAT]
+                [
+                    "--access-logfile",
+                    str(access_log),
+                    "--access-logformat",
+                    ACCESS_LOG_FORMAT,
+                    "--logger-class",
+                    "bench.accesslog.ServiceTimeLogger",  # the same fields, a sixth of the cost
+                ]  # fmt: skip
             ),
         )
         customers = [[token, _address(1, n)] for n, token in enumerate(seed["tokens"])]

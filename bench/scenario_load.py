@@ -48,8 +48,9 @@ TIMING_RE = re.compile(rb'resilience;dur=([0-9.]+);desc="([a-z]+)"(?:, resilienc
 
 # Record fields, in order (a list per request keeps 25,000 records cheap to build and to dump).
 # timing: the middleware's Server-Timing as [wall ms, "admitted" | "refused", thread CPU ms or None],
-# None without the header.
-FIELDS = ("actor", "endpoint", "sent", "received", "status", "problem", "breaker", "rid", "timing", "extra")
+# None without the header. quota: whether the answer carried a RateLimit field, i.e. the rate limiter
+# was asked (a refusal by a breaker the worker already knew was open is not).
+FIELDS = ("actor", "endpoint", "sent", "received", "status", "problem", "breaker", "rid", "timing", "quota", "extra")
 
 
 class Transport(Exception):
@@ -212,7 +213,7 @@ class Run:
         except Transport as e:
             now = time.monotonic()
             self.transport_errors[f"{actor} {endpoint}: {e}"] += 1
-            record = [actor, endpoint, self.rel(before), self.rel(now), 0, str(e), "", rid, None, extra]
+            record = [actor, endpoint, self.rel(before), self.rel(now), 0, str(e), "", rid, None, False, extra]
             self.records.append(record)
             return None, record
         problem = ""
@@ -225,8 +226,10 @@ class Run:
         if header is not None and (match := TIMING_RE.search(header)):
             cpu = match.group(3)
             timing = [float(match.group(1)), match.group(2).decode(), float(cpu) if cpu else None]
+        quota = b"ratelimit" in response.headers
         record = [
-            actor, endpoint, self.rel(sent), self.rel(received), response.status, problem, state, rid, timing, extra
+            actor, endpoint, self.rel(sent), self.rel(received), response.status, problem, state, rid, timing, quota,
+            extra,
         ]  # fmt: skip
         self.records.append(record)
         return response, record

@@ -200,13 +200,16 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
                 }
             )
 
-    # Budgets of the crawler and the bot: a request is admitted unless the limiter refused it.
+    # Budgets of the crawler and the bot: what the limiter admitted. It shows its quota (a RateLimit
+    # field) on every answer it decided; a 503 from a breaker the worker knew was open never asked it.
     policies = results["config"]["policies"]["ratelimits"]
 
     def budget(actor: str, policy: dict[str, Any]) -> dict[str, Any]:
         period = float(policy["period"])
         per_period = admissible(policy, period)  # sliding window: the limit; token bucket: burst + limit
-        admitted = sorted((r for r in by_actor[actor] if r["status"] not in (0, 429)), key=lambda r: r["sent"])
+        admitted = sorted(
+            (r for r in by_actor[actor] if r["status"] not in (0, 429) and r["quota"]), key=lambda r: r["sent"]
+        )
         # The server decided each request somewhere between its send and receive times. Certain
         # violation: per_period + 1 admitted requests that all reached the server within `period`.
         # certain_max: the most admitted requests surely decided inside one period; by_send: the
@@ -234,6 +237,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
             "sent": len(by_actor[actor]),
             "admitted": len(admitted),
             "limited": sum(1 for r in by_actor[actor] if r["status"] == 429),
+            "known_open": sum(1 for r in by_actor[actor] if r["status"] == 503 and not r["quota"]),
             "per_period": per_period,
             "max_in_any_period": certain_max,
             "max_in_any_period_by_send": by_send,
@@ -379,9 +383,12 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     # Time series for the charts (1 s bins).
     end = int(math.ceil(max((r["received"] for r in records), default=0))) + 1
     series: dict[str, dict[str, list[int]]] = {a: {o: [0] * end for o in OUTCOMES} for a in ACTORS}
+    unasked: dict[str, list[int]] = {a: [0] * end for a in ACTORS}  # answered without asking the limiter
     for r in records:
         if r["actor"] in series and 0 <= r["sent"] < end:
             series[r["actor"]][r["outcome"]][int(r["sent"])] += 1
+            if r["status"] not in (0, 429) and not r["quota"]:
+                unasked[r["actor"]][int(r["sent"])] += 1
     legit_5s = []
     for lo in range(0, end, 5):
         lat = [latency_ms(r) for r in legit if lo <= r["sent"] < lo + 5]
@@ -463,6 +470,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "db_ceiling": ceiling,
         "unexpected": [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in unexpected[:20]],
         "series": series,
+        "unasked": unasked,
         "legit_5s": legit_5s,
         "end": end,
     }
@@ -573,10 +581,13 @@ def charts(results: dict[str, Any], analysis: dict[str, Any]) -> list[Path]:
     fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
     for ax, actor in zip(axes, ("crawler", "bot", "legit"), strict=True):
         data = analysis["series"][actor]
-        limited = data["429"]
-        admitted = [sum(data[o][i] for o in OUTCOMES if o not in ("429", "error")) for i in range(end)]
+        limited, unasked = data["429"], analysis["unasked"][actor]
+        answered = [sum(data[o][i] for o in OUTCOMES if o not in ("429", "error")) for i in range(end)]
+        admitted = [answered[i] - unasked[i] for i in range(end)]
         ax.plot(xs, admitted, label="admitted", color="#2e7d32", drawstyle="steps-post")
         ax.plot(xs, limited, label="429", color="#f9a825", drawstyle="steps-post")
+        if any(unasked):
+            ax.plot(xs, unasked, label="503 open breaker, limiter not asked", color="#c62828", drawstyle="steps-post")
         _shade(ax, results, analysis)
         ax.set_ylabel(f"{actor}\nper second")
         ax.legend(loc="upper right", fontsize=8)
@@ -741,7 +752,8 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
         "",
         "Server-side timings come from two places. Every response the resilience middleware decided carries",
         '`Server-Timing: resilience;dur=<ms>;desc="admitted"|"refused"`: for a refusal, the time from the',
-        "middleware receiving the request to the refusal being ready (one Redis round trip, no view). gunicorn's",
+        "middleware receiving the request to the refusal being ready (no view; one Redis round trip, or none when",
+        "the worker already knows the breaker is open, see resilience/hints.py). gunicorn's",
         "access log gives each request's service time (`%(D)s`, matched by request id), which also counts the",
         "time the thread waits for the GIL while the worker's other threads run.",
         "",
@@ -816,7 +828,9 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
     cr, bot = analysis["crawler"], analysis["bot"]
     out += [
         "",
-        f"Crawler: {cr['sent']} searches sent, {cr['admitted']} admitted, {cr['limited']} refused with 429; the "
+        f"Crawler: {cr['sent']} searches sent, {cr['admitted']} admitted by search-ip, {cr['limited']} refused "
+        f"with 429, {cr['known_open']} refused with 503 by a worker that knew the search breaker was open (without "
+        "asking the limiter, so they spend no quota); the "
         f"most admitted requests surely decided inside one 60 s span was {cr['max_in_any_period']} (by send time "
         f"{cr['max_in_any_period_by_send']}: requests queued in the server are decided later than sent; admitted "
         f"between {cr['admitted_span']} s). Bot: "
@@ -879,7 +893,7 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
                 for label, what, count, series in (
                     (
                         "refusal (Server-Timing)",
-                        "middleware receives the request → 503 ready: one Redis round trip, no view",
+                        "middleware receives the request → 503 ready: no view, at most one Redis round trip",
                         "reject_decision_matched",
                         "reject_decision",
                     ),
