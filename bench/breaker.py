@@ -33,8 +33,9 @@ run talks to; calls made inside Lua scripts count there too, so round trips are 
 (EVALSHA) plus the commands no script issues. GET and HSET are issued both ways (the per-worker
 policy-version check and dashboard heartbeat, about once a second each): while scripts run they
 are counted as script-internal, so "other" round trips in B and in the open phase are a lower
-bound, short by that once-a-second trickle. Expected: 2 per request in B (admission, outcome), 1
-per refused request (admission only), and in A only that trickle.
+bound, short by that once-a-second trickle. Expected: 2 per request in B (admission, outcome); for
+refusals, a few admissions per worker until it knows the breaker is open, then none (it refuses from
+memory, resilience/hints.py); and in A only that trickle.
 Knobs: BENCH_DURATION (s per round and config, default 5), BENCH_WARMUP (1), BENCH_ROUNDS (5),
 BENCH_CLIENTS (16), BENCH_WORKERS (4), BENCH_THREADS (2: gthread, so connections are kept alive).
 """
@@ -377,7 +378,7 @@ def _report(results: dict[str, Any]) -> str:
         f"Redis round trips per request: B {b['redis_round_trips_per_request']:.3f} "
         f"(EVALSHA {b['redis_script_calls_per_request']:.3f}: admission + outcome record; other "
         f"{b['redis_other_round_trips_per_request']:.3f}), open {o['redis_round_trips_per_request']:.3f} "
-        f"(EVALSHA {o['redis_script_calls_per_request']:.3f}: admission only), "
+        f"(EVALSHA {o['redis_script_calls_per_request']:.3f}: until each worker knows it is open), "
         f"A {a['redis_round_trips_per_request']:.3f} (version checks, heartbeats)",
         "switch-over (warm-up responses under the previous config, none measured): A "
         + " ".join(str(r["switch_over_responses"]) for r in results["A_rounds"])
@@ -478,7 +479,9 @@ def main() -> int:
         "two_round_trips_per_guarded_request": all(
             r["script_calls"] == 2 * _with_state(r, "closed") for r in closed_rounds
         ),
-        "one_round_trip_per_refusal": open_round["script_calls"] == open_round["completed"],
+        # Each worker asks Redis until it has learnt the breaker is open (resilience/hints.py), then
+        # refuses from memory: a handful of admissions per worker, under 1% of the refusals.
+        "refusals_from_memory": 0 < open_round["script_calls"] <= open_round["completed"] // 100,
         "no_failed_redis_calls": all(r["failed_redis_calls"] == 0 for r in [*results["A"], *results["B"], open_round]),
         "breaker_stayed_closed": status_closed["state"] == "closed"
         and not status_closed["forced"]

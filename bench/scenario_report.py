@@ -663,6 +663,11 @@ def micro_figures(micro: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{br['open']['per_second']:.0f}/s, {br['open']['p50_ms']} / {br['open']['p99_ms']} ms",
             ),
             ("breaker", "open breaker: server CPU per rejection", f"{br['open']['server_cpu_ms_per_request']} ms"),
+            (
+                "breaker",
+                "open breaker: Redis round trips per rejection",
+                f"{br['open']['redis_round_trips_per_request']:.3f}",
+            ),
             ("breaker", "checks", "OK" if br["ok"] else "FAILED"),
         ]
     for name, entry in micro.items():
