@@ -192,6 +192,19 @@ def test_lost_subscription_sends_every_call_back_to_redis(
     assert trips.count == 1
 
 
+def test_listener_subscribes_again_after_a_lost_connection(
+    make_book: Callable[..., Book], other: redis.Redis, settings: Any
+) -> None:
+    policy, page, client = opened(make_book, open_seconds=30)
+    assert other.client_kill_filter(_type="pubsub") >= 1
+    heard(policy.name)
+
+    # Back within the retry interval: the breaker is still open, and is remembered again.
+    within(settings.RESILIENCE_STORE_RETRY_SECONDS + 2, known().live)
+    assert client.get(page).status_code == 503
+    assert known().seconds_left(policy.name) is not None
+
+
 def test_without_a_subscription_every_call_asks_redis(
     make_book: Callable[..., Book], monkeypatch: pytest.MonkeyPatch
 ) -> None:
