@@ -96,7 +96,9 @@ class Runtime:
 
         from resilience.stores.redis_breaker import RedisBreakerStore
 
-        return RedisBreakerStore(get_redis_connection("default"), prefix=f"{key_prefix()}cb:")
+        return RedisBreakerStore(
+            get_redis_connection("default"), prefix=f"{key_prefix()}cb:", events_channel=events_channel()
+        )
 
     def open_breakers(self) -> OpenBreakers | None:
         """Return what this process knows of open shared breakers, or None when there is nothing to ask."""

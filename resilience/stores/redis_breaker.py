@@ -71,12 +71,12 @@ def parse_permit(name: str, reply: Sequence[Any]) -> tuple[Permit, list[Transiti
 class RedisBreakerStore:
     """Share breaker state through Redis; every Redis error surfaces as StoreUnavailable."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "cb:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "cb:", events_channel: str | None = None) -> None:
         self.client = client
         self.prefix = prefix
         # force() and reset() publish here (see resilience/hints.py): they can close an open breaker
         # before its open period is over.
-        self.events_channel = f"{prefix}events"
+        self.events_channel = events_channel if events_channel is not None else f"{prefix}events"
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
         self._script = client.register_script(BREAKER_LIB_LUA + "\n" + BREAKER_MAIN_LUA)
 
