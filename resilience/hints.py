@@ -32,6 +32,8 @@ from redis.connection import AbstractConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from resilience.metrics import store_errors
+
 log = logging.getLogger("resilience")
 
 # How long the listener waits for a message before it checks the connection with a PING (seconds).
@@ -96,6 +98,7 @@ class OpenBreakers:
             try:
                 self._subscribed()
             except (RedisError, OSError) as e:
+                store_errors.labels("subscribe").inc()
                 log.warning(
                     "lost the subscription to breaker changes",
                     extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},

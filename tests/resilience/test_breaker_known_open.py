@@ -12,6 +12,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from catalog.models import Book
+from resilience import metrics
 from resilience.breaker import State
 from resilience.hints import OpenBreakers
 from resilience.models import CircuitBreakerPolicy
@@ -196,8 +197,10 @@ def test_listener_subscribes_again_after_a_lost_connection(
     make_book: Callable[..., Book], other: redis.Redis, settings: Any
 ) -> None:
     policy, page, client = opened(make_book, open_seconds=30)
+    errors = metrics.store_errors.labels("subscribe")._value.get()
     assert other.client_kill_filter(_type="pubsub") >= 1
     heard(policy.name)
+    within(1, lambda: metrics.store_errors.labels("subscribe")._value.get() == errors + 1)  # counted, for alerts
 
     # Back within the retry interval: the breaker is still open, and is remembered again.
     within(settings.RESILIENCE_STORE_RETRY_SECONDS + 2, known().live)
