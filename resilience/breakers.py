@@ -120,8 +120,27 @@ class Call:
         return failed
 
 
+def known_open(runtime: Runtime, name: str) -> float | None:
+    """Return how long breaker ``name`` surely stays open, as this process knows without asking, or None."""
+    known = runtime.open_breakers()
+    return known.seconds_left(name) if known is not None else None
+
+
+def remember_refusal(runtime: Runtime, name: str, permit: Permit, asked_at: float) -> None:
+    """Remember a refusal by the shared store of an open breaker (perf_counter() ``asked_at``: before asking)."""
+    if permit.state in (State.OPEN, State.FORCED_OPEN):
+        known = runtime.open_breakers()
+        if known is not None:
+            known.note(name, permit.retry_after, asked_at)
+
+
 def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     """Ask the breaker for a permit; raise BreakerOpen when it rejects the call."""
+    left = known_open(runtime, rule.name)
+    if left is not None:
+        breaker_rejections.labels(rule.name).inc()
+        raise BreakerOpen(rule.name, left)
+    asked_at = time.perf_counter()
     store, fallback = runtime.breaker_store()
     try:
         permit, transitions = store.allow(rule.config)
@@ -132,6 +151,8 @@ def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     announce(transitions)
     if not permit.allowed:
         breaker_rejections.labels(rule.name).inc()
+        if not fallback:
+            remember_refusal(runtime, rule.name, permit, asked_at)
         raise BreakerOpen(rule.name, permit.retry_after)
     return Call(runtime, rule, permit, fallback)
 

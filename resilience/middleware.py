@@ -13,8 +13,16 @@ from django.urls import Resolver404, resolve
 
 from bookstore.problems import problem_response
 from resilience import audit
-from resilience.breaker import State
-from resilience.breakers import PUBLIC_STATE, Call, announce, held_by_request, load_stale, save_stale
+from resilience.breakers import (
+    PUBLIC_STATE,
+    Call,
+    announce,
+    held_by_request,
+    known_open,
+    load_stale,
+    remember_refusal,
+    save_stale,
+)
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec
 from resilience.metrics import breaker_rejections
@@ -192,11 +200,8 @@ class ResilienceMiddleware:
 
         Such a request is not counted against rate limits: it was refused before any limit was asked.
         """
-        known = runtime.open_breakers()
-        if known is None:
-            return None
         for rule in breakers:
-            left = known.seconds_left(rule.name)
+            left = known_open(runtime, rule.name)
             if left is not None:
                 breaker_rejections.labels(rule.name).inc()
                 return _timed(self._open_response(request, runtime, rule, left), started, "refused")
@@ -294,10 +299,8 @@ class ResilienceMiddleware:
             announce(transitions)
             if not permit.allowed:
                 breaker_rejections.labels(rule.name).inc()
-                if permit.state in (State.OPEN, State.FORCED_OPEN) and not from_fallback:
-                    known = runtime.open_breakers()
-                    if known is not None:
-                        known.note(rule.name, permit.retry_after, asked_at=started[0])
+                if not from_fallback:
+                    remember_refusal(runtime, rule.name, permit, asked_at=started[0])
                 # An earlier breaker admitted a call that never ran: report no outcome for it. A success
                 # would close a half-open breaker on no evidence; its trial slot is left to the lease
                 # (the tradeoff admit_main.lua accepts), and a closed permit holds nothing.

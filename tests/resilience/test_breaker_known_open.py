@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from catalog.models import Book
 from resilience import metrics
 from resilience.breaker import State
+from resilience.breakers import BreakerOpen, breaker
 from resilience.hints import OpenBreakers
 from resilience.models import CircuitBreakerPolicy
 from resilience.runtime import Runtime, get_runtime, reset_runtime
@@ -229,3 +230,28 @@ def test_without_a_subscription_every_call_asks_redis(
     assert trips.count == 5  # nothing is remembered that no subscription could take back
     assert not known().live()
     assert known().seconds_left(policy.name) is None
+
+
+def test_code_guard_refuses_from_memory_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    make_breaker(name="guarded", match_type="code", failure_statuses="500-599", failure_threshold=1, open_seconds=30)
+
+    def call() -> None:
+        with breaker("guarded"):
+            pass
+
+    with pytest.raises(RuntimeError), breaker("guarded"):
+        raise RuntimeError("the dependency failed")  # trips it
+    with pytest.raises(BreakerOpen):
+        call()
+    within(2, known().live)
+    with pytest.raises(BreakerOpen):
+        call()
+    store = get_runtime().breaker_shared
+    asked = []
+    monkeypatch.setattr(store, "allow", lambda *a, **k: asked.append(a) or pytest.fail("asked Redis"))
+
+    for _ in range(5):
+        with pytest.raises(BreakerOpen) as refused:
+            call()
+        assert 28 <= refused.value.retry_after <= 30
+    assert asked == []

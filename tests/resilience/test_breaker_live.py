@@ -173,6 +173,36 @@ def test_open_breaker_keeps_every_call_away_from_failing_search(
     assert ops.calls() - before == reached  # zero calls reached search while open
 
 
+def evalsha_calls() -> int:
+    """Return how many scripts Redis has run: every breaker question is one."""
+    stats = get_runtime().breaker_shared.client.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_workers_that_know_the_breaker_is_open_refuse_without_asking_redis(
+    live_servers: Callable[..., LiveServer], staff: User
+) -> None:
+    search_breaker(failure_threshold=1, open_seconds=60)
+    server = start(live_servers)
+    ops = Ops(server, staff)
+    ops.fault("error")
+    assert kind(request(server.port, SEARCH)) == DEPENDENCY_UNAVAILABLE
+
+    # A worker's first refusals ask Redis (the first also subscribes to changes); once it knows
+    # the breaker is open, it refuses for the rest of the open period on its own.
+    deadline = time.monotonic() + 20  # well inside the open period
+    while True:
+        before = evalsha_calls()
+        replies = fire(server.port, SEARCH, 40, 8, probe="memory")
+        asked = evalsha_calls() - before
+        assert kinds(replies) == {"temporary-reduced-capacity": 40}
+        if asked == 0:
+            break
+        assert time.monotonic() < deadline, f"{asked} of 40 refusals still asked Redis"
+    assert len(server.served_pids("memory")) >= 2
+    assert all(1 <= int(r.header("Retry-After") or 0) <= 60 for r in replies)
+
+
 def test_half_open_admits_exactly_k_trials_across_workers(live_servers: Callable[..., LiveServer], staff: User) -> None:
     k, open_seconds = 3, 30
     policy = search_breaker(failure_threshold=1, open_seconds=open_seconds, half_open_max_calls=k)
