@@ -57,6 +57,20 @@ def outcome(r: dict[str, Any]) -> str:
     return "5xx" if status >= 500 else "other"
 
 
+def limiter_admitted(r: dict[str, Any]) -> bool:
+    """Return True if the rate limiter decided the request and let it through.
+
+    Every answer the limiter decided carries its quota (a RateLimit field); a 503 from a breaker
+    the worker already knew was open never asked it.
+    """
+    return r["status"] not in (0, 429) and r["quota"]
+
+
+def limiter_not_asked(r: dict[str, Any]) -> bool:
+    """Return True if the request was answered without asking the rate limiter."""
+    return r["status"] not in (0, 429) and not r["quota"]
+
+
 def pct(values: Iterable[float], q: float) -> float:
     return common.percentile(sorted(values), q)
 
@@ -200,16 +214,13 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
                 }
             )
 
-    # Budgets of the crawler and the bot: what the limiter admitted. It shows its quota (a RateLimit
-    # field) on every answer it decided; a 503 from a breaker the worker knew was open never asked it.
+    # Budgets of the crawler and the bot: what the limiter admitted (see limiter_admitted).
     policies = results["config"]["policies"]["ratelimits"]
 
     def budget(actor: str, policy: dict[str, Any]) -> dict[str, Any]:
         period = float(policy["period"])
         per_period = admissible(policy, period)  # sliding window: the limit; token bucket: burst + limit
-        admitted = sorted(
-            (r for r in by_actor[actor] if r["status"] not in (0, 429) and r["quota"]), key=lambda r: r["sent"]
-        )
+        admitted = sorted((r for r in by_actor[actor] if limiter_admitted(r)), key=lambda r: r["sent"])
         # The server decided each request somewhere between its send and receive times. Certain
         # violation: per_period + 1 admitted requests that all reached the server within `period`.
         # certain_max: the most admitted requests surely decided inside one period; by_send: the
@@ -237,7 +248,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
             "sent": len(by_actor[actor]),
             "admitted": len(admitted),
             "limited": sum(1 for r in by_actor[actor] if r["status"] == 429),
-            "known_open": sum(1 for r in by_actor[actor] if r["status"] == 503 and not r["quota"]),
+            "known_open": sum(1 for r in by_actor[actor] if limiter_not_asked(r)),
             "per_period": per_period,
             "max_in_any_period": certain_max,
             "max_in_any_period_by_send": by_send,
@@ -387,7 +398,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     for r in records:
         if r["actor"] in series and 0 <= r["sent"] < end:
             series[r["actor"]][r["outcome"]][int(r["sent"])] += 1
-            if r["status"] not in (0, 429) and not r["quota"]:
+            if limiter_not_asked(r):
                 unasked[r["actor"]][int(r["sent"])] += 1
     legit_5s = []
     for lo in range(0, end, 5):
