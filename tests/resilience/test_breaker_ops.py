@@ -102,6 +102,8 @@ def test_status_json_lists_every_breaker_with_its_state(db: None) -> None:
     assert 29 <= rows[tripped.name]["seconds_to_half_open"] <= 30
     assert rows[tripped.name]["store"] == "shared"
     assert list(status_rows(closed.name)) == [closed.name]
+    # Options may come first, as operators type them.
+    assert [row["name"] for row in json.loads(breakers("status", "--json", closed.name))] == [closed.name]
 
 
 def test_status_text_shows_time_to_half_open(db: None) -> None:

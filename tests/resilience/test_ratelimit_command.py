@@ -223,3 +223,13 @@ def test_reset_needs_a_policy_or_all(db: None) -> None:
     with pytest.raises(CommandError, match="--all"):
         ratelimit("reset")
     assert RateLimitPolicy.objects.get().epoch == 0
+
+
+def test_options_may_follow_or_precede_the_policy_name(db: None) -> None:
+    make_policy(name="books-ip", limit=2)
+    assert statuses(3, A) == [200, 200, 429]
+    status_after = ratelimit("status", "books-ip", "--key", A)
+    status_before = ratelimit("status", "--key", A, "books-ip")
+
+    assert status_after == status_before
+    assert "usage: 2/2" in status_after

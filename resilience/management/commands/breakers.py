@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from resilience import services
 from resilience.breaker import State, StoreUnavailable
+from resilience.management.base import OperatorCommand
 from resilience.models import CircuitBreakerPolicy
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "Show, reset, force open, force close or release circuit breakers."
 
     def add_arguments(self, parser: CommandParser) -> None:

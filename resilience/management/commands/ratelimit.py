@@ -8,13 +8,14 @@ A reset without --key starts every counter of the policy afresh; with --key only
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from resilience import services
+from resilience.management.base import OperatorCommand
 from resilience.models import RateLimitPolicy
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "Show rate-limit policies and usage, or reset their counters."
 
     def add_arguments(self, parser: CommandParser) -> None:
