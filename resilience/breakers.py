@@ -122,14 +122,14 @@ class Call:
 
 def known_open(runtime: Runtime, name: str) -> float | None:
     """Return how long breaker ``name`` surely stays open, as this process knows without asking, or None."""
-    known = runtime.open_breakers()
+    known = runtime.known_refusals()
     return known.seconds_left(name) if known is not None else None
 
 
 def remember_refusal(runtime: Runtime, name: str, permit: Permit, asked_at: float) -> None:
     """Remember a refusal by the shared store of an open breaker (perf_counter() ``asked_at``: before asking)."""
     if permit.state in (State.OPEN, State.FORCED_OPEN):
-        known = runtime.open_breakers()
+        known = runtime.known_refusals()
         if known is not None:
             known.note(name, permit.retry_after, asked_at)
 

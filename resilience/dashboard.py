@@ -45,6 +45,8 @@ def _read_minutes(
     labels = list(labels)
     runtime = get_runtime()
     if runtime.uses_redis and runtime.store_available():
+        if runtime.tally is not None:
+            runtime.tally.flush()  # this worker's refusals from memory; the others' are at most a second late
         client = runtime.shared.client  # type: ignore[attr-defined]
         pipe = client.pipeline(transaction=True)
         for minute in range(first, last + 1):

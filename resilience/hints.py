@@ -1,4 +1,4 @@
-"""Open breakers a worker may refuse calls to without asking Redis, and how it hears they closed.
+"""Refusals a worker may repeat without asking Redis, and how it hears they no longer hold.
 
 An open breaker stays open until its open period ends (then the next call finds it half-open),
 unless an operator resets or forces it, or staff change the policies. Those three publish on one
@@ -17,6 +17,12 @@ the question and the remembering is then either heard first (nothing is remember
 after (everything is forgotten). When the connection fails, everything is forgotten and the
 listener subscribes again after RESILIENCE_STORE_RETRY_SECONDS; meanwhile every call asks Redis.
 Half-open refusals are never remembered: a trial can close the breaker at any time.
+
+Rate limits work the same way. When Redis refuses a key ("retry in R seconds"), nothing can admit
+that key sooner but a reset of its counters or a policy change, because a refused request consumes
+nothing and other requests only consume more. Both publish on the same channel (RedisLimiterStore.
+reset, bump_version). So the worker refuses that key from memory until R has passed, counted from
+before it asked: never longer than Redis would. A crawler's flood of 429s then costs no round trip.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
 from redis.connection import AbstractConnection
 from redis.exceptions import RedisError
@@ -38,10 +45,12 @@ log = logging.getLogger("resilience")
 
 # How long the listener waits for a message before it checks the connection with a PING (seconds).
 IDLE_CHECK_SECONDS = 5.0
+# At most this many refused rate-limit keys are remembered per process; past it, new ones are not.
+MAX_LIMITED_KEYS = 10_000
 
 
-class OpenBreakers:
-    """Per-process memory of breakers Redis said are open, kept honest by a subscription."""
+class KnownRefusals:
+    """Per-process memory of open breakers and refused rate-limit keys, kept honest by a subscription."""
 
     def __init__(self, connect: Callable[[], AbstractConnection], channel: str, retry_seconds: float) -> None:
         self._connect = connect
@@ -49,6 +58,8 @@ class OpenBreakers:
         self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
         self._until: dict[str, float] = {}  # breaker name -> perf_counter() when its open period ends
+        # rate-limit key -> (perf_counter() when it admits again, what the caller needs to answer)
+        self._limited: dict[str, tuple[float, Any]] = {}
         self._since: float | None = None  # perf_counter() once subscribed; None while not subscribed
         self._heard_at = 0.0  # perf_counter() of the last message (or lost connection)
         self._pid = 0  # the process the listener runs in (threads do not survive fork())
@@ -72,9 +83,35 @@ class OpenBreakers:
             return  # a change may have been published after the answer and already been heard
         self._until[name] = asked_at + retry_after
 
+    def limited(self, key: str) -> tuple[float, Any] | None:
+        """Return (seconds it surely stays refused, detail) for rate-limit ``key``, or None to ask Redis."""
+        entry = self._limited.get(key)
+        if entry is None or not self.live():
+            return None
+        left = entry[0] - time.perf_counter()
+        if left <= 0:
+            self._limited.pop(key, None)
+            return None
+        return left, entry[1]
+
+    def note_limited(self, key: str, retry_after: float, asked_at: float, detail: Any) -> None:
+        """Remember that Redis, asked at perf_counter() ``asked_at``, refused ``key`` for ``retry_after`` s."""
+        self._listening()
+        since = self._since
+        if since is None or asked_at < since or asked_at < self._heard_at:
+            return
+        if len(self._limited) >= MAX_LIMITED_KEYS and key not in self._limited:
+            now = time.perf_counter()
+            for stale in [k for k, (until, _) in list(self._limited.items()) if until <= now]:
+                self._limited.pop(stale, None)
+            if len(self._limited) >= MAX_LIMITED_KEYS:
+                return  # many clients at once: the rest ask Redis, as before
+        self._limited[key] = (asked_at + retry_after, detail)
+
     def forget(self) -> None:
-        """Forget every breaker (the policies changed in this process)."""
+        """Forget every refusal (the policies changed in this process)."""
         self._until.clear()
+        self._limited.clear()
 
     def live(self) -> bool:
         """Return whether the subscription is up (what is remembered is used only then)."""
@@ -137,3 +174,4 @@ class OpenBreakers:
         # the clear() below comes after it and removes what it stored.
         self._heard_at = time.perf_counter()
         self._until.clear()
+        self._limited.clear()

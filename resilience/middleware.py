@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -115,20 +116,49 @@ def _window(rule: RateLimitRule, spec: LimitSpec, decision: Decision) -> int:
     return spec.period
 
 
-def rate_limit_headers(items: list[tuple[RateLimitRule, LimitSpec, Decision]]) -> dict[str, str]:
+class Shown(NamedTuple):
+    """One enforcing policy as the RateLimit fields show it."""
+
+    name: str
+    quota: int
+    window: int
+    remaining: int
+    t: int  # seconds: until the next request gets in when exhausted, else until the quota is back
+    priority: int
+
+
+def _shown(rule: RateLimitRule, spec: LimitSpec, decision: Decision) -> Shown:
+    window = _window(rule, spec, decision)
+    return Shown(rule.name, decision.limit, window, decision.remaining, _t(decision), rule.priority)
+
+
+def rate_limit_headers(shown: list[Shown]) -> dict[str, str]:
     """Return RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers), tightest first."""
-    shown = sorted(
-        ((rule, spec, d) for rule, spec, d in items if rule.enforce),
-        key=lambda item: (item[2].remaining, -_t(item[2]), item[0].priority),
-    )
     if not shown:
         return {}
+    shown = sorted(shown, key=lambda s: (s.remaining, -s.t, s.priority))
     return {
-        "RateLimit-Policy": ", ".join(
-            f'"{rule.name}";q={d.limit};w={_window(rule, spec, d)}' for rule, spec, d in shown
-        ),
-        "RateLimit": ", ".join(f'"{rule.name}";r={d.remaining};t={_t(d)}' for rule, _, d in shown),
+        "RateLimit-Policy": ", ".join(f'"{s.name}";q={s.quota};w={s.window}' for s in shown),
+        "RateLimit": ", ".join(f'"{s.name}";r={s.remaining};t={s.t}' for s in shown),
     }
+
+
+def _too_many(request: HttpRequest, violated: list[Shown], headers: dict[str, str]) -> HttpResponse:
+    """Return the 429 for the enforcing policies that refused, with ``headers`` (the RateLimit fields)."""
+    names = [s.name for s in violated]
+    retry_after = max(1, max(s.t for s in violated))
+    headers["Retry-After"] = str(retry_after)
+    audit.rate_limited(request, names, retry_after)
+    return problem_response(
+        request,
+        quiet=True,
+        status=429,
+        slug="quota-exceeded",
+        title="Too many requests",
+        detail=f"Rate limit exceeded; retry in {retry_after} s.",
+        headers=headers,
+        **{"violated-policies": names},
+    )
 
 
 Started = tuple[float, float]  # perf_counter() and thread_time() when the middleware got the request
@@ -190,8 +220,12 @@ class ResilienceMiddleware:
                     applied.append((rule, _spec(rule, value)))
         if not applied and not breakers:
             return self.get_response(request)
+        if applied:
+            refused = self._known_limited(request, runtime, applied, started)
+            if refused is not None:
+                return refused
 
-        return self._decide(request, runtime, applied, breakers, started)
+        return self._decide(request, runtime, applied, breakers, started, snapshot.version)
 
     def _known_open(
         self, request: HttpRequest, runtime: Runtime, breakers: list[BreakerRule], started: Started
@@ -207,6 +241,31 @@ class ResilienceMiddleware:
                 return _timed(self._open_response(request, runtime, rule, left), started, "refused")
         return None
 
+    def _known_limited(
+        self, request: HttpRequest, runtime: Runtime, applied: list[tuple[RateLimitRule, LimitSpec]], started: Started
+    ) -> HttpResponse | None:
+        """Refuse, with no round trip, a request whose key Redis refused and that nothing can admit yet.
+
+        Its other policies are not asked, and count nothing: Redis would have refused it too, and
+        a refused request consumes no quota anywhere.
+        """
+        known = runtime.known_refusals()
+        if known is None:
+            return None
+        violated: list[Shown] = []
+        for rule, spec in applied:
+            if rule.enforce:
+                entry = known.limited(spec.key)
+                if entry is not None:
+                    left, shown = entry
+                    violated.append(shown._replace(t=_seconds(left)))
+                    rule.count("limited")
+                    if runtime.tally is not None:
+                        runtime.tally.add(rule.label, spec.key)
+        if not violated:
+            return None
+        return _timed(_too_many(request, violated, rate_limit_headers(violated)), started, "refused")
+
     def _decide(
         self,
         request: HttpRequest,
@@ -214,13 +273,17 @@ class ResilienceMiddleware:
         applied: list[tuple[RateLimitRule, LimitSpec]],
         breakers: list[BreakerRule],
         started: Started,
+        version: int,
     ) -> HttpResponse:
         admission, from_fallback = runtime.admit(
             [spec for _, spec in applied], [b.config for b in breakers], labels=[rule.label for rule, _ in applied]
         )
+        # A refusal is worth remembering only if Redis decided it under the policies this request
+        # was matched against: after a change, the next request is matched against the new ones.
+        remember = not from_fallback and admission.hit.version == version
         headers: dict[str, str] = {}
         if applied:
-            outcome = self._limits(request, applied, admission, from_fallback, runtime)
+            outcome = self._limits(request, applied, admission, from_fallback, runtime, started, remember)
             if isinstance(outcome, HttpResponse):
                 return _timed(outcome, started, "refused")  # no view work, no database query
             headers = outcome
@@ -229,7 +292,7 @@ class ResilienceMiddleware:
         if not breakers:
             response = self.get_response(request)
         else:
-            response = self._guarded(request, runtime, breakers, admission, from_fallback, started)
+            response = self._guarded(request, runtime, breakers, admission, from_fallback, started, remember)
         for name, value in headers.items():
             response[name] = value
         # An open breaker's refusal already carries its own, complete timing: keep it.
@@ -243,6 +306,8 @@ class ResilienceMiddleware:
         admission: Admission,
         from_fallback: bool,
         runtime: Runtime,
+        started: Started,
+        remember: bool,
     ) -> HttpResponse | dict[str, str]:
         """Return the 429/503 response that refuses the request, or the headers for admitting it."""
         if from_fallback and any(rule.enforce and not rule.fail_open for rule, _ in applied):
@@ -266,23 +331,16 @@ class ResilienceMiddleware:
                 rule.count("allowed")
             else:
                 rule.count("limited" if rule.enforce else "dry_run_would_limit")
-        headers = rate_limit_headers(items)
+        headers = rate_limit_headers([_shown(rule, spec, d) for rule, spec, d in items if rule.enforce])
         if result.allowed:
             return headers
-        violated = [(rule, d) for rule, _, d in items if rule.enforce and not d.allowed]
-        retry_after = max(1, max(_t(d) for _, d in violated))
-        headers["Retry-After"] = str(retry_after)
-        audit.rate_limited(request, [rule.name for rule, _ in violated], retry_after)
-        return problem_response(
-            request,
-            quiet=True,
-            status=429,
-            slug="quota-exceeded",
-            title="Too many requests",
-            detail=f"Rate limit exceeded; retry in {retry_after} s.",
-            headers=headers,
-            **{"violated-policies": [rule.name for rule, _ in violated]},
-        )
+        violated = [(spec, d, _shown(rule, spec, d)) for rule, spec, d in items if rule.enforce and not d.allowed]
+        known = runtime.known_refusals() if remember else None
+        if known is not None:
+            for spec, d, shown in violated:
+                # Counted from before asking: never refused longer than Redis would (resilience/hints.py).
+                known.note_limited(spec.key, d.retry_after, asked_at=started[0], detail=shown)
+        return _too_many(request, [shown for _, _, shown in violated], headers)
 
     def _guarded(
         self,
@@ -292,6 +350,7 @@ class ResilienceMiddleware:
         admission: Admission,
         from_fallback: bool,
         started: Started,
+        remember: bool,
     ) -> HttpResponse:
         """Run the view under the matched breakers, or answer for the first one that is open."""
         calls: list[Call] = []
@@ -299,7 +358,7 @@ class ResilienceMiddleware:
             announce(transitions)
             if not permit.allowed:
                 breaker_rejections.labels(rule.name).inc()
-                if not from_fallback:
+                if remember:
                     remember_refusal(runtime, rule.name, permit, asked_at=started[0])
                 # An earlier breaker admitted a call that never ran: report no outcome for it. A success
                 # would close a half-open breaker on no evidence; its trial slot is left to the lease

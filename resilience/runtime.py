@@ -22,13 +22,14 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from resilience.breaker import BreakerConfig, BreakerStore
-from resilience.hints import OpenBreakers
+from resilience.hints import KnownRefusals
 from resilience.limiter import LimitSpec, StoreUnavailable
 from resilience.metrics import store_errors
 from resilience.policyset import PolicySet, compile_policies
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
+from resilience.tally import LimitedTally
 
 log = logging.getLogger("resilience")
 
@@ -45,7 +46,7 @@ def key_prefix() -> str:
 
 
 def events_channel() -> str:
-    """Return the channel breaker resets, forced states and policy changes are published on."""
+    """Return the channel breaker resets, forced states, rate-limit resets and policy changes are published on."""
     return f"{key_prefix()}cb:events"
 
 
@@ -70,7 +71,11 @@ class Runtime:
         self._shared_admission: RedisAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._open_breakers: OpenBreakers | None = None
+        self._known_refusals: KnownRefusals | None = None
+        # Dashboard counts of refusals made from memory; kept only where the admission keeps stats.
+        self.tally: LimitedTally | None = None
+        if self.uses_redis and key_prefix():
+            self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]
 
     @property
     def uses_redis(self) -> bool:
@@ -100,21 +105,21 @@ class Runtime:
             get_redis_connection("default"), prefix=f"{key_prefix()}cb:", events_channel=events_channel()
         )
 
-    def open_breakers(self) -> OpenBreakers | None:
-        """Return what this process knows of open shared breakers, or None when there is nothing to ask."""
+    def known_refusals(self) -> KnownRefusals | None:
+        """Return what this process knows Redis refuses (open breakers, limited keys), or None without Redis."""
         if not self.store_available():
             return None
-        current = self._open_breakers
+        current = self._known_refusals
         if current is None:
             client = self.shared.client  # type: ignore[attr-defined]
             with self._lock:
-                if self._open_breakers is None:
-                    self._open_breakers = OpenBreakers(
+                if self._known_refusals is None:
+                    self._known_refusals = KnownRefusals(
                         client.connection_pool.make_connection,
                         events_channel(),
                         settings.RESILIENCE_STORE_RETRY_SECONDS,
                     )
-                current = self._open_breakers
+                current = self._known_refusals
         return current
 
     def breaker_store(self) -> tuple[BreakerStore, bool]:
@@ -185,8 +190,7 @@ class Runtime:
             try:
                 self._snapshot = compile_policies(version)
                 self._beat_at = 0.0  # report the new version with the next request
-                if self._open_breakers is not None:
-                    self._open_breakers.forget()  # a breaker's policy may have changed or gone
+                self.forget_refusals()  # a policy may have changed or gone
             except DatabaseError as e:
                 # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
                 # and try again at the next interval rather than failing every request.
@@ -202,8 +206,7 @@ class Runtime:
         with self._lock:
             self._snapshot = None
             self._checked_at = 0.0
-            if self._open_breakers is not None:
-                self._open_breakers.forget()
+            self.forget_refusals()
 
     # --- limits ----------------------------------------------------------------------------
     def _admission(self) -> RedisAdmission | MemoryAdmission:
@@ -242,6 +245,17 @@ class Runtime:
                 self.observe_version(admission.hit.version)
                 return admission, False
         return self.fallback_admission.admit(specs, breakers, labels=labels), True
+
+    def reset_limits(self, keys: Sequence[str]) -> None:
+        """Clear limit keys in both stores; every worker forgets it refused them (this one at once)."""
+        self.shared.reset(keys)
+        self.fallback.reset(keys)
+        self.forget_refusals()
+
+    def forget_refusals(self) -> None:
+        """Forget what this process remembered Redis refusing (the others hear it published)."""
+        if self._known_refusals is not None:
+            self._known_refusals.forget()
 
     def bump_version(self) -> None:
         """Tell every worker the policies changed (called after commit)."""

@@ -78,7 +78,7 @@ def policy_reset(*, policies: Iterable[RateLimitPolicy], key: str | None = None)
         return count
     runtime = get_runtime()
     keys = [storage_key(p, key_value_for(p, key)) for p in policies]
-    transaction.on_commit(lambda: (runtime.shared.reset(keys), runtime.fallback.reset(keys)))
+    transaction.on_commit(lambda: runtime.reset_limits(keys))
     return len(policies)
 
 
@@ -113,6 +113,7 @@ def breaker_reset(*, names: Iterable[str]) -> int:
     for name in names:
         announce(store.reset(name))
         count += 1
+    get_runtime().forget_refusals()  # this process at once; the others hear it published
     return count
 
 
@@ -123,6 +124,7 @@ def breaker_force(*, names: Iterable[str], state: State | None) -> int:
     for name in names:
         announce(store.force(name, state))
         count += 1
+    get_runtime().forget_refusals()  # this process at once; the others hear it published
     return count
 
 

@@ -145,6 +145,11 @@ class MemoryAdmission:
         return Admission(hit=hit, permits=permits)
 
 
+def counted_value(key: str) -> str:
+    """Return what a limit key counts by: what follows the policy part of "...rl:{<id>.<epoch>:<value>}"."""
+    return key[key.index(":", key.index("{")) + 1 : -1]
+
+
 class MemoryStats:
     """Per-minute outcome counts and limited keys kept in process (embedded default, fallback)."""
 
@@ -163,7 +168,7 @@ class MemoryStats:
                 outcome = "a" if decision.allowed else ("l" if spec.enforce else "d")
                 counts[f"{label}:{outcome}"] += 1
                 if outcome == "l":
-                    value = spec.key[spec.key.index(":", spec.key.index("{")) + 1 : -1]
+                    value = counted_value(spec.key)
                     self.top.setdefault(minute, {}).setdefault(label, Counter())[value] += 1
             for old in [m for m in self.counts if m < minute - self.KEEP_MINUTES]:
                 self.counts.pop(old, None)

@@ -42,7 +42,7 @@ class RedisLimiterStore:
     ) -> None:
         self.client = client
         self.version_key = version_key
-        # bump_version() also publishes here, when set (see resilience/hints.py).
+        # bump_version() and reset() also publish here, when set (see resilience/hints.py).
         self.events_channel = events_channel
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
         self._script = client.register_script(load_lua("limiter_lib") + "\n" + load_lua("limiter_main"))
@@ -63,7 +63,13 @@ class RedisLimiterStore:
         keys = list(keys)
         if not keys:
             return 0
-        return int(self._call(self.client.delete, *keys))
+        if self.events_channel is None:
+            return int(self._call(self.client.delete, *keys))
+        # Workers that remember these keys refused (resilience/hints.py) forget them at once.
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*keys)
+        pipe.publish(self.events_channel, "reset")
+        return int(self._call(pipe.execute)[0])
 
     def bump_version(self) -> int:
         """Increment the policy-version counter and return its new value (and announce it, atomically)."""

@@ -15,7 +15,7 @@ from catalog.models import Book
 from resilience import metrics
 from resilience.breaker import State
 from resilience.breakers import BreakerOpen, breaker
-from resilience.hints import OpenBreakers
+from resilience.hints import KnownRefusals
 from resilience.models import CircuitBreakerPolicy
 from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.stores.redis_breaker import RedisBreakerStore
@@ -62,8 +62,8 @@ def within(seconds: float, condition: Callable[[], bool]) -> float:
     return time.perf_counter() - start
 
 
-def known() -> OpenBreakers:
-    remembered = get_runtime().open_breakers()
+def known() -> KnownRefusals:
+    remembered = get_runtime().known_refusals()
     assert remembered is not None
     return remembered
 

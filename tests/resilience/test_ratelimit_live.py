@@ -478,3 +478,35 @@ def test_metrics_sum_decisions_across_workers(
         ("live-metrics-dry", "allowed"): 3.0,
         ("live-metrics-dry", "dry_run_would_limit"): 8.0,
     }
+
+
+def test_workers_refuse_a_refused_client_from_memory_until_an_operator_resets_it(
+    live_servers: Callable[..., LiveServer], make_book: Callable[..., Book]
+) -> None:
+    from tests.resilience.test_breaker_live import evalsha_calls, manage
+
+    book = make_book()
+    make_policy(name="live-memory", match_type="regex", pattern=exact_path(book), key="ip", limit=1, period=3600)
+    server = live_servers(workers=4)
+    source = new_source()
+    assert request(server.port, book_path(book), source=source).status == 200
+
+    for round_ in range(3):
+        # Each worker's first refusals ask Redis (the first also subscribes to resets); once it
+        # knows the key is refused, it refuses on its own until Redis would admit it again.
+        deadline = time.monotonic() + 20
+        while True:
+            before = evalsha_calls()
+            replies = burst(server.port, book_path(book), 40, source=source, probe=f"memory-{round_}")
+            asked = evalsha_calls() - before
+            assert statuses(replies) == {429: 40}
+            if asked == 0:
+                break
+            assert time.monotonic() < deadline, f"{asked} of 40 refusals still asked Redis"
+        assert len(server.served_pids(f"memory-{round_}")) >= 2
+        assert all(policy_quota(r, "live-memory") == 1 for r in replies)
+        assert all(3000 < int(r.header("Retry-After") or 0) <= 3600 for r in replies)
+
+        # An operator frees the client from a shell: whichever worker takes its next request admits it.
+        manage(server, "ratelimit", "reset", "live-memory", "--key", source)
+        assert request(server.port, book_path(book), source=source).status == 200
