@@ -71,6 +71,18 @@ def limiter_not_asked(r: dict[str, Any]) -> bool:
     return r["status"] not in (0, 429) and not r["quota"]
 
 
+def _script_calls_text(results: dict[str, Any]) -> str:
+    """Say how many Lua scripts (admissions, breaker outcomes) Redis ran for the requests sent."""
+    calls = results.get("redis_script_calls")
+    if calls is None:
+        return "an unrecorded number of scripts"
+    sent = len(results["records"])
+    return (
+        f"{calls} scripts (admissions and breaker outcomes) for {sent} requests, {calls / sent:.2f} per request: "
+        "a worker asks nothing for a client it knows Redis refuses, or a breaker it knows is open"
+    )
+
+
 def pct(values: Iterable[float], q: float) -> float:
     return common.percentile(sorted(values), q)
 
@@ -769,7 +781,8 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
         "Server-side timings come from two places. Every response the resilience middleware decided carries",
         '`Server-Timing: resilience;dur=<ms>;desc="admitted"|"refused"`: for a refusal, the time from the',
         "middleware receiving the request to the refusal being ready (no view; one Redis round trip, or none when",
-        "the worker already knows the breaker is open, see resilience/hints.py). gunicorn's",
+        "the worker already knows the breaker is open or that Redis refuses the client's key for a while yet, see",
+        "resilience/hints.py). gunicorn's",
         "access log gives each request's service time (`%(D)s`, matched by request id), which also counts the",
         "time the thread waits for the GIL while the worker's other threads run.",
         "",
@@ -948,7 +961,8 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], micro: dict[str,
         "",
         f"PostgreSQL connections to the scenario database: at most {analysis['db_max_connections']} (ceiling "
         f"{analysis['db_ceiling']} = {cfg['workers']} workers × DB_POOL_MAX {cfg['db_pool_max']}), sampled every "
-        f"250 ms. CPU over the run: server {results['server_cpu_seconds']} s, Redis {results['redis_cpu_seconds']} "
+        f"250 ms. Redis ran {_script_calls_text(results)}. "
+        f"CPU over the run: server {results['server_cpu_seconds']} s, Redis {results['redis_cpu_seconds']} "
         f"s, load generator {load['cpu_seconds']} s over {load['wall_seconds']} s (one process; cyclic garbage "
         f"collector {load.get('generator', {}).get('gc', 'on')}, nice "
         f"{load.get('generator', {}).get('niceness', 0)}: its own pauses stay out of the latencies). Open-loop sends "
