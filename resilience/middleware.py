@@ -185,7 +185,8 @@ class ResilienceMiddleware:
 
     One shared-store round trip decides every matched limit and breaker before any view work;
     a breaker-protected request makes a second one after the response, to record the outcome.
-    A call to a breaker this process knows is open is refused with none (resilience/hints.py).
+    A call to a breaker this process knows is open, or from a client whose key Redis refused for a
+    while yet, is refused with none (resilience/hints.py).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
