@@ -1,11 +1,14 @@
-"""Fixtures that run real processes: gunicorn on the test database, and a private Redis."""
+"""Fixtures that run real processes (gunicorn on the test database, a private Redis), and a fresh runtime."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
+from django.conf import settings
 
+from resilience.runtime import reset_runtime
 from tests.live import LiveServer, RedisServer, stop_all
 
 
@@ -34,3 +37,19 @@ def redis_server() -> Iterator[RedisServer]:
         yield server.start()
     finally:
         server.close()
+
+
+@pytest.fixture
+def fresh_runtime(db: None) -> Iterator[None]:
+    """A runtime of its own, so what an earlier test taught this process (refusals, subscriptions) is not known."""
+    reset_runtime()
+    yield
+    reset_runtime()
+
+
+@pytest.fixture
+def other() -> Iterator[redis.Redis]:
+    """A Redis connection of another process (an operator's shell, another instance)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()

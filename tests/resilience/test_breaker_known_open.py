@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from django.conf import settings
 from rest_framework.test import APIClient
 
 from catalog.models import Book
@@ -17,26 +16,12 @@ from resilience.breaker import State
 from resilience.breakers import BreakerOpen, breaker
 from resilience.hints import KnownRefusals
 from resilience.models import CircuitBreakerPolicy
-from resilience.runtime import Runtime, get_runtime, reset_runtime
+from resilience.runtime import Runtime, get_runtime
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.resilience.test_breaker_middleware import MISSING, assert_open_problem, make_breaker, rejections
 
-
-@pytest.fixture(autouse=True)
-def _fresh_runtime(db: None) -> Iterator[None]:
-    """A runtime of its own, so what an earlier test taught this process is not known here."""
-    reset_runtime()
-    yield
-    reset_runtime()
-
-
-@pytest.fixture
-def other() -> Iterator[redis.Redis]:
-    """A Redis connection of another process (an operator's shell, another instance)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
+pytestmark = pytest.mark.usefixtures("fresh_runtime")
 
 
 class RoundTrips:

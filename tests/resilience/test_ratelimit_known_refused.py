@@ -3,47 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
-from django.conf import settings
 from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from resilience import metrics
-from resilience.hints import KnownRefusals
 from resilience.middleware import _spec
 from resilience.policyset import compile_policies
-from resilience.runtime import get_runtime, key_prefix, reset_runtime
+from resilience.runtime import get_runtime, key_prefix
 from resilience.stores.redis_limiter import RedisLimiterStore
-from tests.resilience.test_breaker_known_open import RoundTrips, within
+from tests.resilience.test_breaker_known_open import RoundTrips, known, within
 from tests.resilience.test_ratelimit_middleware import assert_quota_exceeded, make_policy, ratelimit_policies
 
 A, B = "192.0.2.1", "192.0.2.2"
 
-
-@pytest.fixture(autouse=True)
-def _fresh_runtime(db: None) -> Iterator[None]:
-    """A runtime of its own, so what an earlier test taught this process is not known here."""
-    reset_runtime()
-    yield
-    reset_runtime()
-
-
-@pytest.fixture
-def other() -> Iterator[redis.Redis]:
-    """A Redis connection of another process (an operator's shell, another instance)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    yield client
-    client.close()
-
-
-def known() -> KnownRefusals:
-    remembered = get_runtime().known_refusals()
-    assert remembered is not None
-    return remembered
+pytestmark = pytest.mark.usefixtures("fresh_runtime")
 
 
 def key_of(policy_name: str, address: str) -> str:
