@@ -22,6 +22,8 @@ class IsShopStaff(BasePermission):
 class IsStaffOrReadOnly(IsShopStaff):
     """Allow anyone to read; only staff to write."""
 
+    anonymous_reads = True  # the OpenAPI schema says so (bookstore/openapi.py)
+
     def has_permission(self, request: Request, view: APIView) -> bool:
         return request.method in SAFE_METHODS or super().has_permission(request, view)
 

@@ -1,10 +1,33 @@
-"""OpenAPI additions: document the problem+json error responses every operation can give."""
+"""OpenAPI additions: who may call each operation, and the problem+json error responses every one can give."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular import openapi
+from rest_framework.permissions import SAFE_METHODS
+
 from bookstore.problems import PROBLEM_CONTENT_TYPE
+
+
+class AutoSchema(openapi.AutoSchema):
+    """drf-spectacular's AutoSchema, told which of our own permissions let anyone read.
+
+    It lists anonymous access (`{}` in `security`) only for DRF's AllowAny and
+    IsAuthenticatedOrReadOnly; a permission with ``anonymous_reads = True`` admits anyone to
+    GET, HEAD and OPTIONS as well.
+    """
+
+    def get_auth(self) -> list[dict[str, list[str]]]:
+        auths = super().get_auth()
+        if (
+            {} not in auths
+            and self.method in SAFE_METHODS
+            and any(getattr(p, "anonymous_reads", False) for p in self.view.get_permissions())
+        ):
+            auths.append({})
+        return auths
+
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -45,6 +45,21 @@ def test_schema_endpoint_serves_openapi_3(client: Client, db: None) -> None:
     assert response.content.startswith(b"openapi: 3.")
 
 
+def test_schema_says_which_operations_anyone_may_call(schema: dict) -> None:
+    anonymous = {(method.upper(), path) for path, method, op in _operations(schema) if {} in op.get("security", [])}
+
+    assert anonymous == {
+        ("GET", "/api/books"),
+        ("GET", "/api/books/{id}"),
+        ("GET", "/api/books/search"),
+        ("POST", "/api/accounts/register"),
+        ("POST", "/api/accounts/token"),
+    }
+    # Everything else names the credentials it takes.
+    for _, _, op in _operations(schema):
+        assert {"tokenAuth": []} in op["security"] or {} in op["security"]
+
+
 def test_schema_endpoint_serves_json_on_request(schema: dict) -> None:
     assert schema["openapi"].startswith("3.")
     assert schema["info"]["title"] == "Bookstore API"
