@@ -344,6 +344,19 @@ def run_load(
 # --- Reporting ---------------------------------------------------------------------------------
 
 
+def redis_command_calls(client: Any) -> dict[str, int]:
+    """Return calls per Redis command (INFO commandstats), the INFO call that reads them excluded."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info"
+    }
+
+
+def script_calls(calls: dict[str, int]) -> int:
+    """Return how many Lua scripts those calls ran (EVALSHA, or EVAL after a script cache flush)."""
+    return calls.get("evalsha", 0) + calls.get("eval", 0)
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Return the nearest-rank q-th percentile (0 < q <= 100) of ascending values, 0.0 if empty."""
     if not sorted_values:

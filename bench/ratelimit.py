@@ -68,14 +68,6 @@ def _prepare() -> int:
     return book.pk
 
 
-def _commandstats(client: Any) -> dict[str, int]:
-    """Return calls per command, the INFO call that reads them excluded."""
-    stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info"
-    }
-
-
 def _probe(server: common.Server, path: str) -> dict[str, str]:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
     try:
@@ -90,13 +82,13 @@ def _probe(server: common.Server, path: str) -> dict[str, str]:
 def _round(
     server: common.Server, requests: list[common.Request], redis_client: Any, *, warmup: float, duration: float
 ) -> dict[str, Any]:
-    stats_before = _commandstats(redis_client)
+    stats_before = common.redis_command_calls(redis_client)
     cpu_before = common.server_cpu_seconds(server)
     load = common.run_load(
         server, requests, warmup=warmup, duration=duration, max_requests=int(10_000 * (warmup + duration))
     )
     cpu = common.server_cpu_seconds(server) - cpu_before
-    stats_after = _commandstats(redis_client)
+    stats_after = common.redis_command_calls(redis_client)
     calls = {k: v - stats_before.get(k, 0) for k, v in stats_after.items() if v - stats_before.get(k, 0)}
     completed = max(load["completed"], 1)  # warm-up included: Redis counted those too
     return {
@@ -108,7 +100,7 @@ def _round(
         "errors": load["errors"],
         "server_cpu_ms_per_request": round(1000 * cpu / completed, 3),
         "redis_calls_per_request": round(sum(calls.values()) / completed, 3),
-        "redis_round_trips_per_request": round((calls.get("evalsha", 0) + calls.get("eval", 0)) / completed, 3),
+        "redis_round_trips_per_request": round(common.script_calls(calls) / completed, 3),
         "redis_calls_by_command": {k: round(v / completed, 3) for k, v in sorted(calls.items())},
     }
 

@@ -383,7 +383,7 @@ def run_scenario() -> dict[str, Any]:
             with common.gunicorn(workers=WORKERS, threads=threads, env=env, log=log) as server:
                 cpu_before = common.server_cpu_seconds(server)
                 redis_cpu_before = _redis_cpu(redis_client)
-                scripts_before = _script_calls(redis_client)
+                scripts_before = common.script_calls(common.redis_command_calls(redis_client))
                 t0 = time.monotonic() + 1.5  # the generator's start-up happens before the first second
                 spec = {
                     "host": server.host,
@@ -423,7 +423,7 @@ def run_scenario() -> dict[str, Any]:
                     raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
                 server_cpu = common.server_cpu_seconds(server) - cpu_before
                 redis_cpu = _redis_cpu(redis_client) - redis_cpu_before
-                redis_scripts = _script_calls(redis_client) - scripts_before
+                redis_scripts = common.script_calls(common.redis_command_calls(redis_client)) - scripts_before
                 metrics = _metrics(server)
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -468,12 +468,6 @@ def run_scenario() -> dict[str, Any]:
         "metrics": metrics,
         "db_checks": checks,
     }
-
-
-def _script_calls(client: Any) -> int:
-    """Return how many scripts the private Redis has run: each admission or breaker outcome is one."""
-    stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
 
 
 def _redis_cpu(client: Any) -> float:
