@@ -57,7 +57,8 @@ class KnownRefusals:
         self.channel = channel
         self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
-        self._until: dict[str, float] = {}  # breaker name -> perf_counter() when its open period ends
+        # breaker name -> (perf_counter() when its open period ends, None)
+        self._until: dict[str, tuple[float, Any]] = {}
         # rate-limit key -> (perf_counter() when it admits again, what the caller needs to answer)
         self._limited: dict[str, tuple[float, Any]] = {}
         self._since: float | None = None  # perf_counter() once subscribed; None while not subscribed
@@ -66,39 +67,21 @@ class KnownRefusals:
 
     def seconds_left(self, name: str) -> float | None:
         """Return how long breaker ``name`` surely stays open, or None when Redis must be asked."""
-        until = self._until.get(name)
-        if until is None or not self.live():
-            return None
-        left = until - time.perf_counter()
-        if left <= 0:
-            self._until.pop(name, None)
-            return None
-        return left
+        found = self._left(self._until, name)
+        return found[0] if found is not None else None
 
     def note(self, name: str, retry_after: float, asked_at: float) -> None:
         """Remember that Redis, asked at perf_counter() ``asked_at``, said ``name`` opens again in ``retry_after`` s."""
-        self._listening()
-        since = self._since
-        if since is None or asked_at < since or asked_at < self._heard_at:
-            return  # a change may have been published after the answer and already been heard
-        self._until[name] = asked_at + retry_after
+        if self._may_remember(asked_at):
+            self._until[name] = (asked_at + retry_after, None)
 
     def limited(self, key: str) -> tuple[float, Any] | None:
         """Return (seconds it surely stays refused, detail) for rate-limit ``key``, or None to ask Redis."""
-        entry = self._limited.get(key)
-        if entry is None or not self.live():
-            return None
-        left = entry[0] - time.perf_counter()
-        if left <= 0:
-            self._limited.pop(key, None)
-            return None
-        return left, entry[1]
+        return self._left(self._limited, key)
 
     def note_limited(self, key: str, retry_after: float, asked_at: float, detail: Any) -> None:
         """Remember that Redis, asked at perf_counter() ``asked_at``, refused ``key`` for ``retry_after`` s."""
-        self._listening()
-        since = self._since
-        if since is None or asked_at < since or asked_at < self._heard_at:
+        if not self._may_remember(asked_at):
             return
         if len(self._limited) >= MAX_LIMITED_KEYS and key not in self._limited:
             now = time.perf_counter()
@@ -113,6 +96,24 @@ class KnownRefusals:
         self._until.clear()
         self._limited.clear()
 
+    def _left(self, table: dict[str, tuple[float, Any]], key: str) -> tuple[float, Any] | None:
+        """Return (seconds left, detail) of a remembered refusal still in force, or None."""
+        entry = table.get(key)
+        if entry is None or not self.live():
+            return None
+        left = entry[0] - time.perf_counter()
+        if left <= 0:
+            table.pop(key, None)
+            return None
+        return left, entry[1]
+
+    def _may_remember(self, asked_at: float) -> bool:
+        """Return whether an answer to a question asked at ``asked_at`` can be trusted until it expires."""
+        self._listening()
+        since = self._since
+        # Not if a change may have been published after the answer and already been heard.
+        return since is not None and asked_at >= since and asked_at >= self._heard_at
+
     def live(self) -> bool:
         """Return whether the subscription is up (what is remembered is used only then)."""
         return self._since is not None and self._pid == os.getpid()
@@ -126,7 +127,7 @@ class KnownRefusals:
             if self._pid == os.getpid():
                 return
             self._since = None  # a subscription inherited across fork() belongs to the parent
-            self._until.clear()
+            self.forget()
             self._pid = os.getpid()
             threading.Thread(target=self._listen, name="resilience-breaker-events", daemon=True).start()
 
@@ -170,8 +171,7 @@ class KnownRefusals:
                 conn.disconnect()
 
     def _heard(self) -> None:
-        # In this order: a note() that reads _heard_at before it moves may still store, but then
+        # In this order: a note that reads _heard_at before it moves may still store, but then
         # the clear() below comes after it and removes what it stored.
         self._heard_at = time.perf_counter()
-        self._until.clear()
-        self._limited.clear()
+        self.forget()
