@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from bookstore.env import env_bool, env_float, env_int, env_list, env_str
+from bookstore.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 from bookstore.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -188,8 +188,14 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and env_bool
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 
-# Number of reverse proxies in front of the app whose X-Forwarded-For entries are trusted.
+# Number of reverse proxies in front of the app whose entries in TRUSTED_PROXY_HEADER are trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+# The header those proxies append the client to: X-Forwarded-For or RFC 7239 Forwarded. Only this
+# one is read: a client could send the other itself (resilience/clientip.py).
+TRUSTED_PROXY_HEADER = env_choice("TRUSTED_PROXY_HEADER", "x-forwarded-for", ("x-forwarded-for", "forwarded"))
+# RFC 7239 obfuscated identifiers (for=_abc) may be new on every request: by default they count
+# against the proxy that sent them; per-client when the proxies keep one identifier per client.
+TRUSTED_PROXY_OBFUSCATED_IDS = env_choice("TRUSTED_PROXY_OBFUSCATED_IDS", "per-request", ("per-request", "per-client"))
 
 # --- Resilience -----------------------------------------------------------------------------
 # Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).

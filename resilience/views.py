@@ -17,24 +17,29 @@ from prometheus_client.core import GaugeMetricFamily
 from bookstore.problems import problem_response
 from resilience import services
 from resilience.breaker import StoreUnavailable
+from resilience.clientip import client_address
 from resilience.dashboard import dashboard_data
 
 
-def _metrics_allowed(request: HttpRequest) -> bool:
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Return True if the caller may see internals: the bearer token, or a client in the metrics networks.
+
+    The client is who the trusted proxies say it is: behind a proxy on the same host, REMOTE_ADDR
+    is loopback for everyone. A client the proxies do not name by address is refused.
+    """
     token = settings.METRICS_BEARER_TOKEN
     auth = request.META.get("HTTP_AUTHORIZATION", "")
     if token and auth.startswith("Bearer ") and secrets.compare_digest(auth[7:].strip(), token):
         return True
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
+    address = client_address(request)
+    if address is None:
         return False
     return any(address in ipaddress.ip_network(net, strict=False) for net in settings.METRICS_ALLOWED_NETWORKS)
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
     """Expose metrics to allowed networks or bearer-token holders; sum all workers' files under gunicorn."""
-    if not _metrics_allowed(request):
+    if not metrics_allowed(request):
         return problem_response(request, status=403, slug="permission-denied", title="Metrics are not public")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -78,7 +83,7 @@ class BreakerStateCollector:
 
 def breaker_metrics(request: HttpRequest) -> HttpResponse:
     """Return the breaker state gauges in Prometheus text format."""
-    if not _metrics_allowed(request):
+    if not metrics_allowed(request):
         return problem_response(request, status=403, slug="permission-denied", title="Metrics are not public")
     return HttpResponse(generate_latest(_breaker_registry), content_type=CONTENT_TYPE_LATEST)
 
