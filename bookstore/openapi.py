@@ -9,6 +9,15 @@ from rest_framework.permissions import SAFE_METHODS
 
 from bookstore.problems import PROBLEM_CONTENT_TYPE
 
+# Staff-only operations (fault injection for drills) are for the people who run the shop, not for
+# the public schema; the README documents them.
+STAFF_ONLY_PREFIXES = ("/api/ops/",)
+
+
+def exclude_staff_operations(endpoints: list[tuple[str, str, str, Any]], **kwargs: Any) -> list:
+    """Leave staff-only operations out of the schema (drf-spectacular preprocessing hook)."""
+    return [endpoint for endpoint in endpoints if not endpoint[0].startswith(STAFF_ONLY_PREFIXES)]
+
 
 class AutoSchema(openapi.AutoSchema):
     """drf-spectacular's AutoSchema, told which of our own permissions let anyone read.

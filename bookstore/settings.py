@@ -55,6 +55,8 @@ MIDDLEWARE = [
     # Probes are answered here, ahead of anything that could refuse or stall them (bookstore/health.py).
     "bookstore.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # /api/books/ -> 308 /api/books, ahead of the resilience layer: the redirect costs no quota.
+    "bookstore.slashes.TrailingSlashRedirectMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -248,6 +250,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"validatorUrl": None, "deepLinking": True},
     "REDOC_UI_SETTINGS": {"hideDownloadButton": False},
     "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["bookstore.openapi.exclude_staff_operations"],
     # Every error is problem+json: document it on each operation so clients and checks see it.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

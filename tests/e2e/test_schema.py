@@ -78,6 +78,11 @@ def test_schema_is_valid_openapi_for_schemathesis(db: None) -> None:
     assert "PATCH /api/books/{id}" in labels
 
 
+def test_schema_leaves_staff_only_operations_out(schema: dict) -> None:
+    assert [path for path in schema["paths"] if path.startswith("/api/ops/")] == []
+    assert not [op for _, _, op in _operations(schema) if op["operationId"].startswith("ops_")]
+
+
 def test_schema_every_operation_has_a_unique_operation_id(schema: dict) -> None:
     ids = [operation["operationId"] for _, _, operation in _operations(schema)]
 
