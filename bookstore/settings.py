@@ -267,8 +267,10 @@ SPECTACULAR_SETTINGS = {
 PROBLEM_TYPE_BASE = env_str("PROBLEM_TYPE_BASE", "https://bookstore.example/problems/")
 
 # json: one JSON object per line with the request id and every extra field (for log shippers);
-# plain: one readable line. Both go to stdout.
+# plain: one readable line. Servers log to stdout; manage.py makes it stderr, so that a command's
+# stdout holds only what the command prints.
 LOG_FORMAT = (env_str("LOG_FORMAT") or ("plain" if DEBUG else "json")).strip().lower()
 if LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
-LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO") or "INFO")
+LOG_STREAM = env_choice("LOG_STREAM", "stdout", ("stdout", "stderr"))
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO") or "INFO", stream=LOG_STREAM)
