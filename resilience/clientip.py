@@ -38,10 +38,12 @@ _PORT = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]{1,63}")
 # Longer than any address with zone and port: not worth parsing.
 _MAX_NODE = 128
 
-# A Forwarded header split on commas outside quoted strings: a quoted string, a run of other
-# characters, a comma, or a quote that never closes (group "open").
-_ELEMENT_PARTS = re.compile(r'"(?:[^"\\]|\\.)*"|[^",]+|,|(?P<open>")')
-_PAIR_PARTS = re.compile(r'"(?:[^"\\]|\\.)*"|[^";]+|;')
+# One element of a Forwarded header (up to a comma outside quoted strings), one pair of an element
+# (up to a semicolon): runs of quoted strings and other characters. Possessive, so a failed match
+# never backtracks; a quote that does not close stops the match there.
+_QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_ELEMENT = re.compile(rf'(?:{_QUOTED}|[^",]++)*+')
+_PAIR = re.compile(rf'(?:{_QUOTED}|[^";]++)*+')
 _ESCAPED = re.compile(r"\\(.)")
 
 
@@ -89,28 +91,33 @@ def is_obfuscated(node: str) -> bool:
     return node.startswith("_")
 
 
-def _split(value: str, parts: re.Pattern[str], separator: str) -> tuple[list[str], bool]:
-    """Split value on separator outside quoted strings; say whether a quote was left open."""
+def _split(value: str, piece: re.Pattern[str], separator: str) -> tuple[list[str], bool]:
+    """Split value on separator outside quoted strings; say whether a quote was left open.
+
+    One regex match per piece: a header of a thousand elements costs a thousand C-speed matches
+    (gunicorn caps a header line at 8 KB).
+    """
+    if '"' not in value:
+        return value.split(separator), False
     pieces: list[str] = []
-    current: list[str] = []
-    for match in parts.finditer(value):
-        if match.lastgroup == "open":
-            # The rest cannot be split reliably: whatever it holds is one garbled piece.
-            pieces.append("".join(current) + value[match.start() :])
+    position, end = 0, len(value)
+    while True:
+        match = piece.match(value, position)
+        pieces.append(match.group())  # type: ignore[union-attr]  # matches the empty string too
+        position = match.end()  # type: ignore[union-attr]
+        if position >= end:
+            return pieces, False
+        if value[position] != separator:
+            # A quote that never closes: the rest cannot be split reliably, so it is one garbled piece.
+            pieces[-1] += value[position:]
             return pieces, True
-        if match.group() == separator:
-            pieces.append("".join(current))
-            current = []
-        else:
-            current.append(match.group())
-    pieces.append("".join(current))
-    return pieces, False
+        position += 1
 
 
 def _for_parameter(element: str) -> str | None:
     """Return the unquoted ``for`` value of one Forwarded element, or None if it has none or is garbled."""
     found: str | None = None
-    pairs, _ = _split(element, _PAIR_PARTS, ";")
+    pairs, _ = _split(element, _PAIR, ";")
     for pair in pairs:
         if not pair.strip():
             continue
@@ -131,25 +138,38 @@ def _for_parameter(element: str) -> str | None:
     return found
 
 
-def forwarded_for(value: str) -> list[str | None]:
-    """Return the ``for`` value of each element of a Forwarded header, leftmost first.
+def _tail(pieces: list[str], last: int | None) -> list[str]:
+    """Return the non-blank pieces, only the last ``last`` of them if given (the rest is never read)."""
+    if last is None:
+        return [piece for piece in pieces if piece.strip()]
+    kept: list[str] = []
+    for piece in reversed(pieces):
+        if piece.strip():
+            kept.append(piece)
+            if len(kept) == last:
+                break
+    kept.reverse()
+    return kept
+
+
+def forwarded_for(value: str, last: int | None = None) -> list[str | None]:
+    """Return the ``for`` value of each element of a Forwarded header (of the last ``last``), leftmost first.
 
     A garbled element, or one without ``for``, is None. A quote that never closes makes the rest
     of the header one garbled element: no client can smuggle text into a proxy's element.
     """
-    elements, left_open = _split(value, _ELEMENT_PARTS, ",")
-    found: list[str | None] = [_for_parameter(element) for element in elements[:-1] if element.strip()]
-    last = elements[-1]
+    elements, left_open = _split(value, _ELEMENT, ",")
     if left_open:
-        found.append(None)
-    elif last.strip():
-        found.append(_for_parameter(last))
-    return found
+        elements.pop()
+    found: list[str | None] = [_for_parameter(element) for element in _tail(elements, last)]
+    if left_open:
+        found.append(None)  # the garbled rest is one element, however blank it looks
+    return found[-last:] if last is not None else found
 
 
-def x_forwarded_for(value: str) -> list[str | None]:
-    """Return the entries of an X-Forwarded-For header, leftmost first."""
-    return [part.strip() for part in value.split(",") if part.strip()]
+def x_forwarded_for(value: str, last: int | None = None) -> list[str | None]:
+    """Return the entries of an X-Forwarded-For header (the last ``last``), leftmost first."""
+    return [piece.strip() for piece in _tail(value.split(","), last)]
 
 
 class Reported(NamedTuple):
@@ -166,7 +186,8 @@ def reported(
     remote = parse_node(remote_addr) or remote_addr
     if trusted_proxies <= 0 or not header_value:
         return Reported(parse_node(remote_addr), remote)
-    entries = forwarded_for(header_value) if header == "forwarded" else x_forwarded_for(header_value)
+    read = forwarded_for if header == "forwarded" else x_forwarded_for
+    entries = read(header_value, last=trusted_proxies)  # entries further left are never read
     if not entries:
         return Reported(parse_node(remote_addr), remote)
     # With fewer entries than proxies, the leftmost was still written by a trusted proxy.

@@ -127,6 +127,13 @@ def test_forwarded_for_reads_each_elements_for_parameter(header: str, entries: l
     assert forwarded_for(header) == entries
 
 
+def test_only_the_entries_trusted_proxies_wrote_are_read() -> None:
+    assert forwarded_for("garbage, " * 500 + "for=6.6.6.6, for=1.1.1.1,, ", last=1) == ["1.1.1.1"]
+    assert forwarded_for('for="x", for=9.9.9.9;by=", for=5.6.7.8', last=2) == ["x", None]
+    assert forwarded_for("for=1.1.1.1", last=3) == ["1.1.1.1"]
+    assert x_forwarded_for("9.9.9.9, " * 500 + "1.1.1.1, 2.2.2.2 , ,", last=2) == ["1.1.1.1", "2.2.2.2"]
+
+
 def test_x_forwarded_for_splits_on_commas_and_drops_empty_entries() -> None:
     assert x_forwarded_for(" 1.1.1.1 ,, 10.6.6.1:5123 , [2001:db8::1]:443, ") == [
         "1.1.1.1",
