@@ -29,7 +29,6 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # The headers a proxy may report the client in (TRUSTED_PROXY_HEADER), by their META names.
 HEADERS = {"x-forwarded-for": "HTTP_X_FORWARDED_FOR", "forwarded": "HTTP_FORWARDED"}
-OBFUSCATION_MODES = ("per-request", "per-client")
 
 # RFC 7239 obfnode / obfport: "_" then letters, digits, ".", "_", "-". Bounded here: it may become
 # part of a Redis key.
