@@ -15,9 +15,16 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from bookstore.logging import Sampled
 from bookstore.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 
 logger = logging.getLogger("bookstore.api")
+
+# While PostgreSQL is down every API request fails alike: one WARNING line per this many seconds
+# per worker says so, with how many requests it turned away ("count"); django.request is told the
+# 503 is logged already, so it adds no line of its own per request.
+DATABASE_OUTAGE_LOG_INTERVAL = 10.0
+database_outage = Sampled(logger, "database_unavailable", DATABASE_OUTAGE_LOG_INTERVAL)
 
 
 class ApplicationError(Exception):
@@ -99,7 +106,8 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         exc = exceptions.ValidationError(detail=exceptions.as_serializer_error(exc))
     elif isinstance(exc, OperationalError | InterfaceError):
         # PostgreSQL unreachable (or the pool exhausted): a temporary condition, not a bug.
-        logger.error("database unavailable: %s", exc, extra={"event": "database_unavailable"})
+        error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        database_outage.occurred("database unavailable: %s", error, error=error)
         body = problem_body(
             status=503,
             slug="database-unavailable",
@@ -107,7 +115,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             detail="The database cannot be reached; nothing was written. Retry shortly.",
             instance=instance,
         )
-        return Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers={"Retry-After": "5"})
+        response = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers={"Retry-After": "5"})
+        response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
+        return response
     elif isinstance(exc, ProtectedError):
         body = problem_body(
             status=409,

@@ -26,6 +26,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import Gauge
 
+from bookstore.disclosure import details_for_insiders
 from bookstore.env import env_float
 from bookstore.problems import problem_response
 
@@ -98,6 +99,7 @@ def live(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
 
 
+@details_for_insiders
 @never_cache
 @require_safe
 def ready(request: HttpRequest) -> HttpResponse:

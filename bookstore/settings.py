@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from bookstore.env import env_bool, env_float, env_int, env_list, env_str
+from bookstore.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 from bookstore.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -55,6 +55,8 @@ MIDDLEWARE = [
     # Probes are answered here, ahead of anything that could refuse or stall them (bookstore/health.py).
     "bookstore.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # /api/books/ -> 308 /api/books, ahead of the resilience layer: the redirect costs no quota.
+    "bookstore.slashes.TrailingSlashRedirectMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -188,8 +190,14 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and env_bool
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 
-# Number of reverse proxies in front of the app whose X-Forwarded-For entries are trusted.
+# Number of reverse proxies in front of the app whose entries in TRUSTED_PROXY_HEADER are trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+# The header those proxies append the client to: X-Forwarded-For or RFC 7239 Forwarded. Only this
+# one is read: a client could send the other itself (resilience/clientip.py).
+TRUSTED_PROXY_HEADER = env_choice("TRUSTED_PROXY_HEADER", "x-forwarded-for", ("x-forwarded-for", "forwarded"))
+# RFC 7239 obfuscated identifiers (for=_abc) may be new on every request: by default they count
+# against the proxy that sent them; per-client when the proxies keep one identifier per client.
+TRUSTED_PROXY_OBFUSCATED_IDS = env_choice("TRUSTED_PROXY_OBFUSCATED_IDS", "per-request", ("per-request", "per-client"))
 
 # --- Resilience -----------------------------------------------------------------------------
 # Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).
@@ -242,10 +250,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"validatorUrl": None, "deepLinking": True},
     "REDOC_UI_SETTINGS": {"hideDownloadButton": False},
     "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["bookstore.openapi.exclude_staff_operations"],
     # Every error is problem+json: document it on each operation so clients and checks see it.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "bookstore.openapi.add_problem_responses",
+        "bookstore.openapi.add_resilience_headers",
     ],
     "ENUM_NAME_OVERRIDES": {
         "OrderStatusEnum": "orders.models.Order.Status",
@@ -258,8 +268,10 @@ SPECTACULAR_SETTINGS = {
 PROBLEM_TYPE_BASE = env_str("PROBLEM_TYPE_BASE", "https://bookstore.example/problems/")
 
 # json: one JSON object per line with the request id and every extra field (for log shippers);
-# plain: one readable line. Both go to stdout.
+# plain: one readable line. Servers log to stdout; manage.py makes it stderr, so that a command's
+# stdout holds only what the command prints.
 LOG_FORMAT = (env_str("LOG_FORMAT") or ("plain" if DEBUG else "json")).strip().lower()
 if LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
-LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO") or "INFO")
+LOG_STREAM = env_choice("LOG_STREAM", "stdout", ("stdout", "stderr"))
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO") or "INFO", stream=LOG_STREAM)

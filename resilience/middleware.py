@@ -60,8 +60,7 @@ class _Request:
     @property
     def ip(self) -> str:
         if self._ip is None:
-            address = client_ip(self.request, settings.TRUSTED_PROXY_COUNT)
-            self._ip = ip_key(address, settings.RATELIMIT_IPV6_PREFIX)
+            self._ip = ip_key(client_ip(self.request), settings.RATELIMIT_IPV6_PREFIX)
         return self._ip
 
     @property

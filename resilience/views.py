@@ -1,12 +1,9 @@
-"""Operational endpoints: Prometheus metrics."""
+"""Operational endpoints: Prometheus metrics, breaker health, the staff dashboard."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import secrets
 
-from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
@@ -14,27 +11,16 @@ from django.urls import reverse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from bookstore.disclosure import details_for_insiders, may_see_internals
 from bookstore.problems import problem_response
 from resilience import services
 from resilience.breaker import StoreUnavailable
 from resilience.dashboard import dashboard_data
 
 
-def _metrics_allowed(request: HttpRequest) -> bool:
-    token = settings.METRICS_BEARER_TOKEN
-    auth = request.META.get("HTTP_AUTHORIZATION", "")
-    if token and auth.startswith("Bearer ") and secrets.compare_digest(auth[7:].strip(), token):
-        return True
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(net, strict=False) for net in settings.METRICS_ALLOWED_NETWORKS)
-
-
 def metrics(request: HttpRequest) -> HttpResponse:
     """Expose metrics to allowed networks or bearer-token holders; sum all workers' files under gunicorn."""
-    if not _metrics_allowed(request):
+    if not may_see_internals(request):
         return problem_response(request, status=403, slug="permission-denied", title="Metrics are not public")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -45,6 +31,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
+@details_for_insiders
 def breakers_health(request: HttpRequest) -> HttpResponse:
     """Return every enabled breaker's live state as JSON (200 even when some are open)."""
     try:
@@ -78,7 +65,7 @@ class BreakerStateCollector:
 
 def breaker_metrics(request: HttpRequest) -> HttpResponse:
     """Return the breaker state gauges in Prometheus text format."""
-    if not _metrics_allowed(request):
+    if not may_see_internals(request):
         return problem_response(request, status=403, slug="permission-denied", title="Metrics are not public")
     return HttpResponse(generate_latest(_breaker_registry), content_type=CONTENT_TYPE_LATEST)
 

@@ -78,6 +78,11 @@ def test_schema_is_valid_openapi_for_schemathesis(db: None) -> None:
     assert "PATCH /api/books/{id}" in labels
 
 
+def test_schema_leaves_staff_only_operations_out(schema: dict) -> None:
+    assert [path for path in schema["paths"] if path.startswith("/api/ops/")] == []
+    assert not [op for _, _, op in _operations(schema) if op["operationId"].startswith("ops_")]
+
+
 def test_schema_every_operation_has_a_unique_operation_id(schema: dict) -> None:
     ids = [operation["operationId"] for _, _, operation in _operations(schema)]
 
@@ -96,6 +101,43 @@ def test_schema_documents_problem_responses_on_every_operation(schema: dict) -> 
             assert {"413", "415"} <= set(responses), (method, path)
         if method != "get":
             assert "409" in responses, (method, path)
+
+
+def test_schema_every_operation_has_a_summary(schema: dict) -> None:
+    summaries = {}
+    for path, method, operation in _operations(schema):
+        summary = operation.get("summary")
+        assert isinstance(summary, str), (method, path)
+        assert summary.strip(), (method, path)
+        summaries[(method, path)] = summary
+
+    assert len(set(summaries.values())) == len(summaries), "two operations share a summary"
+
+
+def _header(schema: dict, value: dict) -> dict:
+    """Return a header object, following its $ref into components/headers."""
+    if "$ref" not in value:
+        return value
+    return schema["components"]["headers"][value["$ref"].rsplit("/", 1)[-1]]
+
+
+def test_schema_documents_the_resilience_headers_on_every_operation(schema: dict) -> None:
+    # Any operation may be matched by a policy staff write (a prefix of "/" matches all), so
+    # every response of every operation can carry the RateLimit fields and the breaker state.
+    for path, method, operation in _operations(schema):
+        responses = operation["responses"]
+        assert {"429", "503"} <= set(responses), (method, path)
+        for code, response in responses.items():
+            headers = {name: _header(schema, value) for name, value in response.get("headers", {}).items()}
+            assert {"RateLimit-Policy", "RateLimit", "X-Circuit-Breaker-State"} <= set(headers), (method, path, code)
+            assert headers["X-Circuit-Breaker-State"]["schema"]["enum"] == ["closed", "open", "half-open"]
+            if code in ("429", "503"):
+                assert headers["Retry-After"]["required"] is True, (method, path, code)
+                assert headers["Retry-After"]["schema"]["type"] == "integer"
+            else:
+                assert "Retry-After" not in headers, (method, path, code)
+            if method == "get" and code.startswith("2"):
+                assert {"X-Stale-Response", "Age"} <= set(headers), (method, path, code)
 
 
 def test_schema_documents_catalogue_writes_and_reads(schema: dict) -> None:

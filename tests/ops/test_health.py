@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import Client, RequestFactory
+from pytest_django.fixtures import Settings
 
 from bookstore import health
-from resilience.models import RateLimitPolicy
+from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.policyset import compile_policies
 from tests.live import HOST, LiveServer, database_url, request
 
@@ -66,6 +67,78 @@ def test_ready_gives_up_on_a_hung_check_within_the_timeout(db: None, monkeypatch
     assert time.monotonic() - began < 1.5
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "ok", "redis": "error: no answer within 0.2 s"}
+
+
+# --- what outsiders may see -------------------------------------------------------------------
+
+OUTSIDER = "203.0.113.50"
+TOKEN = "health-scrape-token"
+
+
+@pytest.fixture
+def failing_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise ConnectionRefusedError("connection to redis.internal:6379 refused")
+
+    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+
+
+def test_ready_tells_an_outsider_only_that_it_is_not_ready_and_insiders_why(
+    db: None, failing_redis: None, settings: Settings
+) -> None:
+    settings.METRICS_BEARER_TOKEN = TOKEN
+
+    response = Client(REMOTE_ADDR=OUTSIDER).get("/health/ready")
+
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "https://bookstore.example/problems/not-ready",
+        "title": "Not ready",
+        "status": 503,
+        "instance": "/health/ready",
+    }
+    assert b"redis" not in response.content
+    assert "private" in response["Cache-Control"]
+    assert "Authorization" in response["Vary"]
+    # The metrics networks and the bearer token still get the failure named.
+    local = Client(REMOTE_ADDR="127.0.0.1").get("/health/ready")
+    scraper = Client(REMOTE_ADDR=OUTSIDER).get("/health/ready", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    for insider in (local, scraper):
+        assert insider.status_code == 503
+        assert insider.json()["checks"]["redis"].startswith("error: ConnectionRefusedError")
+
+
+def test_ready_answers_an_outsider_ok_with_a_minimal_body(db: None) -> None:
+    response = Client(REMOTE_ADDR=OUTSIDER).get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_ready_judges_the_client_behind_a_loopback_proxy(db: None, failing_redis: None, settings: Settings) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+    proxy = Client(REMOTE_ADDR="127.0.0.1")
+
+    remote = proxy.get("/health/ready", HTTP_X_FORWARDED_FOR="203.0.113.50:40000")
+    local = proxy.get("/health/ready", HTTP_X_FORWARDED_FOR="127.0.0.1:40000")
+
+    assert "checks" not in remote.json()
+    assert "checks" in local.json()
+
+
+def test_breakers_health_keeps_breaker_names_from_outsiders(db: None, settings: Settings) -> None:
+    CircuitBreakerPolicy.objects.create(name="payments-gateway", match_type="code", pattern="")
+    settings.TRUSTED_PROXY_COUNT = 1
+    proxy = Client(REMOTE_ADDR="127.0.0.1")
+
+    outsider = proxy.get("/health/breakers", HTTP_X_FORWARDED_FOR=OUTSIDER)
+    insider = proxy.get("/health/breakers", HTTP_X_FORWARDED_FOR="127.0.0.1")
+
+    assert outsider.status_code == 200
+    assert outsider.json() == {"status": "ok"}
+    assert [row["name"] for row in insider.json()["breakers"]] == ["payments-gateway"]
+    assert "no-store" in outsider["Cache-Control"]
 
 
 @pytest.mark.default_policies

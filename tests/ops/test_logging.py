@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -12,13 +15,18 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory
+from rest_framework.response import Response
 
 from accounts.models import User
-from bookstore.logging import JsonFormatter, RequestIdFilter, logging_config
+from bookstore import exceptions
+from bookstore import logging as logging_module
+from bookstore.logging import JsonFormatter, RequestIdFilter, Sampled, logging_config
 from bookstore.request_id import RequestIdMiddleware
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
+from tests.live import ROOT, LiveServer, database_url, request
 
 log = logging.getLogger("tests.ops")
 
@@ -77,6 +85,27 @@ def test_lines_logged_during_a_request_carry_its_id(rf: RequestFactory, json_lin
     inside, after = [line for line in json_lines() if line["logger"] == "tests.ops"]
     assert (inside["request_id"], inside["event"], inside["book"]) == ("req-42", "probe", 7)
     assert after["request_id"] is None
+
+
+def test_django_request_lines_carry_the_request_id_and_the_path(db: None, json_lines: Callable[[], list[dict]]) -> None:
+    response = Client().get("/api/no/such/thing", HTTP_X_REQUEST_ID="lost-42")
+
+    assert response.status_code == 404
+    [line] = [line for line in json_lines() if line["logger"] == "django.request"]
+    assert (line["level"], line["status_code"]) == ("WARNING", 404)
+    assert line["request_id"] == "lost-42"
+    assert (line["method"], line["path"]) == ("GET", "/api/no/such/thing")
+    assert "request" not in line
+
+
+def test_plain_lines_of_django_request_show_the_request_id(rf: RequestFactory) -> None:
+    request = rf.get("/x")
+    request.request_id = "plain-7"  # type: ignore[attr-defined]
+    rec = record(request=request)
+
+    RequestIdFilter().filter(rec)
+
+    assert rec.request_id == "plain-7"
 
 
 def test_plain_lines_show_the_request_id() -> None:
@@ -191,3 +220,89 @@ def test_changes_outside_a_request_are_logged_without_a_user(
     [override] = [line for line in lines if line["model"] == "RateLimitOverride"]
     assert "secret-app-key" not in json.dumps(override), "header values are logged hashed, as stored"
     assert override["policy"].startswith("partners:")
+
+
+# --- a database outage ----------------------------------------------------------------------------
+
+
+def test_a_database_outage_is_logged_once_per_interval_with_its_count(
+    monkeypatch: pytest.MonkeyPatch, rf: RequestFactory, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    now = [500.0]
+    monkeypatch.setattr(logging_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(
+        exceptions, "database_outage", Sampled(exceptions.logger, "database_unavailable", interval=10.0)
+    )
+    down = OperationalError("couldn't get a connection after 2.00 sec\nmore detail")
+
+    def fail() -> Response:
+        response = exceptions.problem_exception_handler(down, {"request": rf.get("/api/books")})
+        assert response is not None
+        assert response.status_code == 503
+        assert response._has_been_logged, "django.request must not log it a second time"  # type: ignore[attr-defined]
+        return response
+
+    for _ in range(4):
+        fail()
+    now[0] += 10.0
+    fail()
+
+    lines = [line for line in json_lines() if line.get("event") == "database_unavailable"]
+    assert [line["count"] for line in lines] == [1, 4]
+    assert {line["level"] for line in lines} == {"WARNING"}
+    assert lines[0]["error"] == "couldn't get a connection after 2.00 sec"
+    assert not any("exception" in line for line in lines)
+
+
+@pytest.mark.live
+def test_503s_during_a_postgres_outage_are_one_warning_not_two_errors_each(
+    live_servers: Callable[..., LiveServer],
+) -> None:
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    server = live_servers(
+        workers=1,
+        probe=True,
+        env_overrides={"DATABASE_URL": "postgres://postgres@127.0.0.1:1/bookstore", "DB_POOL_TIMEOUT": "0.2"},
+    )
+
+    replies = [request(server.port, "/api/books", headers={"X-Request-ID": f"outage-{i}"}) for i in range(4)]
+
+    assert [reply.status for reply in replies] == [503] * 4
+    lines = [json.loads(line) for line in server.error_log.read_text().splitlines() if line.startswith("{")]
+    outage = [line for line in lines if line.get("event") == "database_unavailable"]
+    assert len(outage) == 1, outage
+    assert (outage[0]["level"], outage[0]["count"], outage[0]["request_id"]) == ("WARNING", 1, "outage-0")
+    assert "exception" not in outage[0]
+    assert [line for line in lines if line["logger"] == "django.request"] == []
+
+
+# --- management commands ----------------------------------------------------------------------------
+
+
+def test_a_command_prints_only_its_output_on_stdout_and_logs_to_stderr(transactional_db: None) -> None:
+    RateLimitPolicy.objects.create(name="cmd-books", pattern="/api/books", limit=5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_", "LOG_"))}
+    env.update(
+        DEBUG="false",
+        SECRET_KEY="command-test-secret-key",
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        RESILIENCE_KEY_PREFIX=settings.RESILIENCE_KEY_PREFIX,
+    )
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", "ratelimit", "reset", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "reset 1 policy(ies)\n"
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [(line["event"], line["policy"], line["action"]) for line in logged] == [
+        ("policy_change", "cmd-books", "counters reset")
+    ]

@@ -10,6 +10,7 @@ from django.core.cache import cache
 from django.db import connections
 from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_django.fixtures import Settings
 
 from resilience.models import CircuitBreakerPolicy
 from tests.live import LiveServer, request
@@ -42,6 +43,29 @@ def test_metrics_refuse_an_address_outside_the_allowed_networks(db: None) -> Non
     assert client.get("/metrics").status_code == 403
     # A forwarded-for header is the client's word, not an address we trust.
     assert client.get("/metrics", HTTP_X_FORWARDED_FOR="127.0.0.1").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("header", "meta", "remote", "local"),
+    [
+        ("x-forwarded-for", "HTTP_X_FORWARDED_FOR", "203.0.113.9:51234", "127.0.0.1:40000"),
+        ("x-forwarded-for", "HTTP_X_FORWARDED_FOR", "[2001:db8::9]:443", "[::1]:40000"),
+        ("forwarded", "HTTP_FORWARDED", 'for="203.0.113.9:51234"', 'for="127.0.0.1:40000"'),
+        ("forwarded", "HTTP_FORWARDED", "for=unknown", 'for="[::1]"'),
+        ("forwarded", "HTTP_FORWARDED", "for=_hidden", "for=127.0.0.1"),
+    ],
+)
+def test_metrics_refuse_a_remote_client_arriving_through_a_loopback_proxy(
+    db: None, settings: Settings, header: str, meta: str, remote: str, local: str
+) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+    settings.TRUSTED_PROXY_HEADER = header
+    proxy = Client(REMOTE_ADDR="127.0.0.1")
+
+    assert proxy.get("/metrics", **{meta: remote}).status_code == 403
+    assert proxy.get("/health/breaker_metrics", **{meta: remote}).status_code == 403
+    # A client on the machine itself, through the same proxy, may still scrape.
+    assert proxy.get("/metrics", **{meta: local}).status_code == 200
 
 
 @override_settings(METRICS_BEARER_TOKEN="scrape-token-for-tests")

@@ -439,6 +439,53 @@ def test_one_trusted_proxy_makes_the_rightmost_forwarded_entry_the_client(db: No
     assert other.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("header", "meta", "client_a", "client_a_other_port", "client_b"),
+    [
+        ("x-forwarded-for", "HTTP_X_FORWARDED_FOR", "10.6.6.1:5123", "10.6.6.1:6000", "10.6.6.2:5123"),
+        ("x-forwarded-for", "HTTP_X_FORWARDED_FOR", "[2001:db8:a::1]:443", "2001:db8:a::2", "[2001:db8:b::1]:443"),
+        ("forwarded", "HTTP_FORWARDED", 'for="10.6.6.1:5123"', "for=10.6.6.1", 'for="10.6.6.2:5123"'),
+        ("forwarded", "HTTP_FORWARDED", 'for="[2001:db8:a::1]:443"', 'for="[2001:db8:a::1]"', 'for="[2001:db8:b::1]"'),
+    ],
+)
+def test_clients_behind_one_trusted_proxy_that_adds_ports_are_limited_separately(
+    db: None, settings: object, header: str, meta: str, client_a: str, client_a_other_port: str, client_b: str
+) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1  # type: ignore[attr-defined]
+    settings.TRUSTED_PROXY_HEADER = header  # type: ignore[attr-defined]
+    make_policy(name="books-ip", limit=2)
+    client = APIClient()
+    proxy = {"REMOTE_ADDR": "127.0.0.1"}
+
+    first = [client.get("/api/books", **{meta: client_a}, **proxy).status_code for _ in range(2)]
+    # A new connection from the same client comes from another port: still the same client.
+    same_client = client.get("/api/books", **{meta: client_a_other_port}, **proxy)
+    other_client = client.get("/api/books", **{meta: client_b}, **proxy)
+
+    assert first == [200, 200]
+    assert same_client.status_code == 429
+    assert other_client.status_code == 200
+
+
+def test_clients_the_proxy_cannot_name_count_against_the_proxy_not_everyone(db: None, settings: object) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1  # type: ignore[attr-defined]
+    settings.TRUSTED_PROXY_HEADER = "forwarded"  # type: ignore[attr-defined]
+    make_policy(name="books-ip", limit=2)
+    client = APIClient()
+    proxy = {"REMOTE_ADDR": "10.0.0.1"}
+
+    # Each garbled or anonymous report is a key a client could otherwise pick at will: they all
+    # count against the proxy that forwarded them.
+    unnamed = [
+        client.get("/api/books", HTTP_FORWARDED=value, **proxy).status_code
+        for value in ("for=unknown", "for=_r4nd0m1", 'for="x, for=10.6.6.9')
+    ]
+    honest = client.get("/api/books", HTTP_FORWARDED='for="10.6.6.1:5123"', **proxy)
+
+    assert unnamed == [200, 200, 429]
+    assert honest.status_code == 200
+
+
 @pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
 def test_ipv6_clients_share_a_budget_per_slash_64(db: None, algorithm: str) -> None:
     make_policy(name="books-ip", algorithm=algorithm, limit=2)
