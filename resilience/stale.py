@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from django.utils.cache import cc_delim_re
 
 from resilience.policyset import BreakerRule
 from resilience.runtime import Runtime, get_runtime, key_prefix
 
+# Splits a comma-separated header value, as django/utils/cache.py does.
+_LIST = re.compile(r"\s*,\s*")
 # Cache-Control directives that say a response is for one client, or must not be kept at all.
 _NOT_SHARED = frozenset({"private", "no-store"})
 # Request headers that name a client: a response Varying on one is shared only when the request
@@ -54,10 +56,10 @@ def shared_vary(request: HttpRequest, response: HttpResponse) -> list[str] | Non
     """Return the headers a shared copy of the response is keyed by, or None if it must not be shared."""
     if carries_credentials(request) or response.cookies or response.has_header("Set-Cookie"):
         return None
-    directives = {d.split("=", 1)[0].strip().lower() for d in cc_delim_re.split(response.get("Cache-Control", ""))}
+    directives = {d.split("=", 1)[0].strip().lower() for d in _LIST.split(response.get("Cache-Control", ""))}
     if directives & _NOT_SHARED:
         return None
-    vary = sorted({h.strip().lower() for h in cc_delim_re.split(response.get("Vary", "")) if h.strip()})
+    vary = sorted({h.strip().lower() for h in _LIST.split(response.get("Vary", "")) if h.strip()})
     if "*" in vary or any(request.META.get(_meta_name(h)) for h in vary if h in _CREDENTIAL_HEADERS):
         return None
     return vary
