@@ -13,10 +13,11 @@ from io import StringIO
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -29,13 +30,14 @@ from resilience import services
 from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitOverride, RateLimitPolicy
 from resilience.runtime import (
     POLICY_DB_CHECK_INTERVAL,
+    POLICY_RELOAD_BACKOFF,
     VERSION_CHECK_INTERVAL,
     get_runtime,
     key_prefix,
     reset_runtime,
 )
 from resilience.stores.redis_limiter import RedisLimiterStore
-from tests.live import LiveServer, RedisServer, request
+from tests.live import LiveServer, RedisServer, database_url, request
 
 POLICIES = "/admin/resilience/ratelimitpolicy/"
 # What staff are promised when the Redis signal fails: in force on every worker within this long (s).
@@ -246,6 +248,62 @@ def test_the_comparison_costs_one_query_per_interval_not_one_per_request(
     with django_assert_num_queries(1):  # the comparison: nothing changed, nothing reloaded
         for _ in range(6):
             assert client.get("/api/books").status_code == 429
+
+
+class VersionTableLock:
+    """Make this process's reads of the policy version fail, as with PostgreSQL gone.
+
+    Another connection holds the table in ACCESS EXCLUSIVE mode and this one gives up waiting for
+    a lock after 200 ms: the read raises a DatabaseError, as a dead database does after the pool's
+    wait.
+    """
+
+    def __init__(self) -> None:
+        self.holder = psycopg.connect(database_url().replace("postgres://", "postgresql://"))
+
+    def hold(self) -> None:
+        self.holder.execute("LOCK TABLE resilience_policyversion IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.holder.rollback()
+
+
+@pytest.fixture
+def version_table_lock(transactional_db: None) -> Iterator[VersionTableLock]:
+    lock = VersionTableLock()
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '200ms'")
+    yield lock
+    lock.release()
+    lock.holder.close()
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = DEFAULT")
+
+
+def test_an_unreadable_version_is_skipped_and_retried_later_without_stalling_requests(
+    clock: Clock, version_table_lock: VersionTableLock, django_assert_num_queries: Callable[..., Any]
+) -> None:
+    policy = shut_policy()
+    client = APIClient()
+    assert client.get("/api/books").status_code == 429  # loaded before the database went away
+    version_table_lock.hold()
+
+    clock.now += POLICY_DB_CHECK_INTERVAL
+    began = time.monotonic()
+    assert client.get("/api/books").status_code == 429  # the comparison failed: served with what it had
+    assert time.monotonic() - began < 1.0
+    with django_assert_num_queries(0):  # backing off: no request pays for another try
+        for _ in range(4):
+            clock.now += POLICY_RELOAD_BACKOFF / 4
+            assert client.get("/api/books").status_code == 429
+
+    # The database is back, with a change whose Redis signal never came.
+    version_table_lock.release()
+    RateLimitPolicy.objects.filter(pk=policy.pk).update(enabled=False)
+    PolicyVersion.bump()
+    clock.now += POLICY_DB_CHECK_INTERVAL
+
+    assert client.get("/api/books").status_code == 200
 
 
 # --- (b) a failed signal: staff are told, and workers still converge ------------------------------
