@@ -5,6 +5,10 @@ whose timeouts bound every call) when REDIS_URL is set, else an in-process store
 fails, the runtime answers from an in-process fallback store and stays off Redis for
 RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis costs one timeout per worker per interval, not one
 per request.
+
+A worker learns of policy changes from Redis's version counter (each admission returns it) and,
+as a backstop that does not depend on Redis, from PolicyVersion in PostgreSQL, compared every
+POLICY_DB_CHECK_INTERVAL seconds.
 """
 
 from __future__ import annotations
