@@ -58,6 +58,9 @@ MIDDLEWARE = [
     # /api/books/ -> 308 /api/books, ahead of the resilience layer: the redirect costs no quota.
     "bookstore.slashes.TrailingSlashRedirectMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Outside sessions and CSRF, as Django's UpdateCacheMiddleware: it judges whether a response may
+    # be kept for the stale fallback by the cookies and Vary those set (resilience/stale.py).
+    "resilience.stale.StaleCopyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -74,6 +77,7 @@ MIDDLEWARE = [
 # Off only to measure what the resilience layer costs (bench/ratelimit.py); default on.
 if not env_bool("RESILIENCE_MIDDLEWARE", True):
     MIDDLEWARE.remove("resilience.middleware.ResilienceMiddleware")
+    MIDDLEWARE.remove("resilience.stale.StaleCopyMiddleware")
 
 ROOT_URLCONF = "bookstore.urls"
 WSGI_APPLICATION = "bookstore.wsgi.application"

@@ -1,15 +1,16 @@
-"""Staff edit policies here; every save is in force on every worker within a second."""
+"""Staff edit policies here; every save is in force on every worker within a second (Redis), or 5 s at worst."""
 
 from __future__ import annotations
 
 import math
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -18,6 +19,7 @@ from resilience import services
 from resilience.breaker import State, StoreUnavailable
 from resilience.limiter import parse_rate
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
+from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime
 
 
 class RateLimitPolicyForm(forms.ModelForm):
@@ -62,32 +64,82 @@ class RateLimitOverrideInline(admin.TabularInline):
 _page = threading.local()
 
 
-def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest) -> None:
-    """Tell staff when a change they just made is enforced everywhere."""
+def _at(seconds: float) -> str:
+    """Return the local wall-clock time ``seconds`` from now, rounded up to the whole second."""
     # Rounded up: a truncated time would name a moment up to a second before the promise holds.
-    deadline = datetime.fromtimestamp(math.ceil(timezone.now().timestamp() + 1), tz=UTC)
-    by = timezone.localtime(deadline).strftime("%H:%M:%S")
+    deadline = datetime.fromtimestamp(math.ceil(timezone.now().timestamp() + seconds), tz=UTC)
+    return timezone.localtime(deadline).strftime("%H:%M:%S")
+
+
+def propagation_notice(report: services.Propagation) -> tuple[int, str] | None:
+    """Return the message level and text that tell staff when their changes reach every worker."""
+    if not report.changes:
+        return None
+    if report.failed:
+        return messages.WARNING, (
+            f"The change is committed, but the workers could not be told at once (Redis: {report.errors[-1]}). "
+            f"Each worker compares the policy version kept in PostgreSQL: the change reaches every worker "
+            f"within {POLICY_BACKSTOP_SECONDS} s, by {_at(POLICY_BACKSTOP_SECONDS)}."
+        )
+    if not get_runtime().uses_redis:
+        return messages.INFO, (
+            f"Without Redis, each worker finds this change in PostgreSQL: it reaches every worker within "
+            f"{POLICY_BACKSTOP_SECONDS} s, by {_at(POLICY_BACKSTOP_SECONDS)}."
+        )
+    return messages.INFO, f"In force on every worker by {_at(1)} (each worker reloads within a second)."
+
+
+def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest, report: services.Propagation) -> None:
+    """Tell staff when the changes a view just committed are enforced everywhere."""
+    notice = propagation_notice(report)
+    if notice is None:
+        return
+    level, text = notice
     admin_obj.message_user(
         request,
         format_html(
-            "In force on every worker by {} (each worker reloads within a second); "
-            '<a href="{}">the dashboard</a> shows which workers have loaded it.',
-            by,
+            '{} <a href="{}">The dashboard</a> shows which workers have loaded it.',
+            text,
             reverse("resilience-dashboard"),
         ),
+        level=level,
     )
 
 
 class PropagationNoticeMixin:
-    """After a save or delete, say when the change is in force on all workers."""
+    """After a view that changed policies, say whether and when the change is in force on all workers.
 
-    def save_model(self, request: HttpRequest, obj: object, form: object, change: bool) -> None:
-        super().save_model(request, obj, form, change)  # type: ignore[misc]
-        _announce_propagation(self, request)  # type: ignore[arg-type]
+    The change and delete views run in transaction.atomic and the workers are told after commit,
+    so the outcome is known only once the view has returned. MessageMiddleware stores messages
+    after that, so a notice added here still reaches the staff member's next page.
+    """
 
-    def delete_model(self, request: HttpRequest, obj: object) -> None:
-        super().delete_model(request, obj)  # type: ignore[misc]
-        _announce_propagation(self, request)  # type: ignore[arg-type]
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        with services.propagation_report() as report:
+            response = super().changeform_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+        return response
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        with services.propagation_report() as report:
+            response = super().delete_view(request, object_id, extra_context)  # type: ignore[misc]
+        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+        return response
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # Actions (enable, disable, reset counters, delete selected) run from the change list.
+        with services.propagation_report() as report:
+            response = super().changelist_view(request, extra_context)  # type: ignore[misc]
+        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+        return response
 
 
 def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, message: str) -> None:
@@ -206,7 +258,7 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
         ("While open", {"fields": ("fallback", "stale_max_age")}),
     )
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> object:
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # One pipelined read of every breaker's live state for the whole page, kept per thread
         # because one ModelAdmin instance serves every request of a threaded worker.
         try:

@@ -13,16 +13,14 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
 from bookstore.problems import problem_response
-from resilience import audit
+from resilience import audit, stale
 from resilience.breakers import (
     PUBLIC_STATE,
     Call,
     announce,
     held_by_request,
     known_open,
-    load_stale,
     remember_refusal,
-    save_stale,
 )
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec
@@ -384,16 +382,8 @@ class ResilienceMiddleware:
             and not response.streaming
             and runtime.store_available()
         ):
-            for call in calls:
-                if call.rule.stale:
-                    save_stale(
-                        runtime,
-                        call.rule,
-                        request.get_full_path(),
-                        response.status_code,
-                        response.get("Content-Type", ""),
-                        response.content,
-                    )
+            # Kept by StaleCopyMiddleware, once the outer middleware has set its cookies and Vary.
+            setattr(request, stale.WANTED, [call.rule for call in calls if call.rule.stale])
         return response
 
     def _open_response(
@@ -401,11 +391,13 @@ class ResilienceMiddleware:
     ) -> HttpResponse:
         seconds = max(1, math.ceil(retry_after))
         if rule.stale and request.method == "GET":
-            kept = load_stale(runtime, rule, request.get_full_path())
+            kept = stale.load_stale(runtime, rule, request)  # never for a request with credentials
             if kept is not None:
                 response = HttpResponse(
                     kept["body"].encode("latin-1"), status=kept["status"], content_type=kept["content_type"]
                 )
+                if kept.get("vary"):
+                    response["Vary"] = kept["vary"]
                 age = max(0, int(time.time() - kept["saved_at"]))
                 response["Age"] = str(age)
                 response["X-Stale-Response"] = f"breaker={rule.name}; age={age}"

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -14,14 +18,54 @@ from resilience.breaker import BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
 from resilience.limiter import Decision
-from resilience.models import CircuitBreakerPolicy, RateLimitPolicy, hash_key_value
+from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy, hash_key_value
 from resilience.policyset import breaker_config
 from resilience.runtime import get_runtime, key_prefix
 
 
+@dataclass
+class Propagation:
+    """What became of the policy changes made inside propagation_report(): were the workers told?"""
+
+    changes: int = 0  # policies_changed() calls
+    errors: list[str] = field(default_factory=list)  # why each failed Redis signal failed
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+
+_report: ContextVar[Propagation | None] = ContextVar("policy_propagation", default=None)
+
+
+@contextmanager
+def propagation_report() -> Iterator[Propagation]:
+    """Collect whether the workers were told of the policy changes committed inside the block."""
+    report = Propagation()
+    token = _report.set(report)
+    try:
+        yield report
+    finally:
+        _report.reset(token)
+
+
+def _signal_workers(report: Propagation | None) -> None:
+    error = get_runtime().bump_version()
+    if report is not None and error is not None:
+        report.errors.append(error)
+
+
 def policies_changed() -> None:
-    """Make every worker reload the policies once the current transaction commits."""
-    transaction.on_commit(lambda: get_runtime().bump_version())
+    """Count a policy change in PostgreSQL now, and tell every worker through Redis once it commits.
+
+    The count is in the change's own transaction, so it cannot be lost: a worker that misses the
+    Redis signal finds it within POLICY_DB_CHECK_INTERVAL (resilience/runtime.py).
+    """
+    PolicyVersion.bump()
+    report = _report.get()
+    if report is not None:
+        report.changes += 1
+    transaction.on_commit(partial(_signal_workers, report))
 
 
 @transaction.atomic
