@@ -28,7 +28,8 @@ class TokenInput(serializers.Serializer):
 
 
 class TokenOutput(serializers.Serializer):
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`. Shown once.")
+    expiry = serializers.DateTimeField(help_text="When the token stops working (ISO 8601, UTC); sign in again then.")
 
 
 class UserOutput(serializers.ModelSerializer):
