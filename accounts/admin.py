@@ -6,11 +6,14 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 
 from accounts import services
+from accounts.forms import UserCreateForm, UserEditForm
 from accounts.models import User
 
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
+    form = UserEditForm
+    add_form = UserCreateForm
     list_display = ["username", "email", "role", "status", "is_active", "date_joined", "last_login"]
     list_filter = ["role", "status", "is_active", "is_superuser"]
     search_fields = ["username", "email", "first_name", "last_name"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
@@ -43,7 +45,8 @@ class TokenApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = TokenInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        login = serializer.validated_data["username"]
+        # Usernames are stored NFKC-normalised: "ｒｅａｄｅｒ" signs in as "reader".
+        login = unicodedata.normalize("NFKC", serializer.validated_data["username"])
         if "@" in login:
             match = User.objects.filter(email=login.strip().lower()).only("username").first()
             login = match.username if match else login

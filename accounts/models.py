@@ -6,6 +6,8 @@ from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models, transaction
 from django.db.models.functions import Lower
 
+from accounts.usernames import skeleton
+
 # The group whose permissions a staff role grants (migration 0003 lists them; README "Roles").
 SHOP_STAFF_GROUP = "Shop staff"
 
@@ -35,6 +37,10 @@ class User(AbstractUser):
         help_text="active (default) or suspended: a suspended account cannot place orders.",
     )
 
+    # TR39 skeleton of the username (accounts/usernames.py): a new name may not share one with an
+    # existing user. Not unique: names from before the rule stay as they are, look-alikes included.
+    username_skeleton = models.TextField(editable=False, default="")
+
     objects = UserManager()
 
     class Meta:
@@ -43,6 +49,7 @@ class User(AbstractUser):
             models.CheckConstraint(condition=models.Q(status__in=["active", "suspended"]), name="user_status_valid"),
             models.UniqueConstraint(Lower("email"), name="user_email_ci_unique"),
         ]
+        indexes = [models.Index(fields=["username_skeleton"], name="user_username_skeleton")]
 
     @property
     def is_suspended(self) -> bool:
@@ -80,8 +87,10 @@ class User(AbstractUser):
             self.is_staff = True
         elif not self.is_superuser:
             self.is_staff = False
-        if fields is not None and fields & {"role", "is_superuser"}:
-            kwargs["update_fields"] = fields | {"is_staff"}
+        if fields is None or "username" in fields:
+            self.username_skeleton = skeleton(self.username)
+        if fields is not None and fields & {"role", "is_superuser", "username"}:
+            kwargs["update_fields"] = fields | {"is_staff", "username_skeleton"}
         self.email = (self.email or "").strip().lower()
         with transaction.atomic():
             super().save(*args, **kwargs)
