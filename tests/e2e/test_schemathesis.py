@@ -143,3 +143,12 @@ def test_api_success_responses_conform_to_the_schema(
         case = api_schema[path][method].Case(path_parameters={"id": order_id})
         response = case.call_and_validate(headers=as_customer, checks=CHECKS)
         assert response.status_code == 200, (method, path, response.text)
+    # Signing out last: the tokens stop working.
+    for headers, method, path, status in [
+        (as_staff, "POST", "/api/accounts/logout", 204),
+        (as_staff, "GET", "/api/accounts/me", 401),
+        (as_customer, "POST", "/api/accounts/logout-all", 204),
+        (as_customer, "GET", "/api/orders", 401),
+    ]:
+        response = api_schema[path][method].Case().call_and_validate(headers=headers, checks=CHECKS)
+        assert response.status_code == status, (method, path, response.text)
