@@ -13,7 +13,7 @@ SHOP_STAFF_GROUP = "Shop staff"
 
 
 class User(AbstractUser):
-    """A customer or a staff member; suspended users may sign in but not order."""
+    """A customer or a staff member; a suspended account loses its API tokens and cannot order."""
 
     class Role(models.TextChoices):
         CUSTOMER = "customer", "Customer"
