@@ -106,6 +106,8 @@ def principal(request: HttpRequest) -> Principal:
 
 def _forget_token(sender: type, instance: Any, **kwargs: Any) -> None:
     """Forget a deleted (revoked or expired) token at once."""
+    # A lookup that read the row just before the delete may still store it afterwards: this worker
+    # then trusts it for at most PRINCIPAL_TTL, like every other worker.
     with _lock:
         _cache.pop("t:" + instance.digest, None)
 

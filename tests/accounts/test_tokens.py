@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, connections
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
@@ -99,6 +100,16 @@ def test_token_lifetime_comes_from_the_environment() -> None:
     assert out.stdout.split() == ["9000.0", "4"]
     assert bad.returncode != 0
     assert "TOKEN_TTL_HOURS" in bad.stderr
+
+
+def test_token_authentication_costs_one_query(db: None, customer: User) -> None:
+    client = _signed_in(_sign_in(customer))
+    client.get(ME)  # warm: the resilience runtime loads its policies once
+
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(ME).status_code == 200
+
+    assert len(queries) == 1, [query["sql"] for query in queries]
 
 
 # --- expiry --------------------------------------------------------------------------------------
