@@ -42,7 +42,7 @@ def _isbn13(n: int) -> str:
 
 def _prepare(clients: int) -> tuple[int, list[str]]:
     """Create the hot book and the customers through the services; return the book id and tokens."""
-    from accounts.services import token_for, user_create
+    from accounts.services import token_create, user_create
     from catalog.services import book_create
     from resilience.models import RateLimitPolicy
     from resilience.services import policy_update
@@ -51,9 +51,9 @@ def _prepare(clients: int) -> tuple[int, list[str]]:
         isbn=_isbn13(1), title="Bench hot book", price=Decimal("12.50"), stock=HOT_STOCK, authors=["Bench"]
     )
     tokens = [
-        token_for(
+        token_create(
             user=user_create(username=f"bench{n}", email=f"bench{n}@bench.invalid", password="bench-password-unused")
-        )
+        ).token
         for n in range(clients)
     ]
     # Every client comes from 127.0.0.1, so the default orders-ip policy (100/minute) would refuse

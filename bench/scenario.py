@@ -138,7 +138,7 @@ def _seed() -> dict[str, Any]:
     from django.core.management import call_command
 
     from accounts.models import User
-    from accounts.services import token_for, user_create
+    from accounts.services import token_create, user_create
     from catalog.models import Book
 
     call_command("demo_data", books=BOOKS, seed=11, stdout=io.StringIO())
@@ -147,7 +147,9 @@ def _seed() -> dict[str, Any]:
     Book.objects.filter(pk__in=hot_ids).update(stock=HOT_STOCK)
     in_stock_ids = list(Book.objects.filter(stock__gte=10).exclude(pk__in=hot_ids).values_list("pk", flat=True))
     tokens = [
-        token_for(user=user_create(username=f"customer{n}", email=f"customer{n}@bench.invalid", password="unused-pw"))
+        token_create(
+            user=user_create(username=f"customer{n}", email=f"customer{n}@bench.invalid", password="unused-pw")
+        ).token
         for n in range(CUSTOMERS)
     ]
     staff = User.objects.get(username="staff")
@@ -156,7 +158,7 @@ def _seed() -> dict[str, Any]:
         "hot_ids": hot_ids,
         "in_stock_ids": in_stock_ids,
         "tokens": tokens,
-        "staff_token": token_for(user=staff),
+        "staff_token": token_create(user=staff).token,
         "initial_stock": dict(Book.objects.values_list("pk", "stock")),
         "list_pages": max(1, len(book_ids) // 20),
     }

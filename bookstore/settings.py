@@ -7,6 +7,7 @@ DEBUG is on. Set DATABASE_URL=postgres://... and REDIS_URL=redis://... for the r
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -38,7 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
@@ -160,6 +161,20 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
     "django.contrib.auth.hashers.ScryptPasswordHasher",
 ]
+# API tokens (django-rest-knox): random, stored only as a SHA-512 digest, revoked on logout, on a
+# password change and on suspension. A token lives TOKEN_TTL_HOURS from sign-in and use does not
+# extend it: a leaked token is worth at most that long, and authenticating stays a read, not a write.
+TOKEN_TTL_HOURS = env_float("TOKEN_TTL_HOURS", 10.0, minimum=0.01)
+# Live tokens one account may hold (one per device or script); signing in once more revokes the oldest.
+TOKEN_LIMIT_PER_USER = env_int("TOKEN_LIMIT_PER_USER", 10, minimum=1)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=TOKEN_TTL_HOURS),
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",
+    # knox's own cap answers 403 at the limit; accounts.services.token_create evicts the oldest instead.
+    "TOKEN_LIMIT_PER_USER": None,
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -219,7 +234,7 @@ RATELIMIT_IPV6_PREFIX = env_int("RATELIMIT_IPV6_PREFIX", 64, minimum=1)
 # --- REST framework / OpenAPI ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -11,7 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from accounts.services import token_for, user_create
+from accounts.services import token_create, user_create
 from catalog.models import Book
 from catalog.services import book_create
 
@@ -81,7 +81,7 @@ def anon_client() -> APIClient:
 def client_for(user: User) -> APIClient:
     """Return an API client authenticated with the user's token, as a real client would be."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user=user)}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=user).token}")
     return client
 
 

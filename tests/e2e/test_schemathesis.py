@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from accounts.models import User
-from accounts.services import token_for
+from accounts.services import token_create
 from bookstore.wsgi import application
 from catalog.models import Book
 from orders.models import Order
@@ -70,7 +70,7 @@ def staff_token(staff: User, make_book: Callable[..., Book]) -> str:
     # A few books, so reads and writes by id sometimes find one instead of always answering 404.
     for _ in range(3):
         make_book()
-    return token_for(user=staff)
+    return token_create(user=staff).token
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), _runs())
@@ -97,8 +97,8 @@ def test_api_success_responses_conform_to_the_schema(
     """Walk the happy paths the fuzzer rarely reaches (a valid ISBN, a real order) and check them too."""
     ordered = make_book(title="River Song", authors=["Ann Author"], stock=5)
     spare = make_book(stock=5)
-    as_staff = {"Authorization": f"Token {token_for(user=staff)}"}
-    as_customer = {"Authorization": f"Token {token_for(user=customer)}"}
+    as_staff = {"Authorization": f"Token {token_create(user=staff).token}"}
+    as_customer = {"Authorization": f"Token {token_create(user=customer).token}"}
     book = {"isbn": "0-306-40615-2", "title": "Fuzzed", "authors": ["Bea"], "price": "3.50", "stock": 2}
     steps: list[tuple[dict, str, str, dict, dict, object, int]] = [
         ({}, "GET", "/api/books", {}, {"author": "ann", "in_stock": "true", "ordering": "-price"}, None, 200),
@@ -140,3 +140,12 @@ def test_api_success_responses_conform_to_the_schema(
         case = api_schema[path][method].Case(path_parameters={"id": order_id})
         response = case.call_and_validate(headers=as_customer, checks=CHECKS)
         assert response.status_code == 200, (method, path, response.text)
+    # Signing out last: the tokens stop working.
+    for headers, method, path, status in [
+        (as_staff, "POST", "/api/accounts/logout", 204),
+        (as_staff, "GET", "/api/accounts/me", 401),
+        (as_customer, "POST", "/api/accounts/logout-all", 204),
+        (as_customer, "GET", "/api/orders", 401),
+    ]:
+        response = api_schema[path][method].Case().call_and_validate(headers=headers, checks=CHECKS)
+        assert response.status_code == status, (method, path, response.text)
