@@ -35,6 +35,8 @@ def exclude_staff_operations(endpoints: list[tuple[str, str, str, Any]], **kwarg
 SUMMARIES = {
     "accounts_register": "Register a customer account",
     "accounts_token": "Get an API token",
+    "accounts_logout": "Revoke the token of this request",
+    "accounts_logout_all": "Revoke every token of the signed-in account",
     "accounts_me": "Show the signed-in account",
     "books_list": "List books",
     "books_create": "Add a book",
