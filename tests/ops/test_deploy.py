@@ -220,7 +220,7 @@ def test_dockerfile_builds_the_app_as_documented() -> None:
     text = DOCKERFILE.read_text()
 
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert "pip install ." in text
+    assert "pip install --require-hashes -r requirements/main.txt" in text, "the pinned runtime set"
     assert "collectstatic --noinput" in text
     assert re.search(r"^USER \w+", text, re.M), "the app does not run as root"
     assert 'CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "bookstore.wsgi"]' in text
