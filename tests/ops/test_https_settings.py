@@ -151,6 +151,8 @@ def test_admin_login_behind_a_tls_proxy_passes_csrf(live_servers: Any) -> None:
     )
     plain = proxy.get(f"{server.url}/admin/login/", headers={"X-Forwarded-For": "203.0.113.9"},
                       allow_redirects=False, timeout=10)  # fmt: skip
+    # Prometheus scrapes the app itself over plain HTTP, from the private network.
+    scrape = proxy.get(f"{server.url}/metrics", allow_redirects=False, timeout=10)
 
     assert login.status_code == 302, login.text[:300]
     assert login.headers["Location"] == "/admin/"
@@ -161,3 +163,4 @@ def test_admin_login_behind_a_tls_proxy_passes_csrf(live_servers: Any) -> None:
     # A request the proxy says came over plain HTTP is sent to https.
     assert plain.status_code == 301
     assert plain.headers["Location"] == f"{origin}/admin/login/"
+    assert scrape.status_code == 200
