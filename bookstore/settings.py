@@ -7,6 +7,7 @@ DEBUG is on. Set DATABASE_URL=postgres://... and REDIS_URL=redis://... for the r
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +28,7 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-on"  # noqa: S105
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Other origins (https://other.example) whose forms may post here; the site's own origin always may.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -205,9 +207,6 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024,
 # --- Security (safe unless told otherwise) --------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and env_bool("HTTPS", False))
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 
 # Number of reverse proxies in front of the app whose entries in TRUSTED_PROXY_HEADER are trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
@@ -217,6 +216,33 @@ TRUSTED_PROXY_HEADER = env_choice("TRUSTED_PROXY_HEADER", "x-forwarded-for", ("x
 # RFC 7239 obfuscated identifiers (for=_abc) may be new on every request: by default they count
 # against the proxy that sent them; per-client when the proxies keep one identifier per client.
 TRUSTED_PROXY_OBFUSCATED_IDS = env_choice("TRUSTED_PROXY_OBFUSCATED_IDS", "per-request", ("per-request", "per-client"))
+
+# HTTPS=true: browsers reach the site over HTTPS only (TLS ends at the reverse proxy). It is the
+# default of each setting below; each can still be set on its own. Off with DEBUG, whose runserver
+# speaks plain HTTP (secure cookies would never come back to it).
+HTTPS = env_bool("HTTPS", False) and not DEBUG
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+# Probes are answered ahead of SecurityMiddleware; Prometheus scrapes the app itself, not the proxy.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+# The request header that carries the client's scheme, set (never passed through) by the proxy:
+# without it, Django sees every request behind a TLS-terminating proxy as plain HTTP, so a form's
+# https Origin does not match and the admin login fails CSRF. Believed only when a proxy is trusted
+# (a client talking to the app directly could claim https); SECURE_PROXY_SSL_HEADER= turns it off.
+_proxy_ssl_header = (
+    env_str("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if TRUSTED_PROXY_COUNT else "") or ""
+).strip()
+if _proxy_ssl_header and not re.fullmatch(r"[A-Za-z0-9-]+", _proxy_ssl_header):
+    raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r} is not a header name")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+# HSTS cannot be taken back for its duration (browsers refuse plain HTTP until it runs out), so it
+# is never on by default: production sets a year once HTTPS works everywhere (seconds).
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 # --- Resilience -----------------------------------------------------------------------------
 # Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).
