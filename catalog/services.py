@@ -58,17 +58,20 @@ def book_create(
 
 @transaction.atomic
 def book_update(*, book: Book, authors: Iterable[str] | None = None, **fields: object) -> Book:
-    """Update the given fields of a book (and its authors when given)."""
+    """Update the given fields of a book (and its authors when given); leave every other column as it is."""
     for name, value in fields.items():
         setattr(book, name, value)
     try:
         with transaction.atomic():
-            book.save()
+            # Only the given columns: the instance was read earlier, and saving all of it would
+            # put back the stock it saw, undoing every order placed since.
+            book.save(update_fields=[*fields, "updated_at"])
     except IntegrityError as e:
         raise IsbnTaken(f"A book with ISBN {book.isbn} already exists.") from e
     if authors is not None:
         book.authors.set(_authors_by_name(authors))
         book.refresh_authors_text()
+    book.refresh_from_db()  # show what is stored now, the stock orders left included
     return book
 
 

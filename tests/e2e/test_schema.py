@@ -111,6 +111,26 @@ def test_schema_documents_catalogue_writes_and_reads(schema: dict) -> None:
     assert book_input["properties"]["stock"]["minimum"] == 0
 
 
+def _request_schema(schema: dict, operation: dict) -> dict:
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+
+
+def test_schema_says_put_replaces_the_whole_book_and_patch_changes_part(schema: dict) -> None:
+    detail = schema["paths"]["/api/books/{id}"]
+    replace, patch = _request_schema(schema, detail["put"]), _request_schema(schema, detail["patch"])
+
+    every_field = {"isbn", "title", "authors", "description", "price", "stock", "published_on"}
+    assert set(replace["properties"]) == set(patch["properties"]) == every_field
+    assert set(replace["required"]) == every_field
+    assert "required" not in patch
+    # Empty values stay expressible, and no default stands in for a field left out.
+    assert replace["properties"]["published_on"]["nullable"] is True
+    assert replace["properties"]["stock"]["minimum"] == 0
+    assert not any("default" in field for field in replace["properties"].values())
+    assert "PATCH" in detail["put"]["description"]
+
+
 @pytest.mark.parametrize("path", ["/api/books", "/api/books/search", "/api/orders"])
 def test_schema_documents_list_pagination(schema: dict, path: str) -> None:
     operation = schema["paths"][path]["get"]
