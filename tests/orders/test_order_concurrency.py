@@ -170,7 +170,7 @@ def test_order_place_service_opposite_line_orders_never_deadlock(
     assert [_stock(book) for book in books] == [850] * 4
 
 
-# --- a staff edit between the unlocked price read and the row lock ----------------------------
+# --- a write that lands while another transaction holds the book's row lock ------------------
 
 
 def _await_a_waiter_on_my_locks() -> None:
@@ -184,29 +184,30 @@ def _await_a_waiter_on_my_locks() -> None:
             )
             if cursor.fetchone()[0]:
                 return
-            assert time.monotonic() < deadline, "no request queued on the staff edit's row lock"
+            assert time.monotonic() < deadline, "nothing queued on the held row lock"
             time.sleep(0.005)  # PostgreSQL announces no lock wait; poll its lock table
 
 
-def _staff_edit_while_an_order_waits(edit: Callable[[], object], order: Callable[[], HttpResponse]) -> HttpResponse:
-    """Run edit in a transaction that commits only once order() has read prices and queued on the lock.
+def _while_held(hold: Callable[[], object], then: Callable[[], HttpResponse]) -> HttpResponse:
+    """Run hold() in a transaction that commits only once then() has started and queued on its locks.
 
-    order() starts after edit() has run, so its unlocked read sees the committed (old) rows and its
-    row lock waits for the edit: exactly the window between order_place's two reads.
+    then() starts after hold() has run, so its unlocked reads see the rows as they were before
+    hold() and its row locks wait for hold() to commit: the window between order_place's two reads
+    when hold() is a staff edit, or a delete racing an order when hold() places the order.
     """
-    edited = threading.Event()
+    held = threading.Event()
 
-    def staff(barrier: threading.Barrier) -> None:
+    def first(barrier: threading.Barrier) -> None:
         with transaction.atomic():
-            edit()
-            edited.set()
+            hold()
+            held.set()
             _await_a_waiter_on_my_locks()
 
-    def customer(barrier: threading.Barrier) -> HttpResponse:
-        assert edited.wait(BARRIER_TIMEOUT)
-        return order()
+    def second(barrier: threading.Barrier) -> HttpResponse:
+        assert held.wait(BARRIER_TIMEOUT)
+        return then()
 
-    return _together([staff, customer])[1]
+    return _together([first, second])[1]
 
 
 def test_order_place_checks_the_total_again_at_a_price_raised_before_the_lock(
@@ -221,9 +222,9 @@ def test_order_place_checks_the_total_again_at_a_price_raised_before_the_lock(
     def raise_price(price: str) -> Callable[[], int]:
         return lambda: Book.objects.filter(pk=book.pk).update(price=Decimal(price))
 
-    refused = _staff_edit_while_an_order_waits(raise_price("99999999.99"), order(1000))
+    refused = _while_held(raise_price("99999999.99"), order(1000))
     Book.objects.filter(pk=book.pk).update(price=Decimal("1.00"))
-    sold = _staff_edit_while_an_order_waits(raise_price("2.50"), order(4))
+    sold = _while_held(raise_price("2.50"), order(4))
 
     # 1000 x 1.00 fitted; 1000 x 99,999,999.99 at the locked price does not, and nothing is sold.
     assert refused.status_code == 422, refused.content
@@ -247,7 +248,7 @@ def test_order_place_names_a_book_deleted_before_the_lock_as_unknown(
     client = client_for(customer)
     lines = [{"book_id": kept.pk, "quantity": 1}, {"book_id": deleted.pk, "quantity": 1}]
 
-    response = _staff_edit_while_an_order_waits(
+    response = _while_held(
         lambda: Book.objects.filter(pk=deleted.pk).delete(),
         lambda: client.post(ORDERS, {"lines": lines}, format="json"),
     )
@@ -257,6 +258,26 @@ def test_order_place_names_a_book_deleted_before_the_lock_as_unknown(
     assert response.json()["book_ids"] == [deleted.pk]
     assert not Order.objects.exists()
     assert _stock(kept) == 5
+
+
+def test_book_delete_racing_an_order_of_it_is_409_and_keeps_the_order(
+    customer: User, staff: User, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=5)
+    staff_client = client_for(staff)
+
+    # The order is not committed when the delete looks for orders of the book, so only the
+    # database's foreign key can stop the delete, once the order commits.
+    response = _while_held(
+        lambda: order_place(user=customer, lines=[LineRequest(book_id=book.pk, quantity=2)]),
+        lambda: staff_client.delete(f"/api/books/{book.pk}"),
+    )
+
+    assert response.status_code == 409, response.content
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["type"].endswith("/protected")
+    assert _stock(book) == 3
+    assert OrderLine.objects.get().book_id == book.pk
 
 
 # --- idempotency ------------------------------------------------------------------------------
