@@ -66,7 +66,7 @@ _DESCRIPTIONS = {
     "409": "Conflicts with the current state (taken ISBN, referenced book, short stock, already cancelled).",
     "413": "Request body too large.",
     "415": "Unsupported request media type.",
-    "422": "Idempotency-Key reused with a different request body.",
+    "422": "Idempotency-Key reused with a different request body, or an order total above what one order may hold.",
     "429": "Rate limited; see Retry-After.",
     "503": "Temporarily reduced capacity (a circuit breaker is open); see Retry-After.",
 }

@@ -131,6 +131,20 @@ def test_schema_says_put_replaces_the_whole_book_and_patch_changes_part(schema: 
     assert "PATCH" in detail["put"]["description"]
 
 
+def test_schema_documents_exactly_the_orders_the_api_takes(schema: dict) -> None:
+    """Whatever the schema allows is accepted: generated clients and the fuzzer get past validation."""
+    create = schema["paths"]["/api/orders"]["post"]
+
+    assert set(create["requestBody"]["content"]) == {"application/json"}
+    lines = _request_schema(schema, create)["properties"]["lines"]
+    assert (lines["minItems"], lines["maxItems"]) == (1, 100)
+    (key,) = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
+    assert (key["schema"]["minLength"], key["schema"]["maxLength"]) == (1, 255)
+    assert key["schema"]["pattern"] == "^[!-~]([ -~]*[!-~])?$"
+    assert "9999999999.99" in create["description"]
+    assert "order total" in create["responses"]["422"]["description"]
+
+
 @pytest.mark.parametrize("path", ["/api/books", "/api/books/search", "/api/orders"])
 def test_schema_documents_list_pagination(schema: dict, path: str) -> None:
     operation = schema["paths"][path]["get"]
