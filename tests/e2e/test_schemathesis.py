@@ -38,7 +38,7 @@ from tests.conftest import client_for
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 SETTINGS = settings(derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-# Examples per operation, mode and role: 25 keep the file near 45 s of CPU, and since half the orders
+# Examples per operation, mode and role: 25 keep the file near 40 s of CPU, and since half the orders
 # go to the shop fixture's books, every customer and staff run orders more than 100 copies of the
 # dearest one (a total past what an order holds) several times. SCHEMATHESIS_EXAMPLES runs deeper.
 # A role refused before the view reads anything (401 or 403 whatever the input) needs only a few.
