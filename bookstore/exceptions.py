@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import InterfaceError, OperationalError
+from django.db import DataError, InterfaceError, OperationalError
 from django.db.models import ProtectedError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views import defaults
@@ -118,6 +118,19 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         response = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers={"Retry-After": "5"})
         response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
         return response
+    elif isinstance(exc, DataError):
+        # A value passed validation but the database cannot store it (a number out of its column's
+        # range, say). The client can fix it, so it is a 400, not a 500; the log says which check
+        # is missing.
+        logger.warning("value the database cannot store: %s", exc, extra={"event": "data_error"})
+        body = problem_body(
+            status=400,
+            slug="unstorable-value",
+            title="Value out of range",
+            detail="A value in the request is out of the range the shop can store.",
+            instance=instance,
+        )
+        return Response(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
     elif isinstance(exc, ProtectedError):
         body = problem_body(
             status=409,

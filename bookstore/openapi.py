@@ -111,7 +111,7 @@ _DESCRIPTIONS = {
     "409": "Conflicts with the current state (taken ISBN, referenced book, short stock, already cancelled).",
     "413": "Request body too large.",
     "415": "Unsupported request media type.",
-    "422": "Idempotency-Key reused with a different request body.",
+    "422": "Idempotency-Key reused with a different request body, or an order total above what one order may hold.",
     "429": "Rate limited: a policy's quota is spent; `violated-policies` names it. Retry after Retry-After seconds.",
     "503": (
         "Temporarily unavailable: a circuit breaker is open, the database is unreachable, or a fail-closed "
