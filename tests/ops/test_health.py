@@ -9,11 +9,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import Client, RequestFactory
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from bookstore import health
+from resilience import services
+from resilience.breaker import State
 from resilience.models import RateLimitPolicy
 from resilience.policyset import compile_policies
-from tests.live import HOST, LiveServer, database_url, request
+from tests.live import HOST, LiveServer, RedisServer, database_url, request
 
 
 def test_live_answers_without_database_or_redis(monkeypatch: pytest.MonkeyPatch, rf: RequestFactory) -> None:
@@ -38,19 +42,40 @@ def test_ready_answers_ok_when_database_and_redis_answer(db: None) -> None:
     assert response["Cache-Control"].startswith("max-age=0")
 
 
-def test_ready_is_a_problem_naming_the_failed_check(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken() -> None:
-        raise ConnectionRefusedError("connection refused")
+def broken() -> None:
+    raise ConnectionRefusedError("connection refused")
 
-    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+
+def status_gauge() -> dict[str, float | None]:
+    return {s: REGISTRY.get_sample_value("bookstore_health_status", {"status": s}) for s in health.STATUSES}
+
+
+def test_ready_is_a_problem_naming_the_failed_check(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "checks", lambda: {"database": broken, "redis": health.check_redis})
 
     response = Client().get("/health/ready")
 
     assert response.status_code == 503
     assert response["Content-Type"] == "application/problem+json"
     body = response.json()
-    assert body["checks"] == {"database": "ok", "redis": "error: ConnectionRefusedError: connection refused"}
-    assert body["detail"] == "Failing: redis."
+    assert body["checks"] == {"database": "error: ConnectionRefusedError: connection refused", "redis": "ok"}
+    assert body["detail"] == "Failing: database."
+    assert status_gauge() == {"ok": 0, "degraded": 0, "not-ready": 1}
+
+
+def test_ready_is_degraded_not_failing_when_redis_fails(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API keeps serving on per-worker limits: pulling the instance would make it an outage.
+    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+
+    response = Client().get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "degraded",
+        "checks": {"database": "ok", "redis": "error: ConnectionRefusedError: connection refused"},
+    }
+    assert status_gauge() == {"ok": 0, "degraded": 1, "not-ready": 0}
+    assert REGISTRY.get_sample_value("bookstore_health_check_up", {"check": "redis"}) == 0
 
 
 def test_ready_gives_up_on_a_hung_check_within_the_timeout(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,8 +89,24 @@ def test_ready_gives_up_on_a_hung_check_within_the_timeout(db: None, monkeypatch
     response = Client().get("/health/ready")
 
     assert time.monotonic() - began < 1.5
-    assert response.status_code == 503
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
     assert response.json()["checks"] == {"database": "ok", "redis": "error: no answer within 0.2 s"}
+
+
+def test_ready_says_not_ready_at_once_while_the_database_breaker_is_open(transactional_db: None) -> None:
+    services.breaker_force(names=["database"], state=State.FORCED_OPEN)
+    try:
+        began = time.monotonic()
+        response = Client().get("/health/ready")
+        seconds = time.monotonic() - began
+    finally:
+        services.breaker_reset(names=["database"])
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("error: DatabaseUnavailable: the database circuit breaker")
+    assert response.json()["checks"]["redis"] == "ok"
+    assert seconds < 0.5
 
 
 @pytest.mark.default_policies
@@ -124,6 +165,15 @@ def test_ready_names_the_database_when_postgres_hangs(
     assert (live.status, live.body) == (200, b'{"status": "ok"}')
 
 
+def degraded_gauge(server: LiveServer) -> float | None:
+    metrics = request(server.port, "/metrics").body.decode()
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "bookstore_health_status" and sample.labels == {"status": "degraded"}:
+                return sample.value
+    return None
+
+
 @pytest.mark.live
 def test_ready_names_redis_when_redis_is_unreachable(live_servers: Callable[..., LiveServer]) -> None:
     server = live_servers(
@@ -132,11 +182,35 @@ def test_ready_names_redis_when_redis_is_unreachable(live_servers: Callable[...,
 
     reply = request(server.port, "/health/ready")
 
-    assert reply.status == 503, reply.body
-    checks = json.loads(reply.body)["checks"]
-    assert checks["database"] == "ok"
-    assert checks["redis"].startswith("error: ")
+    assert reply.status == 200, reply.body
+    body = json.loads(reply.body)
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"].startswith("error: ")
+    assert degraded_gauge(server) == 1
     assert request(server.port, "/health/live").status == 200
+    assert request(server.port, "/api/books").status == 200, "the API serves without Redis"
+
+
+@pytest.mark.live
+def test_ready_is_degraded_when_redis_answers_ping_but_refuses_scripts(
+    live_servers: Callable[..., LiveServer],
+) -> None:
+    # Scripts switched off as an operator can: PING answers, every admission fails.
+    refusing = ("--rename-command", "EVALSHA", "", "--rename-command", "EVAL", "")
+    with RedisServer(args=refusing) as redis_server:
+        assert redis_server.client().ping()
+        server = live_servers(workers=1, probe=True, env_overrides={"REDIS_URL": redis_server.url})
+
+        reply = request(server.port, "/health/ready")
+
+        assert reply.status == 200, reply.body
+        body = json.loads(reply.body)
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"] == "ok"
+        assert "unknown command" in body["checks"]["redis"]
+        assert degraded_gauge(server) == 1
+        assert request(server.port, "/api/books").status == 200, "the API serves on per-worker limits"
 
 
 @pytest.mark.live
