@@ -115,7 +115,7 @@ def breaker_reset(*, names: Iterable[str]) -> int:
         announce(store.reset(name))
         count += 1
     get_runtime().forget_refusals()  # this process at once; the others hear it published
-    database.guard.forget()
+    database.guard.forget()  # and what it cached of the database breaker (the others' expires in 0.1 s)
     return count
 
 
@@ -127,7 +127,7 @@ def breaker_force(*, names: Iterable[str], state: State | None) -> int:
         announce(store.force(name, state))
         count += 1
     get_runtime().forget_refusals()  # this process at once; the others hear it published
-    database.guard.forget()
+    database.guard.forget()  # and what it cached of the database breaker (the others' expires in 0.1 s)
     return count
 
 
