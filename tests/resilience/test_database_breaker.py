@@ -207,3 +207,22 @@ def test_its_policy_row_tunes_it_and_a_missing_row_leaves_the_default(db: None) 
     get_runtime().invalidate()
     get_runtime().snapshot()
     assert database.database_config() == database.DEFAULT_CONFIG
+
+
+@pytest.mark.default_policies
+def test_the_admin_shows_the_database_breaker_and_keeps_its_row(admin_client: Client) -> None:
+    from resilience.models import CircuitBreakerPolicy
+
+    row = CircuitBreakerPolicy.objects.get(name=NAME)
+    url = "/admin/resilience/circuitbreakerpolicy/"
+
+    listing = admin_client.get(url).content.decode()
+    change = admin_client.get(f"{url}{row.pk}/change/").content.decode()
+    delete = admin_client.post(f"{url}{row.pk}/delete/", {"post": "yes"})
+
+    assert "every PostgreSQL connection (built in)" in listing
+    assert 'name="failure_threshold"' in change, "its numbers are staff's to tune"
+    assert 'name="name"' not in change, "what it guards is not"
+    assert 'name="match_type"' not in change
+    assert delete.status_code == 403
+    assert CircuitBreakerPolicy.objects.filter(name=NAME).exists()
