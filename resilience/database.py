@@ -82,6 +82,8 @@ class Ticket(NamedTuple):
 
 
 class _Closed(NamedTuple):
+    """What a worker remembers of the last "closed" answer."""
+
     ticket: Ticket
     config: BreakerConfig
     until: float  # time.monotonic() until which "closed" is trusted without asking
@@ -197,6 +199,7 @@ class DatabaseGuard:
         self._open_until = 0.0
 
     def _record(self, ticket: Ticket, *, success: bool) -> tuple[State, list[Transition]] | None:
+        """Record one outcome in the store that issued the ticket; return None if it is unreachable."""
         runtime = get_runtime()
         store = runtime.breaker_fallback if ticket.fallback else runtime.breaker_shared
         try:
