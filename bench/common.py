@@ -1,8 +1,9 @@
 """Helpers shared by the benchmarks: environment, the bench database, gunicorn, the load generator.
 
 Everything runs on loopback against services the test suite also uses: PostgreSQL on
-127.0.0.1:5432 (database bookstore_bench, dropped and recreated by each run) and Redis on
-127.0.0.1:6379 (DB 14, flushed by each run). Processes started here are stopped by PID.
+127.0.0.1:5432 (database bookstore_bench, or $BENCH_DB, dropped and recreated by each run) and Redis
+on 127.0.0.1:6379 (DB 14, flushed by each run, unless a benchmark brings its own redis-server).
+Processes started here are stopped by PID.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ RESULTS_DIR = ROOT / "bench" / "results"
 PYTHON = sys.executable
 
 PG_SERVER_URL = "postgres://postgres@127.0.0.1:5432/"
-BENCH_DB = "bookstore_bench"
+# Several people may run benchmarks on one PostgreSQL: each can name a database of their own.
+BENCH_DB = os.environ.get("BENCH_DB", "bookstore_bench")
 DATABASE_URL = f"{PG_SERVER_URL}{BENCH_DB}"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 HOST = "127.0.0.1"
@@ -75,7 +77,7 @@ def setup_django(**env_overrides: str) -> None:
     os.environ.update(bench_env(**env_overrides))
     sys.path.insert(0, str(ROOT))
     _recreate_database()
-    _flush_redis()
+    _flush_redis(os.environ["REDIS_URL"])
 
     import django
     from django.conf import settings
@@ -95,10 +97,11 @@ def _recreate_database() -> None:
         conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
 
 
-def _flush_redis() -> None:
+def _flush_redis(url: str) -> None:
+    """Empty the Redis database this run uses (a benchmark's private server, or DB 14)."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    client = redis.Redis.from_url(url, socket_timeout=5)
     try:
         client.flushdb()
     finally:

@@ -117,15 +117,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "min_size": env_int("DB_POOL_MIN", 1, minimum=0),
             "max_size": env_int("DB_POOL_MAX", 8, minimum=1),
             "timeout": env_float("DB_POOL_TIMEOUT", 2.0),
+            # How long the pool keeps retrying a lost connection in the background, backing off,
+            # before it waits for a request to ask again (seconds). psycopg's default, 5 minutes,
+            # would leave a pool retrying every 8 s, 16 s, ... minutes after PostgreSQL came back.
+            "reconnect_timeout": env_float("DB_POOL_RECONNECT_TIMEOUT", 1.0, minimum=0.1),
         },
         # A host that accepts TCP but never answers must not stall a worker for long (seconds).
         "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),
         # A runaway query must not hold row locks forever (milliseconds).
         "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15000, minimum=0)}",
     }
-# The same backends, instrumented by django-prometheus (queries, errors, connections).
+# The same backends, instrumented by django-prometheus (queries, errors, connections); PostgreSQL's
+# also takes every connection through the database circuit breaker (resilience/database.py).
 DATABASES["default"]["ENGINE"] = {
-    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.postgresql": "resilience.db.postgresql",
     "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
 }.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from resilience import services
+from resilience import database, services
 from resilience.breaker import State, StoreUnavailable
 from resilience.limiter import parse_rate
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
@@ -297,9 +297,26 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
 
     @admin.display(description="applies to")
     def match_display(self, obj: CircuitBreakerPolicy) -> str:
+        if obj.name == database.NAME:
+            return "every PostgreSQL connection (built in)"
         if obj.match_type == "code":
             return f'code: breaker("{obj.name}")'
         return f"{obj.methods or 'any'} {obj.match_type}: {obj.pattern}"
+
+    # The database breaker's row tunes a breaker that exists without it (resilience/database.py):
+    # what it guards, how it fails and its name are not the row's to change, nor is the row to delete.
+    DATABASE_FIXED = (
+        "name", "methods", "match_type", "pattern", "failure_statuses", "slow_call_ms", "fallback", "stale_max_age",
+    )  # fmt: skip
+
+    def get_readonly_fields(self, request: HttpRequest, obj: CircuitBreakerPolicy | None = None) -> tuple[str, ...]:
+        fixed = self.DATABASE_FIXED if obj is not None and obj.name == database.NAME else ()
+        return (*super().get_readonly_fields(request, obj), *fixed)
+
+    def has_delete_permission(self, request: HttpRequest, obj: CircuitBreakerPolicy | None = None) -> bool:
+        if obj is not None and obj.name == database.NAME:
+            return False
+        return super().has_delete_permission(request, obj)
 
     def _names(self, queryset: QuerySet) -> list[str]:
         return list(queryset.values_list("name", flat=True))

@@ -92,6 +92,8 @@ class Runtime:
         self._beat_at = 0.0
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._known_refusals: KnownRefusals | None = None
+        # Not self._lock: the database breaker asks for it while a policy reload holds that lock.
+        self._hints_lock = threading.Lock()
         # Dashboard counts of refusals made from memory; kept only where the admission keeps stats.
         self.tally: LimitedTally | None = None
         if self.uses_redis and key_prefix():
@@ -132,7 +134,7 @@ class Runtime:
         current = self._known_refusals
         if current is None:
             client = self.shared.client  # type: ignore[attr-defined]
-            with self._lock:
+            with self._hints_lock:
                 if self._known_refusals is None:
                     self._known_refusals = KnownRefusals(
                         client.connection_pool.make_connection,
@@ -221,6 +223,10 @@ class Runtime:
             return self.reload(current.version, db_version=db_version)
         finally:
             self._db_check_lock.release()
+
+    def loaded(self) -> PolicySet | None:
+        """Return the policies as last loaded, never reloading (None before the first load)."""
+        return self._snapshot
 
     def observe_version(self, version: int) -> None:
         """Learn the policy version from an admission round trip; reload if it moved."""

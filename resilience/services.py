@@ -13,8 +13,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from resilience import database
 from resilience.audit import log_bulk_update
-from resilience.breaker import BreakerStore, State
+from resilience.breaker import BreakerConfig, BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
 from resilience.limiter import Decision
@@ -158,6 +159,7 @@ def breaker_reset(*, names: Iterable[str]) -> int:
         announce(store.reset(name))
         count += 1
     get_runtime().forget_refusals()  # this process at once; the others hear it published
+    database.guard.forget()  # and what it cached of the database breaker (the others' expires in 0.1 s)
     return count
 
 
@@ -169,16 +171,29 @@ def breaker_force(*, names: Iterable[str], state: State | None) -> int:
         announce(store.force(name, state))
         count += 1
     get_runtime().forget_refusals()  # this process at once; the others hear it published
+    database.guard.forget()  # and what it cached of the database breaker (the others' expires in 0.1 s)
     return count
 
 
+def live_breaker_configs() -> list[BreakerConfig]:
+    """Return every breaker in force in this process: the enabled policies as compiled, and the database's.
+
+    Read from the in-process snapshot, not the policy table: /metrics and /health/breakers must
+    answer while PostgreSQL is down.
+    """
+    runtime = get_runtime()
+    configs = [rule.config for rule in runtime.snapshot().breakers if rule.name != database.NAME]
+    return sorted([*configs, database.database_config(runtime)], key=lambda config: config.name)
+
+
 def breaker_status(*, policies: Iterable[CircuitBreakerPolicy] | None = None) -> list[dict[str, object]]:
-    """Return the live state of breakers (default: every enabled one), read from the shared store."""
+    """Return the live state of breakers (default: every one in force), read from the shared store."""
     if policies is None:
-        policies = CircuitBreakerPolicy.objects.filter(enabled=True)
-    policies = list(policies)
+        configs = live_breaker_configs()
+    else:
+        configs = [breaker_config(p) for p in policies]
     store, fallback = get_runtime().breaker_store()
-    snapshots = store.snapshots([breaker_config(p) for p in policies])
+    snapshots = store.snapshots(configs)
     return [
         {
             "name": snap.name,

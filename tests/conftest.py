@@ -127,7 +127,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("transactional_db" if transactional else "db")
         from django.apps import apps as django_apps
 
-        for name in ("0002_default_policies", "0004_default_breakers"):
+        for name in ("0002_default_policies", "0004_default_breakers", "0008_database_breaker"):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
     route_info.cache_clear()
