@@ -40,5 +40,5 @@ def delete(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("resilience", "0005_search_ip_token_bucket")]
+    dependencies = [("resilience", "0007_policy_version")]
     operations = [migrations.RunPython(create, delete)]
