@@ -20,10 +20,11 @@ from django.dispatch import Signal
 from django.http import Http404
 
 from bookstore.exceptions import ApplicationError
-from resilience.breaker import Permit, State, StoreUnavailable, Transition
+from resilience.breaker import Permit, State, StoreDataError, StoreUnavailable, Transition
 from resilience.metrics import breaker_rejections, breaker_transitions
-from resilience.policyset import BreakerRule
+from resilience.policyset import BREAKER, BreakerRule
 from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.stores.boundary import store_call
 
 log = logging.getLogger("resilience.breakers")
 
@@ -109,7 +110,7 @@ class Call:
         try:
             _, transitions = store.record(self.rule.config, self.permit.generation, success)
         except StoreUnavailable as e:
-            self.runtime.mark_down("breaker_record", e)
+            self.runtime.store_failed("breaker_record", e, "record", [(BREAKER, self.rule.name)])
             return
         announce(transitions)
 
@@ -145,7 +146,7 @@ def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     try:
         permit, transitions = store.allow(rule.config)
     except StoreUnavailable as e:
-        runtime.mark_down("breaker_allow", e)
+        runtime.store_failed("breaker_allow", e, "admit", [(BREAKER, rule.name)])
         store, fallback = runtime.breaker_fallback, True
         permit, transitions = store.allow(rule.config)
     announce(transitions)
@@ -232,9 +233,9 @@ def save_stale(runtime: Runtime, rule: BreakerRule, url: str, status: int, conte
         }
     )
     try:
-        _redis(runtime).set(key, payload, ex=rule.stale_max_age)
-    except Exception as e:  # noqa: BLE001 - a lost stale copy must never fail the live response
-        runtime.mark_down("stale_save", e)
+        store_call("stale copy", _redis(runtime).set, key, payload, ex=rule.stale_max_age)
+    except StoreUnavailable as e:  # a lost stale copy must never fail the live response
+        runtime.store_failed("stale_save", e, "stale", [(BREAKER, rule.name)])
 
 
 def load_stale(runtime: Runtime, rule: BreakerRule, url: str) -> dict[str, Any] | None:
@@ -242,11 +243,28 @@ def load_stale(runtime: Runtime, rule: BreakerRule, url: str) -> dict[str, Any] 
     if not runtime.store_available():
         return None
     try:
-        raw = _redis(runtime).get(stale_key(rule, url))
-    except Exception as e:  # noqa: BLE001 - no copy is the same as a missing copy: answer 503
-        runtime.mark_down("stale_load", e)
+        raw = store_call("stale copy", _redis(runtime).get, stale_key(rule, url))
+        kept = _checked_copy(json.loads(raw)) if raw else None
+    except StoreUnavailable as e:  # no copy is the same as a missing copy: answer 503
+        runtime.store_failed("stale_load", e, "stale", [(BREAKER, rule.name)])
         return None
-    return json.loads(raw) if raw else None
+    except (ValueError, TypeError, KeyError) as e:
+        runtime.store_failed(
+            "stale_load", StoreDataError(f"unreadable stale copy: {e!r}"), "stale", [(BREAKER, rule.name)]
+        )
+        return None
+    return kept
+
+
+def _checked_copy(kept: Any) -> dict[str, Any]:
+    """Return a stale copy if it has what _open_response reads; raise ValueError, TypeError or KeyError if not."""
+    if not (isinstance(kept["body"], str) and isinstance(kept["content_type"], str)):
+        raise TypeError("body or content_type is not text")
+    kept["body"].encode("latin-1")
+    if not (isinstance(kept["status"], int) and 200 <= kept["status"] <= 299):
+        raise ValueError(f"status {kept['status']!r} is not a good response's")
+    float(kept["saved_at"])
+    return kept
 
 
 def _redis(runtime: Runtime) -> Any:

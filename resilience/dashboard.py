@@ -20,6 +20,7 @@ from resilience import services
 from resilience.breaker import StoreUnavailable
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.runtime import get_runtime, key_prefix, workers_key
+from resilience.stores.boundary import store_call
 
 MINUTES = 15
 TOP_KEYS = 10  # limited keys listed
@@ -48,18 +49,18 @@ def _read_minutes(
         if runtime.tally is not None:
             runtime.tally.flush()  # this worker's refusals from memory; the others' are at most a second late
         client = runtime.shared.client  # type: ignore[attr-defined]
-        pipe = client.pipeline(transaction=True)
-        for minute in range(first, last + 1):
-            pipe.hgetall(f"{key_prefix()}stats:{minute}")
-        scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
-        for label in labels:
-            pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
-            pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
-            pipe.unlink(scratch)
         try:
-            replies = pipe.execute()
-        except Exception as e:  # noqa: BLE001 - shown as "store unavailable" on the page
-            runtime.mark_down("dashboard", e)
+            pipe = store_call("dashboard", client.pipeline, transaction=True)
+            for minute in range(first, last + 1):
+                pipe.hgetall(f"{key_prefix()}stats:{minute}")
+            scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
+            for label in labels:
+                pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
+                pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
+                pipe.unlink(scratch)
+            replies = store_call("dashboard", pipe.execute)
+        except StoreUnavailable as e:  # shown as "counters from the process store" on the page
+            runtime.store_failed("dashboard", e)
         else:
             span = last - first + 1
             counts = [{_text(k): int(v) for k, v in reply.items()} for reply in replies[:span]]
