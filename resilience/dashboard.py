@@ -19,6 +19,7 @@ from django.urls import reverse
 from resilience import services
 from resilience.breaker import StoreUnavailable
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import get_runtime, key_prefix, workers_key
 from resilience.stores.boundary import store_call
 
@@ -160,11 +161,39 @@ def _workers(now: float) -> dict[str, Any]:
     }
 
 
+def _policy_errors(
+    now: float, ratelimits: list[RateLimitPolicy], breakers: list[CircuitBreakerPolicy]
+) -> list[dict[str, Any]]:
+    """Return the policies that are skipped (cannot be used as saved) or failed requests lately, worst first."""
+    recent = get_runtime().policy_errors.recent(now)
+    rows: list[dict[str, Any]] = []
+    for kind, label, admin_name, policies in (
+        (RATELIMIT, "rate limit", "ratelimitpolicy", ratelimits),
+        (BREAKER, "breaker", "circuitbreakerpolicy", breakers),
+    ):
+        for policy in policies:
+            url = reverse(f"admin:resilience_{admin_name}_change", args=[policy.pk])
+            problem = policy_problem(policy)
+            if problem is not None:
+                row = {"stage": "compile", "reason": problem, "seconds_ago": None}
+            else:
+                error = recent.get((kind, policy.name))
+                # An error from before the policy's last save says nothing about it now.
+                if error is None or float(error["at"]) < policy.updated_at.timestamp():
+                    continue
+                row = {"stage": error["stage"], "reason": error["reason"], "seconds_ago": round(now - error["at"])}
+            rows.append({"kind": label, "name": policy.name, "enabled": policy.enabled, "change_url": url, **row})
+    return sorted(rows, key=lambda r: (r["stage"] != "compile", r["kind"], r["name"]))
+
+
 def dashboard_data() -> dict[str, Any]:
     """Return everything the dashboard page shows, as JSON-ready data."""
     now = time.time()
     first, last = _minutes(now)
-    policies = list(RateLimitPolicy.objects.all())
+    policies = list(RateLimitPolicy.objects.prefetch_related("overrides"))
+    breaker_policies = list(CircuitBreakerPolicy.objects.all())
+    policy_errors = _policy_errors(now, policies, breaker_policies)
+    failing = {row["name"]: row for row in policy_errors if row["kind"] == "rate limit"}
     names = {str(p.pk): p.name for p in policies}
     counts, top, source = _read_minutes(first, last, names)
     rows = []
@@ -183,6 +212,8 @@ def dashboard_data() -> dict[str, Any]:
                 "series": series,
                 "svg": sparkline(series),
                 "change_url": reverse("admin:resilience_ratelimitpolicy_change", args=[p.pk]),
+                "error": failing[p.name]["reason"] if p.name in failing else "",
+                "skipped": failing[p.name]["stage"] == "compile" if p.name in failing else False,
             }
         )
     ranked = sorted(
@@ -195,11 +226,11 @@ def dashboard_data() -> dict[str, Any]:
             value = f"hash {value[:12]}…"  # a header value: only a prefix of its hash is shown
         top_keys.append({"policy": policy, "key": value, "count": count})
     try:
-        breakers = services.breaker_status(policies=CircuitBreakerPolicy.objects.all())
+        breakers = services.breaker_status(policies=breaker_policies)
         breaker_error = ""
     except StoreUnavailable as e:
         breakers, breaker_error = [], str(e)[:200]
-    ids = dict(CircuitBreakerPolicy.objects.values_list("name", "pk"))
+    ids = {b.name: b.pk for b in breaker_policies}
     for row in breakers:
         row["change_url"] = reverse("admin:resilience_circuitbreakerpolicy_change", args=[ids[row["name"]]])
     return {
@@ -210,6 +241,7 @@ def dashboard_data() -> dict[str, Any]:
         "top_keys": top_keys,
         "breakers": breakers,
         "breaker_error": breaker_error,
+        "policy_errors": policy_errors,
         "health": _health(),
         "propagation": _workers(now),
     }

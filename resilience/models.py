@@ -99,6 +99,12 @@ class PolicyBase(models.Model):
         return frozenset(m.strip().upper() for m in self.methods.split(",") if m.strip())
 
     def clean(self) -> None:
+        errors = self.base_errors()
+        if errors:
+            raise ValidationError(errors)
+
+    def base_errors(self) -> dict[str, str]:
+        """Return the errors of the fields every policy has (a subclass's clean() adds its own to them)."""
         super().clean()
         errors: dict[str, str] = {}
         for method in self.method_set():
@@ -117,8 +123,7 @@ class PolicyBase(models.Model):
             errors["pattern"] = "A path prefix starts with '/'."
         elif self.match_type in (Match.ROUTE, Match.TAG) and not self.pattern.strip():
             errors["pattern"] = "Give a route name or tag."
-        if errors:
-            raise ValidationError(errors)
+        return errors
 
 
 class RateLimitPolicy(PolicyBase):
@@ -245,8 +250,8 @@ class RateLimitPolicy(PolicyBase):
         return f"{self.limit}/{self.period}s"
 
     def clean(self) -> None:
-        super().clean()
-        errors: dict[str, str] = {}
+        # All at once: a bad pattern must not hide a bad number (the form shows every error).
+        errors = self.base_errors()
         if self.match_type == Match.CODE:
             errors["match_type"] = "Rate limits apply to requests: choose a path, route or tag match."
         if self.key == self.Key.HEADER and not HEADER_NAME_RE.fullmatch(self.header_name or ""):
@@ -315,18 +320,16 @@ class RateLimitOverride(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        if self.policy_id is None:
-            return  # a policy not saved yet has no overrides to clash with
-        if (
-            self.policy.algorithm == Algorithm.SLIDING_WINDOW
-            and self.limit is not None
-            and self.limit > SLIDING_LOG_MAX
-        ):
+        try:
+            policy = self.policy  # the admin's inline sets it, saved or not
+        except RateLimitPolicy.DoesNotExist:
+            return
+        if policy.algorithm == Algorithm.SLIDING_WINDOW and self.limit is not None and self.limit > SLIDING_LOG_MAX:
             raise ValidationError(
                 {"limit": f"A sliding window keeps one entry per request: at most {SLIDING_LOG_MAX}."}
             )
-        if not self.key_value:
-            return
+        if not self.key_value or self.policy_id is None:
+            return  # a policy not saved yet has no overrides to clash with
         # An inline form leaves the policy out of constraint validation, so a repeated key would
         # only fail at INSERT (a 500 in the admin): check it here, in its stored (hashed) form.
         self._hash_header_value()
@@ -504,8 +507,8 @@ class CircuitBreakerPolicy(PolicyBase):
         ]
 
     def clean(self) -> None:
-        super().clean()
-        errors: dict[str, str] = {}
+        # All at once: a bad pattern must not hide a bad number (the form shows every error).
+        errors = self.base_errors()
         try:
             statuses = parse_status_set(self.failure_statuses or "")
         except ValueError as e:

@@ -246,10 +246,12 @@ def compile_ratelimit(p: RateLimitPolicy, ids_by_username: dict[str, int] | None
     if problem is not None:
         raise refuse(problem)
     overrides: dict[str, int] = {}
+    shapes = [("", p.limit, p.burst)]  # (what, limit, burst) of every spec the policy can make
     for o in p.overrides.all():
         problem = _field_errors(o, exclude=["policy"])  # the policy is this row: no query to check it exists
         if problem is not None:
             raise refuse(f"override {o.key_value}: {problem}")
+        shapes.append((f"override {o.key_value}: ", o.limit, None))
         value = o.key_value
         if p.key == RateLimitPolicy.Key.USER:
             user_id = int(value) if value.isdigit() else (ids_by_username or {}).get(value)
@@ -260,12 +262,11 @@ def compile_ratelimit(p: RateLimitPolicy, ids_by_username: dict[str, int] | None
     algorithm = Algorithm(p.algorithm)
     # The engine's own checks, with the bounds the Lua scripts use: a spec they would refuse or
     # clamp never reaches them.
-    shapes = [(p.limit, p.burst), *((limit, None) for limit in overrides.values())]
-    for limit, burst in shapes:
+    for what, limit, burst in shapes:
         try:
             validate([LimitSpec("check", algorithm, limit, p.period, burst)], 1)
         except ValueError as e:
-            raise refuse(str(e).split(": LimitSpec")[0]) from None
+            raise refuse(what + str(e).split(": LimitSpec")[0]) from None
     try:
         matcher = Matcher.build(p.method_set(), p.match_type, p.pattern)
     except PatternError as e:

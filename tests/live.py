@@ -312,6 +312,8 @@ class RedisServer:
 
     port: int = 0
     boot_timeout: float = 10.0
+    # More redis-server arguments, e.g. ("--cluster-enabled", "yes").
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -331,7 +333,7 @@ class RedisServer:
         with (self.tmp / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [executable, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.tmp)],
+                 "--dir", str(self.tmp), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
