@@ -50,8 +50,9 @@ def _read_minutes(
         if runtime.tally is not None:
             runtime.tally.flush()  # this worker's refusals from memory; the others' are at most a second late
         client = runtime.shared.client  # type: ignore[attr-defined]
-        try:
-            pipe = store_call("dashboard", client.pipeline, transaction=True)
+
+        def read() -> list[Any]:
+            pipe = client.pipeline(transaction=True)
             for minute in range(first, last + 1):
                 pipe.hgetall(f"{key_prefix()}stats:{minute}")
             scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
@@ -59,7 +60,10 @@ def _read_minutes(
                 pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
                 pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
                 pipe.unlink(scratch)
-            replies = store_call("dashboard", pipe.execute)
+            return pipe.execute()
+
+        try:
+            replies = store_call("dashboard", read)  # a client may refuse a command while queueing it
         except StoreUnavailable as e:  # shown as "counters from the process store" on the page
             runtime.store_failed("dashboard", e)
         else:

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from typing import Any
 
 from resilience.breaker import StoreUnavailable
@@ -85,14 +86,17 @@ class PolicyErrorLog:
         fields = {
             f"{e.kind}:{e.name}": json.dumps({"stage": e.stage, "reason": e.reason[:300], "at": at}) for e in errors
         }
-        try:
-            client = self._client()  # type: ignore[misc]
-            pipe = store_call("policy errors", client.pipeline, transaction=False)
+        client = self._client()  # type: ignore[misc]
+
+        def write() -> None:
+            pipe = client.pipeline(transaction=False)
             pipe.hset(self.key, mapping=fields)
             pipe.expire(self.key, KEEP_SECONDS)
-            store_call("policy errors", pipe.execute)
-        except StoreUnavailable:
-            pass  # the log line and the metric still say it; the record is for staff's convenience
+            pipe.execute()
+
+        # The log line and the metric still say it when the record cannot be written.
+        with suppress(StoreUnavailable):
+            store_call("policy errors", write)
 
     def recent(self, now: float | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """Return {(kind, name): {stage, reason, at}} of errors recorded in the last SHOWN_SECONDS."""

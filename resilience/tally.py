@@ -55,8 +55,9 @@ class LimitedTally:
             pending, self._pending = self._pending, Counter()
         if not pending:
             return
-        try:
-            pipe = store_call("stats", self._client().pipeline, transaction=False)
+
+        def write() -> None:
+            pipe = self._client().pipeline(transaction=False)
             for (minute, label, value), n in pending.items():
                 counts = f"{self.prefix}stats:{minute}"
                 top = f"{self.prefix}top:{minute}:{label}"
@@ -64,7 +65,10 @@ class LimitedTally:
                 pipe.expire(counts, STATS_TTL_SECONDS)
                 pipe.zincrby(top, n, value)
                 pipe.expire(top, STATS_TTL_SECONDS)
-            store_call("stats", pipe.execute)
+            pipe.execute()
+
+        try:
+            store_call("stats", write)  # a client may refuse a command while queueing it
         except StoreUnavailable as e:
             store_errors.labels("stats").inc()
             log.warning(
