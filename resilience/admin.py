@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from django import forms
@@ -309,26 +311,44 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
     def _names(self, queryset: QuerySet) -> list[str]:
         return list(queryset.values_list("name", flat=True))
 
+    def _force(self, request: HttpRequest, queryset: QuerySet, state: State | None) -> int | None:
+        return self._on_store(request, partial(services.breaker_force, names=self._names(queryset), state=state))
+
+    def _on_store(self, request: HttpRequest, action: Callable[[], int]) -> int | None:
+        """Run an action on the breaker store; say that the store failed, rather than answer 500."""
+        try:
+            return action()
+        except StoreUnavailable as e:
+            get_runtime().store_failed("admin_action", e)
+            self.message_user(
+                request, f"The breaker store failed; some breakers may be unchanged: {e}", level=messages.ERROR
+            )
+            return None
+
     @admin.action(description="Reset selected breakers (close, clear counts)")
     def reset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_reset(names=self._names(queryset))
-        _log(self, request, queryset, "Breaker reset")
-        self.message_user(request, f"{n} breaker(s) reset")
+        n = self._on_store(request, partial(services.breaker_reset, names=self._names(queryset)))
+        if n is not None:
+            _log(self, request, queryset, "Breaker reset")
+            self.message_user(request, f"{n} breaker(s) reset")
 
     @admin.action(description="Force selected breakers open")
     def force_open(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_OPEN)
-        _log(self, request, queryset, "Breaker forced open")
-        self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
+        n = self._force(request, queryset, State.FORCED_OPEN)
+        if n is not None:
+            _log(self, request, queryset, "Breaker forced open")
+            self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
 
     @admin.action(description="Force selected breakers closed")
     def force_close(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_CLOSED)
-        _log(self, request, queryset, "Breaker forced closed")
-        self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
+        n = self._force(request, queryset, State.FORCED_CLOSED)
+        if n is not None:
+            _log(self, request, queryset, "Breaker forced closed")
+            self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
 
     @admin.action(description="Release forced state of selected breakers")
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=None)
-        _log(self, request, queryset, "Breaker released")
-        self.message_user(request, f"{n} breaker(s) released")
+        n = self._force(request, queryset, None)
+        if n is not None:
+            _log(self, request, queryset, "Breaker released")
+            self.message_user(request, f"{n} breaker(s) released")

@@ -14,11 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.test import Client
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 from rest_framework.test import APIClient
 
+from accounts.models import User
 from resilience import metrics
 from resilience.breaker import StoreUnavailable
 from resilience.breakers import breaker
@@ -165,3 +169,26 @@ def test_staff_pages_answer_when_the_store_raises_anything(cluster_runtime: Runt
     data = dashboard.json()
     assert data["source"] == "process"  # the store is given up for the retry interval: the worker's own
     assert [(b["name"], b["store"]) for b in data["breakers"]] == [("cluster-page", "process")]
+
+
+def test_breaker_admin_actions_say_the_store_failed_instead_of_answering_500(db: None) -> None:
+    policy = CircuitBreakerPolicy.objects.create(name="dead-store-cb", pattern="/api/books")
+    superuser = User.objects.create_superuser(username="dead-root", email="dead@example.com", password="x-y-z-w-v")
+    web = Client()
+    web.force_login(superuser)
+    reset_runtime()
+    runtime = get_runtime()
+    # Nothing listens on port 1: every call fails as a connection error, raised while the store is in use.
+    dead = redis.Redis(host=HOST, port=1, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    runtime.breaker_shared = RedisBreakerStore(dead, prefix=f"{key_prefix()}cb:")
+    try:
+        response = web.post(
+            "/admin/resilience/circuitbreakerpolicy/",
+            {"action": "force_open", "_selected_action": [policy.pk]},
+            follow=True,
+        )
+    finally:
+        reset_runtime()
+
+    assert response.status_code == 200
+    assert "The breaker store failed" in response.content.decode()
