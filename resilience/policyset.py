@@ -1,18 +1,20 @@
 """An in-process, compiled snapshot of the enabled policies: matching a request needs no query.
 
-Compiling checks each row with the rules the admin form applies to its fields (bounds, choices,
-slug names) and with the engine's own validation (the bounds the Lua scripts use), and compiles
-its pattern with RE2. A row that fails (written by a shell, or saved before a bound existed) is
-left out of the snapshot and listed in ``PolicySet.errors``: one bad row never stops the others.
+Compiling checks each row's bounded numbers and name with the admin form's own validators and
+with the engine's validation (the bounds the Lua scripts use), and compiles its pattern with RE2.
+A row that fails (written by a shell, or saved before a bound existed) is left out of the snapshot
+and listed in ``PolicySet.errors``: one bad row never stops the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 
 from resilience.breaker import BreakerConfig
 from resilience.limiter import Algorithm, LimitSpec, validate
@@ -227,10 +229,24 @@ def user_ids(policies: Iterable[RateLimitPolicy]) -> dict[str, int]:
     return dict(User.objects.filter(username__in=usernames).values_list("username", "id")) if usernames else {}
 
 
-def _field_errors(row: Any, exclude: Iterable[str] = ()) -> str | None:
-    """Return what the admin form would say about the row's fields (bounds, choices, slug name), or None."""
+@cache
+def _unchecked_fields(model: type[Any]) -> tuple[str, ...]:
+    """Return the fields compiling leaves alone: all but the bounded numbers and the name.
+
+    Those two are what the engine, the Lua scripts, the headers and the Redis keys rely on; the
+    rest (a code breaker's unused pattern left empty by a shell, say) cannot hurt a request.
+    """
+    return tuple(
+        f.name
+        for f in model._meta.concrete_fields
+        if f.name != "name" and not any(isinstance(v, MinValueValidator | MaxValueValidator) for v in f.validators)
+    )
+
+
+def _field_errors(row: Any) -> str | None:
+    """Return what the admin form would say about the row's bounded numbers and name, or None."""
     try:
-        row.clean_fields(exclude=list(exclude))
+        row.clean_fields(exclude=list(_unchecked_fields(type(row))))
     except ValidationError as e:
         return "; ".join(f"{name}: {' '.join(messages)}" for name, messages in e.message_dict.items())
     return None
@@ -248,7 +264,7 @@ def compile_ratelimit(p: RateLimitPolicy, ids_by_username: dict[str, int] | None
     overrides: dict[str, int] = {}
     shapes = [("", p.limit, p.burst)]  # (what, limit, burst) of every spec the policy can make
     for o in p.overrides.all():
-        problem = _field_errors(o, exclude=["policy"])  # the policy is this row: no query to check it exists
+        problem = _field_errors(o)
         if problem is not None:
             raise refuse(f"override {o.key_value}: {problem}")
         shapes.append((f"override {o.key_value}: ", o.limit, None))
@@ -259,7 +275,10 @@ def compile_ratelimit(p: RateLimitPolicy, ids_by_username: dict[str, int] | None
                 continue
             value = f"u{user_id}"
         overrides[value] = o.limit
-    algorithm = Algorithm(p.algorithm)
+    try:
+        algorithm = Algorithm(p.algorithm)
+    except ValueError:
+        raise refuse(f"algorithm: unknown {p.algorithm!r}") from None
     # The engine's own checks, with the bounds the Lua scripts use: a spec they would refuse or
     # clamp never reaches them.
     for what, limit, burst in shapes:
