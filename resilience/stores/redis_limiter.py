@@ -93,20 +93,30 @@ class RedisLimiterStore:
             return 0
         if self.events_channel is None:
             return int(self._call(self.client.delete, *keys))
-        # Workers that remember these keys refused (resilience/hints.py) forget them at once.
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*keys)
-        pipe.publish(self.events_channel, "reset")
-        return int(self._call(pipe.execute)[0])
+        channel = self.events_channel
+
+        def delete_and_announce() -> list[Any]:
+            # Workers that remember these keys refused (resilience/hints.py) forget them at once.
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(*keys)
+            pipe.publish(channel, "reset")
+            return pipe.execute()
+
+        return int(self._call(delete_and_announce)[0])  # in _call: a client may refuse while queueing
 
     def bump_version(self) -> int:
         """Increment the policy-version counter and return its new value (and announce it, atomically)."""
         if self.events_channel is None:
             return int(self._call(self.client.incr, self.version_key))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(self.version_key)
-        pipe.publish(self.events_channel, self.version_key)
-        return int(self._call(pipe.execute)[0])
+        channel = self.events_channel
+
+        def bump_and_announce() -> list[Any]:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(self.version_key)
+            pipe.publish(channel, self.version_key)
+            return pipe.execute()
+
+        return int(self._call(bump_and_announce)[0])  # in _call: a client may refuse while queueing
 
     def version(self) -> int:
         """Return the policy-version counter (0 if never bumped)."""

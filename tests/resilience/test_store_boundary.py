@@ -23,7 +23,7 @@ from redis.retry import Retry
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience import metrics
+from resilience import metrics, services
 from resilience.breaker import StoreUnavailable
 from resilience.breakers import breaker
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
@@ -192,3 +192,18 @@ def test_breaker_admin_actions_say_the_store_failed_instead_of_answering_500(db:
 
     assert response.status_code == 200
     assert "The breaker store failed" in response.content.decode()
+
+
+def test_a_policy_change_is_saved_when_the_store_cannot_announce_it(
+    cluster_runtime: Runtime, django_capture_on_commit_callbacks: Any
+) -> None:
+    policy = make_policy(name="cluster-announce", limit=10)
+    before = store_errors("bump_version")
+
+    # The version bump and its announcement run after commit, in one MULTI the cluster client refuses.
+    with django_capture_on_commit_callbacks(execute=True):
+        services.policy_update(policies=[policy], enabled=False)
+
+    assert not RateLimitPolicy.objects.get(pk=policy.pk).enabled
+    assert store_errors("bump_version") == before + 1
+    assert "RateLimit" not in APIClient().get("/api/books")  # this worker reloaded without the policy
