@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -19,7 +24,40 @@ from resilience import database, services
 from resilience.breaker import State, StoreUnavailable
 from resilience.limiter import parse_rate
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
+from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime
+
+
+class BoundsShownMixin:
+    """Give number inputs the min and max of their model validators, so the browser shows and enforces them."""
+
+    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)  # type: ignore[misc]
+        if isinstance(field, forms.IntegerField | forms.DecimalField):
+            for validator in db_field.validators:
+                if isinstance(validator, MinValueValidator):
+                    field.widget.attrs["min"] = validator.limit_value
+                elif isinstance(validator, MaxValueValidator):
+                    field.widget.attrs["max"] = validator.limit_value
+        return field
+
+
+def _in_force(obj: RateLimitPolicy | CircuitBreakerPolicy, kind: str, recent: dict[tuple[str, str], dict]) -> str:
+    """Return the "in force" cell: red when the policy is skipped, or failed requests lately; else "yes"."""
+    problem = policy_problem(obj)
+    if problem is not None:
+        return format_html('<strong style="color:#c62828" title="{}">skipped: {}</strong>', problem, problem)
+    error = recent.get((kind, obj.name))
+    if error is not None and float(error["at"]) >= obj.updated_at.timestamp():
+        ago = max(0, round(time.time() - float(error["at"])))
+        return format_html(
+            '<strong style="color:#c62828" title="{}">{} error {} s ago: {}</strong>',
+            error["reason"],
+            error["stage"],
+            ago,
+            error["reason"],
+        )
+    return "yes" if obj.enabled else "—"
 
 
 class RateLimitPolicyForm(forms.ModelForm):
@@ -55,7 +93,7 @@ class RateLimitPolicyForm(forms.ModelForm):
         return data
 
 
-class RateLimitOverrideInline(admin.TabularInline):
+class RateLimitOverrideInline(BoundsShownMixin, admin.TabularInline):
     model = RateLimitOverride
     extra = 0
     fields = ["key_value", "limit", "note"]
@@ -148,12 +186,13 @@ def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, 
 
 
 @admin.register(RateLimitPolicy)
-class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
+class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin):
     form = RateLimitPolicyForm
     inlines = [RateLimitOverrideInline]
     list_display = [
         "name",
         "enabled",
+        "in_force",
         "mode",
         "rate_display",
         "algorithm",
@@ -173,6 +212,18 @@ class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
         ("Limit", {"fields": ("rate", "algorithm", "limit", "period", "burst")}),
         ("Behaviour", {"fields": ("exempt_staff", "on_store_failure")}),
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("overrides")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> object:
+        # Errors workers recorded lately, read once for the whole page (kept per thread, see _page).
+        _page.errors = get_runtime().policy_errors.recent()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="in force")
+    def in_force(self, obj: RateLimitPolicy) -> str:
+        return _in_force(obj, RATELIMIT, getattr(_page, "errors", {}))
 
     @admin.display(description="limit", ordering="limit")
     def rate_display(self, obj: RateLimitPolicy) -> str:
@@ -229,10 +280,11 @@ class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
 
 
 @admin.register(CircuitBreakerPolicy)
-class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
+class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "enabled",
+        "in_force",
         "live_state",
         "live_counts",
         "opened_at",
@@ -266,7 +318,12 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
         except StoreUnavailable:
             rows = []
         _page.live = {row["name"]: row for row in rows}
+        _page.errors = get_runtime().policy_errors.recent()
         return super().changelist_view(request, extra_context)
+
+    @admin.display(description="in force")
+    def in_force(self, obj: CircuitBreakerPolicy) -> str:
+        return _in_force(obj, BREAKER, getattr(_page, "errors", {}))
 
     def _row(self, obj: CircuitBreakerPolicy) -> dict | None:
         return getattr(_page, "live", {}).get(obj.name)
@@ -321,26 +378,44 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
     def _names(self, queryset: QuerySet) -> list[str]:
         return list(queryset.values_list("name", flat=True))
 
+    def _force(self, request: HttpRequest, queryset: QuerySet, state: State | None) -> int | None:
+        return self._on_store(request, partial(services.breaker_force, names=self._names(queryset), state=state))
+
+    def _on_store(self, request: HttpRequest, action: Callable[[], int]) -> int | None:
+        """Run an action on the breaker store; say that the store failed, rather than answer 500."""
+        try:
+            return action()
+        except StoreUnavailable as e:
+            get_runtime().store_failed("admin_action", e)
+            self.message_user(
+                request, f"The breaker store failed; some breakers may be unchanged: {e}", level=messages.ERROR
+            )
+            return None
+
     @admin.action(description="Reset selected breakers (close, clear counts)")
     def reset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_reset(names=self._names(queryset))
-        _log(self, request, queryset, "Breaker reset")
-        self.message_user(request, f"{n} breaker(s) reset")
+        n = self._on_store(request, partial(services.breaker_reset, names=self._names(queryset)))
+        if n is not None:
+            _log(self, request, queryset, "Breaker reset")
+            self.message_user(request, f"{n} breaker(s) reset")
 
     @admin.action(description="Force selected breakers open")
     def force_open(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_OPEN)
-        _log(self, request, queryset, "Breaker forced open")
-        self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
+        n = self._force(request, queryset, State.FORCED_OPEN)
+        if n is not None:
+            _log(self, request, queryset, "Breaker forced open")
+            self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
 
     @admin.action(description="Force selected breakers closed")
     def force_close(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_CLOSED)
-        _log(self, request, queryset, "Breaker forced closed")
-        self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
+        n = self._force(request, queryset, State.FORCED_CLOSED)
+        if n is not None:
+            _log(self, request, queryset, "Breaker forced closed")
+            self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
 
     @admin.action(description="Release forced state of selected breakers")
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=None)
-        _log(self, request, queryset, "Breaker released")
-        self.message_user(request, f"{n} breaker(s) released")
+        n = self._force(request, queryset, None)
+        if n is not None:
+            _log(self, request, queryset, "Breaker released")
+            self.message_user(request, f"{n} breaker(s) released")

@@ -20,7 +20,7 @@ from django.http import Http404
 from bookstore.exceptions import ApplicationError
 from resilience.breaker import Permit, State, StoreUnavailable, Transition
 from resilience.metrics import breaker_rejections, breaker_transitions
-from resilience.policyset import BreakerRule
+from resilience.policyset import BREAKER, BreakerRule
 from resilience.runtime import Runtime, get_runtime
 
 log = logging.getLogger("resilience.breakers")
@@ -107,7 +107,7 @@ class Call:
         try:
             _, transitions = store.record(self.rule.config, self.permit.generation, success)
         except StoreUnavailable as e:
-            self.runtime.mark_down("breaker_record", e)
+            self.runtime.store_failed("breaker_record", e, "record", [(BREAKER, self.rule.name)])
             return
         announce(transitions)
 
@@ -143,7 +143,7 @@ def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     try:
         permit, transitions = store.allow(rule.config)
     except StoreUnavailable as e:
-        runtime.mark_down("breaker_allow", e)
+        runtime.store_failed("breaker_allow", e, "admit", [(BREAKER, rule.name)])
         store, fallback = runtime.breaker_fallback, True
         permit, transitions = store.allow(rule.config)
     announce(transitions)

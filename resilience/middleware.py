@@ -25,7 +25,7 @@ from resilience.breakers import (
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec
 from resilience.metrics import breaker_rejections
-from resilience.policyset import BreakerRule, RateLimitRule, RouteInfo
+from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
 from resilience.principal import principal
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.stores.admission import Admission
@@ -201,12 +201,19 @@ class ResilienceMiddleware:
         def route() -> RouteInfo:
             return route_info(path)
 
-        breakers = snapshot.match_breakers(method, path, route) if snapshot.breakers else []
+        # A policy whose matching raises is left out of this request and reported, never a 500.
+        failed: list[PolicyError] = []
+        breakers = snapshot.match_breakers(method, path, route, failed) if snapshot.breakers else []
+        if failed:
+            runtime.policy_errors.report(failed)
+            failed = []
         if breakers:
             refused = self._known_open(request, runtime, breakers, started)
             if refused is not None:
                 return refused
-        rules = snapshot.match_ratelimits(method, path, route) if snapshot.ratelimits else []
+        rules = snapshot.match_ratelimits(method, path, route, failed) if snapshot.ratelimits else []
+        if failed:
+            runtime.policy_errors.report(failed)
         applied: list[tuple[RateLimitRule, LimitSpec]] = []
         if rules:
             facts = _Request(request)
@@ -274,7 +281,10 @@ class ResilienceMiddleware:
         version: int,
     ) -> HttpResponse:
         admission, from_fallback = runtime.admit(
-            [spec for _, spec in applied], [b.config for b in breakers], labels=[rule.label for rule, _ in applied]
+            [spec for _, spec in applied],
+            [b.config for b in breakers],
+            labels=[rule.label for rule, _ in applied],
+            policies=[*((RATELIMIT, rule.name) for rule, _ in applied), *((BREAKER, b.name) for b in breakers)],
         )
         # A refusal is worth remembering only if Redis decided it under the policies this request
         # was matched against: after a change, the next request is matched against the new ones.

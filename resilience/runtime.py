@@ -18,20 +18,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from time import time as wall_clock
 
 from django.conf import settings
 from django.db import DatabaseError
-from redis.exceptions import RedisError
 
 from resilience.breaker import BreakerConfig, BreakerStore
 from resilience.hints import KnownRefusals
-from resilience.limiter import LimitSpec, StoreUnavailable
+from resilience.limiter import LimitSpec, StoreDataError, StoreUnavailable
 from resilience.metrics import store_errors
 from resilience.models import PolicyVersion
-from resilience.policyset import PolicySet, compile_policies
+from resilience.policy_errors import PolicyErrorLog
+from resilience.policyset import PolicyError, PolicySet, compile_policies
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
+from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.tally import LimitedTally
@@ -98,6 +99,11 @@ class Runtime:
         self.tally: LimitedTally | None = None
         if self.uses_redis and key_prefix():
             self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]
+        # Policies this worker could not use: counted, logged, and recorded for the admin and dashboard.
+        self.policy_errors = PolicyErrorLog(
+            (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]
+            key_prefix(),
+        )
 
     @property
     def uses_redis(self) -> bool:
@@ -133,11 +139,15 @@ class Runtime:
             return None
         current = self._known_refusals
         if current is None:
-            client = self.shared.client  # type: ignore[attr-defined]
+            # A subscription needs a plain connection; a client without a pool of them (a cluster
+            # client) gets no memory of refusals: every call asks the store, as before.
+            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]
+            if pool is None:
+                return None
             with self._hints_lock:
                 if self._known_refusals is None:
                     self._known_refusals = KnownRefusals(
-                        client.connection_pool.make_connection,
+                        pool.make_connection,
                         events_channel(),
                         settings.RESILIENCE_STORE_RETRY_SECONDS,
                     )
@@ -156,11 +166,10 @@ class Runtime:
         if not self.store_available():
             return
         try:
-            self.shared.client.hset(  # type: ignore[attr-defined]
-                workers_key(), self.worker_id, f"{version} {wall_clock():.3f}"
-            )
-        except RedisError as e:  # the dashboard's view is never worth a failed request
-            self.mark_down("heartbeat", e)
+            client = self.shared.client  # type: ignore[attr-defined]
+            store_call("heartbeat", client.hset, workers_key(), self.worker_id, f"{version} {wall_clock():.3f}")
+        except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
+            self.store_failed("heartbeat", e)
 
     # --- store health --------------------------------------------------------------------
     def store_available(self) -> bool:
@@ -173,6 +182,27 @@ class Runtime:
             "resilience store unavailable",
             extra={"event": "store_error", "operation": operation, "error": repr(error)},
         )
+
+    def store_failed(
+        self, operation: str, error: Exception, stage: str = "", policies: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Handle a failed store call: the store is given up for a while, unless only this call's data was at fault.
+
+        A StoreDataError (a script or data error: the store answered) is counted and reported
+        against ``policies`` ((kind, name) pairs) at ``stage``; the other requests keep the store.
+        """
+        if not isinstance(error, StoreDataError):
+            self.mark_down(operation, error)
+            return
+        store_errors.labels(operation).inc()
+        reported = [PolicyError(kind, name, stage or operation, str(error)) for kind, name in policies]
+        if reported:
+            self.policy_errors.report(reported)
+        else:
+            log.warning(
+                "resilience store refused an operation",
+                extra={"event": "store_error", "operation": operation, "error": repr(error)},
+            )
 
     # --- policy snapshot -----------------------------------------------------------------
     def snapshot(self) -> PolicySet:
@@ -192,7 +222,7 @@ class Runtime:
             try:
                 version = self.shared.version()
             except StoreUnavailable as e:
-                self.mark_down("version", e)
+                self.store_failed("version", e)
         if current is None or (version != UNKNOWN_VERSION and version != current.version):
             current = self.reload(version)
         # Only now: until the reload is done, other threads must keep checking, not serve the
@@ -253,6 +283,8 @@ class Runtime:
                 self._db_checked_at = time.monotonic()
                 self._beat_at = 0.0  # report the new version with the next request
                 self.forget_refusals()  # a policy may have changed or gone
+                if self._snapshot.errors:
+                    self.policy_errors.report(self._snapshot.errors)
             except DatabaseError as e:
                 # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
                 # and try again at the next interval rather than failing every request.
@@ -291,18 +323,20 @@ class Runtime:
         specs: Sequence[LimitSpec],
         breakers: Sequence[BreakerConfig],
         labels: Sequence[str] | None = None,
+        policies: Sequence[tuple[str, str]] = (),
     ) -> tuple[Admission, bool]:
         """Decide limits and breakers; return (admission, from_fallback).
 
         The shared store answers in one round trip; while it is unavailable the in-process
         stores answer instead (from_fallback=True) and the caller applies each policy's rule
-        for store failures.
+        for store failures. So does a round trip the store refused (a script or data error):
+        for this request only, reported against ``policies`` ((kind, name) of each one asked).
         """
         if self.store_available() or not self.uses_redis:
             try:
                 admission = self._admission().admit(specs, breakers, labels=labels)
             except StoreUnavailable as e:
-                self.mark_down("admit", e)
+                self.store_failed("admit", e, "admit", policies)
             else:
                 self.observe_version(admission.hit.version)
                 return admission, False
@@ -328,7 +362,7 @@ class Runtime:
         try:
             self.shared.bump_version()
         except StoreUnavailable as e:
-            self.mark_down("bump_version", e)
+            self.store_failed("bump_version", e)
             return str(e)
         finally:
             self.invalidate()

@@ -20,7 +20,7 @@ from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
 from resilience.limiter import Decision
 from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy, hash_key_value
-from resilience.policyset import breaker_config
+from resilience.policyset import breaker_config, policy_problem
 from resilience.runtime import get_runtime, key_prefix
 
 
@@ -131,11 +131,12 @@ def policy_usage(*, policy: RateLimitPolicy, key: str) -> Decision | None:
     """Return the current decision for one key of a policy without consuming, or None if unknown."""
     from resilience.limiter import StoreUnavailable
     from resilience.middleware import _spec
-    from resilience.policyset import compile_policies
+    from resilience.policyset import PolicyError, compile_ratelimit, user_ids
 
-    rule = next((r for r in compile_policies(0).ratelimits if r.id == policy.pk), None)
-    if rule is None:
-        return None
+    try:
+        rule = compile_ratelimit(policy, user_ids([policy]))
+    except PolicyError:
+        return None  # a policy that cannot be used has no usage
     spec = _spec(rule, key_value_for(policy, key))
     try:
         return get_runtime().shared.test([spec])[0]
@@ -191,7 +192,8 @@ def breaker_status(*, policies: Iterable[CircuitBreakerPolicy] | None = None) ->
     if policies is None:
         configs = live_breaker_configs()
     else:
-        configs = [breaker_config(p) for p in policies]
+        # A policy that cannot be used is in force nowhere: it has no live state (admin and dashboard say why).
+        configs = [breaker_config(p) for p in policies if policy_problem(p) is None]
     store, fallback = get_runtime().breaker_store()
     snapshots = store.snapshots(configs)
     return [

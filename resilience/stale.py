@@ -29,8 +29,10 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from resilience.policyset import BreakerRule
+from resilience.limiter import StoreDataError, StoreUnavailable
+from resilience.policyset import BREAKER, BreakerRule
 from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.stores.boundary import store_call
 
 # Splits a comma-separated header value, as django/utils/cache.py does.
 _LIST = re.compile(r"\s*,\s*")
@@ -111,9 +113,9 @@ def save_stale(runtime: Runtime, rule: BreakerRule, request: HttpRequest, respon
         pipe = _redis(runtime).pipeline(transaction=True)
         pipe.set(_vary_key(rule, url), json.dumps(vary), ex=rule.stale_max_age)
         pipe.set(key, payload, ex=rule.stale_max_age)
-        pipe.execute()
-    except Exception as e:  # noqa: BLE001 - a lost stale copy must never fail the live response
-        runtime.mark_down("stale_save", e)
+        store_call("stale copy", pipe.execute)
+    except StoreUnavailable as e:  # a lost stale copy must never fail the live response
+        runtime.store_failed("stale_save", e, "stale", [(BREAKER, rule.name)])
 
 
 def load_stale(runtime: Runtime, rule: BreakerRule, request: HttpRequest) -> dict[str, Any] | None:
@@ -124,12 +126,34 @@ def load_stale(runtime: Runtime, rule: BreakerRule, request: HttpRequest) -> dic
     client = _redis(runtime)
     try:
         # Two round trips, as in Django's cache: the headers the URL's copies vary on, then the copy.
-        vary = client.get(_vary_key(rule, url))
-        raw = client.get(stale_key(rule, url, request, json.loads(vary))) if vary else None
-    except Exception as e:  # noqa: BLE001 - no copy is the same as a missing copy: answer 503
-        runtime.mark_down("stale_load", e)
-        return None
-    return json.loads(raw) if raw else None
+        vary = store_call("stale copy", client.get, _vary_key(rule, url))
+        raw = store_call("stale copy", client.get, stale_key(rule, url, request, _header_list(vary))) if vary else None
+        return _checked_copy(json.loads(raw)) if raw else None
+    except StoreUnavailable as e:  # no copy is the same as a missing copy: answer 503
+        runtime.store_failed("stale_load", e, "stale", [(BREAKER, rule.name)])
+    except (ValueError, TypeError, KeyError) as e:
+        error = StoreDataError(f"unreadable stale copy: {e!r}")
+        runtime.store_failed("stale_load", error, "stale", [(BREAKER, rule.name)])
+    return None
+
+
+def _header_list(raw: Any) -> list[str]:
+    """Return the stored list of Varied header names; raise TypeError if it is not one."""
+    names = json.loads(raw)
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise TypeError("the Vary list is not a list of header names")
+    return names
+
+
+def _checked_copy(kept: Any) -> dict[str, Any]:
+    """Return a stale copy if it has what the breaker's fallback reads; raise ValueError, TypeError or KeyError."""
+    if not (isinstance(kept["body"], str) and isinstance(kept["content_type"], str)):
+        raise TypeError("body or content_type is not text")
+    kept["body"].encode("latin-1")
+    if not (isinstance(kept["status"], int) and 200 <= kept["status"] <= 299):
+        raise ValueError(f"status {kept['status']!r} is not a good response's")
+    float(kept["saved_at"])
+    return kept
 
 
 def _redis(runtime: Runtime) -> Any:

@@ -316,7 +316,8 @@ class RedisServer:
 
     port: int = 0
     boot_timeout: float = 10.0
-    # More redis-server options, e.g. ("--rename-command", "EVALSHA", "") for a Redis that refuses scripts.
+    # More redis-server options, e.g. ("--cluster-enabled", "yes"), or ("--rename-command", "EVALSHA", "")
+    # for a Redis that refuses scripts.
     args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)

@@ -16,7 +16,7 @@ def create_row(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('resilience', '0005_search_ip_token_bucket'),
+        ('resilience', '0006_policy_bounds'),
     ]
 
     operations = [
