@@ -868,7 +868,8 @@ def test_migration_clamps_rows_out_of_bounds_and_keeps_every_row() -> None:
 
     assert RateLimitPolicy.objects.count() == 3
     assert RateLimitOverride.objects.count() == 1
-    assert CircuitBreakerPolicy.objects.count() == 2
+    # Migrating on to the leaf also runs the database breaker's data migration, which adds its row.
+    assert CircuitBreakerPolicy.objects.exclude(name="database").count() == 2
     burst = RateLimitPolicy.objects.get(name="huge-burst")
     assert (burst.limit, burst.period, burst.burst) == (1, 60, MAX_CAPACITY_SECONDS // 60)
     assert RateLimitPolicy.objects.get(name="big-log").limit == SLIDING_LOG_MAX

@@ -147,7 +147,7 @@ def assert_warned_of_lost_signal(page: str) -> None:
     assert '<li class="warning">' in page
     assert "could not be told at once" in page
     assert "within 5 s" in page
-    assert "In force" not in page
+    assert "In force on every worker" not in page
 
 
 # --- (a) a worker that lost Redis never reuses a real version number -----------------------------
