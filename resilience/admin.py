@@ -333,10 +333,7 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
         row = self._row(obj)
         if row is None:
             return "unavailable"
-        text = str(row["detail_state"])
-        if row["state"] == "open" and not row["forced"]:
-            text += f", half-open in {math.ceil(float(row['seconds_to_half_open']))} s"
-        return text
+        return str(row["summary"])
 
     @admin.display(description="failures (consecutive / window)")
     def live_counts(self, obj: CircuitBreakerPolicy) -> str:

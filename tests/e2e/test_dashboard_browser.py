@@ -226,7 +226,9 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         # Back on the dashboard: its refresh loop shows the breaker open, with no reload.
         page.bring_to_front()
         expect(breaker_state).to_have_attribute("data-state", "open", timeout=REFRESH_WAIT_MS)
-        expect(breaker_state).to_contain_text("open forced")
+        expect(breaker_state).to_contain_text("forced open")
+        # Held until an operator releases it: no countdown to half-open.
+        expect(page.locator('tr[data-breaker="dash-search"] td').nth(2)).to_have_text("held until released")
         expect(page.locator("#rs-updated")).to_contain_text("counters from the shared store")
         SCREENSHOTS.mkdir(exist_ok=True)
         shot = SCREENSHOTS / "dashboard.png"
