@@ -196,6 +196,7 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
         "mode",
         "rate_display",
         "algorithm",
+        "burst_display",
         "key_display",
         "match_display",
         "priority",
@@ -228,6 +229,11 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
     @admin.display(description="limit", ordering="limit")
     def rate_display(self, obj: RateLimitPolicy) -> str:
         return f"{obj.limit} / {obj.period} s"
+
+    @admin.display(description="burst (q) and refill (w)", ordering="burst")
+    def burst_display(self, obj: RateLimitPolicy) -> str:
+        # What clients see in RateLimit-Policy: a token bucket states its burst and its refill time.
+        return obj.burst_summary() or "—"
 
     @admin.display(description="key", ordering="key")
     def key_display(self, obj: RateLimitPolicy) -> str:

@@ -18,6 +18,7 @@ from django.urls import reverse
 
 from resilience import services
 from resilience.breaker import StoreUnavailable
+from resilience.limiter import Algorithm
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import get_runtime, key_prefix, workers_key
@@ -210,6 +211,10 @@ def dashboard_data() -> dict[str, Any]:
                 "enabled": p.enabled,
                 "mode": p.mode,
                 "rate": f"{p.limit}/{p.period}s",
+                # What clients see of a token bucket as q and w in RateLimit-Policy; null for windows.
+                "burst": p.stated_quota()[0] if p.algorithm == Algorithm.TOKEN_BUCKET else None,
+                "refill_seconds": p.stated_quota()[1] if p.algorithm == Algorithm.TOKEN_BUCKET else None,
+                "burst_summary": p.burst_summary(),
                 "key": p.key if p.key != "header" else f"header {p.header_name}",
                 "algorithm": p.algorithm,
                 "totals": {name: sum(values) for name, values in series.items()},

@@ -25,7 +25,7 @@ from resilience.breakers import (
     remember_refusal,
 )
 from resilience.clientip import client_ip, ip_key
-from resilience.limiter import Algorithm, Decision, LimitSpec
+from resilience.limiter import Algorithm, Decision, LimitSpec, refill_seconds
 from resilience.metrics import breaker_rejections
 from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
 from resilience.principal import principal
@@ -110,8 +110,8 @@ def _t(decision: Decision) -> int:
 
 def _window(rule: RateLimitRule, spec: LimitSpec, decision: Decision) -> int:
     # A token bucket's quota is its burst, refilled at limit/period: the burst refills in this window.
-    if rule.algorithm == Algorithm.TOKEN_BUCKET and spec.limit > 0:
-        return max(1, math.ceil(decision.limit * spec.period / spec.limit))
+    if rule.algorithm == Algorithm.TOKEN_BUCKET:
+        return refill_seconds(decision.limit, spec.limit, spec.period)
     return spec.period
 
 

@@ -161,6 +161,13 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
     policy = RateLimitPolicy(name="books-ip", match_type="prefix", pattern="/api/books", key="ip", limit=100, period=60)
     policy.full_clean()
     policy.save()
+    # A token bucket: its burst is what its clients see as q in RateLimit-Policy, and the refill time as w.
+    bucket = RateLimitPolicy(
+        name="search-ip", match_type="prefix", pattern="/api/books/search", key="ip", algorithm="token_bucket",
+        limit=100, period=60, burst=20,
+    )  # fmt: skip
+    bucket.full_clean()
+    bucket.save()
     base = server.url
     dashboard = "/admin/resilience/dashboard/"
 
@@ -180,6 +187,7 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         expect(page.locator('tr[data-breaker="dash-search"] td[data-state]')).to_have_attribute("data-state", "closed")
         books_row = page.locator('tr[data-policy="books-ip"]')
         expect(books_row).to_contain_text("100/60s")
+        expect(page.locator('tr[data-policy="search-ip"]')).to_contain_text("burst 20, refills in 12 s")
 
         # Follow the policy's link to its change form and lower the limit to 3 per minute.
         books_row.get_by_role("link", name="books-ip").click()
@@ -208,7 +216,7 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         # The dashboard, left open in its tab, counts those requests.
         page.goto(dashboard)
         expect(books_row).to_contain_text("3/60s")
-        expect(books_row.locator("td").nth(6)).to_have_text("1")  # limited
+        expect(books_row.locator("td").nth(7)).to_have_text("1")  # limited
         expect(page.locator("#rs-top tbody")).to_contain_text("127.0.0.1")
         breaker_state = page.locator('tr[data-breaker="dash-search"] td[data-state]')
         expect(breaker_state).to_have_attribute("data-state", "closed")

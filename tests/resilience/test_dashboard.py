@@ -215,6 +215,22 @@ def test_dashboard_counts_every_decision_per_policy_and_minute(store: str, staff
     assert data["top_keys"] == [{"policy": "dash-books", "key": "127.0.0.1", "count": M}]
 
 
+def test_dashboard_shows_a_token_buckets_burst_as_clients_see_it(staff_web: Client) -> None:
+    make_policy(
+        name="dash-bucket", pattern="/api/books", key="ip", algorithm="token_bucket", limit=100, period=60, burst=20
+    )
+    make_policy(name="dash-window", pattern="/api/orders", key="ip", limit=10, period=60)
+    stated = Client().get("/api/books")["RateLimit-Policy"]
+
+    data = staff_web.get(DATA).json()
+
+    bucket, window = policy_row(data, "dash-bucket"), policy_row(data, "dash-window")
+    assert stated == '"dash-bucket";q=20;w=12'
+    assert (bucket["burst"], bucket["refill_seconds"]) == (20, 12)
+    assert bucket["burst_summary"] == "burst 20, refills in 12 s"
+    assert (window["burst"], window["refill_seconds"], window["burst_summary"]) == (None, None, "")
+
+
 def test_hot_keys_of_a_deleted_policy_never_crowd_out_a_live_one(store: str, staff_web: Client) -> None:
     busy = make_policy(name="dash-busy", pattern="/api/books", key="ip", limit=1, period=60)
     crawlers = [f"198.51.100.{i}" for i in range(1, 31)]
