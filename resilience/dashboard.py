@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.urls import reverse
 
 from resilience import services
@@ -115,15 +116,17 @@ def sparkline(series: dict[str, list[int]], width: int = 180, height: int = 40) 
     return "".join(parts)
 
 
-def _health() -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _health(database: BaseDatabaseWrapper = connection) -> dict[str, dict[str, Any]]:
+    """Return whether the database (named by the engine in use) and Redis answer, and how fast."""
+    # display_name is the backend's own: "PostgreSQL", "SQLite", "MySQL"; SQLite without DATABASE_URL.
+    out: dict[str, dict[str, Any]] = {"database": {"engine": database.display_name}}
     started = time.perf_counter()
     try:
-        with connection.cursor() as cursor:
+        with database.cursor() as cursor:
             cursor.execute("SELECT 1")
-        out["postgresql"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+        out["database"].update(ok=True, ms=round((time.perf_counter() - started) * 1000, 1))
     except Exception as e:  # noqa: BLE001 - the page reports it
-        out["postgresql"] = {"ok": False, "error": str(e)[:200]}
+        out["database"].update(ok=False, error=str(e)[:200])
     runtime = get_runtime()
     if not runtime.uses_redis:
         out["redis"] = {"ok": None, "error": "not configured (in-process stores)"}

@@ -14,12 +14,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from django.db import ConnectionHandler
 from django.test import Client
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from accounts.models import User
-from resilience import services
+from resilience import dashboard, services
 from resilience.breaker import State
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.runtime import get_runtime, key_prefix, reset_runtime
@@ -297,12 +298,31 @@ def test_dashboard_lists_breakers_with_state_and_change_link(staff_web: Client) 
 
 
 @pytest.mark.redis
-def test_dashboard_reports_postgresql_and_redis_up(staff_web: Client) -> None:
+def test_dashboard_reports_the_database_and_redis_up(staff_web: Client) -> None:
     health = staff_web.get(DATA).json()["health"]
 
-    assert health["postgresql"]["ok"] is True
+    assert health["database"]["engine"] == "PostgreSQL"
+    assert health["database"]["ok"] is True
     assert health["redis"]["ok"] is True
     assert health["redis"]["ms"] >= 0
+
+
+def test_health_names_the_database_engine_in_use() -> None:
+    """The card names the engine that answered: an app run without DATABASE_URL is on SQLite."""
+    sqlite = ConnectionHandler({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}})["default"]
+    try:
+        health = dashboard._health(sqlite)
+    finally:
+        sqlite.close()
+
+    assert health["database"]["engine"] == "SQLite"
+    assert health["database"]["ok"] is True
+
+
+def test_dashboard_page_titles_the_health_card_with_the_engine(staff_web: Client) -> None:
+    html = staff_web.get(DASHBOARD).content.decode()
+
+    assert '<h3 id="rs-health-database-engine">PostgreSQL</h3>' in html
 
 
 @pytest.mark.redis
@@ -326,7 +346,7 @@ def test_dashboard_without_redis_says_so(in_process_runtime: None, staff_web: Cl
     data = staff_web.get(DATA).json()
 
     assert get_runtime().uses_redis is False
-    assert data["health"]["postgresql"]["ok"] is True
+    assert data["health"]["database"]["ok"] is True
     assert data["health"]["redis"]["ok"] is None
     assert data["propagation"]["version"] is None
     assert data["source"] == "process"
