@@ -218,6 +218,15 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         page.goto(dashboard)
         expect(books_row).to_contain_text("3/60s")
         expect(books_row.locator("td").nth(7)).to_have_text("1")  # limited
+        # Both workers served requests before the save; whichever has not served one since is idle,
+        # not behind: no alarm, and the one that served this page confirmed the change.
+        propagation = page.locator("#rs-propagation")
+        expect(propagation).to_have_attribute("data-behind", "0")
+        expect(propagation).not_to_have_class(re.compile(r"\brs-bad\b"))
+        expect(propagation).to_contain_text("confirmed")
+        states = page.locator("#rs-workers li").evaluate_all("items => items.map(i => i.dataset.state)")
+        assert "confirmed" in states, states
+        assert "behind" not in states, states
         expect(page.locator("#rs-top tbody")).to_contain_text("127.0.0.1")
         breaker_state = page.locator('tr[data-breaker="dash-search"] td[data-state]')
         expect(breaker_state).to_have_attribute("data-state", "closed")
