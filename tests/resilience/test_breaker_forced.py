@@ -47,11 +47,29 @@ def remembered(name: str) -> bool:
     return known().seconds_left(name) is not None
 
 
-def test_a_route_breaker_forced_open_sends_no_retry_after(make_book: Callable[..., Book]) -> None:
+@pytest.fixture
+def forced_open() -> Iterator[Callable[[str], None]]:
+    """Return a function that forces a breaker open; every breaker it forced is reset at teardown.
+
+    Breaker state lives in Redis, past the test: a breaker left forced open would refuse later tests.
+    """
+    forced: list[str] = []
+
+    def force(name: str) -> None:
+        forced.append(name)
+        services.breaker_force(names=[name], state=State.FORCED_OPEN)
+
+    yield force
+    services.breaker_reset(names=forced)
+
+
+def test_a_route_breaker_forced_open_sends_no_retry_after(
+    make_book: Callable[..., Book], forced_open: Callable[[str], None]
+) -> None:
     policy = make_breaker(open_seconds=15)
     page = f"/api/books/{make_book().pk}"
     client = APIClient()
-    services.breaker_force(names=[policy.name], state=State.FORCED_OPEN)
+    forced_open(policy.name)
 
     asked = client.get(page)  # decided by the shared store
     assert_held_open(asked)
@@ -66,10 +84,11 @@ def test_a_route_breaker_forced_open_sends_no_retry_after(make_book: Callable[..
         assert response.json()["breaker"] == policy.name
 
 
-def test_the_code_guard_forced_open_sends_no_retry_after() -> None:
+def test_the_code_guard_forced_open_sends_no_retry_after(forced_open: Callable[[str], None]) -> None:
     make_breaker(name="search", match_type="tag", pattern="search", failure_statuses="500-599", open_seconds=15)
     make_breaker(name="guarded", match_type="code", failure_statuses="500-599", open_seconds=15)
-    services.breaker_force(names=["search", "guarded"], state=State.FORCED_OPEN)
+    forced_open("search")
+    forced_open("guarded")
 
     def call() -> None:
         with breaker("guarded"):
