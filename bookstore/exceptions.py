@@ -34,20 +34,28 @@ DATABASE_UNAVAILABLE = {
     "title": "Database temporarily unavailable",
     "detail": "The database cannot be reached; nothing was written. Retry shortly.",
 }
+FORCED_OPEN_DETAIL = (
+    "The database circuit breaker is forced open: held until an operator releases it. Nothing was written."
+)
 
 
 def database_unavailable(exc: Exception) -> tuple[bool, dict[str, str], dict[str, Any]]:
-    """Return (refused by the database breaker, headers, extra problem members) for a database error.
+    """Return (refused by the database breaker, headers, problem members) for a database error.
 
-    Retry-After is the database breaker's time to half-open: no request gets through sooner. A
-    refusal is not logged (the trip was, once; bookstore_breaker_rejections_total counts them).
+    Retry-After is the database breaker's time to half-open: no request gets through sooner. While
+    an operator holds the breaker forced open there is no such time, and no Retry-After is sent
+    (resilience.breakers.client_retry_after says why). A refusal is not logged (the trip was, once;
+    bookstore_breaker_rejections_total counts them).
     """
     from resilience.database import NAME, DatabaseUnavailable, guard
 
-    if isinstance(exc, DatabaseUnavailable):
-        return True, {"Retry-After": str(exc.retry_after)}, {"breaker": NAME}
-    seconds = max(1, math.ceil(guard.seconds_to_half_open()))
-    return False, {"Retry-After": str(seconds)}, {}
+    refused = isinstance(exc, DatabaseUnavailable)
+    seconds = exc.retry_after if isinstance(exc, DatabaseUnavailable) else guard.seconds_to_half_open()
+    members: dict[str, Any] = {**DATABASE_UNAVAILABLE, **({"breaker": NAME} if refused else {})}
+    if seconds is None:
+        members.update(detail=FORCED_OPEN_DETAIL, forced=True)
+        return refused, {}, members
+    return refused, {"Retry-After": str(max(1, math.ceil(seconds)))}, members
 
 
 class ApplicationError(Exception):
@@ -133,7 +141,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         if not refused:
             error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             database_outage.occurred("database unavailable: %s", error, error=error)
-        body = problem_body(status=503, **DATABASE_UNAVAILABLE, instance=instance, **extra)
+        body = problem_body(status=503, instance=instance, **extra)
         response = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
         # Logged already (sampled above, or the breaker's trip): django.request adds no line per request.
         response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
@@ -207,7 +215,7 @@ def handler500(request: HttpRequest) -> HttpResponse:
     if isinstance(exc, OperationalError | InterfaceError):
         refused, headers, extra = database_unavailable(exc)
         # quiet for a refusal; otherwise Django logs this response once, with the exception.
-        return problem_response(request, status=503, **DATABASE_UNAVAILABLE, headers=headers, quiet=refused, **extra)
+        return problem_response(request, status=503, headers=headers, quiet=refused, **extra)
     return problem_response(
         request,
         status=500,

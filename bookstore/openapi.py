@@ -8,7 +8,8 @@ response of every operation therefore documents ``RateLimit-Policy`` / ``RateLim
 a limit matched) and ``X-Circuit-Breaker-State`` (present when a breaker protects the route);
 every operation documents 429 (with ``Retry-After`` and the RateLimit fields) and 503 with
 ``Retry-After`` (an open breaker, an unreachable database, or a fail-closed limit whose store is
-down); successful GETs may be a breaker's stale copy (``X-Stale-Response``, ``Age``).
+down; absent only while an operator holds a breaker forced open, which has no time to give);
+successful GETs may be a breaker's stale copy (``X-Stale-Response``, ``Age``).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ _DESCRIPTIONS = {
     "429": "Rate limited: a policy's quota is spent; `violated-policies` names it. Retry after Retry-After seconds.",
     "503": (
         "Temporarily unavailable: a circuit breaker is open, the database is unreachable, or a fail-closed "
-        "rate limit cannot reach its store. Nothing was written; retry after Retry-After seconds."
+        "rate limit cannot reach its store. Nothing was written; retry after Retry-After seconds. A breaker "
+        "an operator holds open (`forced`: true) sends no Retry-After: it holds until released."
     ),
 }
 _EVERY_OPERATION = ("400", "401", "403", "406", "429", "503")
@@ -170,7 +172,16 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "Retry-After": {
         "description": "Seconds to wait before retrying.",
-        "required": True,  # declared only on the 429 and 503 answers, which always carry it
+        "required": True,  # declared on the 429 answers, which always carry it
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    # The 503's: every one carries it but a forced-open breaker's, which has no time to give.
+    "Retry-After-Unavailable": {
+        "description": (
+            "Seconds to wait before retrying. Absent while an operator holds a circuit breaker forced open "
+            "(the problem says `forced`: true): it holds until released, so no time can be given."
+        ),
+        "required": False,
         "schema": {"type": "integer", "minimum": 1},
     },
     "X-Circuit-Breaker-State": {
@@ -205,8 +216,10 @@ def add_resilience_headers(result: dict[str, Any], generator: object, request: o
                 headers = response.setdefault("headers", {})
                 for name in _EVERY_RESPONSE:
                     headers.setdefault(name, _ref(name))
-                if code in ("429", "503"):
+                if code == "429":
                     headers["Retry-After"] = _ref("Retry-After")
+                elif code == "503":
+                    headers["Retry-After"] = _ref("Retry-After-Unavailable")
                 if method == "get" and code.startswith("2"):
                     for name in _STALE:
                         headers.setdefault(name, _ref(name))

@@ -196,6 +196,7 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
         "mode",
         "rate_display",
         "algorithm",
+        "burst_display",
         "key_display",
         "match_display",
         "priority",
@@ -228,6 +229,11 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
     @admin.display(description="limit", ordering="limit")
     def rate_display(self, obj: RateLimitPolicy) -> str:
         return f"{obj.limit} / {obj.period} s"
+
+    @admin.display(description="burst (q) and refill (w)", ordering="burst")
+    def burst_display(self, obj: RateLimitPolicy) -> str:
+        # What clients see in RateLimit-Policy: a token bucket states its burst and its refill time.
+        return obj.burst_summary() or "—"
 
     @admin.display(description="key", ordering="key")
     def key_display(self, obj: RateLimitPolicy) -> str:
@@ -333,10 +339,7 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
         row = self._row(obj)
         if row is None:
             return "unavailable"
-        text = str(row["detail_state"])
-        if row["state"] == "open" and not row["forced"]:
-            text += f", half-open in {math.ceil(float(row['seconds_to_half_open']))} s"
-        return text
+        return str(row["summary"])
 
     @admin.display(description="failures (consecutive / window)")
     def live_counts(self, obj: CircuitBreakerPolicy) -> str:

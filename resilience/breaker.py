@@ -11,7 +11,8 @@ Store contract (``now`` defaults to the store's clock: ``time.time`` in memory, 
 
 ``allow(cfg, now=None) -> (Permit, transitions)``
     CLOSED and FORCED_CLOSED admit (``trial=False``) and write nothing. FORCED_OPEN rejects with
-    ``retry_after=cfg.open_seconds`` (a hint only: it holds until released). OPEN rejects with
+    ``retry_after=cfg.open_seconds`` (only how long a worker may go without asking again: it holds
+    until released, so clients are told no time, see ``breakers.client_retry_after``). OPEN rejects with
     ``retry_after`` = seconds left of the open period; once the period is over the store switches to
     HALF_OPEN (new generation) on this call and carries on as HALF_OPEN. HALF_OPEN admits while fewer
     than ``half_open_max_calls`` (K) trial permits of the current generation were handed out

@@ -12,7 +12,7 @@ import math
 import time
 from contextlib import ContextDecorator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.dispatch import Signal
 from django.http import Http404
@@ -44,6 +44,34 @@ PUBLIC_STATE = {
 held_by_request: ContextVar[frozenset[str]] = ContextVar("breakers_held_by_request", default=frozenset())
 
 
+def client_retry_after(permit: Permit) -> float | None:
+    """Return the seconds clients are told to wait after a refusal, or None while an operator holds it open.
+
+    A forced-open breaker holds until released, so no time can honestly be given and its 503 carries
+    no Retry-After (RFC 9110 makes the field optional). Any number would be invented: too short and
+    well-behaved clients come back on that schedule to be refused again, for as long as the breaker
+    is held (the open period it used to send, 1 s for the database, is exactly that); too long and
+    they stay away after the release. Without it, clients fall back on their own backoff.
+    """
+    return None if permit.state is State.FORCED_OPEN else permit.retry_after
+
+
+class KnownOpen(NamedTuple):
+    """A breaker this process knows is open, as clients are told."""
+
+    retry_after: float | None  # seconds it surely stays open; None: forced open until released
+
+
+def open_problem(name: str, retry_after: float | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """Return the detail, headers and extra members of the 503 that refuses a call to breaker ``name``."""
+    if retry_after is None:
+        detail = f"The {name} circuit breaker is forced open: held until an operator releases it."
+        return detail, {"X-Circuit-Breaker-State": "open"}, {"breaker": name, "forced": True}
+    seconds = max(1, math.ceil(retry_after))
+    detail = f"The {name} circuit breaker is open; retry in {seconds} s."
+    return detail, {"Retry-After": str(seconds), "X-Circuit-Breaker-State": "open"}, {"breaker": name}
+
+
 class BreakerOpen(ApplicationError):
     """The breaker is open: the protected call was not attempted."""
 
@@ -51,15 +79,12 @@ class BreakerOpen(ApplicationError):
     slug = "temporary-reduced-capacity"
     title = "Service temporarily unavailable"
 
-    def __init__(self, name: str, retry_after: float) -> None:
-        seconds = max(1, math.ceil(retry_after))
-        super().__init__(
-            f"The {name} circuit breaker is open; retry in {seconds} s.",
-            headers={"Retry-After": str(seconds), "X-Circuit-Breaker-State": "open"},
-            breaker=name,
-        )
+    def __init__(self, name: str, retry_after: float | None) -> None:
+        detail, headers, extra = open_problem(name, retry_after)
+        super().__init__(detail, headers=headers, **extra)
         self.name = name
-        self.retry_after = seconds
+        # Whole seconds clients are told to wait; None while forced open (no Retry-After is sent).
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
 
 
 def announce(transitions: list[Transition]) -> None:
@@ -118,10 +143,14 @@ class Call:
         return failed
 
 
-def known_open(runtime: Runtime, name: str) -> float | None:
-    """Return how long breaker ``name`` surely stays open, as this process knows without asking, or None."""
+def known_open(runtime: Runtime, name: str) -> KnownOpen | None:
+    """Return what this process knows, without asking, of breaker ``name`` being open, or None."""
     known = runtime.known_refusals()
-    return known.seconds_left(name) if known is not None else None
+    found = known.open_breaker(name) if known is not None else None
+    if found is None:
+        return None
+    left, forced = found
+    return KnownOpen(None if forced else left)
 
 
 def remember_refusal(runtime: Runtime, name: str, permit: Permit, asked_at: float) -> None:
@@ -129,15 +158,15 @@ def remember_refusal(runtime: Runtime, name: str, permit: Permit, asked_at: floa
     if permit.state in (State.OPEN, State.FORCED_OPEN):
         known = runtime.known_refusals()
         if known is not None:
-            known.note(name, permit.retry_after, asked_at)
+            known.note(name, permit.retry_after, asked_at, forced=permit.state is State.FORCED_OPEN)
 
 
 def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     """Ask the breaker for a permit; raise BreakerOpen when it rejects the call."""
-    left = known_open(runtime, rule.name)
-    if left is not None:
+    known = known_open(runtime, rule.name)
+    if known is not None:
         breaker_rejections.labels(rule.name).inc()
-        raise BreakerOpen(rule.name, left)
+        raise BreakerOpen(rule.name, known.retry_after)
     asked_at = time.perf_counter()
     store, fallback = runtime.breaker_store()
     try:
@@ -151,7 +180,7 @@ def admit(runtime: Runtime, rule: BreakerRule) -> Call:
         breaker_rejections.labels(rule.name).inc()
         if not fallback:
             remember_refusal(runtime, rule.name, permit, asked_at)
-        raise BreakerOpen(rule.name, permit.retry_after)
+        raise BreakerOpen(rule.name, client_retry_after(permit))
     return Call(runtime, rule, permit, fallback)
 
 

@@ -7,20 +7,23 @@ to any request it reports on.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.urls import reverse
 
 from resilience import services
 from resilience.breaker import StoreUnavailable
-from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.limiter import Algorithm
+from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy
 from resilience.policyset import BREAKER, RATELIMIT, policy_problem
-from resilience.runtime import get_runtime, key_prefix, workers_key
+from resilience.runtime import HEARTBEAT_INTERVAL, POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, workers_key
 from resilience.stores.boundary import store_call
 
 MINUTES = 15
@@ -29,6 +32,7 @@ OUTCOMES = {"a": "allowed", "l": "limited", "d": "dry_run_would_limit"}
 COLOURS = {"allowed": "#2e7d32", "limited": "#c62828", "dry_run_would_limit": "#ef6c00"}
 ACTIVE_WORKER_SECONDS = 30  # a worker that reported this recently counts as serving
 FORGET_WORKER_SECONDS = 3600
+STATES = ("confirmed", "idle", "pending", "behind")  # see worker_states()
 
 
 def _minutes(now: float) -> tuple[int, int]:
@@ -114,15 +118,17 @@ def sparkline(series: dict[str, list[int]], width: int = 180, height: int = 40) 
     return "".join(parts)
 
 
-def _health() -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _health(database: BaseDatabaseWrapper = connection) -> dict[str, dict[str, Any]]:
+    """Return whether the database (named by the engine in use) and Redis answer, and how fast."""
+    # display_name is the backend's own: "PostgreSQL", "SQLite", "MySQL"; SQLite without DATABASE_URL.
+    out: dict[str, dict[str, Any]] = {"database": {"engine": database.display_name}}
     started = time.perf_counter()
     try:
-        with connection.cursor() as cursor:
+        with database.cursor() as cursor:
             cursor.execute("SELECT 1")
-        out["postgresql"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+        out["database"].update(ok=True, ms=round((time.perf_counter() - started) * 1000, 1))
     except Exception as e:  # noqa: BLE001 - the page reports it
-        out["postgresql"] = {"ok": False, "error": str(e)[:200]}
+        out["database"].update(ok=False, error=str(e)[:200])
     runtime = get_runtime()
     if not runtime.uses_redis:
         out["redis"] = {"ok": None, "error": "not configured (in-process stores)"}
@@ -136,32 +142,107 @@ def _health() -> dict[str, dict[str, Any]]:
     return out
 
 
+class WorkerReport(NamedTuple):
+    """What one worker last reported (Runtime.heartbeat): times are unix seconds."""
+
+    worker: str
+    version: int | None  # the PostgreSQL policy version it serves requests under (None: none loaded)
+    loaded_at: float | None  # when it first enforced that version
+    at: float  # when it last reported, always while serving a request
+
+
+def _report(worker: object, raw: object) -> WorkerReport | None:
+    """Return a worker's report parsed, or None when it is not one (written by an older release)."""
+    try:
+        fields = json.loads(_text(raw))
+        version = fields["version"]
+        loaded_at = fields["loaded_at"]
+        return WorkerReport(
+            worker=_text(worker),
+            version=None if version is None else int(version),
+            loaded_at=None if loaded_at is None else float(loaded_at),
+            at=float(fields["at"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def worker_states(reports: Iterable[WorkerReport], version: int, now: float) -> tuple[float | None, dict[str, str]]:
+    """Return when ``version`` was first in force on a worker, and each active worker's state under it.
+
+    - confirmed: it reported serving requests under ``version`` (or a later one).
+    - idle: its last report is older than the first worker's load of ``version``. It has served no
+      request since (as far as reports show: a worker serving requests reports every HEARTBEAT_INTERVAL,
+      and at once when it loads a version), so it cannot have confirmed it, and it checks for changes
+      before its next request: no alarm.
+    - pending: it served a request under an older version, but within POLICY_BACKSTOP_SECONDS of the
+      first load, the time a change may take to reach every worker (or no worker has loaded it yet).
+    - behind: it served a request under an older version later than that: a promise broken.
+
+    The first load is the reference, not the save: it is a moment the change was surely committed
+    (a worker read it), and it costs no column. Reports from other hosts are compared by wall clock.
+    """
+    reports = list(reports)
+    loads = [r.loaded_at for r in reports if r.version is not None and r.version >= version and r.loaded_at is not None]
+    since = min(loads) if loads else None
+    states: dict[str, str] = {}
+    for r in reports:
+        if now - r.at > ACTIVE_WORKER_SECONDS:
+            continue
+        if r.version is not None and r.version >= version:
+            states[r.worker] = "confirmed"
+        elif since is not None and r.at < since:
+            states[r.worker] = "idle"
+        elif since is None or r.at <= since + POLICY_BACKSTOP_SECONDS:
+            states[r.worker] = "pending"
+        else:
+            states[r.worker] = "behind"
+    return since, states
+
+
 def _workers(now: float) -> dict[str, Any]:
+    """Return which workers serve requests under the current policy version, and which do not yet."""
     runtime = get_runtime()
-    version = None
-    workers: list[dict[str, Any]] = []
-    if runtime.uses_redis and runtime.store_available():
-        try:
-            client = runtime.shared.client  # type: ignore[attr-defined]
-            version = runtime.shared.version()
-            stale = []
-            for worker, raw in client.hgetall(workers_key()).items():
-                seen_version, _, seen_at = _text(raw).partition(" ")
-                age = now - float(seen_at or 0)
-                if age > FORGET_WORKER_SECONDS:
-                    stale.append(worker)
-                elif age <= ACTIVE_WORKER_SECONDS:
-                    workers.append({"worker": _text(worker), "version": int(seen_version), "seen": round(age, 1)})
-            if stale:
-                client.hdel(workers_key(), *stale)
-        except (StoreUnavailable, Exception) as e:  # noqa: BLE001 - shown as unknown
-            runtime.mark_down("dashboard", e)
-    current = sum(1 for w in workers if version is not None and w["version"] == version)
+    # The promises the page states next to the counts.
+    promises = {"backstop_seconds": POLICY_BACKSTOP_SECONDS, "report_seconds": HEARTBEAT_INTERVAL}
+    unknown: dict[str, Any] = {"version": None, "since": None, "active": 0, "workers": [], **promises}
+    unknown.update(dict.fromkeys(STATES, 0))
+    if not (runtime.uses_redis and runtime.store_available()):
+        return unknown
+    try:
+        client = runtime.shared.client  # type: ignore[attr-defined]
+        raw = store_call("dashboard", client.hgetall, workers_key())
+        reports = [r for r in (_report(worker, value) for worker, value in raw.items()) if r is not None]
+        gone = [r.worker for r in reports if now - r.at > FORGET_WORKER_SECONDS]
+        gone += [_text(worker) for worker, value in raw.items() if _report(worker, value) is None]
+        if gone:
+            store_call("dashboard", client.hdel, workers_key(), *gone)
+    except StoreUnavailable as e:  # shown as unknown
+        runtime.store_failed("dashboard", e)
+        return unknown
+    # PostgreSQL's count of changes, not Redis's counter: a change whose Redis signal was lost
+    # still counts, and still has to reach every worker (through the backstop).
+    version = PolicyVersion.current()
+    since, states = worker_states(reports, version, now)
+    workers = [
+        {
+            "worker": r.worker,
+            "version": r.version,
+            "state": states[r.worker],
+            "seen": round(now - r.at, 1),
+            "loaded": None if r.loaded_at is None else round(now - r.loaded_at, 1),
+        }
+        for r in sorted(reports, key=lambda r: r.worker)
+        if r.worker in states
+    ]
+    counts = Counter(states.values())
     return {
         "version": version,
+        "since": since,
         "active": len(workers),
-        "current": current,
-        "workers": sorted(workers, key=lambda w: w["worker"]),
+        **{state: counts[state] for state in STATES},
+        "workers": workers,
+        **promises,
     }
 
 
@@ -210,6 +291,10 @@ def dashboard_data() -> dict[str, Any]:
                 "enabled": p.enabled,
                 "mode": p.mode,
                 "rate": f"{p.limit}/{p.period}s",
+                # What clients see of a token bucket as q and w in RateLimit-Policy; null for windows.
+                "burst": p.stated_quota()[0] if p.algorithm == Algorithm.TOKEN_BUCKET else None,
+                "refill_seconds": p.stated_quota()[1] if p.algorithm == Algorithm.TOKEN_BUCKET else None,
+                "burst_summary": p.burst_summary(),
                 "key": p.key if p.key != "header" else f"header {p.header_name}",
                 "algorithm": p.algorithm,
                 "totals": {name: sum(values) for name, values in series.items()},

@@ -13,7 +13,8 @@ process while Redis is down), so the whole fleet agrees, and the admin, ``manage
   that it is up, and counts for nothing.
 
 While it is open, taking a connection raises DatabaseUnavailable (an OperationalError) at once,
-with no pool wait, and the request answers 503 with Retry-After = the time to half-open. The
+with no pool wait, and the request answers 503 with Retry-After = the time to half-open (none
+while an operator holds it forced open: it has no such time). The
 half-open trial opens a connection of its own instead of waiting on the pool (whose background
 reconnection may be backing off), so PostgreSQL is found back as soon as it answers.
 
@@ -43,7 +44,7 @@ from typing import NamedTuple
 from django.db import OperationalError
 
 from resilience.breaker import BreakerConfig, Permit, State, StoreUnavailable, Transition
-from resilience.breakers import announce, known_open, remember_refusal
+from resilience.breakers import announce, client_retry_after, known_open, remember_refusal
 from resilience.metrics import breaker_rejections
 from resilience.runtime import Runtime, get_runtime
 
@@ -69,9 +70,13 @@ SYNC_SECONDS = 0.1
 class DatabaseUnavailable(OperationalError):
     """PostgreSQL is known down: the database breaker refused a connection without trying one."""
 
-    def __init__(self, retry_after: float) -> None:
-        self.retry_after = max(1, math.ceil(retry_after))
-        super().__init__(f"the {NAME} circuit breaker is open; retry in {self.retry_after} s")
+    def __init__(self, retry_after: float | None) -> None:
+        # Whole seconds to tell clients; None while an operator holds the breaker open (no Retry-After).
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
+        if self.retry_after is None:
+            super().__init__(f"the {NAME} circuit breaker is forced open until an operator releases it")
+        else:
+            super().__init__(f"the {NAME} circuit breaker is open; retry in {self.retry_after} s")
 
 
 class Ticket(NamedTuple):
@@ -109,15 +114,16 @@ class DatabaseGuard:
         self._success_due = 0.0  # time.monotonic() from which the next success is reported
         self._owes_success = False  # this process reported a failure since its last success
         self._open_until = 0.0  # time.monotonic() until which this process saw it open (for hints)
+        self._forced = False  # what it saw was an operator holding it open
 
     def acquire(self) -> Ticket:
         """Return a ticket for one connection; raise DatabaseUnavailable while the breaker refuses."""
         runtime = get_runtime()
         config = database_config(runtime)
-        left = known_open(runtime, NAME)
-        if left is not None:
+        known = known_open(runtime, NAME)
+        if known is not None:
             breaker_rejections.labels(NAME).inc()
-            raise DatabaseUnavailable(left)
+            raise DatabaseUnavailable(known.retry_after)
         store, fallback = runtime.breaker_store()
         now = time.monotonic()
         closed = self._closed
@@ -136,13 +142,14 @@ class DatabaseGuard:
             if not fallback:
                 remember_refusal(runtime, NAME, permit, asked_at)
             self._closed = None
-            retry_after = permit.retry_after
+            retry_after = client_retry_after(permit)
             if permit.state is State.HALF_OPEN:
                 # Another request holds the trial: it decides within a connect timeout, not the
                 # trial lease the engine reports, so tell clients to come back after an open period.
-                retry_after = min(retry_after, config.open_seconds)
+                retry_after = min(permit.retry_after, config.open_seconds)
             else:
                 self._open_until = now + permit.retry_after
+                self._forced = retry_after is None
             raise DatabaseUnavailable(retry_after)
         ticket = Ticket(permit, fallback)
         if not permit.trial:
@@ -178,18 +185,25 @@ class DatabaseGuard:
             return  # still closed, or opened earlier by another worker: the next acquire() asks
         config = database_config()
         self._open_until = time.monotonic() + config.open_seconds
+        self._forced = False
         if not ticket.fallback:
             # This failure opened it: refuse from memory from now on, as a refusal would teach us.
             opened = Permit(False, State.OPEN, ticket.permit.generation, config.open_seconds, False)
             remember_refusal(get_runtime(), NAME, opened, asked_at)
 
-    def seconds_to_half_open(self) -> float:
-        """Return how long clients should wait before trying again, as this process knows it."""
+    def seconds_to_half_open(self) -> float | None:
+        """Return how long clients should wait before trying again, as this process knows it.
+
+        None while an operator holds the breaker open: no time can be given (see client_retry_after).
+        """
         runtime = get_runtime()
-        left = known_open(runtime, NAME)
-        if left is None:
-            left = self._open_until - time.monotonic()
-        return left if left > 0 else database_config(runtime).open_seconds
+        known = known_open(runtime, NAME)
+        if known is not None:
+            return known.retry_after
+        left = self._open_until - time.monotonic()
+        if left > 0:
+            return None if self._forced else left
+        return database_config(runtime).open_seconds
 
     def forget(self) -> None:
         """Forget what this process learnt about the breaker (after a reset; tests)."""
@@ -197,6 +211,7 @@ class DatabaseGuard:
         self._success_due = 0.0
         self._owes_success = False
         self._open_until = 0.0
+        self._forced = False
 
     def _record(self, ticket: Ticket, *, success: bool) -> tuple[State, list[Transition]] | None:
         """Record one outcome in the store that issued the ticket; return None if it is unreachable."""

@@ -57,7 +57,7 @@ class KnownRefusals:
         self.channel = channel
         self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
-        # breaker name -> (perf_counter() when its open period ends, None)
+        # breaker name -> (perf_counter() when its open period ends, whether it is forced open)
         self._until: dict[str, tuple[float, Any]] = {}
         # rate-limit key -> (perf_counter() when it admits again, what the caller needs to answer)
         self._limited: dict[str, tuple[float, Any]] = {}
@@ -70,10 +70,18 @@ class KnownRefusals:
         found = self._left(self._until, name)
         return found[0] if found is not None else None
 
-    def note(self, name: str, retry_after: float, asked_at: float) -> None:
-        """Remember that Redis, asked at perf_counter() ``asked_at``, said ``name`` opens again in ``retry_after`` s."""
+    def open_breaker(self, name: str) -> tuple[float, bool] | None:
+        """Return (seconds breaker ``name`` surely stays open, whether it is forced open), or None to ask Redis."""
+        return self._left(self._until, name)
+
+    def note(self, name: str, retry_after: float, asked_at: float, forced: bool = False) -> None:
+        """Remember that Redis, asked at perf_counter() ``asked_at``, said ``name`` opens again in ``retry_after`` s.
+
+        A ``forced`` open breaker holds until released (published like a reset); ``retry_after`` is
+        then only how long to go without asking again.
+        """
         if self._may_remember(asked_at):
-            self._until[name] = (asked_at + retry_after, None)
+            self._until[name] = (asked_at + retry_after, forced)
 
     def limited(self, key: str) -> tuple[float, Any] | None:
         """Return (seconds it surely stays refused, detail) for rate-limit ``key``, or None to ask Redis."""

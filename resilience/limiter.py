@@ -243,6 +243,25 @@ def max_burst(limit: int, period: int) -> int:
     return max(1, min(MAX_BURST, MAX_CAPACITY_SECONDS * limit // period)) if limit > 0 else MAX_BURST
 
 
+def refill_seconds(quota: int, limit: int, period: int) -> int:
+    """Return the whole seconds a token bucket of ``limit`` per ``period`` takes to refill ``quota`` tokens.
+
+    This is the ``w`` its RateLimit-Policy states next to ``q`` = the burst; a bucket that never
+    refills (limit 0) states its period.
+    """
+    if limit <= 0:
+        return period
+    return max(1, -(-quota * period // limit))  # integer ceiling: no float rounding on large numbers
+
+
+def quota_window(algorithm: str, limit: int, period: int, burst: int | None) -> tuple[int, int]:
+    """Return the (q, w) a policy's RateLimit-Policy states: a token bucket's burst and its refill time."""
+    if algorithm != Algorithm.TOKEN_BUCKET or limit <= 0:
+        return limit, period
+    quota = limit if burst is None else burst
+    return quota, refill_seconds(quota, limit, period)
+
+
 def to_micros(now: float) -> int:
     """Return ``now`` (seconds since the epoch) as whole microseconds."""
     if not math.isfinite(now) or now < 0:

@@ -18,12 +18,14 @@ from resilience.breakers import (
     PUBLIC_STATE,
     Call,
     announce,
+    client_retry_after,
     held_by_request,
     known_open,
+    open_problem,
     remember_refusal,
 )
 from resilience.clientip import client_ip, ip_key
-from resilience.limiter import Algorithm, Decision, LimitSpec
+from resilience.limiter import Algorithm, Decision, LimitSpec, refill_seconds
 from resilience.metrics import breaker_rejections
 from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
 from resilience.principal import principal
@@ -108,8 +110,8 @@ def _t(decision: Decision) -> int:
 
 def _window(rule: RateLimitRule, spec: LimitSpec, decision: Decision) -> int:
     # A token bucket's quota is its burst, refilled at limit/period: the burst refills in this window.
-    if rule.algorithm == Algorithm.TOKEN_BUCKET and spec.limit > 0:
-        return max(1, math.ceil(decision.limit * spec.period / spec.limit))
+    if rule.algorithm == Algorithm.TOKEN_BUCKET:
+        return refill_seconds(decision.limit, spec.limit, spec.period)
     return spec.period
 
 
@@ -240,10 +242,10 @@ class ResilienceMiddleware:
         Such a request is not counted against rate limits: it was refused before any limit was asked.
         """
         for rule in breakers:
-            left = known_open(runtime, rule.name)
-            if left is not None:
+            known = known_open(runtime, rule.name)
+            if known is not None:
                 breaker_rejections.labels(rule.name).inc()
-                return _timed(self._open_response(request, runtime, rule, left), started, "refused")
+                return _timed(self._open_response(request, runtime, rule, known.retry_after), started, "refused")
         return None
 
     def _known_limited(
@@ -371,7 +373,9 @@ class ResilienceMiddleware:
                 # An earlier breaker admitted a call that never ran: report no outcome for it. A success
                 # would close a half-open breaker on no evidence; its trial slot is left to the lease
                 # (the tradeoff admit_main.lua accepts), and a closed permit holds nothing.
-                return _timed(self._open_response(request, runtime, rule, permit.retry_after), started, "refused")
+                return _timed(
+                    self._open_response(request, runtime, rule, client_retry_after(permit)), started, "refused"
+                )
             calls.append(Call(runtime, rule, permit, from_fallback))
         held = held_by_request.set(held_by_request.get() | {call.rule.name for call in calls})
         try:
@@ -397,9 +401,9 @@ class ResilienceMiddleware:
         return response
 
     def _open_response(
-        self, request: HttpRequest, runtime: Runtime, rule: BreakerRule, retry_after: float
+        self, request: HttpRequest, runtime: Runtime, rule: BreakerRule, retry_after: float | None
     ) -> HttpResponse:
-        seconds = max(1, math.ceil(retry_after))
+        """Return the stale copy or the 503 for a call breaker ``rule`` refused (``retry_after`` None: forced open)."""
         if rule.stale and request.method == "GET":
             kept = stale.load_stale(runtime, rule, request)  # never for a request with credentials
             if kept is not None:
@@ -413,13 +417,14 @@ class ResilienceMiddleware:
                 response["X-Stale-Response"] = f"breaker={rule.name}; age={age}"
                 response["X-Circuit-Breaker-State"] = "open"
                 return response
+        detail, headers, extra = open_problem(rule.name, retry_after)
         return problem_response(
             request,
             quiet=True,
             status=503,
             slug="temporary-reduced-capacity",
             title="Service temporarily unavailable",
-            detail=f"The {rule.name} circuit breaker is open; retry in {seconds} s.",
-            headers={"Retry-After": str(seconds), "X-Circuit-Breaker-State": "open"},
-            breaker=rule.name,
+            detail=detail,
+            headers=headers,
+            **extra,
         )

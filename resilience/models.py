@@ -33,6 +33,7 @@ from resilience.limiter import (
     Algorithm,
     capacity_fits,
     max_burst,
+    quota_window,
 )
 from resilience.patterns import MAX_MATCH_PATH, PatternError, compile_pattern
 
@@ -248,6 +249,19 @@ class RateLimitPolicy(PolicyBase):
     @property
     def rate(self) -> str:
         return f"{self.limit}/{self.period}s"
+
+    def stated_quota(self) -> tuple[int, int]:
+        """Return the (q, w) RateLimit-Policy states for this policy: a token bucket's burst and refill time."""
+        return quota_window(self.algorithm, self.limit, self.period, self.burst)
+
+    def burst_summary(self) -> str:
+        """Return "burst 20, refills in 12 s" for a token bucket (what clients see as q and w), else ""."""
+        if self.algorithm != Algorithm.TOKEN_BUCKET:
+            return ""
+        if self.limit <= 0:
+            return "no burst (limit 0)"
+        quota, window = self.stated_quota()
+        return f"burst {quota}, refills in {window} s"
 
     def clean(self) -> None:
         # All at once: a bad pattern must not hide a bad number (the form shows every error).

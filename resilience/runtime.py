@@ -13,6 +13,7 @@ POLICY_DB_CHECK_INTERVAL seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -53,7 +54,8 @@ POLICY_BACKSTOP_SECONDS = 5
 UNKNOWN_VERSION = -1
 # After the database failed a policy reload, wait this much longer before trying again (seconds).
 POLICY_RELOAD_BACKOFF = 5.0
-# How often a worker reports the policy version it enforces, for the dashboard (seconds).
+# How often a worker serving requests reports the policy version it serves them under, for the
+# dashboard (seconds). It also reports at once whenever it loads a version.
 HEARTBEAT_INTERVAL = 10.0
 
 
@@ -67,7 +69,7 @@ def events_channel() -> str:
 
 
 def workers_key() -> str:
-    """Return the Redis hash where workers report "<version> <unix time>" under "<host>:<pid>"."""
+    """Return the Redis hash where each worker reports what it serves requests under (Runtime.heartbeat)."""
     return f"{key_prefix()}workers"
 
 
@@ -83,6 +85,8 @@ class Runtime:
         # this worker last compared it; one thread compares at a time, the others do not wait.
         self._db_version: int | None = None
         self._db_checked_at = 0.0
+        # When (unix time) this worker first loaded the PostgreSQL policy version it enforces.
+        self._loaded_wall: float | None = None
         self._db_check_lock = threading.Lock()
         self.fallback = MemoryLimiterStore()
         self.shared = self._make_shared_store()
@@ -160,14 +164,23 @@ class Runtime:
             return self.breaker_shared, False
         return self.breaker_fallback, self.uses_redis
 
-    def heartbeat(self, version: int) -> None:
-        """Tell the dashboard which policy version this worker enforces (one write per interval)."""
+    def heartbeat(self) -> None:
+        """Report to the dashboard the policy version this worker serves requests under (one HSET).
+
+        Only ever called while serving a request, after its checks for changes: at most every
+        HEARTBEAT_INTERVAL, and at once when a reload loads a version. So "at" is a moment this
+        worker served a request under "version" (the PostgreSQL policy version, which every change
+        bumps, even one whose Redis signal was lost), and "loaded_at" is when it first enforced it.
+        Hearing a change announced on the events channel (hints.py) is no reason to report: the
+        worker has not loaded it yet, and loads it before its next request anyway.
+        """
         self._beat_at = time.monotonic()
         if not self.store_available():
             return
+        record = json.dumps({"version": self._db_version, "loaded_at": self._loaded_wall, "at": wall_clock()})
         try:
             client = self.shared.client  # type: ignore[attr-defined]
-            store_call("heartbeat", client.hset, workers_key(), self.worker_id, f"{version} {wall_clock():.3f}")
+            store_call("heartbeat", client.hset, workers_key(), self.worker_id, record)
         except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
             self.store_failed("heartbeat", e)
 
@@ -209,14 +222,19 @@ class Runtime:
         """Return the current policies, reloading them when a change is seen or overdue."""
         current = self._snapshot
         now = time.monotonic()
-        if current is not None and now - self._beat_at >= HEARTBEAT_INTERVAL:
-            self.heartbeat(current.version)
         if current is not None and now - self._db_checked_at >= self._db_check_interval():
             current = self._compare_database(now)
-        if current is not None and now - self._checked_at < VERSION_CHECK_INTERVAL:
-            return current
+        if current is None or now - self._checked_at >= VERSION_CHECK_INTERVAL:
+            current = self._compare_counter(current, now)
+        # After the checks, never before: the version reported is the one this request is served under.
+        if now - self._beat_at >= HEARTBEAT_INTERVAL:
+            self.heartbeat()
+        return current
+
+    def _compare_counter(self, current: PolicySet | None, now: float) -> PolicySet:
+        """Reload if Redis's version counter moved since the snapshot was loaded (or nothing is loaded)."""
         # Without a reachable shared counter there is nothing to compare here: never guess a
-        # number a real change could take later; the database comparison above stands in.
+        # number a real change could take later; the database comparison stands in.
         version = UNKNOWN_VERSION
         if self.store_available():
             try:
@@ -267,6 +285,15 @@ class Runtime:
 
     def reload(self, version: int, db_version: int | None = None) -> PolicySet:
         """Load the policies as of Redis counter ``version`` (and PostgreSQL ``db_version``, if read)."""
+        policies, loaded = self._load(version, db_version)
+        if loaded:
+            # At once, outside the lock: the dashboard learns the new version with the request that
+            # loaded it, not a heartbeat interval later (a reload is rare: one HSET is nothing).
+            self.heartbeat()
+        return policies
+
+    def _load(self, version: int, db_version: int | None) -> tuple[PolicySet, bool]:
+        """Return the policies to serve under, and whether this call loaded them."""
         with self._lock:
             current = self._snapshot
             if (
@@ -274,14 +301,15 @@ class Runtime:
                 and current.version == version
                 and (db_version is None or db_version == self._db_version)
             ):
-                return current  # another thread loaded it meanwhile
+                return current, False  # another thread loaded it meanwhile
             try:
                 # Read before loading: a change committed in between is then seen at the next compare.
                 loaded_at = PolicyVersion.current() if db_version is None else db_version
                 self._snapshot = compile_policies(version)
+                if loaded_at != self._db_version or self._loaded_wall is None:
+                    self._loaded_wall = wall_clock()  # taken after the read: never before the change
                 self._db_version = loaded_at
                 self._db_checked_at = time.monotonic()
-                self._beat_at = 0.0  # report the new version with the next request
                 self.forget_refusals()  # a policy may have changed or gone
                 if self._snapshot.errors:
                     self.policy_errors.report(self._snapshot.errors)
@@ -290,10 +318,11 @@ class Runtime:
                 # and try again at the next interval rather than failing every request.
                 log.error("cannot load resilience policies", extra={"event": "policy_load_error", "error": repr(e)})
                 # Back off: while PostgreSQL is down, one request per worker per interval pays
-                # the pool's wait for this, not every request.
+                # the pool's wait for this, not every request. Its heartbeats keep reporting the
+                # version it still serves under: behind, once another worker has the change.
                 self._checked_at = time.monotonic() + POLICY_RELOAD_BACKOFF
-                return current if current is not None else PolicySet(version=UNKNOWN_VERSION)
-            return self._snapshot
+                return (current if current is not None else PolicySet(version=UNKNOWN_VERSION)), False
+            return self._snapshot, True
 
     def invalidate(self) -> None:
         """Forget the snapshot (tests and in-process changes)."""

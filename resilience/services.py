@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,7 +16,7 @@ from django.db.models import F
 
 from resilience import database
 from resilience.audit import log_bulk_update
-from resilience.breaker import BreakerConfig, BreakerStore, State
+from resilience.breaker import FORCED_STATES, BreakerConfig, BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
 from resilience.limiter import Decision
@@ -201,16 +202,32 @@ def breaker_status(*, policies: Iterable[CircuitBreakerPolicy] | None = None) ->
             "name": snap.name,
             "state": PUBLIC_STATE[snap.state],
             "detail_state": str(snap.state),
+            "summary": breaker_summary(snap.state, snap.retry_after),
             "forced": snap.forced,
             "generation": snap.generation,
             "consecutive_failures": snap.consecutive_failures,
             "window_calls": snap.window_calls,
             "window_failures": snap.window_failures,
             "opened_at": snap.opened_at,
-            "seconds_to_half_open": round(snap.retry_after, 3)
-            if snap.state in (State.OPEN, State.FORCED_OPEN)
-            else 0.0,
+            # A forced-open breaker never turns half-open by itself: null, not its open period.
+            "seconds_to_half_open": _seconds_to_half_open(snap.state, snap.retry_after),
             "store": "process" if fallback else "shared",
         }
         for snap in snapshots
     ]
+
+
+def _seconds_to_half_open(state: State, retry_after: float) -> float | None:
+    if state is State.FORCED_OPEN:
+        return None
+    return round(retry_after, 3) if state is State.OPEN else 0.0
+
+
+def breaker_summary(state: State, retry_after: float) -> str:
+    """Return a breaker's state as staff read it: "open, half-open in 12 s", "forced open: held until released"."""
+    if state is State.OPEN:
+        return f"open, half-open in {max(1, math.ceil(retry_after))} s"
+    if state in FORCED_STATES:
+        held = "open" if state is State.FORCED_OPEN else "closed"
+        return f"forced {held}: held until an operator releases it"
+    return str(state)

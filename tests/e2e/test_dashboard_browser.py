@@ -22,6 +22,7 @@ from pytest_django.fixtures import Settings
 
 from accounts.models import User
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.runtime import get_runtime, workers_key
 from tests.live import ROOT, LiveServer, stop_all
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -156,11 +157,21 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
     breaker.full_clean()
     breaker.save()
     static_root = collect_static(settings, tmp_path / "static")
+    # Workers of earlier tests' servers reported policy versions of a database flushed since, whose
+    # numbers this one reuses: the propagation card is about these two workers only.
+    get_runtime().shared.client.delete(workers_key())  # type: ignore[attr-defined]
     server = live_servers(workers=2, env_overrides={"STATIC_ROOT": str(static_root)})
     # Created once the workers are up, so their start-up probes of /api/books count against no one.
     policy = RateLimitPolicy(name="books-ip", match_type="prefix", pattern="/api/books", key="ip", limit=100, period=60)
     policy.full_clean()
     policy.save()
+    # A token bucket: its burst is what its clients see as q in RateLimit-Policy, and the refill time as w.
+    bucket = RateLimitPolicy(
+        name="search-ip", match_type="prefix", pattern="/api/books/search", key="ip", algorithm="token_bucket",
+        limit=100, period=60, burst=20,
+    )  # fmt: skip
+    bucket.full_clean()
+    bucket.save()
     base = server.url
     dashboard = "/admin/resilience/dashboard/"
 
@@ -175,11 +186,13 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         expect(page).to_have_url(re.compile(r"/admin/resilience/ratelimitpolicy/$"))
         page.get_by_role("link", name="Dashboard").click()
         expect(page).to_have_url(re.compile(f"{dashboard}$"))
-        expect(page.locator("#rs-health-postgresql")).to_have_text(re.compile(r"^up"))
+        expect(page.locator("#rs-health-database-engine")).to_have_text("PostgreSQL")
+        expect(page.locator("#rs-health-database")).to_have_text(re.compile(r"^up"))
         expect(page.locator("#rs-health-redis")).to_have_text(re.compile(r"^up"))
         expect(page.locator('tr[data-breaker="dash-search"] td[data-state]')).to_have_attribute("data-state", "closed")
         books_row = page.locator('tr[data-policy="books-ip"]')
         expect(books_row).to_contain_text("100/60s")
+        expect(page.locator('tr[data-policy="search-ip"]')).to_contain_text("burst 20, refills in 12 s")
 
         # Follow the policy's link to its change form and lower the limit to 3 per minute.
         books_row.get_by_role("link", name="books-ip").click()
@@ -208,7 +221,16 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         # The dashboard, left open in its tab, counts those requests.
         page.goto(dashboard)
         expect(books_row).to_contain_text("3/60s")
-        expect(books_row.locator("td").nth(6)).to_have_text("1")  # limited
+        expect(books_row.locator("td").nth(7)).to_have_text("1")  # limited
+        # Both workers served requests before the save; whichever has not served one since is idle,
+        # not behind: no alarm, and the one that served this page confirmed the change.
+        propagation = page.locator("#rs-propagation")
+        expect(propagation).to_have_attribute("data-behind", "0")
+        expect(propagation).not_to_have_class(re.compile(r"\brs-bad\b"))
+        expect(propagation).to_contain_text("confirmed")
+        states = page.locator("#rs-workers li").evaluate_all("items => items.map(i => i.dataset.state)")
+        assert "confirmed" in states, states
+        assert "behind" not in states, states
         expect(page.locator("#rs-top tbody")).to_contain_text("127.0.0.1")
         breaker_state = page.locator('tr[data-breaker="dash-search"] td[data-state]')
         expect(breaker_state).to_have_attribute("data-state", "closed")
@@ -226,7 +248,9 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         # Back on the dashboard: its refresh loop shows the breaker open, with no reload.
         page.bring_to_front()
         expect(breaker_state).to_have_attribute("data-state", "open", timeout=REFRESH_WAIT_MS)
-        expect(breaker_state).to_contain_text("open forced")
+        expect(breaker_state).to_contain_text("forced open")
+        # Held until an operator releases it: no countdown to half-open.
+        expect(page.locator('tr[data-breaker="dash-search"] td').nth(2)).to_have_text("held until released")
         expect(page.locator("#rs-updated")).to_contain_text("counters from the shared store")
         SCREENSHOTS.mkdir(exist_ok=True)
         shot = SCREENSHOTS / "dashboard.png"

@@ -113,7 +113,24 @@ def test_status_text_shows_time_to_half_open(db: None) -> None:
     line = next(line for line in breakers("status").splitlines() if line.startswith(policy.name))
 
     assert "open" in line
-    assert re.search(r"half-open in (29|30)s", line)
+    assert re.search(r"half-open in (29|30) s", line)
+
+
+def test_status_says_a_forced_breaker_is_held_not_when_it_turns_half_open(db: None) -> None:
+    opened, closed = make_breaker(open_seconds=15), make_breaker(open_seconds=15)
+    breakers("open", opened.name)
+    breakers("close", closed.name)
+
+    lines = {line.split()[0]: line for line in breakers("status").splitlines()[:-1]}
+    rows = status_rows()
+
+    assert "forced open: held until an operator releases it" in lines[opened.name]
+    assert "forced closed: held until an operator releases it" in lines[closed.name]
+    assert "half-open" not in lines[opened.name] + lines[closed.name]
+    # No time to half-open: the open period (15 s) would say it ends by itself.
+    assert rows[opened.name]["seconds_to_half_open"] is None
+    assert rows[opened.name]["summary"] == "forced open: held until an operator releases it"
+    assert rows[opened.name]["detail_state"] == "forced-open"
 
 
 def test_reset_closes_a_tripped_breaker(db: None, make_book: Callable[..., Book]) -> None:
@@ -152,7 +169,10 @@ def test_open_holds_after_the_open_period(db: None, make_book: Callable[..., Boo
     for response in (first, later):
         assert response.status_code == 503
         assert response["X-Circuit-Breaker-State"] == "open"
-        assert response["Retry-After"] == "1"
+        # Held until released: no time to retry can be given, so none is (not the 1 s open period).
+        assert "Retry-After" not in response
+        assert response.json()["forced"] is True
+        assert "held until an operator releases it" in response.json()["detail"]
     assert state(policy) is State.FORCED_OPEN
     assert status_rows()[policy.name]["forced"] is True
 
@@ -213,6 +233,18 @@ def test_health_lists_every_enabled_breaker(db: None) -> None:
     assert disabled.name not in rows
     assert rows[closed.name]["state"] == "closed"
     assert rows[tripped.name]["state"] == "open"
+
+
+def test_health_says_a_forced_open_breaker_is_held(db: None) -> None:
+    forced = make_breaker(open_seconds=15)
+    breakers("open", forced.name)
+
+    rows = {row["name"]: row for row in APIClient().get("/health/breakers").json()["breakers"]}
+
+    assert rows[forced.name]["state"] == "open"
+    assert rows[forced.name]["forced"] is True
+    assert rows[forced.name]["seconds_to_half_open"] is None
+    assert rows[forced.name]["summary"] == "forced open: held until an operator releases it"
 
 
 @pytest.mark.parametrize("path", ["/health/breaker_metrics", "/metrics"])
@@ -277,7 +309,7 @@ def test_changelist_shows_live_state_and_time_to_half_open(admin_client: Client)
     assert response.status_code == 200
     live = live_states(response.content.decode())
     assert live[closed.name] == "closed"
-    assert live[forced.name] == "forced-open"
+    assert live[forced.name] == "forced open: held until an operator releases it"
     seconds = re.fullmatch(r"open, half-open in (\d+) s", live[tripped.name])
     assert seconds is not None, live[tripped.name]
     assert 29 <= int(seconds[1]) <= 30

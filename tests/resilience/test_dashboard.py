@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from html.parser import HTMLParser
@@ -14,15 +16,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from django.db import ConnectionHandler
 from django.test import Client
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from accounts.models import User
-from resilience import services
+from resilience import dashboard, services
 from resilience.breaker import State
-from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
-from resilience.runtime import get_runtime, key_prefix, reset_runtime
+from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy
+from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, reset_runtime, workers_key
+from resilience.stores.redis_limiter import RedisLimiterStore
 
 pytestmark = pytest.mark.django_db
 
@@ -215,6 +219,22 @@ def test_dashboard_counts_every_decision_per_policy_and_minute(store: str, staff
     assert data["top_keys"] == [{"policy": "dash-books", "key": "127.0.0.1", "count": M}]
 
 
+def test_dashboard_shows_a_token_buckets_burst_as_clients_see_it(staff_web: Client) -> None:
+    make_policy(
+        name="dash-bucket", pattern="/api/books", key="ip", algorithm="token_bucket", limit=100, period=60, burst=20
+    )
+    make_policy(name="dash-window", pattern="/api/orders", key="ip", limit=10, period=60)
+    stated = Client().get("/api/books")["RateLimit-Policy"]
+
+    data = staff_web.get(DATA).json()
+
+    bucket, window = policy_row(data, "dash-bucket"), policy_row(data, "dash-window")
+    assert stated == '"dash-bucket";q=20;w=12'
+    assert (bucket["burst"], bucket["refill_seconds"]) == (20, 12)
+    assert bucket["burst_summary"] == "burst 20, refills in 12 s"
+    assert (window["burst"], window["refill_seconds"], window["burst_summary"]) == (None, None, "")
+
+
 def test_hot_keys_of_a_deleted_policy_never_crowd_out_a_live_one(store: str, staff_web: Client) -> None:
     busy = make_policy(name="dash-busy", pattern="/api/books", key="ip", limit=1, period=60)
     crawlers = [f"198.51.100.{i}" for i in range(1, 31)]
@@ -281,36 +301,183 @@ def test_dashboard_lists_breakers_with_state_and_change_link(staff_web: Client) 
 
 
 @pytest.mark.redis
-def test_dashboard_reports_postgresql_and_redis_up(staff_web: Client) -> None:
+def test_dashboard_reports_the_database_and_redis_up(staff_web: Client) -> None:
     health = staff_web.get(DATA).json()["health"]
 
-    assert health["postgresql"]["ok"] is True
+    assert health["database"]["engine"] == "PostgreSQL"
+    assert health["database"]["ok"] is True
     assert health["redis"]["ok"] is True
     assert health["redis"]["ms"] >= 0
 
 
+def test_health_names_the_database_engine_in_use() -> None:
+    """The card names the engine that answered: an app run without DATABASE_URL is on SQLite."""
+    sqlite = ConnectionHandler({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}})["default"]
+    try:
+        health = dashboard._health(sqlite)
+    finally:
+        sqlite.close()
+
+    assert health["database"]["engine"] == "SQLite"
+    assert health["database"]["ok"] is True
+
+
+def test_dashboard_page_titles_the_health_card_with_the_engine(staff_web: Client) -> None:
+    html = staff_web.get(DASHBOARD).content.decode()
+
+    assert '<h3 id="rs-health-database-engine">PostgreSQL</h3>' in html
+
+
+# --- policy propagation: which workers serve requests under the current policies -------------------
+
+
+def me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def reports() -> dict[str, dict[str, Any]]:
+    """Return what each worker reported in Redis, as the dashboard reads it."""
+    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    return {w.decode(): json.loads(raw) for w, raw in client.hgetall(workers_key()).items()}
+
+
+def report(worker: str, version: int | None, at: float, loaded_at: float | None = None) -> None:
+    """Write a worker's report as Runtime.heartbeat writes it (another worker, at a chosen time)."""
+    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    record = {"version": version, "loaded_at": loaded_at, "at": at}
+    client.hset(workers_key(), worker, json.dumps(record))
+
+
+def policies_saved_elsewhere() -> int:
+    """Commit-like change on another instance: PostgreSQL's count moves, then Redis's counter is bumped."""
+    PolicyVersion.bump()
+    RedisLimiterStore(
+        get_runtime().shared.client,  # type: ignore[attr-defined]
+        get_runtime().shared.version_key,  # type: ignore[attr-defined]
+    ).bump_version()
+    return PolicyVersion.current()
+
+
+@pytest.fixture
+def no_reports() -> None:
+    get_runtime().shared.client.delete(workers_key())  # type: ignore[attr-defined]
+
+
 @pytest.mark.redis
-def test_dashboard_shows_this_worker_enforcing_the_current_version(staff_web: Client) -> None:
-    version = get_runtime().shared.bump_version()  # type: ignore[attr-defined]
-    # The first request loads the policies; the next one reports the version it enforces.
-    Client().get("/api/books")
-    Client().get("/api/books")
+@pytest.mark.parametrize("learnt", ["admission", "saved here"])
+def test_a_worker_reports_a_change_with_the_request_that_loads_it(learnt: str, no_reports: None) -> None:
+    """Not a heartbeat interval later, and never the version it held before the check."""
+    make_policy(name="dash-seen", pattern="/api/books", key="ip", limit=100, period=60)
+    assert Client().get("/api/books").status_code == 200  # loads the policies
+    loaded = reports()[me()]
+    assert loaded["version"] == PolicyVersion.current()
+
+    if learnt == "admission":
+        # Saved on another instance: this worker learns it from its next admission round trip.
+        version = policies_saved_elsewhere()
+    else:
+        # Saved in this process: the signal after commit makes it reload at its next request.
+        PolicyVersion.bump()
+        assert get_runtime().bump_version() is None
+        version = PolicyVersion.current()
+    assert Client().get("/api/books").status_code == 200
+
+    mine = reports()[me()]
+    assert mine["version"] == version
+    assert mine["loaded_at"] >= loaded["at"]
+    assert mine["at"] >= mine["loaded_at"]
+
+
+@pytest.mark.redis
+def test_an_idle_worker_is_no_alarm_and_one_serving_an_old_version_is(staff_web: Client, no_reports: None) -> None:
+    version = policies_saved_elsewhere()
+    get_runtime().invalidate()
+    assert Client().get("/api/books").status_code == 200  # this worker loads it
+    now = time.time()
+    # Another worker loaded it 20 s ago; four others last served requests under the old version:
+    report("first:1", version, at=now - 1, loaded_at=now - 20)
+    report("idle:2", version - 1, at=now - 21, loaded_at=now - 600)  # before the change was in force
+    report("pending:3", version - 1, at=now - 17, loaded_at=now - 600)  # within the 5 s it may take
+    report("behind:4", version - 1, at=now - 2, loaded_at=now - 600)  # past them: a broken promise
+    report("gone:5", version - 1, at=now - 31, loaded_at=now - 600)  # silent 30 s: no longer counted
 
     propagation = staff_web.get(DATA).json()["propagation"]
 
+    states = {w["worker"]: w["state"] for w in propagation["workers"]}
+    assert states == {
+        me(): "confirmed",
+        "first:1": "confirmed",
+        "idle:2": "idle",
+        "pending:3": "pending",
+        "behind:4": "behind",
+    }
     assert propagation["version"] == version
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    (mine,) = [w for w in propagation["workers"] if w["worker"] == me]
-    assert mine["version"] == version
-    assert 0 <= mine["seen"] <= 30
-    assert 1 <= propagation["current"] <= propagation["active"]
+    assert abs(propagation["since"] - (now - 20)) < 0.01
+    assert (propagation["confirmed"], propagation["idle"], propagation["pending"], propagation["behind"]) == (
+        2,
+        1,
+        1,
+        1,
+    )
+    assert propagation["active"] == 5
+    assert propagation["backstop_seconds"] == POLICY_BACKSTOP_SECONDS
+
+
+@pytest.mark.redis
+def test_workers_idle_since_a_save_leave_the_dashboard_calm(staff_web: Client, no_reports: None) -> None:
+    """Two workers served requests, then a save: only the one that served since has confirmed it."""
+    before = PolicyVersion.current()
+    report("other:7", before, at=time.time() - 3, loaded_at=time.time() - 300)
+    assert Client().get("/api/books").status_code == 200
+    version = policies_saved_elsewhere()
+    get_runtime().invalidate()
+
+    propagation = staff_web.get(DATA).json()["propagation"]  # this request loads the change
+
+    states = {w["worker"]: w["state"] for w in propagation["workers"]}
+    assert states == {me(): "confirmed", "other:7": "idle"}
+    assert propagation["version"] == version
+    assert propagation["behind"] == 0
+
+
+def test_worker_states_compare_each_report_with_the_first_load() -> None:
+    now, since = 10_000.0, 9_980.0
+
+    def states(*rows: tuple[str, int | None, float, float | None], version: int = 5) -> dict[str, str]:
+        found = [dashboard.WorkerReport(worker=w, version=v, loaded_at=loaded, at=at) for w, v, at, loaded in rows]
+        return dashboard.worker_states(found, version, now)[1]
+
+    assert states(
+        ("a", 5, now, since),
+        ("newer", 6, now, now - 1),  # loaded a change saved since the page read the version
+        ("none", None, now - 21, None),  # nothing loaded (PostgreSQL down at start), quiet since
+        ("idle", 4, since - 0.001, 100.0),
+        ("edge", 4, since + POLICY_BACKSTOP_SECONDS, 100.0),
+        ("late", 4, since + POLICY_BACKSTOP_SECONDS + 0.001, 100.0),
+        ("gone", 4, now - 30.001, 100.0),
+    ) == {"a": "confirmed", "newer": "confirmed", "none": "idle", "idle": "idle", "edge": "pending", "late": "behind"}
+    # Until a worker has loaded it, no one can be behind it: it may have been saved a moment ago.
+    assert states(("old", 4, now, 100.0)) == {"old": "pending"}
+    first = dashboard.WorkerReport(worker="a", version=5, loaded_at=since, at=now)
+    assert dashboard.worker_states([first], 5, now)[0] == since
+
+
+@pytest.mark.redis
+def test_reports_of_an_older_release_are_dropped(staff_web: Client, no_reports: None) -> None:
+    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    client.hset(workers_key(), "old:9", f"3 {time.time():.3f}")  # "<version> <unix time>"
+
+    propagation = staff_web.get(DATA).json()["propagation"]
+
+    assert "old:9" not in {w["worker"] for w in propagation["workers"]}
+    assert client.hget(workers_key(), "old:9") is None
 
 
 def test_dashboard_without_redis_says_so(in_process_runtime: None, staff_web: Client) -> None:
     data = staff_web.get(DATA).json()
 
     assert get_runtime().uses_redis is False
-    assert data["health"]["postgresql"]["ok"] is True
+    assert data["health"]["database"]["ok"] is True
     assert data["health"]["redis"]["ok"] is None
     assert data["propagation"]["version"] is None
     assert data["source"] == "process"

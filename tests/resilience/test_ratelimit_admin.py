@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -347,3 +348,21 @@ def test_changelist_renders_with_filters_and_search(admin_client: Client) -> Non
     assert filtered.status_code == 200
     names = [p.name for p in filtered.context["cl"].result_list]
     assert names == ["books-ip"]
+
+
+def burst_cells(html: str) -> dict[str, str]:
+    """Return the changelist's burst column by policy name."""
+    rows = re.findall(r'<a href="[^"]+/change/">([^<]+)</a>.*?class="field-burst_display">([^<]*)</td>', html, re.S)
+    return dict(rows)
+
+
+def test_changelist_shows_a_token_buckets_burst_as_clients_see_it(admin_client: Client) -> None:
+    make_policy(name="bucket-ip", algorithm="token_bucket", limit=100, period=60, burst=20)
+    make_policy(name="window-ip", pattern="/api/orders", limit=10, period=60)
+    stated = APIClient().get("/api/books")["RateLimit-Policy"]
+
+    cells = burst_cells(admin_client.get(CHANGELIST).content.decode())
+
+    # The q and w that RateLimit-Policy states: the burst, and the seconds it takes to refill.
+    assert stated == '"bucket-ip";q=20;w=12'
+    assert cells == {"bucket-ip": "burst 20, refills in 12 s", "window-ip": "—"}

@@ -233,3 +233,14 @@ def test_options_may_follow_or_precede_the_policy_name(db: None) -> None:
 
     assert status_after == status_before
     assert "usage: 2/2" in status_after
+
+
+def test_status_shows_a_token_buckets_burst_and_refill_time(db: None) -> None:
+    make_policy(name="bucket-ip", algorithm="token_bucket", limit=20, period=600, burst=3)
+    make_policy(name="window-ip", limit=10, period=60)
+
+    lines = {line.split()[0]: line for line in ratelimit("status").splitlines()[:-1]}
+
+    # What its clients see as q=3;w=90 in RateLimit-Policy: one attempt every 30 s refills 3 in 90 s.
+    assert "(burst 3, refills in 90 s)" in lines["bucket-ip"]
+    assert "burst" not in lines["window-ip"]

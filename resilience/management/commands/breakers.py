@@ -44,10 +44,11 @@ class Command(OperatorCommand):
                 self.stdout.write(json.dumps(rows, indent=2))
                 return ""
             for row in rows:
-                extra = f", half-open in {row['seconds_to_half_open']:.0f}s" if row["state"] == "open" else ""
+                # The summary, as the admin shows it: "open, half-open in 12 s", or "forced open: held
+                # until an operator releases it" (a forced state has no time to half-open).
                 self.stdout.write(
-                    f"{row['name']:24} {row['detail_state']:13} failures={row['consecutive_failures']} "
-                    f"window={row['window_failures']}/{row['window_calls']}{extra}"
+                    f"{row['name']:24} {row['summary']:50} failures={row['consecutive_failures']} "
+                    f"window={row['window_failures']}/{row['window_calls']}"
                 )
             return f"{len(rows)} breaker(s)"
         if name:

@@ -46,9 +46,11 @@ class Command(OperatorCommand):
                 )
             return f"reset {'key ' + key + ' of ' if key else ''}{n} policy(ies)"
         for p in policies:
+            # A token bucket's burst and refill time are the q and w its clients see in RateLimit-Policy.
+            burst = f" ({p.burst_summary()})" if p.burst_summary() else ""
             line = (
                 f"{p.name:24} {'on ' if p.enabled else 'off'} {p.mode:8} {p.limit}/{p.period}s "
-                f"{p.algorithm:15} key={p.key}{':' + p.header_name if p.header_name else ''} "
+                f"{p.algorithm:15}{burst} key={p.key}{':' + p.header_name if p.header_name else ''} "
                 f"{p.methods or 'ANY'} {p.match_type}:{p.pattern}"
             )
             if key or p.key == RateLimitPolicy.Key.GLOBAL:
