@@ -46,6 +46,8 @@ INSTALLED_APPS = [
     "catalog",
     "orders",
     "resilience",
+    # manage.py demo_data: demo accounts, books and (for --reset) orders. No models; nothing depends on it.
+    "demo",
 ]
 
 MIDDLEWARE = [
