@@ -73,9 +73,6 @@ MIDDLEWARE = [
     # never reach it; they are counted by PrometheusBeforeMiddleware and bookstore_ratelimit_*.
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
-# Off only to measure what the resilience layer costs (bench/ratelimit.py); default on.
-if not env_bool("RESILIENCE_MIDDLEWARE", True):
-    MIDDLEWARE.remove("resilience.middleware.ResilienceMiddleware")
 
 ROOT_URLCONF = "bookstore.urls"
 WSGI_APPLICATION = "bookstore.wsgi.application"

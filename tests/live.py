@@ -136,6 +136,8 @@ class LiveServer:
     """
 
     workers: int = 4
+    # More than one makes gunicorn's gthread workers (deploy/gunicorn.conf.py), with keep-alive.
+    threads: int = 1
     env_overrides: dict[str, str] = field(default_factory=dict)
     port: int | None = None
     # Load Django once in the master and fork ready workers: boots several times faster on a
@@ -144,6 +146,9 @@ class LiveServer:
     boot_timeout: float = 40.0
     # Where readiness is polled; "/health/live" lets a server boot with a dead database.
     ready_path: str = READY_PATH
+    # More gunicorn flags, e.g. ("--logger-class", "bench.accesslog.ServiceTimeLogger"); its lines
+    # must start with the worker's <pid> as ACCESS_LOG_FORMAT's do (served_pids reads them).
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -171,6 +176,8 @@ class LiveServer:
         args = f"--access-logformat {shlex.quote(ACCESS_LOG_FORMAT)} --no-control-socket"
         if self.preload:
             args += " --preload"
+        if self.args:
+            args += " " + shlex.join(self.args)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_", "GUNICORN_"))}
         env.update(
             DJANGO_SETTINGS_MODULE="bookstore.settings",
@@ -183,6 +190,7 @@ class LiveServer:
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
             GUNICORN_BIND=f"{HOST}:{self.port}",
             GUNICORN_WORKERS=str(self.workers),
+            GUNICORN_THREADS=str(self.threads),
             GUNICORN_ACCESSLOG=str(self.access_log),
             GUNICORN_CMD_ARGS=args,
             LOG_LEVEL="WARNING",
