@@ -1,11 +1,6 @@
-"""The scenario's actors, played on one clock in a process of their own: `python -m bench.actors` reads its
-spec (bench/scenario.py) on stdin and writes every request's record to the file the spec names.
-
-Legitimate customers (their actions arrive open-loop, Poisson, each customer one action at a time on its own
-keep-alive connection), a crawler and a credential-stuffing bot at fixed rates, order spikes of customers on
-new connections, staff switching the search fault on and off, and a sampler of the search breaker. Each
-simulated client has its own address in X-Forwarded-For (one trusted proxy).
-"""
+"""The scenario's actors on one clock, in a process of their own: `python -m bench.actors` reads its spec on
+stdin and writes every request's record to the file the spec names. Each simulated client has its own address
+in X-Forwarded-For (one trusted proxy)."""
 
 from __future__ import annotations
 
@@ -33,6 +28,7 @@ TIMING_RE = re.compile(r'resilience;dur=([0-9.]+);desc="([a-z]+)"(?:, resilience
 # CPU ms or None] or None; quota: the answer carried a RateLimit field, i.e. the limiter was asked.
 FIELDS = ("actor", "endpoint", "sent", "received", "status", "problem", "breaker", "rid", "timing", "quota", "extra")
 User = dict[str, Any]
+Outcome = tuple[Response | None, list[Any]]  # the response (None if none came) and its record
 
 
 def address(block: int, n: int) -> str:
@@ -65,18 +61,9 @@ class Load:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def call(
-        self,
-        pool: Pool,
-        actor: str,
-        endpoint: str,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        body: Any = None,
-        extra: Any = None,
-    ) -> tuple[Response | None, list[Any]]:
-        """Send one request and record it; return the response (None on a transport error) and its record."""
+    async def call(self, pool: Pool, actor: str, endpoint: str, *request: Any, extra: Any = None) -> Outcome:
+        """Send (method, path, headers[, body]) and record it; return the response (None if none came) and record."""
+        method, path, headers, body = (*request, None)[:4]
         self.seq += 1
         rid = f"sc{self.seq}"
         payload = encode(method, path, {"X-Request-ID": rid, **headers}, json.dumps(body).encode() if body else b"")
@@ -101,7 +88,7 @@ async def order(load: Load, user: User, rng: random.Random, actor: str, key: str
     """Order n copies of a book; a legitimate customer sometimes retries with the same key, as after a lost answer."""
     headers = {**user["headers"], "Content-Type": "application/json", "Idempotency-Key": key}
     body = {"lines": [{"book_id": book, "quantity": n}]}
-    r, record = await load.call(user["pool"], actor, "order", "POST", "/api/orders", headers, body, [book, n])
+    r, record = await load.call(user["pool"], actor, "order", "POST", "/api/orders", headers, body, extra=[book, n])
     if r is None or r.status != 201:
         return
     record[-1].append(int(ID_RE.search(r.body)[1]))
@@ -109,7 +96,7 @@ async def order(load: Load, user: User, rng: random.Random, actor: str, key: str
     if actor == "legit" and rng.random() < 0.1:
         extra = list(record[-1])
         again, record = await load.call(
-            user["pool"], actor, "order-replay", "POST", "/api/orders", headers, body, extra
+            user["pool"], actor, "order-replay", "POST", "/api/orders", headers, body, extra=extra
         )
         if again is not None and again.status == 201:  # must name the first order, and say it is a replay
             record[-1] += [int(ID_RE.search(again.body)[1]), again.headers.get("idempotent-replayed") == "true"]
@@ -133,7 +120,7 @@ async def act(load: Load, user: User, rng: random.Random) -> None:
             await order(load, user, rng, "legit", f"u{user['index']}-{user['keys']}", book, 1)
         else:
             pk = user["orders"].pop(rng.randrange(len(user["orders"])))
-            await load.call(pool, "legit", "cancel", "POST", f"/api/orders/{pk}/cancel", h, None, pk)
+            await load.call(pool, "legit", "cancel", "POST", f"/api/orders/{pk}/cancel", h, extra=pk)
 
 
 async def legit(load: Load, users: list[User]) -> None:
@@ -173,10 +160,8 @@ async def staff(load: Load) -> None:
     """Switch the search dependency's fault on, and off again, through the ops API at the scheduled times."""
     pool, spec, json_ = load.pool(), load.spec, {"Content-Type": "application/json"}
     headers = {"Authorization": f"Token {spec['staff_token']}", "X-Forwarded-For": address(8, 0), **json_}
-    for event, method, body, ok in (
-        ("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200),
-        ("fault_off", "DELETE", None, 204),
-    ):
+    switches = (("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204))
+    for event, method, body, ok in switches:
         await load.until(spec[event])
         r, record = await load.call(pool, "staff", event, method, "/api/ops/faults/search", headers, body)
         load.events[event] = record[2:4] if r is not None and r.status == ok else None
@@ -201,20 +186,11 @@ async def sampler(load: Load) -> None:
 async def play(spec: dict[str, Any]) -> dict[str, Any]:
     """Play every actor; return the records and what the run itself cost and missed."""
     load, words = Load(spec), spec["words"]
-    users = [
-        {
-            "index": i,
-            "pool": load.pool(),
-            "lock": asyncio.Lock(),
-            "keys": 0,
-            "headers": {"Authorization": f"Token {token}", "X-Forwarded-For": ip},
-        }
-        for i, (token, ip) in enumerate(spec["users"])
-    ]
-    crawler, bot = (
-        {"X-Forwarded-For": address(9, 0)},
-        {"X-Forwarded-For": address(9, 1), "Content-Type": "application/json"},
-    )
+    users = [{"headers": {"Authorization": f"Token {token}", "X-Forwarded-For": ip}} for token, ip in spec["users"]]
+    for i, user in enumerate(users):
+        user |= {"index": i, "pool": load.pool(), "lock": asyncio.Lock(), "keys": 0}
+    crawler = {"X-Forwarded-For": address(9, 0)}
+    bot = {"X-Forwarded-For": address(9, 1), "Content-Type": "application/json"}
 
     def crawl(n: int) -> tuple[Any, ...]:
         q = f"{words[n % len(words)]}+{words[(n * 7 + 3) % len(words)]}"
@@ -228,14 +204,8 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
     wall_t0 = time.time() - (time.monotonic() - load.t0)
     spikes = [spike(load, i, at) for i, at in enumerate(spec["spikes"])]
     crawling = fixed_rate(load, "crawler", spec["crawler_rate"], 64, crawl)
-    done = await asyncio.gather(
-        crawling,
-        fixed_rate(load, "bot", spec["bot_rate"], 32, stuff),
-        legit(load, users),
-        staff(load),
-        sampler(load),
-        *spikes,
-    )
+    bot_stuffing = fixed_rate(load, "bot", spec["bot_rate"], 32, stuff)
+    done = await asyncio.gather(crawling, bot_stuffing, legit(load, users), staff(load), sampler(load), *spikes)
     while load.tasks:  # every request sent has a known outcome before the report
         await asyncio.gather(*list(load.tasks))
     out = {"records": load.records, "samples": load.samples, "events": load.events, "wall_t0": wall_t0}

@@ -1,24 +1,6 @@
-"""breaker: what a closed circuit breaker costs, and how fast an open one refuses.
-
-One gunicorn server serves GET /api/books/<id> of one small book, driven in alternated rounds (A B, B A, ...):
-
-A  no breaker policy (the default "search" breaker disabled too)
-B  one breaker on the prefix /api/books/, closed and never tripping: every request is admitted (one Lua
-   round trip) and its outcome recorded (a second)
-
-then O: the breaker forced open (services.breaker_force), against B. Rate limits are disabled throughout.
-A and B are switched by enabling the policy: the save bumps the policy version in Redis, every worker re-reads
-it on its first request after VERSION_CHECK_INTERVAL (1 s), and the bench idles longer than that before the
-next round. The same warmed processes serve both; a restart per round would add a boot and cold caches to
-every switch. A worker thread may still answer a few warm-up requests under the previous config: counted as
-switch-over (at most one per worker thread per round), and none may be measured.
-
-bench/client.py, not wrk: it tallies status, Content-Type, Retry-After and X-Circuit-Breaker-State of every
-response, so the checks cover every response. Redis round trips are the script calls plus the commands no
-script issues; GET and HSET go both ways (the once-a-second version check and heartbeat), and count as
-script-internal while scripts run, so "other" round trips are a lower bound. Knobs: BENCH_DURATION (s per
-round, 5), BENCH_WARMUP (1), BENCH_ROUNDS (5), BENCH_CLIENTS (16), BENCH_WORKERS (4), BENCH_THREADS (2).
-"""
+"""breaker: a closed circuit breaker's cost (A: none, B: closed, alternated rounds), then how fast it refuses
+when forced open (O). How and why: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per round, 5), BENCH_WARMUP
+(1), BENCH_ROUNDS (5), BENCH_CLIENTS (16), BENCH_WORKERS (4), BENCH_THREADS (2)."""
 
 from __future__ import annotations
 

@@ -13,13 +13,8 @@ from bench import lib
 from bench.verdict import OUTCOMES, latency_ms, limiter_admitted, outcome, pcts
 
 ACTORS = ("legit", "crawler", "bot", "spike")
-COLOURS = dict(
-    zip(
-        OUTCOMES,
-        ("#2e7d32", "#9e9d24", "#6d4c41", "#f9a825", "#1565c0", "#c62828", "#8e24aa", "#000000", "#616161"),
-        strict=True,
-    )
-)
+PALETTE = "#2e7d32 #9e9d24 #6d4c41 #f9a825 #1565c0 #c62828 #8e24aa #000000 #616161"  # in the order of OUTCOMES
+COLOURS = dict(zip(OUTCOMES, PALETTE.split(), strict=True))
 NOTE = "light red: attack; darker: search dependency failing"
 
 
@@ -61,9 +56,8 @@ def main() -> int:
     for ax, actor in zip(axes, ACTORS, strict=True):
         bottom = [0] * end
         for name in (o for o in OUTCOMES if any(series[actor][o])):
-            ax.bar(
-                range(end), series[actor][name], bottom=bottom, width=1, align="edge", color=COLOURS[name], label=name
-            )
+            colour = COLOURS[name]
+            ax.bar(range(end), series[actor][name], bottom=bottom, width=1, align="edge", color=colour, label=name)
             bottom = [b + v for b, v in zip(bottom, series[actor][name], strict=True)]
         ax.set_ylabel(f"{actor}\nrequests / s")
         ax.set_ylim(0, max(bottom) * 1.45 + 1)  # room for the legend above the bars
@@ -72,10 +66,8 @@ def main() -> int:
 
     fig, ax = plt.subplots(figsize=(11, 4.5))
     legit = [r for r in records if r["actor"] == "legit"]
-    bins = [
-        (lo + 2.5, pcts([latency_ms(r) for r in legit if lo <= r["sent"] < lo + 5], 50, 95, 99))
-        for lo in range(0, end, 5)
-    ]
+    bins = [(lo, [latency_ms(r) for r in legit if lo <= r["sent"] < lo + 5]) for lo in range(0, end, 5)]
+    bins = [(lo + 2.5, pcts(lat, 50, 95, 99)) for lo, lat in bins]
     for q, style in ((50, "-"), (95, "--"), (99, ":")):
         ax.plot([t for t, _ in bins], [p[q] for _, p in bins], style, marker="o", ms=3, label=f"p{q}")
     limit = 2 * results["report"]["legit_p99"]["baseline_ms"]
@@ -94,23 +86,12 @@ def main() -> int:
     ax2.plot([s[0] for s in db], [s[2] for s in db], label="active", color="#f9a825", lw=0.8)
     ax2.axhline(results["config"]["db_ceiling"], color="#c62828", ls="--", label="ceiling: workers x DB_POOL_MAX")
     ax2.set(ylabel="connections", ylim=(0, results["config"]["db_ceiling"] + 4))
-    ax3.stackplot(
-        [s[0] for s in db],
-        [s[3] for s in db],
-        [s[4] for s in db],
-        labels=["busy", "stolen"],
-        colors=["#6d4c41", "#bdbdbd"],
-        step="post",
-    )
+    cpu = [[s[0] for s in db], [s[3] for s in db], [s[4] for s in db]]
+    ax3.stackplot(*cpu, labels=["busy", "stolen"], colors=["#6d4c41", "#bdbdbd"], step="post")
     ax3.set(ylabel="CPU %, all cores", ylim=(0, 105))
     for ax in (ax2, ax3):
         ax.legend(loc="upper left", fontsize=8, ncol=3)
-    save(
-        fig,
-        [ax1, ax2, ax3],
-        "Search breaker state (every 250 ms), PostgreSQL connections, machine CPU",
-        "scenario-breaker.png",
-    )
+    save(fig, [ax1, ax2, ax3], "Search breaker state (every 250 ms), connections, CPU", "scenario-breaker.png")
 
     fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
     for ax, actor in zip(axes, ("crawler", "bot", "legit"), strict=True):
@@ -119,10 +100,7 @@ def main() -> int:
         ax.set_ylabel(f"{actor}\nper second")
         ax.legend(loc="upper right", fontsize=8)
     save(
-        fig,
-        axes,
-        "Rate-limiter decisions per second ('not asked': 503 from a known-open breaker)",
-        "scenario-limiter.png",
+        fig, axes, "Rate-limiter decisions per second ('not asked': a known-open breaker's 503)", "scenario-limiter.png"
     )
     return 0
 

@@ -1,19 +1,13 @@
-"""The benchmarks' one asyncio HTTP/1.1 client, for runs where every response matters.
-
-wrk measures throughput of a fixed request mix (bench/lib.py); this client is for what wrk cannot give:
-an exact count of requests each with a known outcome (orders against the stock), chosen headers tallied on
-every response (breaker states), per-request records, a source address per simulated client and scripted
-actors (bench/scenario.py). Requests are encoded and responses parsed by hand: the client shares the cores
-with the server it measures, so it must stay cheap. `python -m bench.client` runs closed_loop() on the JSON
-spec read from stdin (bench.lib.load) and prints its report.
-"""
+"""The benchmarks' one asyncio HTTP/1.1 client, for what wrk cannot give: an exact number of requests each
+with a known outcome, headers tallied on every response, per-request records, an address per simulated client,
+scripted actors (bench/actors.py). Requests are encoded and responses parsed by hand: the client shares the cores
+with the server it measures. `python -m bench.client` runs closed_loop() on the spec read from stdin."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import json
-import resource
 import sys
 import time
 from collections import Counter
@@ -46,10 +40,7 @@ def encode(method: str, path: str, headers: dict[str, str], body: bytes = b"", h
 async def _read(reader: asyncio.StreamReader) -> Response:
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, _, header_block = head.decode("latin-1").partition("\r\n")
-    headers = {}
-    for line in header_block.split("\r\n"):
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in header_block.split("\r\n"))}
     if "chunked" in headers.get("transfer-encoding", "").lower():
         parts = []
         while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
@@ -66,11 +57,9 @@ class Conn:
     """One keep-alive connection from `source` (a 127.x.y.z address, if given), reopened when it must be."""
 
     def __init__(self, host: str, port: int, source: str | None = None) -> None:
-        self.host, self.port, self.source = host, port, source
+        self.host, self.port, self.source, self.last_used, self.opened = host, port, source, 0.0, 0
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.last_used = 0.0
-        self.opened = 0
 
     async def send(self, payload: bytes, timeout: float) -> tuple[Response, float, float]:
         """Send one request, read its response; return it with its send and receive times (monotonic)."""
@@ -146,10 +135,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     host, port, tally = spec["host"], spec["port"], spec.get("tally", [])
     start = time.monotonic() + spec.get("warmup", 0)
     end, count = start + spec.get("duration", 3600), spec.get("count", 1 << 60)
-    totals: Counter[str] = Counter()
-    statuses: Counter[int] = Counter()
-    errors: Counter[str] = Counter()
-    responses: Counter[str] = Counter()
+    totals, statuses, errors, responses = Counter[str](), Counter[int](), Counter[str](), Counter[str]()
     latencies: list[float] = []
     last = [start]
 
@@ -177,14 +163,13 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     began = time.monotonic()
     await asyncio.gather(*(client(c) for c in spec["clients"]))
     seconds = last[0] - start
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "clients": len(spec["clients"]), "sent": totals["sent"], "statuses": dict(statuses), "errors": dict(errors),
         "responses": dict(responses), "count": len(latencies), "seconds": round(seconds, 3),
         "per_second": round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
         "mean_ms": round(1000 * sum(latencies) / max(len(latencies), 1), 2),
         **{f"p{q}_ms": round(percentile(latencies, q) * 1000, 2) for q in (50, 99, 100)},
-        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "wall_seconds": round(time.monotonic() - began, 2),
+        "cpu_seconds": round(time.process_time(), 2), "wall_seconds": round(time.monotonic() - began, 2),
     }  # fmt: skip
 
 

@@ -1,18 +1,7 @@
-"""hotpath: what the resilience layer adds to a request, on a path where no view hides the cost.
-
-Three gunicorn servers of the same size serve GET /bench/ping (bench/urls.py: a plain view, no database)
-and wrk drives them in alternated rounds (a b c, c b a, ...):
-
-a  the product's middleware without the resilience layer (RESILIENCE_MIDDLEWARE=false)
-b  the product's middleware with three rate-limit policies (per-IP sliding window, global token bucket,
-   per-X-App-Id fixed window) and one closed breaker matching the path, none of them ever refusing
-c  a minimal Django stack: SecurityMiddleware and CommonMiddleware only (BENCH_MINIMAL_STACK=true)
-
-Figures: what b adds per request over a (server CPU; mean latency, the wall-time view), requests/s b / a and
-a / c, and Redis round trips per request (a private redis-server; calls made inside Lua scripts count in
-INFO commandstats too, so round trips are the script calls). Knobs: BENCH_DURATION (s per round, 5),
-BENCH_WARMUP (1), BENCH_ROUNDS (5), BENCH_CLIENTS (16 connections), BENCH_WORKERS (4), BENCH_THREADS (2).
-"""
+"""hotpath: what the resilience layer adds to a trivial request. Three servers in alternated rounds: (a) the
+product's middleware without it, (b) with three limits and a closed breaker, (c) a minimal Django stack.
+How and why: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per round, 5), BENCH_WARMUP (1), BENCH_ROUNDS (5),
+BENCH_CLIENTS (16 connections), BENCH_WORKERS (4), BENCH_THREADS (2)."""
 
 from __future__ import annotations
 
@@ -36,28 +25,12 @@ LIMITS: list[dict[str, Any]] = [
     # is the sliding log's ceiling (SLIDING_LOG_MAX), ~1,600 per second.
     {"name": "bench-ip", "key": "ip", "algorithm": "sliding_window", "limit": 100_000, "period": 60},
     {"name": "bench-global", "key": "global", "algorithm": "token_bucket", "limit": 1_000_000, "period": 1},
-    {
-        "name": "bench-app",
-        "key": "header",
-        "header_name": "X-App-Id",
-        "algorithm": "fixed_window",
-        "limit": 1_000_000,
-        "period": 60,
-    },
-]
-# Never trips (no run nears a million failures in a row, and the rate rule is off); the window is the
-# default one, so recording an outcome costs what it does in use. A plain 503 when open: no stale copies.
-BREAKER: dict[str, Any] = {
-    "name": "bench-breaker",
-    "failure_threshold": 1_000_000,
-    "failure_rate": 0,
-    "window_kind": "count",
-    "window_size": 20,
-    "minimum_calls": 10,
-    "open_seconds": 30,
-    "half_open_max_calls": 1,
-    "fallback": "error",
-}
+    {"name": "bench-app", "key": "header", "header_name": "X-App-Id", "algorithm": "fixed_window",
+     "limit": 1_000_000, "period": 60},
+]  # fmt: skip
+# Never trips: no run nears a million failures in a row. The rest is the model's defaults: the rate rule off,
+# the default window (so recording an outcome costs what it does in use), a plain 503 when open.
+BREAKER: dict[str, Any] = {"name": "bench-breaker", "failure_threshold": 1_000_000}
 
 
 def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | None) -> None:

@@ -1,12 +1,8 @@
-"""What the benchmarks share: their database and Redis, gunicorn (tests/live.py's LiveServer), the two
-load clients, the machine, and results with their one layout (a table, figures, named checks).
-
-Load clients: wrk (bench/wrk.lua sends a request mix in turn) where throughput of a fixed mix is the
-figure, being cheap C that leaves the cores to the server; bench/client.py (asyncio) where every response
-matters: counted orders, tallied headers, scripted actors. Loopback only. Each benchmark recreates its own
-PostgreSQL database (bookstore_bench_<name>) and runs a private redis-server, so Redis's per-command
-counts are the benchmark's own; every process is stopped by PID.
-"""
+"""What the benchmarks share: database and Redis, gunicorn (tests/live.py's LiveServer), the two load clients
+(wrk for the throughput of a request mix, cheap C that leaves the cores to the server; bench/client.py where every
+response matters), the machine, and one layout of results: a table, figures, named checks. Loopback only; each
+benchmark has its own database (bookstore_bench_<name>) and a private redis-server, whose per-command counts are
+then its own. Every process is stopped by PID."""
 
 from __future__ import annotations
 
@@ -74,10 +70,10 @@ def customers(count: int, prefix: str = "bench") -> list[str]:
     """Create `count` customers through accounts.services; return their API tokens."""
     from accounts.services import token_for, user_create
 
-    return [
-        token_for(user=user_create(username=f"{prefix}{n}", email=f"{prefix}{n}@bench.invalid", password="unused-pw"))
-        for n in range(count)
-    ]
+    users = (
+        user_create(username=f"{prefix}{n}", email=f"{prefix}{n}@bench.invalid", password="-") for n in range(count)
+    )
+    return [token_for(user=user) for user in users]
 
 
 def release_db() -> None:
@@ -132,12 +128,9 @@ def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
 def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
     """Return server CPU ms, Redis round trips (script calls) and Redis commands per request of a spent() block."""
     n, calls = max(requests, 1), out["redis_calls"]
-    return {
-        "cpu_ms": round(1000 * out["cpu_seconds"] / n, 3),
-        "redis_rt": round(sum(calls.get(s, 0) for s in SCRIPTS) / n, 3),
-        "redis_calls": round(sum(calls.values()) / n, 3),
-        "by_command": {k: round(v / n, 3) for k, v in sorted(calls.items())},
-    }
+    per = {"cpu_ms": round(1000 * out["cpu_seconds"] / n, 3), "redis_calls": round(sum(calls.values()) / n, 3)}
+    per["redis_rt"] = round(sum(calls.get(s, 0) for s in SCRIPTS) / n, 3)
+    return per | {"by_command": {k: round(v / n, 3) for k, v in sorted(calls.items())}}
 
 
 Request = tuple[str, str, dict[str, str], str]  # method, path, headers, body
@@ -176,27 +169,15 @@ def alternate(labels: Sequence[str], rounds: int) -> Iterator[str]:
         yield from (labels if n % 2 == 0 else reversed(labels))
 
 
-COLUMNS = [
-    "config",
-    "req/s",
-    "per round",
-    "CPU ms/req",
-    "mean ms",
-    "p50 ms",
-    "p99 ms",
-    "Redis RT/req",
-    "Redis calls/req",
-]
+COLUMNS = "config|req/s|per round|CPU ms/req|mean ms|p50 ms|p99 ms|Redis RT/req|Redis calls/req".split("|")
 
 
 def summarise(labels: dict[str, str], runs: dict[str, list[dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
     """Return each config's means over its rounds (medians of the percentiles), and their table rows (COLUMNS)."""
     means = ("per_second", "cpu_ms", "mean_ms", "redis_rt", "redis_calls")
-    s = {
-        k: {f: mean(r[f] for r in rs) for f in means}
-        | {f: round(statistics.median(r[f] for r in rs), 2) for f in ("p50_ms", "p99_ms")}
-        for k, rs in runs.items()
-    }
+    s = {k: {f: mean(r[f] for r in rs) for f in means} for k, rs in runs.items()}
+    for k, rs in runs.items():
+        s[k] |= {f: round(statistics.median(r[f] for r in rs), 2) for f in ("p50_ms", "p99_ms")}
     rounds = {k: " ".join(f"{r['per_second']:.0f}" for r in rs) for k, rs in runs.items()}
     fields = ("cpu_ms", "mean_ms", "p50_ms", "p99_ms", "redis_rt", "redis_calls")
     return list(s.values()), [[labels[k], x["per_second"], rounds[k], *(x[f] for f in fields)] for k, x in s.items()]

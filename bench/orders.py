@@ -1,18 +1,7 @@
-"""orders: orders per second on one hot book through the product, against what the row lock allows.
-
-Every order takes the same book's row lock, so the lock bounds the rate. BENCH_CLIENTS (32) customers,
-one token and keep-alive connection each, send BENCH_ORDERS (2000) orders of one copy, after BENCH_WARMUP
-(1 s) of warm-up, to each of, in turn:
-
-app      POST /api/orders: the product's view, serializers and order_place
-minimal  POST /bench/order/<id> (bench/urls.py) on the same server: select_for_update + save of the row
-SQL      pgbench running BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT as often on as many connections
-
-bench/client.py, not wrk, drives them: every order sent gets a known answer, so the stock must have dropped
-by exactly the orders acknowledged. Rate limits are disabled (every client is 127.0.0.1). Two processes of
-four threads (BENCH_WORKERS, BENCH_THREADS): enough requests in flight to cover the waits on the lock,
-PostgreSQL and Redis, few enough that the thread holding the lock is not queued for the GIL behind others.
-"""
+"""orders: orders per second on one hot book through POST /api/orders, a bare select_for_update view
+(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in. Knobs: BENCH_ORDERS (2000),
+BENCH_CLIENTS (32), BENCH_WARMUP (1 s), BENCH_WORKERS (2), BENCH_THREADS (4): enough requests in flight to cover
+the waits on the lock, few enough that the thread holding it is not queued for the GIL behind the others."""
 
 from __future__ import annotations
 
@@ -40,14 +29,8 @@ def bare_sql(url: str, book_id: int, *, clients: int, count: int) -> dict[str, A
     proc = subprocess.run(cmd, input=SQL, capture_output=True, text=True, check=False)
     found = {k: re.search(rf"{k}\D*([\d.]+)", proc.stdout) for k in ("processed", "failed", "latency average", "tps")}
     n, failed, mean, tps = (float(m[1]) if m else 0.0 for m in found.values())
-    return {
-        "count": int(n),
-        "per_second": round(tps, 1),
-        "mean_ms": mean,
-        "p50_ms": "",
-        "p99_ms": "",
-        "errors": [proc.stderr.strip()] if proc.returncode or failed else [],
-    }
+    errors = [proc.stderr.strip()] if proc.returncode or failed else []
+    return {"count": int(n), "per_second": round(tps, 1), "mean_ms": mean, "errors": errors}
 
 
 def main() -> int:
@@ -60,92 +43,44 @@ def main() -> int:
         from resilience.models import RateLimitPolicy
 
         book = book_create(isbn="9790000000018", title="Hot", price=Decimal("12.50"), stock=10**9, authors=["B"])
-        tokens = lib.customers(cfg["clients"])
+        tokens, redis = lib.customers(cfg["clients"]), redis_server.client()
         RateLimitPolicy.objects.update(enabled=False)
-        redis = redis_server.client()
         machine = lib.machine(redis)
         lib.release_db()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        body = json.dumps({"lines": [{"book_id": book.pk, "quantity": 1}]})
-        paths = {"app": "/api/orders", "minimal": f"/bench/order/{book.pk}"}
-        runs = {}
+        body, runs = json.dumps({"lines": [{"book_id": book.pk, "quantity": 1}]}), {}
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
-            for label, path in paths.items():
-                clients = [
-                    {
-                        "method": "POST",
-                        "path": path,
-                        "body": body,
-                        "headers": {**headers, "Authorization": f"Token {t}"},
-                    }
-                    for t in tokens
-                ]
+            for label, path in {"app": "/api/orders", "minimal": f"/bench/order/{book.pk}"}.items():
+                auth = [{**headers, "Authorization": f"Token {t}"} for t in tokens]
+                clients = [{"method": "POST", "path": path, "body": body, "headers": h} for h in auth]
                 with lib.spent(server, redis) as spent:
                     r = lib.load(server, clients, warmup=cfg["warmup"], count=cfg["orders"])
                 runs[label] = {**r, **lib.per_request(spent, r["sent"])}
         runs["SQL"] = bare_sql(url, book.pk, clients=cfg["clients"], count=cfg["orders"])
-        stock_drop = 10**9 - Book.objects.get(pk=book.pk).stock
-        orders = Order.objects.count()
+        stock_drop, orders = 10**9 - Book.objects.get(pk=book.pk).stock, Order.objects.count()
 
     app, minimal, sql = runs["app"], runs["minimal"], runs["SQL"]
     created, done = app["statuses"].get("201", 0), minimal["statuses"].get("200", 0)
-    return lib.finish(
-        NAME,
-        {
-            "machine": machine,
-            "config": {**cfg, "statements": " ".join(SQL.split())},
-            "columns": [
-                "path",
-                "orders/s",
-                "mean ms",
-                "p50 ms",
-                "p99 ms",
-                "measured",
-                "CPU ms/order",
-                "Redis RT/order",
-            ],
-            "rows": [
-                [
-                    k,
-                    *(
-                        r.get(x, "")
-                        for x in ("per_second", "mean_ms", "p50_ms", "p99_ms", "count", "cpu_ms", "redis_rt")
-                    ),
-                ]
-                for k, r in runs.items()
-            ],
-            "figures": [
-                ["orders/s app / minimal view", lib.ratio(app["per_second"], minimal["per_second"])],
-                ["orders/s app / bare SQL", lib.ratio(app["per_second"], sql["per_second"])],
-                [
-                    "client CPU (bench/client.py) for the app's orders",
-                    f"{app['cpu_seconds']} s over {app['wall_seconds']} s",
-                ],
-            ],
-            "runs": runs,
-            "checks": [
-                lib.check(
-                    "app: every answer 201",
-                    set(app["statuses"]) == {"201"} and not app["errors"],
-                    f"{app['statuses']} {app['errors'] or ''}",
-                    "201 only",
-                ),
-                lib.check(
-                    "minimal view: every answer 200",
-                    set(minimal["statuses"]) == {"200"} and not minimal["errors"],
-                    f"{minimal['statuses']} {minimal['errors'] or ''}",
-                    "200 only",
-                ),
-                lib.check(
-                    "stock dropped by exactly the orders acknowledged",
-                    stock_drop == created + done + sql["count"] and not sql["errors"],
-                    f"-{stock_drop}; {created} + {done} + {sql['count']} {sql['errors']}",
-                    "201s + 200s + SQL commits",
-                ),
-                lib.check("one order written per 201", orders == created, orders, created),
-            ],
-        },
-    )
+    fields = ("per_second", "mean_ms", "p50_ms", "p99_ms", "count", "cpu_ms", "redis_rt")
+    rows = [[k, *(r.get(x, "") for x in fields)] for k, r in runs.items()]
+    figures = [
+        ["orders/s app / minimal view", lib.ratio(app["per_second"], minimal["per_second"])],
+        ["orders/s app / bare SQL", lib.ratio(app["per_second"], sql["per_second"])],
+        ["client CPU (bench/client.py) for the app's orders", f"{app['cpu_seconds']} s over {app['wall_seconds']} s"],
+    ]
+    checks = [
+        lib.check("app: every answer 201", set(app["statuses"]) == {"201"} and not app["errors"],
+                  f"{app['statuses']} {app['errors'] or ''}", "201 only"),
+        lib.check("minimal view: every answer 200", set(minimal["statuses"]) == {"200"} and not minimal["errors"],
+                  f"{minimal['statuses']} {minimal['errors'] or ''}", "200 only"),
+        lib.check("stock dropped by exactly the orders acknowledged", stock_drop == created + done + sql["count"] and
+                  not sql["errors"], f"-{stock_drop}: {created} + {done} + {sql['count']} {sql['errors'] or ''}",
+                  "201s + 200s + SQL commits"),
+        lib.check("one order written per 201", orders == created, orders, created),
+    ]  # fmt: skip
+    columns = ["path", "orders/s", "mean ms", "p50 ms", "p99 ms", "measured", "CPU ms/order", "Redis RT/order"]
+    results = {"machine": machine, "config": {**cfg, "statements": " ".join(SQL.split())}, "columns": columns}
+    return lib.finish(NAME, results | {"rows": rows, "figures": figures, "runs": runs, "checks": checks})
 
 
 if __name__ == "__main__":

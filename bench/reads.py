@@ -1,11 +1,6 @@
-"""reads: server CPU per request of the catalogue's reads and of placing an order, each measured alone.
-
-A before/after comparison of the product's code is one command: `bench/run reads` on each. One gunicorn
-server (BENCH_WORKERS 2 x BENCH_THREADS 4) on a 2,000-book demo catalogue; wrk sends each mix alone for
-BENCH_DURATION (5 s) after BENCH_WARMUP (1 s) on BENCH_CLIENTS (8) connections: list pages, book details,
-searches, and orders of one copy of varied books by 16 customers. Every rate-limit policy runs in dry-run
-mode, so the limiter's work is in the figures and nothing is refused; the search breaker stays as shipped.
-"""
+"""reads: server CPU per request of book list, detail, search and order placement, each alone (a before/after
+comparison is one command). How: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per request, 5), BENCH_WARMUP
+(1), BENCH_CLIENTS (8 connections), BENCH_WORKERS (2), BENCH_THREADS (4)."""
 
 from __future__ import annotations
 

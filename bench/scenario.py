@@ -1,19 +1,8 @@
-"""scenario: legitimate customers keep being served while a crawler, a login bot, order spikes and a failing
-dependency hit the shop.
-
-1. Seed bookstore_bench_scenario: a 2,000-book demo catalogue, three hot books with known stock, 400
-   customers with tokens, the staff account.
-2. Start gunicorn (4 gthread workers, DB_POOL_MAX per worker) with the data migrations' default policies,
-   FAULT_INJECTION=true and TRUSTED_PROXY_COUNT=1, so that each simulated client has its own address in
-   X-Forwarded-For, as behind a proxy. The lean access log gives each request's service time.
-3. Play the actors on the timeline (bench/actors.py, a process of its own) while this process samples
-   PostgreSQL's connections and the machine's CPU every 250 ms.
-4. Check the orders against the database, judge the run (bench/verdict.py), keep the records for the charts.
-
-`python -m bench.scenario judge` judges the last run again from its saved results. Knobs:
-BENCH_SCENARIO_THREADS (4) and BENCH_SCENARIO_POOL (4): gunicorn threads and DB_POOL_MAX per worker;
-BENCH_SCENARIO_SCALE (1) stretches or shrinks the timeline (0.5: a 64 s run, for a quick look).
-"""
+"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing dependency
+hit the shop. Seed, serve with the default policies, play the actors (bench/actors.py) while sampling PostgreSQL
+and the CPU, check the orders in the database, judge (bench/verdict.py). How and why: docs/benchmarks.md.in.
+`python -m bench.scenario judge` judges the last run again. Knobs: BENCH_SCENARIO_THREADS (4) and
+BENCH_SCENARIO_POOL (4), threads and DB_POOL_MAX per worker; BENCH_SCENARIO_SCALE (1) stretches the timeline."""
 
 from __future__ import annotations
 
@@ -43,6 +32,9 @@ RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per sec
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
 SHAPES_KEPT = 5  # runs kept per server shape in bench/results/scenario-shapes.json
+LIMIT_FIELDS = "name methods pattern key algorithm limit period burst mode"  # what the report and the checks read
+BREAKER_FIELDS = "name failure_threshold failure_rate window_size minimum_calls slow_call_ms open_seconds"
+BREAKER_FIELDS += " half_open_max_calls"
 
 
 def seed() -> dict[str, Any]:
@@ -57,21 +49,12 @@ def seed() -> dict[str, Any]:
     call_command("demo_data", books=BOOKS, seed=11, verbosity=0)
     ids = list(Book.objects.order_by("pk").values_list("pk", flat=True))
     Book.objects.filter(pk__in=ids[10 : 10 + HOT_BOOKS]).update(stock=HOT_STOCK)
-    limits = RateLimitPolicy.objects.filter(enabled=True).values(
-        *"name methods pattern key algorithm limit".split(), "period", "burst", "mode"
-    )
-    fields = (
-        "name failure_threshold failure_rate window_size minimum_calls slow_call_ms open_seconds half_open_max_calls"
-    )
-    breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*fields.split())
+    limits = RateLimitPolicy.objects.filter(enabled=True).values(*LIMIT_FIELDS.split())
+    breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*BREAKER_FIELDS.split())
     out = {"book_ids": ids, "hot_ids": ids[10 : 10 + HOT_BOOKS], "list_pages": len(ids) // 20}
-    out["in_stock_ids"] = list(
-        Book.objects.filter(stock__gte=10).exclude(pk__in=out["hot_ids"]).values_list("pk", flat=True)
-    )
-    out |= {
-        "tokens": lib.customers(CUSTOMERS, "customer"),
-        "initial_stock": dict(Book.objects.values_list("pk", "stock")),
-    }
+    in_stock = Book.objects.filter(stock__gte=10).exclude(pk__in=out["hot_ids"])
+    out |= {"in_stock_ids": list(in_stock.values_list("pk", flat=True)), "tokens": lib.customers(CUSTOMERS, "customer")}
+    out["initial_stock"] = dict(Book.objects.values_list("pk", "stock"))
     out["staff_token"] = token_for(user=User.objects.get(username="staff"))
     out["policies"] = {"ratelimits": {p["name"]: p for p in limits}, "breakers": {b["name"]: b for b in breakers}}
     for b in out["policies"]["breakers"].values():
@@ -92,11 +75,8 @@ def db_checks(initial: dict[int, int], records: list[dict[str, Any]]) -> dict[st
     lines = OrderLine.objects.exclude(order__status=Order.Status.CANCELLED).values("book_id")
     sold = dict(lines.annotate(q=Sum("quantity")).values_list("book_id", "q"))
     applied = Order.objects.filter(pk__in=cancelled, status=Order.Status.CANCELLED).values_list("pk", flat=True)
-    broken = {
-        pk: [n, current.get(pk), sold.get(pk, 0)]
-        for pk, n in initial.items()
-        if n != current.get(pk, -1) + sold.get(pk, 0)
-    }
+    broken = {pk: [n, current.get(pk), sold.get(pk, 0)] for pk, n in initial.items()}
+    broken = {pk: x for pk, x in broken.items() if x[0] != (x[1] if x[1] is not None else -1) + x[2]}
     out = {"orders_201": len(created), "orders_201_missing": sorted(created - stored)[:20], "stock_broken": broken}
     out |= {"orders_without_201": sorted(stored - created)[:20], "books_checked": len(initial)}
     out |= {"negative_stock": sum(v < 0 for v in current.values()), "cancelled_200": len(cancelled)}
@@ -172,24 +152,19 @@ def run() -> dict[str, Any]:
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
             t0, output = time.monotonic() + 1.5, lib.RESULTS / f"{NAME}.load.json"  # 1.5 s: the actors start up
             spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126, "output": str(output)}
-            spec |= {
-                **timeline,
-                **RATES,
-                "words": WORDS.split(),
-                "users": [[t, address(1, n)] for n, t in enumerate(s["tokens"])],
-            }
+            spec |= {**timeline, **RATES, "words": WORDS.split()}
+            spec["users"] = [[t, address(1, n)] for n, t in enumerate(s["tokens"])]
             spec |= {k: s[k] for k in ("book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
-            spec["spike_customers"] = [
-                [[s["tokens"][(i * 97 + n) % CUSTOMERS], address(2 + i, n)] for n in range(SPIKE_CUSTOMERS)]
-                for i in range(len(timeline["spikes"]))
-            ]
+            crowd = range(SPIKE_CUSTOMERS)
+            spec["spike_customers"] = [[[s["tokens"][(i * 97 + n) % CUSTOMERS], address(2 + i, n)] for n in crowd]
+                                       for i in range(len(timeline["spikes"]))]  # fmt: skip
             sampler = Sampler(t0, db)
             sampler.start()
             with lib.spent(server, redis) as spent:
                 cpu = redis.info("cpu")
                 cmd = [sys.executable, "-m", "bench.actors"]
                 proc = subprocess.run(
-                    cmd, cwd=lib.ROOT, input=json.dumps(spec), text=True, timeout=timeline["end"] + 120
+                    cmd, cwd=lib.ROOT, input=json.dumps(spec), text=True, timeout=timeline["end"] + 99
                 )
                 cpu = {k: redis.info("cpu")[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user")}
             sampler.stop.set()
@@ -223,11 +198,8 @@ def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict
     """
     path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
     mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"]}
-    mine |= {
-        "finished_at": results["finished_at"],
-        **judged["shape_figures"],
-        "server_cpu_s": results["server_cpu_seconds"],
-    }
+    mine |= {"finished_at": results["finished_at"], **judged["shape_figures"]}
+    mine["server_cpu_s"] = results["server_cpu_seconds"]
     mine |= {"cpu_probe_ms": results["machine"]["cpu_probe_ms"]}
     mine["failed"] = ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"
     runs = [

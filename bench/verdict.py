@@ -12,21 +12,17 @@ from bench.lib import check, percentile, table
 
 OUTCOMES = ("2xx", "409 out of stock", "401", "429", "503 breaker open", "503 dependency failed", "other", "5xx")
 OUTCOMES += ("error",)
+DESIGNED = {(409, "insufficient-stock"): "409 out of stock", (503, "temporary-reduced-capacity"): "503 breaker open"}
+DESIGNED[(503, "dependency-unavailable")] = "503 dependency failed"  # the failing search's own answer
 REJECT_P99_MS, OPEN_WITHIN_S, CLOSE_SLACK_S = 5.0, 1.0, 5.0
 Record = dict[str, Any]
 
 
 def outcome(r: Record) -> str:
-    status, problem = r["status"], r["problem"]
+    status = r["status"]
     if status in (0, 401, 429) or 200 <= status < 300:
         return {0: "error", 401: "401", 429: "429"}.get(status, "2xx")
-    if (status, problem) == (409, "insufficient-stock"):
-        return "409 out of stock"
-    if (status, problem) == (503, "temporary-reduced-capacity"):
-        return "503 breaker open"
-    if (status, problem) == (503, "dependency-unavailable"):
-        return "503 dependency failed"
-    return "5xx" if status >= 500 else "other"
+    return DESIGNED.get((status, r["problem"])) or ("5xx" if status >= 500 else "other")
 
 
 def limiter_admitted(r: Record) -> bool:
@@ -136,7 +132,8 @@ class Facts:
 
 # --- The checks: each returns (ok, measured, limit, figures) from the facts --------------------------------------
 
-Check = Callable[[Facts], tuple[Any, str, str, dict[str, Any]]]
+Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
+Check = Callable[[Facts], Judged]
 CHECKS: dict[str, tuple[str, Check]] = {}
 
 
@@ -151,7 +148,7 @@ def named(label: str) -> Callable[[Check], Check]:
 
 
 @named("crawler admitted within search-ip")
-def crawler_budget(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def crawler_budget(f: Facts) -> Judged:
     b = f.budget("crawler", "search-ip")
     ok = not b["violation"] and b["max_in_any_period"] <= b["per_period"] and b["admitted"] <= b["bound_over_span"]
     measured = f"{b['admitted']} of {b['sent']} admitted; at most {b['max_in_any_period']} surely decided in one "
@@ -160,7 +157,7 @@ def crawler_budget(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("bot admitted within login-ip")
-def bot_budget(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def bot_budget(f: Facts) -> Judged:
     b = f.budget("bot", "login-ip")
     b["admitted_server_ms"] = pcts(f.served_ms(r for r in f.by_actor["bot"] if r["status"] not in (0, 429)), 50, 100)
     limit = f"≤ {b['bound_over_span']}, what the policy ({b['text']}) admits in that span"
@@ -169,7 +166,7 @@ def bot_budget(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("legitimate success rate outside the failure window")
-def legit_success(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def legit_success(f: Facts) -> Judged:
     def ok(r: Record) -> bool:
         if r["endpoint"] == "order-replay":  # the first order's id again, marked as a replay
             x = r["extra"] or []
@@ -185,7 +182,7 @@ def legit_success(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("legitimate p99 outside the failure window vs baseline")
-def legit_p99(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def legit_p99(f: Facts) -> Judged:
     warm, attack = f.tl["warmup"][1], f.tl["attack"][0]
     base = percentile(f.legit_ms(lambda r: warm <= r["sent"] < attack), 99)
     outside = percentile(f.legit_ms(lambda r: r["sent"] >= warm and not f.in_failure(r)), 99)
@@ -200,7 +197,7 @@ def legit_p99(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("search breaker opens after the failure starts")
-def breaker_opens(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def breaker_opens(f: Facts) -> Judged:
     took = f.opened_at - f.fault_on if f.opened_at is not None else math.inf
     first = f"{f.first_503 - f.fault_on:.3f} s" if f.first_503 is not None else "n/a"
     after = [r for r in f.records if r["endpoint"] == "search" and f.fault_on <= r["sent"] < f.fault_on + 2]
@@ -213,7 +210,7 @@ def breaker_opens(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("open breaker rejects fast (server side, p99)")
-def rejects_fast(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def rejects_fast(f: Facts) -> Judged:
     timed = [r["timing"] for r in f.rejected if r["timing"]]
     views = {
         "decision": [t[0] for t in timed if t[1] == "refused"],
@@ -231,14 +228,14 @@ def rejects_fast(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("search breaker closes after recovery")
-def breaker_closes(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def breaker_closes(f: Facts) -> Judged:
     took = f.closed_at - f.fault_off if f.closed_at is not None else math.inf
     limit = f"≤ {f.open_seconds} + {CLOSE_SLACK_S:g} s"
     return took <= f.open_seconds + CLOSE_SLACK_S, f"{took:.2f} s after the fault was switched off", limit, {}
 
 
 @named("no 5xx but the designed 503s, no transport errors")
-def no_unexpected(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def no_unexpected(f: Facts) -> Judged:
     def unexpected(r: Record) -> bool:
         if r["outcome"] in ("error", "5xx") or (r["status"] == 503 and r["endpoint"] != "search"):
             return True
@@ -251,14 +248,14 @@ def no_unexpected(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("spike customers: 201 or 409 only")
-def spike_answers(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def spike_answers(f: Facts) -> Judged:
     spike = f.by_actor["spike"]
     good = sum(r["outcome"] in ("2xx", "409 out of stock") for r in spike)
     return spike and good == len(spike), f"{good} / {len(spike)}", "all", {}
 
 
 @named("every 201 order exists, none without a 201")
-def orders_exist(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def orders_exist(f: Facts) -> Judged:
     db = f.results["db_checks"]
     missing, unanswered = len(db["orders_201_missing"]), len(db["orders_without_201"])
     measured = f"{db['orders_201'] - missing} / {db['orders_201']} found; {unanswered} unanswered"
@@ -266,7 +263,7 @@ def orders_exist(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("stock conserved on every book (no loss, no oversell)")
-def stock_conserved(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def stock_conserved(f: Facts) -> Judged:
     db, ok = f.results["db_checks"], lambda k: not f.results["db_checks"][k]
     measured = f"{db['books_checked'] - len(db['stock_broken'])} / {db['books_checked']} books; "
     measured += f"{db['cancelled_200']} cancels applied"
@@ -275,7 +272,7 @@ def stock_conserved(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
 
 
 @named("DB connections never above workers x DB_POOL_MAX")
-def db_connections(f: Facts) -> tuple[Any, str, str, dict[str, Any]]:
+def db_connections(f: Facts) -> Judged:
     samples, ceiling = f.results["db_samples"], f.cfg["db_ceiling"]
     most = max((s[1] for s in samples), default=0)
     return most <= ceiling, f"max {most} over {len(samples)} samples", f"≤ {ceiling}", {"max": most}

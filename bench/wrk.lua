@@ -1,13 +1,12 @@
--- wrk's request mix for the benchmarks (bench/lib.py writes the file named after "--"): one request
--- per line, "METHOD<TAB>PATH<TAB>BODY<TAB>Header: value<TAB>...", sent in turn on every connection.
+-- wrk's request mix (bench/lib.py writes the file named after "--"): one request per line,
+-- "METHOD<TAB>PATH<TAB>BODY<TAB>Header: value<TAB>...", sent in turn on every connection.
 -- done() prints one JSON line with the figures bench/lib.py reads.
 local mix, n = {}, 0
 
 function init(args)
   for line in io.lines(args[1]) do
-    local f = {}
+    local f, headers = {}, {}
     for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
-    local headers = {}
     for i = 4, #f do
       local name, value = f[i]:match("^([^:]+):%s*(.*)$")
       headers[name] = value
