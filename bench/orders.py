@@ -70,9 +70,9 @@ def main() -> int:
     ]
     checks = [
         lib.check("app: every answer 201", set(app["statuses"]) == {"201"} and not app["errors"],
-                  f"{app['statuses']} {app['errors'] or ''}", "201 only"),
+                  f"{app['statuses']} {app['errors'] or ''}".strip(), "201 only"),
         lib.check("minimal view: every answer 200", set(minimal["statuses"]) == {"200"} and not minimal["errors"],
-                  f"{minimal['statuses']} {minimal['errors'] or ''}", "200 only"),
+                  f"{minimal['statuses']} {minimal['errors'] or ''}".strip(), "200 only"),
         lib.check("stock dropped by exactly the orders acknowledged", stock_drop == created + done + sql["count"] and
                   not sql["errors"], f"-{stock_drop}: {created} + {done} + {sql['count']} {sql['errors'] or ''}",
                   "201s + 200s + SQL commits"),

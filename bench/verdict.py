@@ -123,11 +123,8 @@ class Facts:
         out |= {"sent": len(sent), "admitted": len(admitted), "limited": sum(r["status"] == 429 for r in sent)}
         out["not_asked"] = sum(r["status"] not in (0, 429) and not r["quota"] for r in sent)
         out |= {"violation": violation, "max_in_any_period": surely, "max_by_send": by_send, "span": round(span, 2)}
-        return out | {
-            "bound_over_span": admissible(p, span),
-            "admitted_sent": [round(r["sent"], 2) for r in admitted[:40]],
-        }
-        # fmt: skip
+        out |= {"bound_over_span": admissible(p, span), "admitted_sent": [round(r["sent"], 2) for r in admitted[:40]]}
+        return out
 
 
 # --- The checks: each returns (ok, measured, limit, figures) from the facts --------------------------------------
@@ -313,6 +310,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     timing |= {f"{k}_served": pcts(f.served_ms(rs), 50, 99) for k, rs in timed.items()}
     report = {
         **{k: x[3] for k, x in by.items()}, "window": f.failure, "requests": len(f.records), "fault": fault,
+        "scripts_per_request": round(results["redis_script_calls"] / max(len(f.records), 1), 2),
         "timing": {k: " / ".join(map(str, v.values())) for k, v in timing.items()},
         "outcomes": outcome_table("actor", f.by_actor), "endpoints": outcome_table("endpoint", by_endpoint),
         "transitions": table(["time (s)", "state", "generation"], [[f"{s[1]:.2f}", *s[2:4]] for s in f.transitions]),
