@@ -89,12 +89,11 @@ def release_db() -> None:
 def server(*, workers: int, threads: int, **env: str) -> LiveServer:
     """Return gunicorn as deployed (deploy/gunicorn.conf.py) with bench/urls.py, one DB connection per thread
     and the lean access log (bench/accesslog.py); start it with `with`."""
-    return LiveServer(
-        workers=workers, threads=threads, ready_path="/health/live",
-        args=("--logger-class", "bench.accesslog.ServiceTimeLogger"),
-        env_overrides={"DJANGO_SETTINGS_MODULE": "bench.settings", "DB_POOL_MIN": str(threads),
-                       "DB_POOL_MAX": str(threads), **env},
-    )  # fmt: skip
+    # The stack switches of bench/settings.py are set here, never inherited from the caller's shell.
+    env = {"RESILIENCE_MIDDLEWARE": "true", "BENCH_MINIMAL_STACK": "false", "DB_POOL_MIN": str(threads)} | env
+    env |= {"DJANGO_SETTINGS_MODULE": "bench.settings", "DB_POOL_MAX": env.get("DB_POOL_MAX", str(threads))}
+    logger = ("--logger-class", "bench.accesslog.ServiceTimeLogger")
+    return LiveServer(workers=workers, threads=threads, ready_path="/health/live", args=logger, env_overrides=env)
 
 
 def cpu_seconds(server: LiveServer) -> float:
@@ -253,7 +252,9 @@ def render(results: dict[str, Any]) -> str:
     """Return a benchmark's results as Markdown: its table, its figures and its checks."""
     parts = [table(results["columns"], results["rows"])] if results.get("rows") else []
     parts += [table(["figure", "value"], results["figures"])] if results.get("figures") else []
-    checks = [("PASS" if c["ok"] else "**FAIL**", c["name"], c["measured"], c["limit"]) for c in results["checks"]]
+    checks = [
+        ("PASS" if c["ok"] else "**FAIL**", c["name"], c["measured"], c["limit"]) for c in results.get("checks", [])
+    ]
     return "\n\n".join([*parts, table(["", "check", "measured", "limit"], checks)])
 
 

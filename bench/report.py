@@ -23,8 +23,8 @@ def main() -> int:
     found = {p.stem: json.loads(p.read_text()) for p in sorted(lib.RESULTS.glob("*.json")) if p.stem.isidentifier()}
     for r in found.values():
         r["rendered"] = lib.render(r)
-        r["machine_table"] = lib.table(["item", "value"], r["machine"].items())
-        r["checks_table"] = lib.render({"checks": r["checks"]})
+        r["machine_table"] = lib.table(["item", "value"], r.get("machine", {}).items())
+        r["checks_table"] = lib.render({"checks": r.get("checks", [])})
         if r.get("shapes"):
             r["shapes_table"] = lib.table(list(r["shapes"][0]), [x.values() for x in r["shapes"]])
     context = {**found, "others": {k: v for k, v in found.items() if k not in SECTIONS}}
