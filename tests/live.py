@@ -146,8 +146,8 @@ class LiveServer:
     boot_timeout: float = 40.0
     # Where readiness is polled; "/health/live" lets a server boot with a dead database.
     ready_path: str = READY_PATH
-    # More gunicorn flags, e.g. ("--logger-class", "bench.accesslog.ServiceTimeLogger"); its lines
-    # must start with the worker's <pid> as ACCESS_LOG_FORMAT's do (served_pids reads them).
+    # More gunicorn flags, e.g. ("--logger-class", "bench.accesslog.ServiceTimeLogger"). A logger
+    # class must start each access line with the worker's <pid>, as ACCESS_LOG_FORMAT does.
     args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
