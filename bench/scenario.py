@@ -174,6 +174,7 @@ def run() -> dict[str, Any]:
             counted = metrics(server.port)
             timings = {f[3]: [int(f[1]), int(f[2])] for f in server.access_lines() if f[3].startswith("sc")}
         load = json.loads(output.read_text())
+        output.unlink()  # the records go to scenario.records.json, as judged
         records = [dict(zip(load["fields"], r, strict=True)) for r in load.pop("records")]
         checks = db_checks(s["initial_stock"], records)
         lib.release_db()
