@@ -68,14 +68,14 @@ def main() -> int:
         ["orders/s app / bare SQL", lib.ratio(app["per_second"], sql["per_second"])],
         ["client CPU (bench/client.py) for the app's orders", f"{app['cpu_seconds']} s over {app['wall_seconds']} s"],
     ]
+    drop = f"-{stock_drop}: {created} + {done} + {sql['count']}" + (f" {sql['errors']}" if sql["errors"] else "")
     checks = [
         lib.check("app: every answer 201", set(app["statuses"]) == {"201"} and not app["errors"],
                   f"{app['statuses']} {app['errors'] or ''}".strip(), "201 only"),
         lib.check("minimal view: every answer 200", set(minimal["statuses"]) == {"200"} and not minimal["errors"],
                   f"{minimal['statuses']} {minimal['errors'] or ''}".strip(), "200 only"),
         lib.check("stock dropped by exactly the orders acknowledged", stock_drop == created + done + sql["count"] and
-                  not sql["errors"], f"-{stock_drop}: {created} + {done} + {sql['count']} {sql['errors'] or ''}",
-                  "201s + 200s + SQL commits"),
+                  not sql["errors"], drop, "201s + 200s + SQL commits"),
         lib.check("one order written per 201", orders == created, orders, created),
     ]  # fmt: skip
     columns = ["path", "orders/s", "mean ms", "p50 ms", "p99 ms", "measured", "CPU ms/order", "Redis RT/order"]
