@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
@@ -10,10 +12,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import TokenAuthentication
 from accounts.exceptions import AccountSuspended
 from accounts.models import User
 from accounts.serializers import RegisterInput, TokenInput, TokenOutput, UserOutput
-from accounts.services import token_for, user_create
+from accounts.services import token_create, token_revoke, token_revoke_all, user_create
 
 
 class RegisterApi(APIView):
@@ -29,7 +32,7 @@ class RegisterApi(APIView):
 
 
 class TokenApi(APIView):
-    """Exchange a username (or email) and password for an API token."""
+    """Exchange a username (or email) and password for a fresh API token and its expiry."""
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
@@ -42,7 +45,8 @@ class TokenApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = TokenInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        login = serializer.validated_data["username"]
+        # Usernames are stored NFKC-normalised: "ｒｅａｄｅｒ" signs in as "reader".
+        login = unicodedata.normalize("NFKC", serializer.validated_data["username"])
         if "@" in login:
             match = User.objects.filter(email=login.strip().lower()).only("username").first()
             login = match.username if match else login
@@ -51,7 +55,31 @@ class TokenApi(APIView):
             raise exceptions.AuthenticationFailed("Wrong username or password.")
         if user.is_suspended:
             raise AccountSuspended("This account is suspended.")
-        return Response({"token": token_for(user=user)})
+        return Response(TokenOutput(token_create(user=user)._asdict()).data)
+
+
+class LogoutApi(APIView):
+    """Revoke the token this request carries."""
+
+    authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=None, responses={204: None}, operation_id="accounts_logout")
+    def post(self, request: Request) -> Response:
+        token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LogoutAllApi(APIView):
+    """Revoke every token of the signed-in account (sign out everywhere)."""
+
+    authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=None, responses={204: None}, operation_id="accounts_logout_all")
+    def post(self, request: Request) -> Response:
+        token_revoke_all(user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class MeApi(APIView):

@@ -5,12 +5,21 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from accounts.models import User
+from accounts.usernames import username_validate
 
 
 class RegisterInput(serializers.Serializer):
-    username = serializers.RegexField(r"^[\w.@+-]+\Z", min_length=3, max_length=150)
+    username = serializers.CharField(
+        min_length=3,
+        max_length=150,
+        help_text="Letters, digits and . + - _ in one script (no @); stored NFKC-normalised. "
+        "A name that looks like an existing user's is refused.",
+    )
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(min_length=8, max_length=128, write_only=True, trim_whitespace=False)
+
+    def validate_username(self, value: str) -> str:
+        return username_validate(value)
 
     def validate(self, attrs: dict) -> dict:
         candidate = User(username=attrs["username"], email=attrs["email"])
@@ -28,7 +37,8 @@ class TokenInput(serializers.Serializer):
 
 
 class TokenOutput(serializers.Serializer):
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`. Shown once.")
+    expiry = serializers.DateTimeField(help_text="When the token stops working (ISO 8601, UTC); sign in again then.")
 
 
 class UserOutput(serializers.ModelSerializer):

@@ -68,12 +68,12 @@ def setup(name: str, redis_url: str, **env: str) -> str:
 
 def customers(count: int, prefix: str = "bench") -> list[str]:
     """Create `count` customers through accounts.services; return their API tokens."""
-    from accounts.services import token_for, user_create
+    from accounts.services import token_create, user_create
 
     users = (
         user_create(username=f"{prefix}{n}", email=f"{prefix}{n}@bench.invalid", password="-") for n in range(count)
     )
-    return [token_for(user=user) for user in users]
+    return [token_create(user=user).token for user in users]
 
 
 def release_db() -> None:

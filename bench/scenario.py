@@ -42,7 +42,7 @@ def seed() -> dict[str, Any]:
     from django.core.management import call_command
 
     from accounts.models import User
-    from accounts.services import token_for
+    from accounts.services import token_create
     from catalog.models import Book
     from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 
@@ -55,7 +55,7 @@ def seed() -> dict[str, Any]:
     in_stock = Book.objects.filter(stock__gte=10).exclude(pk__in=out["hot_ids"])
     out |= {"in_stock_ids": list(in_stock.values_list("pk", flat=True)), "tokens": lib.customers(CUSTOMERS, "customer")}
     out["initial_stock"] = dict(Book.objects.values_list("pk", "stock"))
-    out["staff_token"] = token_for(user=User.objects.get(username="staff"))
+    out["staff_token"] = token_create(user=User.objects.get(username="staff")).token
     out["policies"] = {"ratelimits": {p["name"]: p for p in limits}, "breakers": {b["name"]: b for b in breakers}}
     for b in out["policies"]["breakers"].values():
         b["failure_rate"] = float(b["failure_rate"])

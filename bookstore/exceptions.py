@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import InterfaceError, OperationalError
+from django.db import DataError, InterfaceError, OperationalError
 from django.db.models import ProtectedError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views import defaults
@@ -25,6 +27,27 @@ logger = logging.getLogger("bookstore.api")
 # 503 is logged already, so it adds no line of its own per request.
 DATABASE_OUTAGE_LOG_INTERVAL = 10.0
 database_outage = Sampled(logger, "database_unavailable", DATABASE_OUTAGE_LOG_INTERVAL)
+
+
+DATABASE_UNAVAILABLE = {
+    "slug": "database-unavailable",
+    "title": "Database temporarily unavailable",
+    "detail": "The database cannot be reached; nothing was written. Retry shortly.",
+}
+
+
+def database_unavailable(exc: Exception) -> tuple[bool, dict[str, str], dict[str, Any]]:
+    """Return (refused by the database breaker, headers, extra problem members) for a database error.
+
+    Retry-After is the database breaker's time to half-open: no request gets through sooner. A
+    refusal is not logged (the trip was, once; bookstore_breaker_rejections_total counts them).
+    """
+    from resilience.database import NAME, DatabaseUnavailable, guard
+
+    if isinstance(exc, DatabaseUnavailable):
+        return True, {"Retry-After": str(exc.retry_after)}, {"breaker": NAME}
+    seconds = max(1, math.ceil(guard.seconds_to_half_open()))
+    return False, {"Retry-After": str(seconds)}, {}
 
 
 class ApplicationError(Exception):
@@ -106,18 +129,28 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         exc = exceptions.ValidationError(detail=exceptions.as_serializer_error(exc))
     elif isinstance(exc, OperationalError | InterfaceError):
         # PostgreSQL unreachable (or the pool exhausted): a temporary condition, not a bug.
-        error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        database_outage.occurred("database unavailable: %s", error, error=error)
-        body = problem_body(
-            status=503,
-            slug="database-unavailable",
-            title="Database temporarily unavailable",
-            detail="The database cannot be reached; nothing was written. Retry shortly.",
-            instance=instance,
-        )
-        response = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers={"Retry-After": "5"})
+        refused, headers, extra = database_unavailable(exc)
+        if not refused:
+            error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            database_outage.occurred("database unavailable: %s", error, error=error)
+        body = problem_body(status=503, **DATABASE_UNAVAILABLE, instance=instance, **extra)
+        response = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+        # Logged already (sampled above, or the breaker's trip): django.request adds no line per request.
         response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
         return response
+    elif isinstance(exc, DataError):
+        # A value passed validation but the database cannot store it (a number out of its column's
+        # range, say). The client can fix it, so it is a 400, not a 500; the log says which check
+        # is missing.
+        logger.warning("value the database cannot store: %s", exc, extra={"event": "data_error"})
+        body = problem_body(
+            status=400,
+            slug="unstorable-value",
+            title="Value out of range",
+            detail="A value in the request is out of the range the shop can store.",
+            instance=instance,
+        )
+        return Response(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
     elif isinstance(exc, ProtectedError):
         body = problem_body(
             status=409,
@@ -165,7 +198,16 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    """Answer unexpected faults with problem+json and no traceback."""
+    """Answer unexpected faults with problem+json and no traceback; a database out of reach with 503.
+
+    Django calls this for an exception raised anywhere outside DRF's views (a middleware, the
+    session or authentication layer, the admin) while that exception is being handled.
+    """
+    exc = sys.exc_info()[1]
+    if isinstance(exc, OperationalError | InterfaceError):
+        refused, headers, extra = database_unavailable(exc)
+        # quiet for a refusal; otherwise Django logs this response once, with the exception.
+        return problem_response(request, status=503, **DATABASE_UNAVAILABLE, headers=headers, quiet=refused, **extra)
     return problem_response(
         request,
         status=500,

@@ -1,9 +1,21 @@
-"""Health probes: /health/live (the process answers) and /health/ready (PostgreSQL and Redis answer).
+"""Health probes: /health/live (the process answers) and /health/ready (this instance can serve).
 
 HealthCheckMiddleware answers both paths ahead of the rest of the stack, so nothing between a
 probe and its checks can refuse or stall it: no rate limit or breaker, no SSL redirect, and no
-policy reload of the resilience middleware (which waits on the database pool when PostgreSQL
-hangs; a liveness probe that waits on the database gets healthy processes restarted).
+policy reload of the resilience middleware. Liveness touches no dependency at all.
+
+Ready means this instance can serve: PostgreSQL can be reached. Redis is not needed to serve
+(limits fall back to per-worker counting, breakers to per-process state), so a Redis that is down,
+or that answers PING but cannot run the admission script (a renamed or disabled command, a
+read-only replica, any error), makes the answer 200 with "status": "degraded" and
+bookstore_health_status{status="degraded"} = 1: a load balancer that pulled every instance over it
+would turn a degraded service into an outage.
+
+The database check takes a connection as a request does, through the database circuit breaker
+(resilience/database.py): while the breaker is open it fails at once, without waiting on the pool
+or trying the server, and once the open period is over the probe's connection may be the
+half-open trial that finds PostgreSQL back. So a probe never hammers a dead database, and still
+notices the moment it returns when no traffic reaches the instance (the load balancer pulled it).
 
 Readiness runs its checks side by side in a small thread pool and waits for them at most
 HEALTH_CHECK_TIMEOUT seconds, so a dependency that hangs (a frozen host accepts the TCP
@@ -42,6 +54,17 @@ check_up = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+# The last readiness answer, one-hot: ok, degraded (serving without Redis) or not-ready.
+STATUSES = ("ok", "degraded", "not-ready")
+ready_status = Gauge(
+    "bookstore_health_status",
+    "The last readiness answer (1 = this status): ok, degraded (serving without Redis) or not-ready.",
+    ["status"],
+    multiprocess_mode="livemostrecent",
+)
+# Without these the instance cannot serve; every other check only degrades it.
+REQUIRED = frozenset({"database"})
+
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
 
 
@@ -58,12 +81,20 @@ def check_database() -> None:
 
 
 def check_redis() -> None:
-    """PING the Redis behind the default cache; raise on any failure."""
-    from django_redis import get_redis_connection
+    """Run the real admission script on a probe key in Redis; raise if it cannot decide.
 
-    # django-redis applies settings.REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT to this client.
-    if not get_redis_connection("default").ping():
-        raise ConnectionError("PING was not answered with PONG")
+    PING alone would pass a Redis that refuses every admission (EVALSHA renamed away, a read-only
+    replica), while every request falls back to per-worker limits.
+    """
+    from resilience.limiter import MAX_LIMIT, Algorithm, LimitSpec
+    from resilience.runtime import get_runtime, key_prefix
+    from resilience.stores.admission import RedisAdmission
+
+    runtime = get_runtime()
+    # A dry-run limit no probe rate can reach: counted for a second, never refused, no stats.
+    probe = LimitSpec(f"{key_prefix()}health:{{ready}}", Algorithm.FIXED_WINDOW, MAX_LIMIT, 1, enforce=False)
+    # The store's client: django-redis applies REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT to it.
+    RedisAdmission(runtime.shared, runtime.breaker_shared).admit([probe], [])  # type: ignore[arg-type]
 
 
 def checks() -> dict[str, Callable[[], None]]:
@@ -99,14 +130,24 @@ def live(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
 
 
+def readiness(results: dict[str, str]) -> str:
+    """Return ok, degraded or not-ready for check results, and record it in bookstore_health_status."""
+    failed = {name for name, value in results.items() if value != "ok"}
+    status = "not-ready" if failed & REQUIRED else "degraded" if failed else "ok"
+    for each in STATUSES:
+        ready_status.labels(each).set(1 if each == status else 0)
+    return status
+
+
 @details_for_insiders
 @never_cache
 @require_safe
 def ready(request: HttpRequest) -> HttpResponse:
-    """Answer 200 when PostgreSQL (and Redis, if configured) answer in time, else 503 naming the failures."""
+    """Answer 200 while PostgreSQL answers ("degraded" if Redis does not), else 503 naming the failures."""
     results = run_checks(getattr(settings, "HEALTH_CHECK_TIMEOUT", DEFAULT_TIMEOUT))
-    if all(value == "ok" for value in results.values()):
-        return JsonResponse({"status": "ok", "checks": results})
+    status = readiness(results)
+    if status != "not-ready":
+        return JsonResponse({"status": status, "checks": results})
     failed = sorted(name for name, value in results.items() if value != "ok")
     return problem_response(
         request,

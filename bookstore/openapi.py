@@ -35,6 +35,8 @@ def exclude_staff_operations(endpoints: list[tuple[str, str, str, Any]], **kwarg
 SUMMARIES = {
     "accounts_register": "Register a customer account",
     "accounts_token": "Get an API token",
+    "accounts_logout": "Revoke the token of this request",
+    "accounts_logout_all": "Revoke every token of the signed-in account",
     "accounts_me": "Show the signed-in account",
     "books_list": "List books",
     "books_create": "Add a book",
@@ -109,7 +111,7 @@ _DESCRIPTIONS = {
     "409": "Conflicts with the current state (taken ISBN, referenced book, short stock, already cancelled).",
     "413": "Request body too large.",
     "415": "Unsupported request media type.",
-    "422": "Idempotency-Key reused with a different request body.",
+    "422": "Idempotency-Key reused with a different request body, or an order total above what one order may hold.",
     "429": "Rate limited: a policy's quota is spent; `violated-policies` names it. Retry after Retry-After seconds.",
     "503": (
         "Temporarily unavailable: a circuit breaker is open, the database is unreachable, or a fail-closed "

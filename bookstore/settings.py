@@ -7,6 +7,8 @@ DEBUG is on. Set DATABASE_URL=postgres://... and REDIS_URL=redis://... for the r
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -26,6 +28,7 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-on"  # noqa: S105
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Other origins (https://other.example) whose forms may post here; the site's own origin always may.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -38,7 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
@@ -60,6 +63,9 @@ MIDDLEWARE = [
     # /api/books/ -> 308 /api/books, ahead of the resilience layer: the redirect costs no quota.
     "bookstore.slashes.TrailingSlashRedirectMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Outside sessions and CSRF, as Django's UpdateCacheMiddleware: it judges whether a response may
+    # be kept for the stale fallback by the cookies and Vary those set (resilience/stale.py).
+    "resilience.stale.StaleCopyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -109,15 +115,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "min_size": env_int("DB_POOL_MIN", 1, minimum=0),
             "max_size": env_int("DB_POOL_MAX", 8, minimum=1),
             "timeout": env_float("DB_POOL_TIMEOUT", 2.0),
+            # How long the pool keeps retrying a lost connection in the background, backing off,
+            # before it waits for a request to ask again (seconds). psycopg's default, 5 minutes,
+            # would leave a pool retrying every 8 s, 16 s, ... minutes after PostgreSQL came back.
+            "reconnect_timeout": env_float("DB_POOL_RECONNECT_TIMEOUT", 1.0, minimum=0.1),
         },
         # A host that accepts TCP but never answers must not stall a worker for long (seconds).
         "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),
         # A runaway query must not hold row locks forever (milliseconds).
         "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15000, minimum=0)}",
     }
-# The same backends, instrumented by django-prometheus (queries, errors, connections).
+# The same backends, instrumented by django-prometheus (queries, errors, connections); PostgreSQL's
+# also takes every connection through the database circuit breaker (resilience/database.py).
 DATABASES["default"]["ENGINE"] = {
-    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.postgresql": "resilience.db.postgresql",
     "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
 }.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 
@@ -155,6 +166,20 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
     "django.contrib.auth.hashers.ScryptPasswordHasher",
 ]
+# API tokens (django-rest-knox): random, stored only as a SHA-512 digest, revoked on logout, on a
+# password change and on suspension. A token lives TOKEN_TTL_HOURS from sign-in and use does not
+# extend it: a leaked token is worth at most that long, and authenticating stays a read, not a write.
+TOKEN_TTL_HOURS = env_float("TOKEN_TTL_HOURS", 10.0, minimum=0.01)
+# Live tokens one account may hold (one per device or script); signing in once more revokes the oldest.
+TOKEN_LIMIT_PER_USER = env_int("TOKEN_LIMIT_PER_USER", 10, minimum=1)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=TOKEN_TTL_HOURS),
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",
+    # knox's own cap answers 403 at the limit; accounts.services.token_create evicts the oldest instead.
+    "TOKEN_LIMIT_PER_USER": None,
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -185,9 +210,6 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024,
 # --- Security (safe unless told otherwise) --------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and env_bool("HTTPS", False))
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 
 # Number of reverse proxies in front of the app whose entries in TRUSTED_PROXY_HEADER are trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
@@ -197,6 +219,33 @@ TRUSTED_PROXY_HEADER = env_choice("TRUSTED_PROXY_HEADER", "x-forwarded-for", ("x
 # RFC 7239 obfuscated identifiers (for=_abc) may be new on every request: by default they count
 # against the proxy that sent them; per-client when the proxies keep one identifier per client.
 TRUSTED_PROXY_OBFUSCATED_IDS = env_choice("TRUSTED_PROXY_OBFUSCATED_IDS", "per-request", ("per-request", "per-client"))
+
+# HTTPS=true: browsers reach the site over HTTPS only (TLS ends at the reverse proxy). It is the
+# default of each setting below; each can still be set on its own. Off with DEBUG, whose runserver
+# speaks plain HTTP (secure cookies would never come back to it).
+HTTPS = env_bool("HTTPS", False) and not DEBUG
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+# Probes are answered ahead of SecurityMiddleware; Prometheus scrapes the app itself, not the proxy.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+# The request header that carries the client's scheme, set (never passed through) by the proxy:
+# without it, Django sees every request behind a TLS-terminating proxy as plain HTTP, so a form's
+# https Origin does not match and the admin login fails CSRF. Believed only when a proxy is trusted
+# (a client talking to the app directly could claim https); SECURE_PROXY_SSL_HEADER= turns it off.
+_proxy_ssl_header = (
+    env_str("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if TRUSTED_PROXY_COUNT else "") or ""
+).strip()
+if _proxy_ssl_header and not re.fullmatch(r"[A-Za-z0-9-]+", _proxy_ssl_header):
+    raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r} is not a header name")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+# HSTS cannot be taken back for its duration (browsers refuse plain HTTP until it runs out), so it
+# is never on by default: production sets a year once HTTPS works everywhere (seconds).
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 # --- Resilience -----------------------------------------------------------------------------
 # Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).
@@ -214,7 +263,7 @@ RATELIMIT_IPV6_PREFIX = env_int("RATELIMIT_IPV6_PREFIX", 64, minimum=1)
 # --- REST framework / OpenAPI ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

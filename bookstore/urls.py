@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
-from bookstore import health
+from bookstore import docs, health
 from resilience import api as resilience_api
 from resilience import views as resilience_views
 
@@ -30,8 +30,9 @@ urlpatterns = [
     path("health/breakers", resilience_views.breakers_health, name="health-breakers"),
     path("health/breaker_metrics", resilience_views.breaker_metrics, name="health-breaker-metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/docs/", docs.SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", docs.RedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/redoc/redoc.standalone.js", docs.redoc_bundle, name="redoc-bundle"),
 ]
 
 handler400 = "bookstore.exceptions.handler400"

@@ -14,7 +14,7 @@ from accounts.permissions import IsStaffOrReadOnly
 from bookstore.pagination import PageNumberPagination
 from catalog import selectors, services
 from catalog.models import Book
-from catalog.serializers import BookInput, BookListFilter, BookOutput, BookSearchInput
+from catalog.serializers import BookInput, BookListFilter, BookOutput, BookReplaceInput, BookSearchInput
 from resilience.breakers import breaker
 
 
@@ -74,15 +74,28 @@ class BookDetailApi(APIView):
         (book,) = selectors.attach_authors([self._book(pk)])
         return Response(BookOutput(book).data)
 
-    @extend_schema(request=BookInput, responses=BookOutput, operation_id="books_update")
+    @extend_schema(
+        request=BookReplaceInput,
+        responses=BookOutput,
+        operation_id="books_update",
+        description=(
+            'Replace the whole book: every field is required (send `[]`, `""` or `null` to empty one), '
+            "so a field left out is a 400 naming it rather than a reset. To change some fields, use PATCH."
+        ),
+    )
     def put(self, request: Request, pk: int) -> Response:
         book = self._book(pk)
-        serializer = BookInput(data=request.data)
+        serializer = BookReplaceInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         book = services.book_update(book=book, **serializer.validated_data)
         return Response(BookOutput(book).data)
 
-    @extend_schema(request=BookInput(partial=True), responses=BookOutput, operation_id="books_partial_update")
+    @extend_schema(
+        request=BookInput(partial=True),
+        responses=BookOutput,
+        operation_id="books_partial_update",
+        description="Change only the fields sent; the others keep their values.",
+    )
     def patch(self, request: Request, pk: int) -> Response:
         book = self._book(pk)
         serializer = BookInput(data=request.data, partial=True)

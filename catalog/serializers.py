@@ -4,6 +4,7 @@ from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from catalog.isbn import InvalidIsbn, normalize_isbn
 from catalog.models import Author, Book
@@ -66,6 +67,8 @@ class BookOutput(serializers.ModelSerializer):
 
 
 class BookInput(serializers.Serializer):
+    """A book as staff create it (POST: left-out optional fields take their defaults) or edit part of it (PATCH)."""
+
     isbn = IsbnField()
     title = serializers.CharField(max_length=300)
     authors = serializers.ListField(
@@ -75,6 +78,22 @@ class BookInput(serializers.Serializer):
     price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MAX_PRICE)
     stock = serializers.IntegerField(min_value=0, max_value=1_000_000_000, required=False, default=0)
     published_on = serializers.DateField(required=False, allow_null=True, default=None)
+
+
+class BookReplaceInput(BookInput):
+    """A whole book, for PUT: every field is required, so a field left out is a 400, never a silent reset.
+
+    Empty is still a value: `"authors": []` removes the authors, `"description": ""` the
+    description, `"published_on": null` the date, and `"stock": 0` says no copies are left.
+    """
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # The fields and their bounds are BookInput's own; only "required" differs.
+        fields = super().get_fields()
+        for field in fields.values():
+            field.required = True
+            field.default = empty
+        return fields
 
 
 class BookListFilter(serializers.Serializer):

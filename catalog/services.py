@@ -7,6 +7,7 @@ from datetime import date
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 
 from bookstore.exceptions import ApplicationError
 from catalog.models import Author, Book
@@ -16,6 +17,14 @@ class IsbnTaken(ApplicationError):
     status_code = 409
     slug = "isbn-taken"
     title = "ISBN already in the catalogue"
+
+
+class BookInUse(ApplicationError):
+    """Orders refer to the book, so it stays (the same problem type as any ProtectedError)."""
+
+    status_code = 409
+    slug = "protected"
+    title = "Still referenced"
 
 
 def _authors_by_name(names: Iterable[str]) -> list[Author]:
@@ -58,20 +67,29 @@ def book_create(
 
 @transaction.atomic
 def book_update(*, book: Book, authors: Iterable[str] | None = None, **fields: object) -> Book:
-    """Update the given fields of a book (and its authors when given)."""
+    """Update the given fields of a book (and its authors when given); leave every other column as it is."""
     for name, value in fields.items():
         setattr(book, name, value)
     try:
         with transaction.atomic():
-            book.save()
+            # Only the given columns: the instance was read earlier, and saving all of it would
+            # put back the stock it saw, undoing every order placed since.
+            book.save(update_fields=[*fields, "updated_at"])
     except IntegrityError as e:
         raise IsbnTaken(f"A book with ISBN {book.isbn} already exists.") from e
     if authors is not None:
         book.authors.set(_authors_by_name(authors))
         book.refresh_authors_text()
+    book.refresh_from_db()  # show what is stored now, the stock orders left included
     return book
 
 
 def book_delete(*, book: Book) -> None:
-    """Delete a book; ProtectedError (409) if orders reference it."""
-    book.delete()
+    """Delete a book; raise BookInUse if orders reference it."""
+    try:
+        with transaction.atomic():
+            book.delete()
+    except (ProtectedError, IntegrityError) as e:
+        # IntegrityError: an order placed while the delete ran was not committed when Django looked
+        # for orders, so only the database's foreign key, checked at commit, saw it.
+        raise BookInUse("Orders refer to this book, so it cannot be deleted.", book_id=book.pk) from e

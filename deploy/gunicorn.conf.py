@@ -13,10 +13,23 @@ import os
 import sys
 import tempfile
 
+# Loopback: nginx (deploy/nginx/) is the only client. gunicorn is not an edge server: it has no
+# header or body timeouts worth the name, and a client that sends half a request holds a thread.
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+# Two processes per core: a request's Python work holds its worker's GIL, so one process per core
+# is the least that keeps every core busy, and a second covers a worker stalled in a long hash
+# or a collection. This 2 x cores x 4 threads shape is the one docs/benchmarks.md measures.
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-worker_class = "gthread" if threads > 1 else "sync"
+# gthread: each worker's threads overlap their waits on PostgreSQL and Redis, and idle keep-alive
+# connections (nginx keeps a few open per worker, deploy/nginx/) wait in a poller instead of
+# holding a thread, as they would in a sync worker. Four threads stay within DB_POOL_MAX (8), so
+# no thread waits for a database connection.
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# The longest request line and header field nginx passes on (large_client_header_buffers 8k), so
+# that nginx, not gunicorn's plain-text 400, answers anything longer (with problem+json).
+limit_request_line = 8190
+limit_request_field_size = 8190
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))

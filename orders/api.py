@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.permissions import IsAuthenticated
@@ -13,13 +12,15 @@ from rest_framework.views import APIView
 
 from accounts.permissions import IsActiveAccount
 from bookstore.pagination import PageNumberPagination
+from bookstore.parsers import JSONParser
 from orders import selectors, services
-from orders.models import Order
+from orders.models import MAX_ORDER_TOTAL, Order
 from orders.serializers import OrderInput, OrderOutput
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    # What _idempotency_key accepts: 1 to 255 printable ASCII characters (outer spaces are dropped).
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"},
     OpenApiParameter.HEADER,
     description="Retrying with the same key returns the first result instead of ordering twice.",
 )
@@ -39,6 +40,9 @@ def _idempotency_key(request: Request) -> str | None:
 
 class OrderListApi(APIView):
     pagination_class = PageNumberPagination  # read by the schema generator
+    # Lines are a list of objects, which form encodings cannot carry: JSON only (415 otherwise),
+    # and the schema documents just that body.
+    parser_classes = [JSONParser]
 
     def get_permissions(self) -> list:
         return [IsActiveAccount()] if self.request.method == "POST" else [IsAuthenticated()]
@@ -54,6 +58,12 @@ class OrderListApi(APIView):
         responses={201: OrderOutput},
         parameters=[IDEMPOTENCY_HEADER],
         operation_id="orders_create",
+        description=(
+            "Place an order: all lines or none. 409 names every short line (`short_lines`); 400 names unknown "
+            f"books (`book_ids`); 422 when the order would total more than {MAX_ORDER_TOTAL} (`errors` names "
+            "`lines[i].quantity` for a line that alone is too much, else `lines`) or when an Idempotency-Key is "
+            "reused with a different body."
+        ),
     )
     def post(self, request: Request) -> Response:
         key = _idempotency_key(request)

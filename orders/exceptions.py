@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from bookstore.exceptions import ApplicationError
 
 
@@ -15,6 +17,20 @@ class InsufficientStock(ApplicationError):
     def __init__(self, lines: list[dict[str, int]]) -> None:
         super().__init__(f"{len(lines)} line(s) cannot be filled; nothing was ordered.", short_lines=lines)
         self.lines = lines
+
+
+class OrderTotalTooLarge(ApplicationError):
+    """The order would total more than one order may; `errors` names the lines; nothing was written."""
+
+    status_code = 422
+    slug = "order-total-too-large"
+    title = "Order total too large"
+
+    def __init__(self, errors: list[dict[str, str]], *, max_total: Decimal) -> None:
+        super().__init__(
+            f"One order may total at most {max_total}; nothing was ordered.", errors=errors, max_total=f"{max_total}"
+        )
+        self.errors = errors
 
 
 class UnknownBooks(ApplicationError):

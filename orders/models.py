@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 
@@ -36,6 +38,20 @@ class Order(models.Model):
 
     def __str__(self) -> str:
         return f"Order #{self.pk} ({self.status})"
+
+
+def _largest(field: models.DecimalField) -> Decimal:
+    """Return the largest value a DecimalField's column holds: 9999999999.99 for numeric(12,2)."""
+    assert field.max_digits is not None
+    assert field.decimal_places is not None
+    return Decimal(10) ** (field.max_digits - field.decimal_places) - Decimal(10) ** -field.decimal_places
+
+
+# The most one order may total: exactly what Order.total (numeric(12,2)) holds, so a checked total is
+# always stored. The largest request (100 lines x 1000 copies of a 99,999,999.99 book) comes to
+# 9,999,999,999,000.00 and would need numeric(15,2); the column stays: an order near ten billion is a
+# slip or an attack, better refused up front (422 naming the line) than stored and charged.
+MAX_ORDER_TOTAL = _largest(Order._meta.get_field("total"))  # type: ignore[arg-type]
 
 
 class OrderLine(models.Model):

@@ -15,7 +15,9 @@ class LineInput(serializers.Serializer):
 
 
 class OrderInput(serializers.Serializer):
-    lines = LineInput(many=True, allow_empty=False, max_length=MAX_LINES)
+    # A ListField, not LineInput(many=True): its length bounds are validators, which the schema
+    # shows as minItems/maxItems, so generated clients and the fuzzer know them.
+    lines = serializers.ListField(child=LineInput(), allow_empty=False, min_length=1, max_length=MAX_LINES)
 
     def validate_lines(self, lines: list[dict]) -> list[dict]:
         seen: set[int] = set()

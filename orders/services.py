@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -13,9 +14,15 @@ from django.utils import timezone
 
 from accounts.models import User
 from catalog.models import Book
-from orders.exceptions import IdempotencyKeyReused, InsufficientStock, OrderNotCancellable, UnknownBooks
+from orders.exceptions import (
+    IdempotencyKeyReused,
+    InsufficientStock,
+    OrderNotCancellable,
+    OrderTotalTooLarge,
+    UnknownBooks,
+)
 from orders.lock_objects import books_select_for_update
-from orders.models import Order, OrderLine
+from orders.models import MAX_ORDER_TOTAL, Order, OrderLine
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,45 @@ def _replay(user: User, key: str, digest: str) -> PlaceResult | None:
     return PlaceResult(order=order, replayed=True)
 
 
+def _total(lines: list[LineRequest], prices: Mapping[int, Decimal]) -> Decimal:
+    """Return the order's total at these prices; raise OrderTotalTooLarge if one order cannot hold it.
+
+    Each line that alone exceeds the limit is named (`lines[3].quantity`, in the client's line
+    order); when none does but together they do, the error names `lines`.
+    """
+    subtotals = [prices[line.book_id] * line.quantity for line in lines]
+    total = sum(subtotals, Decimal("0"))
+    if total <= MAX_ORDER_TOTAL:
+        return total
+    errors = [
+        {
+            "field": f"lines[{index}].quantity",
+            "code": "max_total",
+            "message": (
+                f"{line.quantity} copies of book {line.book_id} at {prices[line.book_id]} come to {subtotal}, "
+                f"more than one order may total ({MAX_ORDER_TOTAL})."
+            ),
+        }
+        for index, (line, subtotal) in enumerate(zip(lines, subtotals, strict=True))
+        if subtotal > MAX_ORDER_TOTAL
+    ]
+    if not errors:
+        errors = [
+            {
+                "field": "lines",
+                "code": "max_total",
+                "message": f"The lines come to {total}, more than one order may total ({MAX_ORDER_TOTAL}).",
+            }
+        ]
+    raise OrderTotalTooLarge(errors, max_total=MAX_ORDER_TOTAL)
+
+
 def order_place(*, user: User, lines: list[LineRequest], idempotency_key: str | None = None) -> PlaceResult:
     """Place an order atomically, or replay the one placed earlier with the same key.
 
     Books are locked in primary-key order, every line is checked, and only when all can be
     filled is stock decremented and the order written. Raise InsufficientStock naming every
-    short line (nothing written), UnknownBooks, or IdempotencyKeyReused.
+    short line (nothing written), UnknownBooks, OrderTotalTooLarge, or IdempotencyKeyReused.
     """
     digest = _digest(lines)
     if idempotency_key is not None:
@@ -84,7 +124,7 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
         raise UnknownBooks(missing)
     order = Order.objects.create(
         user=user,
-        total=sum((prices[line.book_id] * line.quantity for line in lines), Decimal("0")),
+        total=_total(lines, prices),
         idempotency_key=idempotency_key,
         request_digest=digest,
     )
@@ -94,6 +134,11 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
     )
 
     books = {book.pk: book for book in books_select_for_update(wanted).only("pk", "stock", "price")}
+    deleted = sorted(wanted - books.keys())
+    if deleted:
+        # Staff deleted a book between the two reads (the lines written so far are not committed,
+        # so nothing protected it); it is as unknown now as a book that never existed.
+        raise UnknownBooks(deleted)
     short = [
         {"book_id": line.book_id, "requested": line.quantity, "available": books[line.book_id].stock}
         for line in lines
@@ -102,11 +147,13 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
     if short:
         raise InsufficientStock(short)
     if any(books[pk].price != price for pk, price in prices.items()):
-        # Staff changed a price between the two reads: the locked price is the one sold at.
+        # Staff changed a price between the two reads: the locked price is the one sold at, and
+        # the total is checked again, since a raised price can take it past what an order holds.
+        locked_prices = {pk: book.price for pk, book in books.items()}
+        order.total = _total(lines, locked_prices)
         for line in order_lines:
-            line.unit_price = books[line.book_id].price
+            line.unit_price = locked_prices[line.book_id]
         OrderLine.objects.bulk_update(order_lines, ["unit_price"])
-        order.total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0"))
         order.save(update_fields=["total"])
     for line in sorted(lines, key=lambda item: item.book_id):
         Book.objects.filter(pk=line.book_id).update(stock=F("stock") - line.quantity)

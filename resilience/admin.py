@@ -1,23 +1,63 @@
-"""Staff edit policies here; every save is in force on every worker within a second."""
+"""Staff edit policies here; every save is in force on every worker within a second (Redis), or 5 s at worst."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from resilience import services
+from resilience import database, services
 from resilience.breaker import State, StoreUnavailable
 from resilience.limiter import parse_rate
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
+from resilience.policyset import BREAKER, RATELIMIT, policy_problem
+from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime
+
+
+class BoundsShownMixin:
+    """Give number inputs the min and max of their model validators, so the browser shows and enforces them."""
+
+    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)  # type: ignore[misc]
+        if isinstance(field, forms.IntegerField | forms.DecimalField):
+            for validator in db_field.validators:
+                if isinstance(validator, MinValueValidator):
+                    field.widget.attrs["min"] = validator.limit_value
+                elif isinstance(validator, MaxValueValidator):
+                    field.widget.attrs["max"] = validator.limit_value
+        return field
+
+
+def _in_force(obj: RateLimitPolicy | CircuitBreakerPolicy, kind: str, recent: dict[tuple[str, str], dict]) -> str:
+    """Return the "in force" cell: red when the policy is skipped, or failed requests lately; else "yes"."""
+    problem = policy_problem(obj)
+    if problem is not None:
+        return format_html('<strong style="color:#c62828" title="{}">skipped: {}</strong>', problem, problem)
+    error = recent.get((kind, obj.name))
+    if error is not None and float(error["at"]) >= obj.updated_at.timestamp():
+        ago = max(0, round(time.time() - float(error["at"])))
+        return format_html(
+            '<strong style="color:#c62828" title="{}">{} error {} s ago: {}</strong>',
+            error["reason"],
+            error["stage"],
+            ago,
+            error["reason"],
+        )
+    return "yes" if obj.enabled else "—"
 
 
 class RateLimitPolicyForm(forms.ModelForm):
@@ -53,7 +93,7 @@ class RateLimitPolicyForm(forms.ModelForm):
         return data
 
 
-class RateLimitOverrideInline(admin.TabularInline):
+class RateLimitOverrideInline(BoundsShownMixin, admin.TabularInline):
     model = RateLimitOverride
     extra = 0
     fields = ["key_value", "limit", "note"]
@@ -62,32 +102,82 @@ class RateLimitOverrideInline(admin.TabularInline):
 _page = threading.local()
 
 
-def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest) -> None:
-    """Tell staff when a change they just made is enforced everywhere."""
+def _at(seconds: float) -> str:
+    """Return the local wall-clock time ``seconds`` from now, rounded up to the whole second."""
     # Rounded up: a truncated time would name a moment up to a second before the promise holds.
-    deadline = datetime.fromtimestamp(math.ceil(timezone.now().timestamp() + 1), tz=UTC)
-    by = timezone.localtime(deadline).strftime("%H:%M:%S")
+    deadline = datetime.fromtimestamp(math.ceil(timezone.now().timestamp() + seconds), tz=UTC)
+    return timezone.localtime(deadline).strftime("%H:%M:%S")
+
+
+def propagation_notice(report: services.Propagation) -> tuple[int, str] | None:
+    """Return the message level and text that tell staff when their changes reach every worker."""
+    if not report.changes:
+        return None
+    if report.failed:
+        return messages.WARNING, (
+            f"The change is committed, but the workers could not be told at once (Redis: {report.errors[-1]}). "
+            f"Each worker compares the policy version kept in PostgreSQL: the change reaches every worker "
+            f"within {POLICY_BACKSTOP_SECONDS} s, by {_at(POLICY_BACKSTOP_SECONDS)}."
+        )
+    if not get_runtime().uses_redis:
+        return messages.INFO, (
+            f"Without Redis, each worker finds this change in PostgreSQL: it reaches every worker within "
+            f"{POLICY_BACKSTOP_SECONDS} s, by {_at(POLICY_BACKSTOP_SECONDS)}."
+        )
+    return messages.INFO, f"In force on every worker by {_at(1)} (each worker reloads within a second)."
+
+
+def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest, report: services.Propagation) -> None:
+    """Tell staff when the changes a view just committed are enforced everywhere."""
+    notice = propagation_notice(report)
+    if notice is None:
+        return
+    level, text = notice
     admin_obj.message_user(
         request,
         format_html(
-            "In force on every worker by {} (each worker reloads within a second); "
-            '<a href="{}">the dashboard</a> shows which workers have loaded it.',
-            by,
+            '{} <a href="{}">The dashboard</a> shows which workers have loaded it.',
+            text,
             reverse("resilience-dashboard"),
         ),
+        level=level,
     )
 
 
 class PropagationNoticeMixin:
-    """After a save or delete, say when the change is in force on all workers."""
+    """After a view that changed policies, say whether and when the change is in force on all workers.
 
-    def save_model(self, request: HttpRequest, obj: object, form: object, change: bool) -> None:
-        super().save_model(request, obj, form, change)  # type: ignore[misc]
-        _announce_propagation(self, request)  # type: ignore[arg-type]
+    The change and delete views run in transaction.atomic and the workers are told after commit,
+    so the outcome is known only once the view has returned. MessageMiddleware stores messages
+    after that, so a notice added here still reaches the staff member's next page.
+    """
 
-    def delete_model(self, request: HttpRequest, obj: object) -> None:
-        super().delete_model(request, obj)  # type: ignore[misc]
-        _announce_propagation(self, request)  # type: ignore[arg-type]
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        with services.propagation_report() as report:
+            response = super().changeform_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+        return response
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        with services.propagation_report() as report:
+            response = super().delete_view(request, object_id, extra_context)  # type: ignore[misc]
+        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+        return response
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # Actions (enable, disable, reset counters, delete selected) run from the change list.
+        with services.propagation_report() as report:
+            response = super().changelist_view(request, extra_context)  # type: ignore[misc]
+        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+        return response
 
 
 def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, message: str) -> None:
@@ -96,12 +186,13 @@ def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, 
 
 
 @admin.register(RateLimitPolicy)
-class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
+class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin):
     form = RateLimitPolicyForm
     inlines = [RateLimitOverrideInline]
     list_display = [
         "name",
         "enabled",
+        "in_force",
         "mode",
         "rate_display",
         "algorithm",
@@ -121,6 +212,18 @@ class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
         ("Limit", {"fields": ("rate", "algorithm", "limit", "period", "burst")}),
         ("Behaviour", {"fields": ("exempt_staff", "on_store_failure")}),
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("overrides")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> object:
+        # Errors workers recorded lately, read once for the whole page (kept per thread, see _page).
+        _page.errors = get_runtime().policy_errors.recent()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="in force")
+    def in_force(self, obj: RateLimitPolicy) -> str:
+        return _in_force(obj, RATELIMIT, getattr(_page, "errors", {}))
 
     @admin.display(description="limit", ordering="limit")
     def rate_display(self, obj: RateLimitPolicy) -> str:
@@ -177,10 +280,11 @@ class RateLimitPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
 
 
 @admin.register(CircuitBreakerPolicy)
-class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
+class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "enabled",
+        "in_force",
         "live_state",
         "live_counts",
         "opened_at",
@@ -206,7 +310,7 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
         ("While open", {"fields": ("fallback", "stale_max_age")}),
     )
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> object:
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # One pipelined read of every breaker's live state for the whole page, kept per thread
         # because one ModelAdmin instance serves every request of a threaded worker.
         try:
@@ -214,7 +318,12 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
         except StoreUnavailable:
             rows = []
         _page.live = {row["name"]: row for row in rows}
+        _page.errors = get_runtime().policy_errors.recent()
         return super().changelist_view(request, extra_context)
+
+    @admin.display(description="in force")
+    def in_force(self, obj: CircuitBreakerPolicy) -> str:
+        return _in_force(obj, BREAKER, getattr(_page, "errors", {}))
 
     def _row(self, obj: CircuitBreakerPolicy) -> dict | None:
         return getattr(_page, "live", {}).get(obj.name)
@@ -245,33 +354,68 @@ class CircuitBreakerPolicyAdmin(PropagationNoticeMixin, admin.ModelAdmin):
 
     @admin.display(description="applies to")
     def match_display(self, obj: CircuitBreakerPolicy) -> str:
+        if obj.name == database.NAME:
+            return "every PostgreSQL connection (built in)"
         if obj.match_type == "code":
             return f'code: breaker("{obj.name}")'
         return f"{obj.methods or 'any'} {obj.match_type}: {obj.pattern}"
 
+    # The database breaker's row tunes a breaker that exists without it (resilience/database.py):
+    # what it guards, how it fails and its name are not the row's to change, nor is the row to delete.
+    DATABASE_FIXED = (
+        "name", "methods", "match_type", "pattern", "failure_statuses", "slow_call_ms", "fallback", "stale_max_age",
+    )  # fmt: skip
+
+    def get_readonly_fields(self, request: HttpRequest, obj: CircuitBreakerPolicy | None = None) -> tuple[str, ...]:
+        fixed = self.DATABASE_FIXED if obj is not None and obj.name == database.NAME else ()
+        return (*super().get_readonly_fields(request, obj), *fixed)
+
+    def has_delete_permission(self, request: HttpRequest, obj: CircuitBreakerPolicy | None = None) -> bool:
+        if obj is not None and obj.name == database.NAME:
+            return False
+        return super().has_delete_permission(request, obj)
+
     def _names(self, queryset: QuerySet) -> list[str]:
         return list(queryset.values_list("name", flat=True))
 
+    def _force(self, request: HttpRequest, queryset: QuerySet, state: State | None) -> int | None:
+        return self._on_store(request, partial(services.breaker_force, names=self._names(queryset), state=state))
+
+    def _on_store(self, request: HttpRequest, action: Callable[[], int]) -> int | None:
+        """Run an action on the breaker store; say that the store failed, rather than answer 500."""
+        try:
+            return action()
+        except StoreUnavailable as e:
+            get_runtime().store_failed("admin_action", e)
+            self.message_user(
+                request, f"The breaker store failed; some breakers may be unchanged: {e}", level=messages.ERROR
+            )
+            return None
+
     @admin.action(description="Reset selected breakers (close, clear counts)")
     def reset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_reset(names=self._names(queryset))
-        _log(self, request, queryset, "Breaker reset")
-        self.message_user(request, f"{n} breaker(s) reset")
+        n = self._on_store(request, partial(services.breaker_reset, names=self._names(queryset)))
+        if n is not None:
+            _log(self, request, queryset, "Breaker reset")
+            self.message_user(request, f"{n} breaker(s) reset")
 
     @admin.action(description="Force selected breakers open")
     def force_open(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_OPEN)
-        _log(self, request, queryset, "Breaker forced open")
-        self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
+        n = self._force(request, queryset, State.FORCED_OPEN)
+        if n is not None:
+            _log(self, request, queryset, "Breaker forced open")
+            self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
 
     @admin.action(description="Force selected breakers closed")
     def force_close(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=State.FORCED_CLOSED)
-        _log(self, request, queryset, "Breaker forced closed")
-        self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
+        n = self._force(request, queryset, State.FORCED_CLOSED)
+        if n is not None:
+            _log(self, request, queryset, "Breaker forced closed")
+            self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
 
     @admin.action(description="Release forced state of selected breakers")
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
-        n = services.breaker_force(names=self._names(queryset), state=None)
-        _log(self, request, queryset, "Breaker released")
-        self.message_user(request, f"{n} breaker(s) released")
+        n = self._force(request, queryset, None)
+        if n is not None:
+            _log(self, request, queryset, "Breaker released")
+            self.message_user(request, f"{n} breaker(s) released")

@@ -68,10 +68,28 @@ from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 # One error type for every store, so callers apply a single fail-open / fail-closed rule.
+from resilience.limiter import StoreDataError as StoreDataError
 from resilience.limiter import StoreUnavailable as StoreUnavailable
 
 # A lease never shorter than 10 s: a short open period must not expire trials still in flight.
 TRIAL_LEASE_FLOOR = 10.0
+
+# Bounds of every breaker number staff can save. The model validators, the admin form, the CHECK
+# constraints, BreakerConfig.validate() and the Lua scripts (stores/redis_breaker.py hands them
+# these values) all read them from here.
+MAX_FAILURE_THRESHOLD = 10_000  # consecutive failures
+MAX_COUNT_WINDOW = 10_000  # calls kept in a count window (one list entry each in Redis)
+MAX_TIME_WINDOW = 3_600  # seconds in a time window (one bucket per second)
+MAX_MINIMUM_CALLS = 1_000_000  # calls the rate rule waits for
+MAX_OPEN_SECONDS = 86_400  # a day: longer is an outage to handle by hand (force open)
+MAX_HALF_OPEN_CALLS = 1_000  # trial calls admitted when half-open
+# Policy bounds the middleware reads (not the state machine): how slow a call may be before it
+# counts as failed, and how long a stale copy of a good response is kept.
+MAX_SLOW_CALL_MS = 600_000  # ten minutes, far beyond any worker timeout
+MAX_STALE_MAX_AGE = 86_400  # a day
+# Statuses that may count as failures: error responses only (a 2xx/3xx "failure" would open the
+# breaker on healthy traffic).
+MIN_FAILURE_STATUS, MAX_FAILURE_STATUS = 400, 599
 
 
 class State(StrEnum):
@@ -110,20 +128,25 @@ class BreakerConfig(NamedTuple):
         """Raise ValueError naming the first field that is out of range."""
         if not self.name:
             raise ValueError("name: must not be empty")
-        if self.failure_threshold < 0:
-            raise ValueError("failure_threshold: must be >= 0")
+        if not 0 <= self.failure_threshold <= MAX_FAILURE_THRESHOLD:
+            raise ValueError(f"failure_threshold: must be between 0 and {MAX_FAILURE_THRESHOLD}")
         if not 0.0 <= self.failure_rate <= 100.0:
             raise ValueError("failure_rate: must be between 0 and 100")
-        if self.window_size < 1:
-            raise ValueError("window_size: must be >= 1")
         if self.window_kind not in WINDOW_KINDS:
             raise ValueError(f"window_kind: must be one of {', '.join(WINDOW_KINDS)}")
-        if self.minimum_calls < 0:
-            raise ValueError("minimum_calls: must be >= 0")
-        if not (0.0 < self.open_seconds < math.inf):
-            raise ValueError("open_seconds: must be a positive finite number")
-        if self.half_open_max_calls < 1:
-            raise ValueError("half_open_max_calls: must be >= 1")
+        if not 1 <= self.window_size <= max_window(self.window_kind):
+            raise ValueError(f"window_size: must be between 1 and {max_window(self.window_kind)}")
+        if not 0 <= self.minimum_calls <= MAX_MINIMUM_CALLS:
+            raise ValueError(f"minimum_calls: must be between 0 and {MAX_MINIMUM_CALLS}")
+        if not (0.0 < self.open_seconds <= MAX_OPEN_SECONDS):
+            raise ValueError(f"open_seconds: must be above 0 and at most {MAX_OPEN_SECONDS}")
+        if not 1 <= self.half_open_max_calls <= MAX_HALF_OPEN_CALLS:
+            raise ValueError(f"half_open_max_calls: must be between 1 and {MAX_HALF_OPEN_CALLS}")
+
+
+def max_window(kind: str) -> int:
+    """Return the largest window of a kind: calls for "count", seconds for "time"."""
+    return MAX_TIME_WINDOW if kind == "time" else MAX_COUNT_WINDOW
 
 
 class Permit(NamedTuple):

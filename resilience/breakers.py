@@ -1,4 +1,4 @@
-"""Circuit breakers in Django: the code guard, transitions (log, metrics, signal) and stale copies.
+"""Circuit breakers in Django: the code guard and transitions (log, metrics, signal).
 
 `with breaker("search"):` and `@breaker("search")` protect a code path with the policy of that
 name, sharing state with the middleware that protects matched routes. When the named policy does
@@ -7,8 +7,6 @@ not exist or is disabled, the guard lets everything through.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -22,8 +20,8 @@ from django.http import Http404
 from bookstore.exceptions import ApplicationError
 from resilience.breaker import Permit, State, StoreUnavailable, Transition
 from resilience.metrics import breaker_rejections, breaker_transitions
-from resilience.policyset import BreakerRule
-from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.policyset import BREAKER, BreakerRule
+from resilience.runtime import Runtime, get_runtime
 
 log = logging.getLogger("resilience.breakers")
 
@@ -109,7 +107,7 @@ class Call:
         try:
             _, transitions = store.record(self.rule.config, self.permit.generation, success)
         except StoreUnavailable as e:
-            self.runtime.mark_down("breaker_record", e)
+            self.runtime.store_failed("breaker_record", e, "record", [(BREAKER, self.rule.name)])
             return
         announce(transitions)
 
@@ -145,7 +143,7 @@ def admit(runtime: Runtime, rule: BreakerRule) -> Call:
     try:
         permit, transitions = store.allow(rule.config)
     except StoreUnavailable as e:
-        runtime.mark_down("breaker_allow", e)
+        runtime.store_failed("breaker_allow", e, "admit", [(BREAKER, rule.name)])
         store, fallback = runtime.breaker_fallback, True
         permit, transitions = store.allow(rule.config)
     announce(transitions)
@@ -197,57 +195,3 @@ class breaker(ContextDecorator):  # noqa: N801 - reads as a keyword: `with break
         elapsed = time.perf_counter() - call.started
         slow = call.rule.slow_call_seconds
         call.done(success=not (slow is not None and elapsed > slow))
-
-
-# --- stale copies of good GET responses --------------------------------------------------------
-
-
-def stale_key(rule: BreakerRule, url: str) -> str:
-    """Return the Redis key of the last good response of a URL under a breaker."""
-    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{key_prefix()}stale:{{{rule.name}}}:{digest}"
-
-
-# Minimum seconds between two stale copies of one URL from one worker: a hot URL is not
-# rewritten to Redis on every request, at the cost of a copy up to this much older.
-STALE_REFRESH_SECONDS = 2.0
-_last_saved: dict[str, float] = {}
-
-
-def save_stale(runtime: Runtime, rule: BreakerRule, url: str, status: int, content_type: str, body: bytes) -> None:
-    """Keep a copy of a good response for the stale fallback (best effort)."""
-    key = stale_key(rule, url)
-    now = time.monotonic()
-    if now - _last_saved.get(key, 0.0) < STALE_REFRESH_SECONDS:
-        return
-    if len(_last_saved) > 10_000:
-        _last_saved.clear()
-    _last_saved[key] = now
-    payload = json.dumps(
-        {
-            "status": status,
-            "content_type": content_type,
-            "saved_at": time.time(),
-            "body": body.decode("latin-1"),
-        }
-    )
-    try:
-        _redis(runtime).set(key, payload, ex=rule.stale_max_age)
-    except Exception as e:  # noqa: BLE001 - a lost stale copy must never fail the live response
-        runtime.mark_down("stale_save", e)
-
-
-def load_stale(runtime: Runtime, rule: BreakerRule, url: str) -> dict[str, Any] | None:
-    """Return the kept copy of a URL's last good response, or None."""
-    if not runtime.store_available():
-        return None
-    try:
-        raw = _redis(runtime).get(stale_key(rule, url))
-    except Exception as e:  # noqa: BLE001 - no copy is the same as a missing copy: answer 503
-        runtime.mark_down("stale_load", e)
-        return None
-    return json.loads(raw) if raw else None
-
-
-def _redis(runtime: Runtime) -> Any:
-    return runtime.breaker_shared.client  # type: ignore[attr-defined]

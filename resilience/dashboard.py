@@ -19,7 +19,9 @@ from django.urls import reverse
 from resilience import services
 from resilience.breaker import StoreUnavailable
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import get_runtime, key_prefix, workers_key
+from resilience.stores.boundary import store_call
 
 MINUTES = 15
 TOP_KEYS = 10  # limited keys listed
@@ -48,18 +50,22 @@ def _read_minutes(
         if runtime.tally is not None:
             runtime.tally.flush()  # this worker's refusals from memory; the others' are at most a second late
         client = runtime.shared.client  # type: ignore[attr-defined]
-        pipe = client.pipeline(transaction=True)
-        for minute in range(first, last + 1):
-            pipe.hgetall(f"{key_prefix()}stats:{minute}")
-        scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
-        for label in labels:
-            pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
-            pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
-            pipe.unlink(scratch)
+
+        def read() -> list[Any]:
+            pipe = client.pipeline(transaction=True)
+            for minute in range(first, last + 1):
+                pipe.hgetall(f"{key_prefix()}stats:{minute}")
+            scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
+            for label in labels:
+                pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
+                pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
+                pipe.unlink(scratch)
+            return pipe.execute()
+
         try:
-            replies = pipe.execute()
-        except Exception as e:  # noqa: BLE001 - shown as "store unavailable" on the page
-            runtime.mark_down("dashboard", e)
+            replies = store_call("dashboard", read)  # a client may refuse a command while queueing it
+        except StoreUnavailable as e:  # shown as "counters from the process store" on the page
+            runtime.store_failed("dashboard", e)
         else:
             span = last - first + 1
             counts = [{_text(k): int(v) for k, v in reply.items()} for reply in replies[:span]]
@@ -159,11 +165,39 @@ def _workers(now: float) -> dict[str, Any]:
     }
 
 
+def _policy_errors(
+    now: float, ratelimits: list[RateLimitPolicy], breakers: list[CircuitBreakerPolicy]
+) -> list[dict[str, Any]]:
+    """Return the policies that are skipped (cannot be used as saved) or failed requests lately, worst first."""
+    recent = get_runtime().policy_errors.recent(now)
+    rows: list[dict[str, Any]] = []
+    for kind, label, admin_name, policies in (
+        (RATELIMIT, "rate limit", "ratelimitpolicy", ratelimits),
+        (BREAKER, "breaker", "circuitbreakerpolicy", breakers),
+    ):
+        for policy in policies:
+            url = reverse(f"admin:resilience_{admin_name}_change", args=[policy.pk])
+            problem = policy_problem(policy)
+            if problem is not None:
+                row = {"stage": "compile", "reason": problem, "seconds_ago": None}
+            else:
+                error = recent.get((kind, policy.name))
+                # An error from before the policy's last save says nothing about it now.
+                if error is None or float(error["at"]) < policy.updated_at.timestamp():
+                    continue
+                row = {"stage": error["stage"], "reason": error["reason"], "seconds_ago": round(now - error["at"])}
+            rows.append({"kind": label, "name": policy.name, "enabled": policy.enabled, "change_url": url, **row})
+    return sorted(rows, key=lambda r: (r["stage"] != "compile", r["kind"], r["name"]))
+
+
 def dashboard_data() -> dict[str, Any]:
     """Return everything the dashboard page shows, as JSON-ready data."""
     now = time.time()
     first, last = _minutes(now)
-    policies = list(RateLimitPolicy.objects.all())
+    policies = list(RateLimitPolicy.objects.prefetch_related("overrides"))
+    breaker_policies = list(CircuitBreakerPolicy.objects.all())
+    policy_errors = _policy_errors(now, policies, breaker_policies)
+    failing = {row["name"]: row for row in policy_errors if row["kind"] == "rate limit"}
     names = {str(p.pk): p.name for p in policies}
     counts, top, source = _read_minutes(first, last, names)
     rows = []
@@ -182,6 +216,8 @@ def dashboard_data() -> dict[str, Any]:
                 "series": series,
                 "svg": sparkline(series),
                 "change_url": reverse("admin:resilience_ratelimitpolicy_change", args=[p.pk]),
+                "error": failing[p.name]["reason"] if p.name in failing else "",
+                "skipped": failing[p.name]["stage"] == "compile" if p.name in failing else False,
             }
         )
     ranked = sorted(
@@ -194,11 +230,11 @@ def dashboard_data() -> dict[str, Any]:
             value = f"hash {value[:12]}…"  # a header value: only a prefix of its hash is shown
         top_keys.append({"policy": policy, "key": value, "count": count})
     try:
-        breakers = services.breaker_status(policies=CircuitBreakerPolicy.objects.all())
+        breakers = services.breaker_status(policies=breaker_policies)
         breaker_error = ""
     except StoreUnavailable as e:
         breakers, breaker_error = [], str(e)[:200]
-    ids = dict(CircuitBreakerPolicy.objects.values_list("name", "pk"))
+    ids = {b.name: b.pk for b in breaker_policies}
     for row in breakers:
         row["change_url"] = reverse("admin:resilience_circuitbreakerpolicy_change", args=[ids[row["name"]]])
     return {
@@ -209,6 +245,7 @@ def dashboard_data() -> dict[str, Any]:
         "top_keys": top_keys,
         "breakers": breakers,
         "breaker_error": breaker_error,
+        "policy_errors": policy_errors,
         "health": _health(),
         "propagation": _workers(now),
     }

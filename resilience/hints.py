@@ -135,7 +135,7 @@ class KnownRefusals:
         while True:
             try:
                 self._subscribed()
-            except (RedisError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - whatever the client raised, the listener must outlive it
                 store_errors.labels("subscribe").inc()
                 log.warning(
                     "lost the subscription to breaker changes",

@@ -37,20 +37,26 @@ TOKEN_BUCKET
     below the clock's resolution). ``remaining = floor((tau - d') / T)``, ``reset_after = d'``,
     ``retry_after = d + cost * T - tau``. Capping the TAT at ``w + tau`` applies a shrunken capacity
     as if it had been in force at the last admission: after a policy edit nobody waits longer than
-    the new capacity takes to refill. ``Decision.limit`` is the burst.
+    the new capacity takes to refill. ``Decision.limit`` is the burst. ``tau`` is at most
+    ``MAX_CAPACITY_SECONDS`` (``capacity_fits``).
 SLIDING_WINDOW
     Exact sliding log: one timestamp per admitted unit of cost; the window at ``now`` is the
     half-open span ``(now - period, now]``. Admitted iff ``count + cost <= limit``, so no half-open
     span of length ``period`` ever holds more than ``limit`` admissions (no 2x burst at a boundary).
     ``retry_after`` is when enough of the oldest entries leave the window; ``reset_after`` is when
     the newest one does. A changed limit is simply compared against the log. Memory is one entry per
-    admitted request, so policies should keep sliding-window limits modest (``SLIDING_LOG_MAX``).
+    admitted request, so a sliding-window limit is at most ``SLIDING_LOG_MAX``.
 FIXED_WINDOW
     Windows aligned to multiples of ``period`` since the Unix epoch; one counter per key that
     remembers its window start. ``reset_after`` and ``retry_after`` run to the window's end. A
     changed limit keeps the count; a changed period starts counting afresh in the new window.
 
 Every key a store writes expires once its state could no longer affect a decision.
+
+Bounds: ``validate`` refuses any number outside the bounds below (``MAX_LIMIT``, ``MAX_PERIOD``,
+``MAX_BURST``, ``SLIDING_LOG_MAX``, ``MAX_CAPACITY_SECONDS``) with ValueError. The Lua scripts get
+the same bounds and clamp a number outside them rather than fail, so even a caller that skipped
+``validate`` never makes a script error.
 """
 
 from __future__ import annotations
@@ -61,11 +67,19 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
-# Upper bounds for parsed rates: beyond them a policy is a typo, not a limit.
+# Bounds of every rate-limit number staff can save. The model validators, the admin form, the
+# CHECK constraints, validate() below and the Lua scripts (stores/redis_limiter.py hands them these
+# values) all read them from here; beyond them a policy is a typo, not a limit.
 MAX_LIMIT = 1_000_000_000  # requests per period
 MAX_PERIOD = 366 * 86_400  # one (leap) year, in seconds
-# A sliding log stores one entry per admitted request; policy validation should cap limits here.
+# A sliding log stores one entry per admitted request: a sliding-window limit is capped here.
 SLIDING_LOG_MAX = 100_000
+# A token bucket's burst is at most MAX_LIMIT and refills in burst * period / limit seconds, which
+# is capped here: a bucket that takes longer than a year to refill is a typo too.
+MAX_BURST = MAX_LIMIT
+MAX_CAPACITY_SECONDS = MAX_PERIOD
+# Priorities only order policies (and their header fields); a range keeps them ordinary integers.
+MIN_PRIORITY, MAX_PRIORITY = -10_000, 10_000
 # Float noise allowance for GCRA comparisons, in microseconds: a thousandth of the clock's
 # resolution, so it can only ever rescue a request that exact arithmetic admits.
 GCRA_SLACK_US = 0.001
@@ -128,6 +142,14 @@ class HitResult(NamedTuple):
 
 class StoreUnavailable(Exception):
     """Signal that a store could not decide, so the caller can fail open or closed."""
+
+
+class StoreDataError(StoreUnavailable):
+    """Signal that the store answered but refused one operation (a script or data error).
+
+    The store itself is up: callers treat the operation like a store failure (each policy's rule
+    for store failures applies) without giving up the store for other operations.
+    """
 
 
 class LimiterStore(Protocol):
@@ -200,10 +222,25 @@ def validate(specs: Sequence[LimitSpec], cost: int) -> list[LimitSpec]:
             raise ValueError(f"limit must be an integer in [0, {MAX_LIMIT}]: {spec!r}")
         if not _is_int_between(spec.period, 1, MAX_PERIOD):
             raise ValueError(f"period must be an integer number of seconds in [1, {MAX_PERIOD}]: {spec!r}")
-        if spec.burst is not None and not _is_int_between(spec.burst, 1, MAX_LIMIT):
-            raise ValueError(f"burst must be None or an integer in [1, {MAX_LIMIT}]: {spec!r}")
+        if spec.burst is not None and not _is_int_between(spec.burst, 1, MAX_BURST):
+            raise ValueError(f"burst must be None or an integer in [1, {MAX_BURST}]: {spec!r}")
+        if algorithm is Algorithm.SLIDING_WINDOW and spec.limit > SLIDING_LOG_MAX:
+            raise ValueError(f"limit of a sliding window must be at most {SLIDING_LOG_MAX}: {spec!r}")
+        if algorithm is Algorithm.TOKEN_BUCKET and not capacity_fits(spec.limit, spec.period, spec.burst):
+            raise ValueError(f"burst must refill within {MAX_CAPACITY_SECONDS} s (burst * period / limit): {spec!r}")
         checked.append(spec._replace(algorithm=algorithm, enforce=bool(spec.enforce)))
     return checked
+
+
+def capacity_fits(limit: int, period: int, burst: int | None) -> bool:
+    """Return True if a token bucket's burst refills within MAX_CAPACITY_SECONDS (a zero limit has none)."""
+    # Compared as integers (burst * period <= MAX_CAPACITY_SECONDS * limit), as the CHECK constraint does.
+    return limit == 0 or (limit if burst is None else burst) * period <= MAX_CAPACITY_SECONDS * limit
+
+
+def max_burst(limit: int, period: int) -> int:
+    """Return the largest burst a token bucket of limit per period may have."""
+    return max(1, min(MAX_BURST, MAX_CAPACITY_SECONDS * limit // period)) if limit > 0 else MAX_BURST
 
 
 def to_micros(now: float) -> int:

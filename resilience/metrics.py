@@ -31,3 +31,9 @@ breaker_rejections = Counter(
     "Calls a circuit breaker refused (open, or half-open with no trial slot left).",
     ["breaker"],
 )
+policy_errors = Counter(
+    "bookstore_resilience_policy_errors",
+    "Policies left out because they could not be compiled (stage=compile, every reload) or decided for a "
+    "request (stage=match, admit, record, stale), by policy and stage.",
+    ["policy", "stage"],
+)

@@ -13,21 +13,19 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
 from bookstore.problems import problem_response
-from resilience import audit
+from resilience import audit, stale
 from resilience.breakers import (
     PUBLIC_STATE,
     Call,
     announce,
     held_by_request,
     known_open,
-    load_stale,
     remember_refusal,
-    save_stale,
 )
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec
 from resilience.metrics import breaker_rejections
-from resilience.policyset import BreakerRule, RateLimitRule, RouteInfo
+from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
 from resilience.principal import principal
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.stores.admission import Admission
@@ -203,12 +201,19 @@ class ResilienceMiddleware:
         def route() -> RouteInfo:
             return route_info(path)
 
-        breakers = snapshot.match_breakers(method, path, route) if snapshot.breakers else []
+        # A policy whose matching raises is left out of this request and reported, never a 500.
+        failed: list[PolicyError] = []
+        breakers = snapshot.match_breakers(method, path, route, failed) if snapshot.breakers else []
+        if failed:
+            runtime.policy_errors.report(failed)
+            failed = []
         if breakers:
             refused = self._known_open(request, runtime, breakers, started)
             if refused is not None:
                 return refused
-        rules = snapshot.match_ratelimits(method, path, route) if snapshot.ratelimits else []
+        rules = snapshot.match_ratelimits(method, path, route, failed) if snapshot.ratelimits else []
+        if failed:
+            runtime.policy_errors.report(failed)
         applied: list[tuple[RateLimitRule, LimitSpec]] = []
         if rules:
             facts = _Request(request)
@@ -276,7 +281,10 @@ class ResilienceMiddleware:
         version: int,
     ) -> HttpResponse:
         admission, from_fallback = runtime.admit(
-            [spec for _, spec in applied], [b.config for b in breakers], labels=[rule.label for rule, _ in applied]
+            [spec for _, spec in applied],
+            [b.config for b in breakers],
+            labels=[rule.label for rule, _ in applied],
+            policies=[*((RATELIMIT, rule.name) for rule, _ in applied), *((BREAKER, b.name) for b in breakers)],
         )
         # A refusal is worth remembering only if Redis decided it under the policies this request
         # was matched against: after a change, the next request is matched against the new ones.
@@ -384,16 +392,8 @@ class ResilienceMiddleware:
             and not response.streaming
             and runtime.store_available()
         ):
-            for call in calls:
-                if call.rule.stale:
-                    save_stale(
-                        runtime,
-                        call.rule,
-                        request.get_full_path(),
-                        response.status_code,
-                        response.get("Content-Type", ""),
-                        response.content,
-                    )
+            # Kept by StaleCopyMiddleware, once the outer middleware has set its cookies and Vary.
+            setattr(request, stale.WANTED, [call.rule for call in calls if call.rule.stale])
         return response
 
     def _open_response(
@@ -401,11 +401,13 @@ class ResilienceMiddleware:
     ) -> HttpResponse:
         seconds = max(1, math.ceil(retry_after))
         if rule.stale and request.method == "GET":
-            kept = load_stale(runtime, rule, request.get_full_path())
+            kept = stale.load_stale(runtime, rule, request)  # never for a request with credentials
             if kept is not None:
                 response = HttpResponse(
                     kept["body"].encode("latin-1"), status=kept["status"], content_type=kept["content_type"]
                 )
+                if kept.get("vary"):
+                    response["Vary"] = kept["vary"]
                 age = max(0, int(time.time() - kept["saved_at"]))
                 response["Age"] = str(age)
                 response["X-Stale-Response"] = f"breaker={rule.name}; age={age}"

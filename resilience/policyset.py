@@ -1,18 +1,43 @@
-"""An in-process, compiled snapshot of the enabled policies: matching a request needs no query."""
+"""An in-process, compiled snapshot of the enabled policies: matching a request needs no query.
+
+Compiling checks each row's bounded numbers and name with the admin form's own validators and
+with the engine's validation (the bounds the Lua scripts use), and compiles its pattern with RE2.
+A row that fails (written by a shell, or saved before a bound existed) is left out of the snapshot
+and listed in ``PolicySet.errors``: one bad row never stops the others.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+
 from resilience.breaker import BreakerConfig
-from resilience.limiter import Algorithm
+from resilience.limiter import Algorithm, LimitSpec, validate
 from resilience.metrics import ratelimit_decisions
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy, parse_status_set
+from resilience.patterns import PatternError, compile_pattern, path_matches
 
 RouteInfo = tuple[str, frozenset[str]]  # (url route name, view tags)
+
+RATELIMIT = "ratelimit"
+BREAKER = "breaker"
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used: left out of the snapshot (stage "compile") or of one request."""
+
+    def __init__(self, kind: str, name: str, stage: str, reason: str, policy_id: int | None = None) -> None:
+        super().__init__(f"{kind} policy {name!r} ({stage}): {reason}")
+        self.kind = kind  # RATELIMIT or BREAKER
+        self.name = name
+        self.stage = stage
+        self.reason = reason
+        self.policy_id = policy_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +47,16 @@ class Matcher:
     methods: frozenset[str]
     kind: str
     pattern: str
-    regex: re.Pattern[str] | None = None
+    regex: Any = None  # an RE2 program (resilience/patterns.py)
 
     @classmethod
     def build(cls, methods: Iterable[str], kind: str, pattern: str) -> Matcher:
+        """Return the matcher; raise PatternError for a regex RE2 cannot run in linear time."""
         return cls(
             methods=frozenset(methods),
             kind=kind,
             pattern=pattern,
-            regex=re.compile(pattern) if kind == "regex" else None,
+            regex=compile_pattern(pattern) if kind == "regex" else None,
         )
 
     @property
@@ -44,7 +70,7 @@ class Matcher:
         if self.kind == "prefix":
             return path.startswith(self.pattern)
         if self.kind == "regex":
-            return self.regex.match(path) is not None  # type: ignore[union-attr]
+            return path_matches(self.regex, path)
         if self.kind == "code":
             return False
         name, tags = route()
@@ -112,16 +138,49 @@ class PolicySet:
     ratelimits: tuple[RateLimitRule, ...] = ()
     breakers: tuple[BreakerRule, ...] = ()
     breakers_by_name: dict[str, BreakerRule] = field(default_factory=dict)
+    errors: tuple[PolicyError, ...] = ()  # enabled policies left out: they cannot be used as saved
 
     @property
     def needs_route(self) -> bool:
         return any(r.matcher.needs_route for r in self.ratelimits) or any(b.matcher.needs_route for b in self.breakers)
 
-    def match_ratelimits(self, method: str, path: str, route: Callable[[], RouteInfo]) -> list[RateLimitRule]:
-        return [rule for rule in self.ratelimits if rule.matcher.matches(method, path, route)]
+    def match_ratelimits(
+        self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
+    ) -> list[RateLimitRule]:
+        """Return the rules matching the request; a rule whose matching raises is left out and added to failed."""
+        try:
+            return [rule for rule in self.ratelimits if rule.matcher.matches(method, path, route)]
+        except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
+            return _match_each(self.ratelimits, RATELIMIT, method, path, route, failed)
 
-    def match_breakers(self, method: str, path: str, route: Callable[[], RouteInfo]) -> list[BreakerRule]:
-        return [rule for rule in self.breakers if rule.matcher.matches(method, path, route)]
+    def match_breakers(
+        self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
+    ) -> list[BreakerRule]:
+        """Return the breakers matching the request; a rule whose matching raises is left out and added to failed."""
+        try:
+            return [rule for rule in self.breakers if rule.matcher.matches(method, path, route)]
+        except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
+            return _match_each(self.breakers, BREAKER, method, path, route, failed)
+
+
+def _match_each(
+    rules: Iterable[Any],
+    kind: str,
+    method: str,
+    path: str,
+    route: Callable[[], RouteInfo],
+    failed: list[PolicyError] | None,
+) -> list[Any]:
+    """Match rule by rule, leaving out (and reporting in failed) each rule whose matching raises."""
+    matched = []
+    for rule in rules:
+        try:
+            if rule.matcher.matches(method, path, route):
+                matched.append(rule)
+        except Exception as e:  # noqa: BLE001 - one policy that cannot be decided must not fail the request
+            if failed is not None:
+                failed.append(PolicyError(kind, rule.name, "match", repr(e), rule.id))
+    return matched
 
 
 def header_meta_name(header: str) -> str:
@@ -130,11 +189,36 @@ def header_meta_name(header: str) -> str:
 
 
 def compile_policies(version: int) -> PolicySet:
-    """Load the enabled policies from the database and compile them."""
+    """Load the enabled policies from the database and compile every one that can be used."""
+    rules = []
+    errors: list[PolicyError] = []
+    policies = list(RateLimitPolicy.objects.filter(enabled=True).prefetch_related("overrides"))
+    ids_by_username = user_ids(policies)
+    for p in policies:
+        try:
+            rules.append(compile_ratelimit(p, ids_by_username))
+        except PolicyError as e:
+            errors.append(e)
+    rules.sort(key=lambda r: (r.priority, r.name))
+    breakers = []
+    for b in CircuitBreakerPolicy.objects.filter(enabled=True):
+        try:
+            breakers.append(compile_breaker(b))
+        except PolicyError as e:
+            errors.append(e)
+    return PolicySet(
+        version=version,
+        ratelimits=tuple(rules),
+        breakers=tuple(breakers),
+        breakers_by_name={b.name: b for b in breakers},
+        errors=tuple(errors),
+    )
+
+
+def user_ids(policies: Iterable[RateLimitPolicy]) -> dict[str, int]:
+    """Return the user ids of the usernames that user-keyed policies' overrides name (one query)."""
     from accounts.models import User
 
-    rules = []
-    policies = list(RateLimitPolicy.objects.filter(enabled=True).prefetch_related("overrides"))
     usernames = {
         o.key_value
         for p in policies
@@ -142,45 +226,86 @@ def compile_policies(version: int) -> PolicySet:
         for o in p.overrides.all()
         if not o.key_value.isdigit()
     }
-    ids_by_username = (
-        dict(User.objects.filter(username__in=usernames).values_list("username", "id")) if usernames else {}
+    return dict(User.objects.filter(username__in=usernames).values_list("username", "id")) if usernames else {}
+
+
+@cache
+def _unchecked_fields(model: type[Any]) -> tuple[str, ...]:
+    """Return the fields compiling leaves alone: all but the bounded numbers and the name.
+
+    Those two are what the engine, the Lua scripts, the headers and the Redis keys rely on; the
+    rest (a code breaker's unused pattern left empty by a shell, say) cannot hurt a request.
+    """
+    return tuple(
+        f.name
+        for f in model._meta.concrete_fields
+        if f.name != "name" and not any(isinstance(v, MinValueValidator | MaxValueValidator) for v in f.validators)
     )
-    for p in policies:
-        overrides: dict[str, int] = {}
-        for o in p.overrides.all():
-            value = o.key_value
-            if p.key == RateLimitPolicy.Key.USER:
-                user_id = int(value) if value.isdigit() else ids_by_username.get(value)
-                if user_id is None:
-                    continue
-                value = f"u{user_id}"
-            overrides[value] = o.limit
-        rules.append(
-            RateLimitRule(
-                id=p.pk,
-                name=p.name,
-                priority=p.priority,
-                matcher=Matcher.build(p.method_set(), p.match_type, p.pattern),
-                key=p.key,
-                header_meta=header_meta_name(p.header_name) if p.header_name else "",
-                algorithm=Algorithm(p.algorithm),
-                limit=p.limit,
-                period=p.period,
-                burst=p.burst,
-                enforce=p.mode == RateLimitPolicy.Mode.ENFORCE,
-                exempt_staff=p.exempt_staff,
-                fail_open=p.on_store_failure == RateLimitPolicy.OnStoreFailure.ALLOW,
-                epoch=p.epoch,
-                overrides=overrides,
-            )
-        )
-    rules.sort(key=lambda r: (r.priority, r.name))
-    breakers = tuple(compile_breaker(p) for p in CircuitBreakerPolicy.objects.filter(enabled=True))
-    return PolicySet(
-        version=version,
-        ratelimits=tuple(rules),
-        breakers=breakers,
-        breakers_by_name={b.name: b for b in breakers},
+
+
+def _field_errors(row: Any) -> str | None:
+    """Return what the admin form would say about the row's bounded numbers and name, or None."""
+    try:
+        row.clean_fields(exclude=list(_unchecked_fields(type(row))))
+    except ValidationError as e:
+        return "; ".join(f"{name}: {' '.join(messages)}" for name, messages in e.message_dict.items())
+    return None
+
+
+def compile_ratelimit(p: RateLimitPolicy, ids_by_username: dict[str, int] | None = None) -> RateLimitRule:
+    """Compile one rate-limit policy (its overrides prefetched); raise PolicyError when it cannot be used."""
+
+    def refuse(reason: str) -> PolicyError:
+        return PolicyError(RATELIMIT, p.name, "compile", reason, p.pk)
+
+    problem = _field_errors(p)
+    if problem is not None:
+        raise refuse(problem)
+    overrides: dict[str, int] = {}
+    shapes = [("", p.limit, p.burst)]  # (what, limit, burst) of every spec the policy can make
+    for o in p.overrides.all():
+        problem = _field_errors(o)
+        if problem is not None:
+            raise refuse(f"override {o.key_value}: {problem}")
+        shapes.append((f"override {o.key_value}: ", o.limit, None))
+        value = o.key_value
+        if p.key == RateLimitPolicy.Key.USER:
+            user_id = int(value) if value.isdigit() else (ids_by_username or {}).get(value)
+            if user_id is None:
+                continue
+            value = f"u{user_id}"
+        overrides[value] = o.limit
+    try:
+        algorithm = Algorithm(p.algorithm)
+    except ValueError:
+        raise refuse(f"algorithm: unknown {p.algorithm!r}") from None
+    # The engine's own checks, with the bounds the Lua scripts use: a spec they would refuse or
+    # clamp never reaches them.
+    for what, limit, burst in shapes:
+        try:
+            validate([LimitSpec("check", algorithm, limit, p.period, burst)], 1)
+        except ValueError as e:
+            raise refuse(what + str(e).split(": LimitSpec")[0]) from None
+    try:
+        matcher = Matcher.build(p.method_set(), p.match_type, p.pattern)
+    except PatternError as e:
+        raise refuse(f"pattern: {e.reason}") from None
+    return RateLimitRule(
+        id=p.pk,
+        name=p.name,
+        priority=p.priority,
+        matcher=matcher,
+        key=p.key,
+        header_meta=header_meta_name(p.header_name) if p.header_name else "",
+        algorithm=algorithm,
+        limit=p.limit,
+        period=p.period,
+        burst=p.burst,
+        enforce=p.mode == RateLimitPolicy.Mode.ENFORCE,
+        exempt_staff=p.exempt_staff,
+        fail_open=p.on_store_failure == RateLimitPolicy.OnStoreFailure.ALLOW,
+        epoch=p.epoch,
+        overrides=overrides,
     )
 
 
@@ -199,14 +324,45 @@ def breaker_config(policy: CircuitBreakerPolicy) -> BreakerConfig:
 
 
 def compile_breaker(policy: CircuitBreakerPolicy) -> BreakerRule:
-    """Compile one breaker policy."""
+    """Compile one breaker policy; raise PolicyError when it cannot be used."""
+
+    def refuse(reason: str) -> PolicyError:
+        return PolicyError(BREAKER, policy.name, "compile", reason, policy.pk)
+
+    problem = _field_errors(policy)
+    if problem is not None:
+        raise refuse(problem)
+    config = breaker_config(policy)
+    try:
+        config.validate()
+        statuses = parse_status_set(policy.failure_statuses)
+    except ValueError as e:
+        raise refuse(str(e)) from None
+    if not statuses:
+        raise refuse("failure_statuses: no status")
+    try:
+        matcher = Matcher.build(policy.method_set(), policy.match_type, policy.pattern)
+    except PatternError as e:
+        raise refuse(f"pattern: {e.reason}") from None
     return BreakerRule(
         id=policy.pk,
         name=policy.name,
-        matcher=Matcher.build(policy.method_set(), policy.match_type, policy.pattern),
-        config=breaker_config(policy),
-        failure_statuses=parse_status_set(policy.failure_statuses),
+        matcher=matcher,
+        config=config,
+        failure_statuses=statuses,
         slow_call_seconds=policy.slow_call_ms / 1000 if policy.slow_call_ms else None,
         stale=policy.fallback == CircuitBreakerPolicy.Fallback.STALE,
         stale_max_age=policy.stale_max_age,
     )
+
+
+def policy_problem(policy: RateLimitPolicy | CircuitBreakerPolicy) -> str | None:
+    """Return why a policy row cannot be used as saved (it is skipped everywhere), or None if it can."""
+    try:
+        if isinstance(policy, RateLimitPolicy):
+            compile_ratelimit(policy)
+        else:
+            compile_breaker(policy)
+    except PolicyError as e:
+        return e.reason
+    return None

@@ -5,6 +5,10 @@ whose timeouts bound every call) when REDIS_URL is set, else an in-process store
 fails, the runtime answers from an in-process fallback store and stays off Redis for
 RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis costs one timeout per worker per interval, not one
 per request.
+
+A worker learns of policy changes from Redis's version counter (each admission returns it) and,
+as a backstop that does not depend on Redis, from PolicyVersion in PostgreSQL, compared every
+POLICY_DB_CHECK_INTERVAL seconds.
 """
 
 from __future__ import annotations
@@ -14,19 +18,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from time import time as wall_clock
 
 from django.conf import settings
 from django.db import DatabaseError
-from redis.exceptions import RedisError
 
 from resilience.breaker import BreakerConfig, BreakerStore
 from resilience.hints import KnownRefusals
-from resilience.limiter import LimitSpec, StoreUnavailable
+from resilience.limiter import LimitSpec, StoreDataError, StoreUnavailable
 from resilience.metrics import store_errors
-from resilience.policyset import PolicySet, compile_policies
+from resilience.models import PolicyVersion
+from resilience.policy_errors import PolicyErrorLog
+from resilience.policyset import PolicyError, PolicySet, compile_policies
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
+from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.tally import LimitedTally
@@ -35,6 +41,16 @@ log = logging.getLogger("resilience")
 
 # How often a worker that saw no admission round trip checks the version counter (seconds).
 VERSION_CHECK_INTERVAL = 1.0
+# How often a worker compares the policy version in PostgreSQL, the backstop for a lost Redis
+# signal (seconds): one indexed single-row query per worker per interval, never one per request.
+# While Redis is unreachable it is the only signal, and is compared every VERSION_CHECK_INTERVAL.
+POLICY_DB_CHECK_INTERVAL = 4.0
+# What staff are promised when the Redis signal failed: the change is in force on every worker
+# within this long (seconds); the second above the check interval covers the reload.
+POLICY_BACKSTOP_SECONDS = 5
+# The version of a snapshot loaded without reading Redis's counter: never equal to a real one
+# (the counter starts at 0), so the first real version a worker reads makes it reload.
+UNKNOWN_VERSION = -1
 # After the database failed a policy reload, wait this much longer before trying again (seconds).
 POLICY_RELOAD_BACKOFF = 5.0
 # How often a worker reports the policy version it enforces, for the dashboard (seconds).
@@ -63,6 +79,11 @@ class Runtime:
         self._snapshot: PolicySet | None = None
         self._checked_at = 0.0
         self._down_until = 0.0
+        # The PostgreSQL policy version the snapshot was loaded at (None: not known), and when
+        # this worker last compared it; one thread compares at a time, the others do not wait.
+        self._db_version: int | None = None
+        self._db_checked_at = 0.0
+        self._db_check_lock = threading.Lock()
         self.fallback = MemoryLimiterStore()
         self.shared = self._make_shared_store()
         self.breaker_fallback = MemoryBreakerStore()
@@ -72,10 +93,17 @@ class Runtime:
         self._beat_at = 0.0
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._known_refusals: KnownRefusals | None = None
+        # Not self._lock: the database breaker asks for it while a policy reload holds that lock.
+        self._hints_lock = threading.Lock()
         # Dashboard counts of refusals made from memory; kept only where the admission keeps stats.
         self.tally: LimitedTally | None = None
         if self.uses_redis and key_prefix():
             self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]
+        # Policies this worker could not use: counted, logged, and recorded for the admin and dashboard.
+        self.policy_errors = PolicyErrorLog(
+            (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]
+            key_prefix(),
+        )
 
     @property
     def uses_redis(self) -> bool:
@@ -111,11 +139,15 @@ class Runtime:
             return None
         current = self._known_refusals
         if current is None:
-            client = self.shared.client  # type: ignore[attr-defined]
-            with self._lock:
+            # A subscription needs a plain connection; a client without a pool of them (a cluster
+            # client) gets no memory of refusals: every call asks the store, as before.
+            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]
+            if pool is None:
+                return None
+            with self._hints_lock:
                 if self._known_refusals is None:
                     self._known_refusals = KnownRefusals(
-                        client.connection_pool.make_connection,
+                        pool.make_connection,
                         events_channel(),
                         settings.RESILIENCE_STORE_RETRY_SECONDS,
                     )
@@ -134,11 +166,10 @@ class Runtime:
         if not self.store_available():
             return
         try:
-            self.shared.client.hset(  # type: ignore[attr-defined]
-                workers_key(), self.worker_id, f"{version} {wall_clock():.3f}"
-            )
-        except RedisError as e:  # the dashboard's view is never worth a failed request
-            self.mark_down("heartbeat", e)
+            client = self.shared.client  # type: ignore[attr-defined]
+            store_call("heartbeat", client.hset, workers_key(), self.worker_id, f"{version} {wall_clock():.3f}")
+        except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
+            self.store_failed("heartbeat", e)
 
     # --- store health --------------------------------------------------------------------
     def store_available(self) -> bool:
@@ -152,6 +183,27 @@ class Runtime:
             extra={"event": "store_error", "operation": operation, "error": repr(error)},
         )
 
+    def store_failed(
+        self, operation: str, error: Exception, stage: str = "", policies: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Handle a failed store call: the store is given up for a while, unless only this call's data was at fault.
+
+        A StoreDataError (a script or data error: the store answered) is counted and reported
+        against ``policies`` ((kind, name) pairs) at ``stage``; the other requests keep the store.
+        """
+        if not isinstance(error, StoreDataError):
+            self.mark_down(operation, error)
+            return
+        store_errors.labels(operation).inc()
+        reported = [PolicyError(kind, name, stage or operation, str(error)) for kind, name in policies]
+        if reported:
+            self.policy_errors.report(reported)
+        else:
+            log.warning(
+                "resilience store refused an operation",
+                extra={"event": "store_error", "operation": operation, "error": repr(error)},
+            )
+
     # --- policy snapshot -----------------------------------------------------------------
     def snapshot(self) -> PolicySet:
         """Return the current policies, reloading them when a change is seen or overdue."""
@@ -159,21 +211,52 @@ class Runtime:
         now = time.monotonic()
         if current is not None and now - self._beat_at >= HEARTBEAT_INTERVAL:
             self.heartbeat(current.version)
+        if current is not None and now - self._db_checked_at >= self._db_check_interval():
+            current = self._compare_database(now)
         if current is not None and now - self._checked_at < VERSION_CHECK_INTERVAL:
             return current
-        # Without a reachable shared counter, reload from the database once per interval.
-        version = (current.version + 1) if current is not None else 0
+        # Without a reachable shared counter there is nothing to compare here: never guess a
+        # number a real change could take later; the database comparison above stands in.
+        version = UNKNOWN_VERSION
         if self.store_available():
             try:
                 version = self.shared.version()
             except StoreUnavailable as e:
-                self.mark_down("version", e)
-        if current is None or version != current.version:
+                self.store_failed("version", e)
+        if current is None or (version != UNKNOWN_VERSION and version != current.version):
             current = self.reload(version)
         # Only now: until the reload is done, other threads must keep checking, not serve the
         # old policies under a fresh timestamp.
         self._checked_at = now
         return current
+
+    def _db_check_interval(self) -> float:
+        return POLICY_DB_CHECK_INTERVAL if self.store_available() else VERSION_CHECK_INTERVAL
+
+    def _compare_database(self, now: float) -> PolicySet | None:
+        """Reload if the policy version in PostgreSQL moved since the snapshot was loaded."""
+        current = self._snapshot
+        if current is None or not self._db_check_lock.acquire(blocking=False):
+            return current  # another thread is comparing: serve what we have meanwhile
+        try:
+            self._db_checked_at = now
+            try:
+                db_version = PolicyVersion.current()
+            except DatabaseError as e:
+                # PostgreSQL is unreachable: keep enforcing what we knew and back off, so one
+                # request per worker per POLICY_RELOAD_BACKOFF pays the pool's wait, not every one.
+                log.error("cannot read the policy version", extra={"event": "policy_load_error", "error": repr(e)})
+                self._db_checked_at = now + POLICY_RELOAD_BACKOFF
+                return current
+            if db_version == self._db_version:
+                return current
+            return self.reload(current.version, db_version=db_version)
+        finally:
+            self._db_check_lock.release()
+
+    def loaded(self) -> PolicySet | None:
+        """Return the policies as last loaded, never reloading (None before the first load)."""
+        return self._snapshot
 
     def observe_version(self, version: int) -> None:
         """Learn the policy version from an admission round trip; reload if it moved."""
@@ -182,15 +265,26 @@ class Runtime:
             self.reload(version)
         self._checked_at = time.monotonic()
 
-    def reload(self, version: int) -> PolicySet:
+    def reload(self, version: int, db_version: int | None = None) -> PolicySet:
+        """Load the policies as of Redis counter ``version`` (and PostgreSQL ``db_version``, if read)."""
         with self._lock:
             current = self._snapshot
-            if current is not None and current.version == version:
-                return current
+            if (
+                current is not None
+                and current.version == version
+                and (db_version is None or db_version == self._db_version)
+            ):
+                return current  # another thread loaded it meanwhile
             try:
+                # Read before loading: a change committed in between is then seen at the next compare.
+                loaded_at = PolicyVersion.current() if db_version is None else db_version
                 self._snapshot = compile_policies(version)
+                self._db_version = loaded_at
+                self._db_checked_at = time.monotonic()
                 self._beat_at = 0.0  # report the new version with the next request
                 self.forget_refusals()  # a policy may have changed or gone
+                if self._snapshot.errors:
+                    self.policy_errors.report(self._snapshot.errors)
             except DatabaseError as e:
                 # PostgreSQL is unreachable: keep enforcing what we knew (nothing, at start-up)
                 # and try again at the next interval rather than failing every request.
@@ -198,7 +292,7 @@ class Runtime:
                 # Back off: while PostgreSQL is down, one request per worker per interval pays
                 # the pool's wait for this, not every request.
                 self._checked_at = time.monotonic() + POLICY_RELOAD_BACKOFF
-                return current if current is not None else PolicySet(version=-1)
+                return current if current is not None else PolicySet(version=UNKNOWN_VERSION)
             return self._snapshot
 
     def invalidate(self) -> None:
@@ -229,18 +323,20 @@ class Runtime:
         specs: Sequence[LimitSpec],
         breakers: Sequence[BreakerConfig],
         labels: Sequence[str] | None = None,
+        policies: Sequence[tuple[str, str]] = (),
     ) -> tuple[Admission, bool]:
         """Decide limits and breakers; return (admission, from_fallback).
 
         The shared store answers in one round trip; while it is unavailable the in-process
         stores answer instead (from_fallback=True) and the caller applies each policy's rule
-        for store failures.
+        for store failures. So does a round trip the store refused (a script or data error):
+        for this request only, reported against ``policies`` ((kind, name) of each one asked).
         """
         if self.store_available() or not self.uses_redis:
             try:
                 admission = self._admission().admit(specs, breakers, labels=labels)
             except StoreUnavailable as e:
-                self.mark_down("admit", e)
+                self.store_failed("admit", e, "admit", policies)
             else:
                 self.observe_version(admission.hit.version)
                 return admission, False
@@ -257,13 +353,20 @@ class Runtime:
         if self._known_refusals is not None:
             self._known_refusals.forget()
 
-    def bump_version(self) -> None:
-        """Tell every worker the policies changed (called after commit)."""
+    def bump_version(self) -> str | None:
+        """Tell every worker the policies changed (called after commit); return why it failed, or None.
+
+        A failed signal loses no change: every worker finds it in PostgreSQL within
+        POLICY_DB_CHECK_INTERVAL. The caller tells the staff member which of the two happened.
+        """
         try:
             self.shared.bump_version()
         except StoreUnavailable as e:
-            self.mark_down("bump_version", e)
-        self.invalidate()
+            self.store_failed("bump_version", e)
+            return str(e)
+        finally:
+            self.invalidate()
+        return None
 
 
 _runtime: Runtime | None = None

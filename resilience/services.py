@@ -3,25 +3,70 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from resilience import database
 from resilience.audit import log_bulk_update
-from resilience.breaker import BreakerStore, State
+from resilience.breaker import BreakerConfig, BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
 from resilience.limiter import Decision
-from resilience.models import CircuitBreakerPolicy, RateLimitPolicy, hash_key_value
-from resilience.policyset import breaker_config
+from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy, hash_key_value
+from resilience.policyset import breaker_config, policy_problem
 from resilience.runtime import get_runtime, key_prefix
 
 
+@dataclass
+class Propagation:
+    """What became of the policy changes made inside propagation_report(): were the workers told?"""
+
+    changes: int = 0  # policies_changed() calls
+    errors: list[str] = field(default_factory=list)  # why each failed Redis signal failed
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+
+_report: ContextVar[Propagation | None] = ContextVar("policy_propagation", default=None)
+
+
+@contextmanager
+def propagation_report() -> Iterator[Propagation]:
+    """Collect whether the workers were told of the policy changes committed inside the block."""
+    report = Propagation()
+    token = _report.set(report)
+    try:
+        yield report
+    finally:
+        _report.reset(token)
+
+
+def _signal_workers(report: Propagation | None) -> None:
+    error = get_runtime().bump_version()
+    if report is not None and error is not None:
+        report.errors.append(error)
+
+
 def policies_changed() -> None:
-    """Make every worker reload the policies once the current transaction commits."""
-    transaction.on_commit(lambda: get_runtime().bump_version())
+    """Count a policy change in PostgreSQL now, and tell every worker through Redis once it commits.
+
+    The count is in the change's own transaction, so it cannot be lost: a worker that misses the
+    Redis signal finds it within POLICY_DB_CHECK_INTERVAL (resilience/runtime.py).
+    """
+    PolicyVersion.bump()
+    report = _report.get()
+    if report is not None:
+        report.changes += 1
+    transaction.on_commit(partial(_signal_workers, report))
 
 
 @transaction.atomic
@@ -86,11 +131,12 @@ def policy_usage(*, policy: RateLimitPolicy, key: str) -> Decision | None:
     """Return the current decision for one key of a policy without consuming, or None if unknown."""
     from resilience.limiter import StoreUnavailable
     from resilience.middleware import _spec
-    from resilience.policyset import compile_policies
+    from resilience.policyset import PolicyError, compile_ratelimit, user_ids
 
-    rule = next((r for r in compile_policies(0).ratelimits if r.id == policy.pk), None)
-    if rule is None:
-        return None
+    try:
+        rule = compile_ratelimit(policy, user_ids([policy]))
+    except PolicyError:
+        return None  # a policy that cannot be used has no usage
     spec = _spec(rule, key_value_for(policy, key))
     try:
         return get_runtime().shared.test([spec])[0]
@@ -114,6 +160,7 @@ def breaker_reset(*, names: Iterable[str]) -> int:
         announce(store.reset(name))
         count += 1
     get_runtime().forget_refusals()  # this process at once; the others hear it published
+    database.guard.forget()  # and what it cached of the database breaker (the others' expires in 0.1 s)
     return count
 
 
@@ -125,16 +172,30 @@ def breaker_force(*, names: Iterable[str], state: State | None) -> int:
         announce(store.force(name, state))
         count += 1
     get_runtime().forget_refusals()  # this process at once; the others hear it published
+    database.guard.forget()  # and what it cached of the database breaker (the others' expires in 0.1 s)
     return count
 
 
+def live_breaker_configs() -> list[BreakerConfig]:
+    """Return every breaker in force in this process: the enabled policies as compiled, and the database's.
+
+    Read from the in-process snapshot, not the policy table: /metrics and /health/breakers must
+    answer while PostgreSQL is down.
+    """
+    runtime = get_runtime()
+    configs = [rule.config for rule in runtime.snapshot().breakers if rule.name != database.NAME]
+    return sorted([*configs, database.database_config(runtime)], key=lambda config: config.name)
+
+
 def breaker_status(*, policies: Iterable[CircuitBreakerPolicy] | None = None) -> list[dict[str, object]]:
-    """Return the live state of breakers (default: every enabled one), read from the shared store."""
+    """Return the live state of breakers (default: every one in force), read from the shared store."""
     if policies is None:
-        policies = CircuitBreakerPolicy.objects.filter(enabled=True)
-    policies = list(policies)
+        configs = live_breaker_configs()
+    else:
+        # A policy that cannot be used is in force nowhere: it has no live state (admin and dashboard say why).
+        configs = [breaker_config(p) for p in policies if policy_problem(p) is None]
     store, fallback = get_runtime().breaker_store()
-    snapshots = store.snapshots([breaker_config(p) for p in policies])
+    snapshots = store.snapshots(configs)
     return [
         {
             "name": snap.name,

@@ -20,10 +20,11 @@ from collections import Counter
 from collections.abc import Callable
 
 import redis
-from redis.exceptions import RedisError
 
+from resilience.limiter import StoreUnavailable
 from resilience.metrics import store_errors
 from resilience.stores.admission import counted_value
+from resilience.stores.boundary import store_call
 
 log = logging.getLogger("resilience")
 
@@ -54,17 +55,21 @@ class LimitedTally:
             pending, self._pending = self._pending, Counter()
         if not pending:
             return
-        pipe = self._client().pipeline(transaction=False)
-        for (minute, label, value), n in pending.items():
-            counts = f"{self.prefix}stats:{minute}"
-            top = f"{self.prefix}top:{minute}:{label}"
-            pipe.hincrby(counts, f"{label}:l", n)
-            pipe.expire(counts, STATS_TTL_SECONDS)
-            pipe.zincrby(top, n, value)
-            pipe.expire(top, STATS_TTL_SECONDS)
-        try:
+
+        def write() -> None:
+            pipe = self._client().pipeline(transaction=False)
+            for (minute, label, value), n in pending.items():
+                counts = f"{self.prefix}stats:{minute}"
+                top = f"{self.prefix}top:{minute}:{label}"
+                pipe.hincrby(counts, f"{label}:l", n)
+                pipe.expire(counts, STATS_TTL_SECONDS)
+                pipe.zincrby(top, n, value)
+                pipe.expire(top, STATS_TTL_SECONDS)
             pipe.execute()
-        except RedisError as e:
+
+        try:
+            store_call("stats", write)  # a client may refuse a command while queueing it
+        except StoreUnavailable as e:
             store_errors.labels("stats").inc()
             log.warning(
                 "dropped a batch of dashboard counts",

@@ -11,7 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from accounts.services import token_for, user_create
+from accounts.services import token_create, user_create
 from catalog.models import Book
 from catalog.services import book_create
 
@@ -81,7 +81,7 @@ def anon_client() -> APIClient:
 def client_for(user: User) -> APIClient:
     """Return an API client authenticated with the user's token, as a real client would be."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user=user)}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=user).token}")
     return client
 
 
@@ -127,7 +127,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("transactional_db" if transactional else "db")
         from django.apps import apps as django_apps
 
-        for name in ("0002_default_policies", "0004_default_breakers"):
+        for name in ("0002_default_policies", "0004_default_breakers", "0008_database_breaker"):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
     route_info.cache_clear()

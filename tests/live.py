@@ -136,8 +136,9 @@ class LiveServer:
     """
 
     workers: int = 4
-    # More than one makes gunicorn's gthread workers (deploy/gunicorn.conf.py), with keep-alive.
-    threads: int = 1
+    # Threads per gthread worker; None keeps deploy/gunicorn.conf.py's. For sync workers, which close
+    # the connection after each response, set GUNICORN_WORKER_CLASS=sync in env_overrides.
+    threads: int | None = None
     env_overrides: dict[str, str] = field(default_factory=dict)
     port: int | None = None
     # Load Django once in the master and fork ready workers: boots several times faster on a
@@ -190,13 +191,18 @@ class LiveServer:
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
             GUNICORN_BIND=f"{HOST}:{self.port}",
             GUNICORN_WORKERS=str(self.workers),
-            GUNICORN_THREADS=str(self.threads),
             GUNICORN_ACCESSLOG=str(self.access_log),
             GUNICORN_CMD_ARGS=args,
             LOG_LEVEL="WARNING",
             PYTHONPATH=str(ROOT),
         )
+        if self.threads is not None:
+            env["GUNICORN_THREADS"] = str(self.threads)
         env.update(self.env_overrides)
+        if env["DATABASE_URL"] != database_url() and "RESILIENCE_KEY_PREFIX" not in self.env_overrides:
+            # A server on another database (or behind a proxy a test cuts) guards another database:
+            # its database breaker must not refuse this process, which keeps using the test database.
+            env["RESILIENCE_KEY_PREFIX"] = f"{settings.RESILIENCE_KEY_PREFIX}{self.port}:"
         return env
 
     def start(self) -> LiveServer:
@@ -320,6 +326,9 @@ class RedisServer:
 
     port: int = 0
     boot_timeout: float = 10.0
+    # More redis-server options, e.g. ("--cluster-enabled", "yes"), or ("--rename-command", "EVALSHA", "")
+    # for a Redis that refuses scripts.
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -339,7 +348,7 @@ class RedisServer:
         with (self.tmp / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [executable, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.tmp)],
+                 "--dir", str(self.tmp), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -406,6 +415,170 @@ class RedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+# --- A dependency that goes away -------------------------------------------------------------------
+
+
+class TcpProxy:
+    """Relay a loopback port to a TCP server, and take that server away on demand.
+
+    Put it between the app and PostgreSQL (which other engineers share, so it is never stopped
+    itself) and point DATABASE_URL at ``proxy.port``:
+
+    - relaying (the start state, and after restore()): every connection reaches the server;
+    - refuse(): open connections are cut and new ones refused, as when the server process dies;
+    - hang(): new connections are accepted and never answered, and open ones stop relaying, as
+      with a frozen host;
+    - restore(): relay again; the connections refuse() or hang() left are cut first.
+
+    The relay runs an asyncio loop in one daemon thread; each method returns once the change is
+    in force.
+    """
+
+    def __init__(self, target_port: int, target_host: str = HOST) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.mode = "stopped"
+        self._loop: Any = None
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._relaying: Any = None  # asyncio.Event: set while data may flow
+        self._writers: set[Any] = set()  # every open stream, client side and server side
+        self._tasks: set[Any] = set()  # one per relayed connection
+        self.accepted = 0  # connections accepted so far (what a refusing proxy refuses is not counted)
+
+    def start(self) -> TcpProxy:
+        import asyncio
+
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def url(self, url: str) -> str:
+        """Return ``url`` with its host and port replaced by the proxy's."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        auth = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{auth}@{HOST}:{self.port}" if auth else f"{HOST}:{self.port}"))
+
+    def refuse(self) -> None:
+        """Cut every open connection and refuse new ones."""
+        self._call(self._refuse())
+
+    def hang(self) -> None:
+        """Accept new connections and never answer them; stop relaying on open ones."""
+        self._call(self._set_mode("hang"))
+
+    def restore(self) -> None:
+        """Relay again, after cutting what the outage left open."""
+        self._call(self._restore())
+
+    def stop(self) -> None:
+        """Cut everything, stop listening and end the thread; safe to call twice."""
+        if self._thread is None:
+            return
+        self._call(self._refuse())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+        self._thread = None
+        self.mode = "stopped"
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- inside the loop ---------------------------------------------------------------------------
+    def _call(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    async def _start(self) -> None:
+        import asyncio
+
+        self._relaying = asyncio.Event()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        import asyncio
+
+        self._server = await asyncio.start_server(self._accepted, HOST, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        await self._set_mode("relaying")
+
+    async def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "relaying":
+            self._relaying.set()
+        else:
+            self._relaying.clear()
+
+    async def _refuse(self) -> None:
+        await self._set_mode("refusing")
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self._cut()
+
+    async def _restore(self) -> None:
+        await self._cut()
+        if self._server is None:
+            await self._listen()
+        else:
+            await self._set_mode("relaying")
+
+    async def _cut(self) -> None:
+        import asyncio
+
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _accepted(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        self.accepted += 1
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        self._writers.add(writer)
+        up_writer = None
+        try:
+            if self.mode == "hang":
+                await reader.read()  # held, unanswered, until the client gives up or it is cut
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            self._writers.add(up_writer)
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for each in (writer, up_writer):
+                if each is not None:
+                    each.transport.abort()
+                    self._writers.discard(each)
+            self._tasks.discard(task)
+
+    async def _pump(self, source: Any, sink: Any) -> None:
+        while data := await source.read(65536):
+            await self._relaying.wait()  # hang(): what arrives is held back
+            sink.write(data)
+            await sink.drain()
+        sink.transport.abort()  # one side hung up: so does the other
 
 
 def stop_all(servers: Iterable[LiveServer | RedisServer]) -> None:

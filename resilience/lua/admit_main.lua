@@ -40,7 +40,7 @@ if n > 0 then
   results, admitted = rl_hit(now_us, specs, 1, true)
 end
 
-local reply = {0, tonumber(redis.call('GET', KEYS[n + 1])) or 0}
+local reply = {0, rl_version(KEYS[n + 1])}
 if admitted then reply[1] = 1 end
 rl_reply(reply, results)
 

@@ -14,6 +14,12 @@
 -- "<sec>c" / "<sec>f" (time window). The caller must declare both keys in KEYS; they share KEY's hash
 -- tag, so they live in one slot on a sharded Redis.
 -- Floats go in and out as strings (Redis truncates Lua numbers in replies); '%.17g' round-trips them.
+--
+-- Bounds: CB_MAX_THRESHOLD, CB_MAX_COUNT_WINDOW, CB_MAX_TIME_WINDOW, CB_MAX_MINIMUM_CALLS,
+-- CB_MAX_OPEN_SECONDS and CB_MAX_HALF_OPEN are defined ahead of this file from resilience/breaker.py
+-- (stores/redis_breaker.py, BREAKER_LIB_LUA). A config number outside them is clamped to the
+-- nearest bound and a value that is not a number is refused with an error reply; a state field
+-- that cannot be read (written by hand) reads as a closed breaker's.
 
 -- A lease never shorter than 10 s: a short open period must not expire trials still in flight.
 local CB_TRIAL_LEASE_FLOOR = 10
@@ -35,18 +41,41 @@ local function cb_clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
--- Read the 7 config values that start at argv[i] (order of resilience.stores.redis_breaker.config_args).
+-- Return argv[at] as a number moved into [low, high], or refuse the call when it is not a number.
+local function cb_number(argv, at, what, low, high)
+  local value = tonumber(argv[at])
+  if value == nil or value ~= value then
+    error({err = 'breaker config: ' .. what .. ' is not a number: ' .. tostring(argv[at])})
+  end
+  if value < low then value = low end
+  if value > high then value = high end
+  return value
+end
+
+-- Read the 7 config values that start at argv[i] (order of resilience.stores.redis_breaker.config_args),
+-- clamped to the bounds BreakerConfig.validate() refuses beyond.
 local function cb_config(argv, i)
+  local wkind = argv[i + 3]
+  local wmax = CB_MAX_COUNT_WINDOW
+  if wkind == 'time' then
+    wmax = CB_MAX_TIME_WINDOW
+  elseif wkind ~= 'count' then
+    error({err = 'breaker config: unknown window kind: ' .. tostring(wkind)})
+  end
   return {
-    threshold = tonumber(argv[i]),
-    rate = tonumber(argv[i + 1]),
-    wsize = tonumber(argv[i + 2]),
-    wkind = argv[i + 3],
-    min_calls = tonumber(argv[i + 4]),
-    open_s = tonumber(argv[i + 5]),
-    k = tonumber(argv[i + 6]),
+    threshold = math.floor(cb_number(argv, i, 'failure_threshold', 0, CB_MAX_THRESHOLD)),
+    rate = cb_number(argv, i + 1, 'failure_rate', 0, 100),
+    wsize = math.floor(cb_number(argv, i + 2, 'window_size', 1, wmax)),
+    wkind = wkind,
+    min_calls = math.floor(cb_number(argv, i + 4, 'minimum_calls', 0, CB_MAX_MINIMUM_CALLS)),
+    open_s = cb_number(argv, i + 5, 'open_seconds', 0.001, CB_MAX_OPEN_SECONDS),
+    k = math.floor(cb_number(argv, i + 6, 'half_open_max_calls', 1, CB_MAX_HALF_OPEN)),
   }
 end
+
+local CB_STATES = {
+  ['closed'] = true, ['open'] = true, ['half-open'] = true, ['forced-open'] = true, ['forced-closed'] = true,
+}
 
 local function cb_window_key(key)
   return key .. ':w'
@@ -73,8 +102,10 @@ end
 
 local function cb_load(key)
   local v = redis.call('HMGET', key, 'st', 'gen', 'cf', 'oa', 'ou', 'ti', 'ts', 'lu', 'wk', 'wc', 'wf', 'wlo')
+  local st = v[1]
+  if not CB_STATES[st] then st = 'closed' end
   return {
-    st = v[1] or 'closed',
+    st = st,
     gen = tonumber(v[2]) or 0,
     cf = tonumber(v[3]) or 0,
     oa = tonumber(v[4]),

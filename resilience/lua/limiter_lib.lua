@@ -8,6 +8,11 @@
 -- Units: `now` and every time below are microseconds since the epoch. Lua numbers are doubles,
 -- which hold integer microseconds exactly (2^53 us is year 2255). Numbers passed to redis.call
 -- are formatted here, because Redis would print large numbers in exponent notation.
+--
+-- Bounds: RL_MAX_LIMIT, RL_MAX_PERIOD, RL_MAX_BURST, RL_SLIDING_LOG_MAX and RL_MAX_CAPACITY are
+-- defined ahead of this file from resilience/limiter.py (stores/redis_limiter.py, limiter_lib()).
+-- A spec number outside them is clamped to the nearest bound and a value that is not a number is
+-- refused with an error reply: nothing a caller passes makes the script fail half-way.
 
 -- Float noise allowance for GCRA, in microseconds (limiter.GCRA_SLACK_US).
 local RL_SLACK = 0.001
@@ -51,13 +56,19 @@ local function rl_tat_encode(now, diff)
 end
 
 -- Return TAT - now for a stored state, capped by the capacity `tau` counted from the last write.
+-- A state that cannot be read (written by hand) counts as an empty bucket.
 local function rl_tat_diff(raw, now, tau)
   local dot = string.find(raw, '.', 1, true)
   local at = string.find(raw, '@', 1, true)
   if not dot or not at then return 0 end
-  local diff = (tonumber(string.sub(raw, 1, dot - 1)) - now) + tonumber(string.sub(raw, dot + 1, at - 1)) / 1e9
-  local cap = (tonumber(string.sub(raw, at + 1)) - now) + tau
+  local whole = tonumber(string.sub(raw, 1, dot - 1))
+  local nano = tonumber(string.sub(raw, dot + 1, at - 1))
+  local written = tonumber(string.sub(raw, at + 1))
+  if not whole or not nano or not written then return 0 end
+  local diff = (whole - now) + nano / 1e9
+  local cap = (written - now) + tau
   if diff > cap then diff = cap end
+  if diff ~= diff then return 0 end
   return diff
 end
 
@@ -247,24 +258,67 @@ local function rl_hit(now, specs, cost, consume)
   return results, admitted
 end
 
+-- Refuse the script call with an error reply (not a Lua runtime error half-way through it).
+local function rl_refuse(message)
+  error({err = message})
+end
+
+-- Return argv[at] as a number, or refuse the call when it is not one.
+local function rl_number(argv, at, what, i)
+  local value = tonumber(argv[at])
+  if value == nil or value ~= value then
+    rl_refuse('rate-limit spec ' .. i .. ': ' .. what .. ' is not a number: ' .. tostring(argv[at]))
+  end
+  return value
+end
+
+-- Return value moved into [low, high] and rounded down to a whole number.
+local function rl_bounded(value, low, high)
+  if value < low then value = low end
+  if value > high then value = high end
+  return math.floor(value)
+end
+
 -- Read n specs from argv: five values per spec (algorithm, limit, period, burst ('' = limit),
 -- enforce '1'/'0'), the first spec's right after argv[offset]; keys[i] is spec i's state key.
+-- Numbers out of bounds are clamped as resilience.limiter.validate() would refuse them: limit to
+-- [0, RL_MAX_LIMIT] (a sliding window's to RL_SLIDING_LOG_MAX), period to [1, RL_MAX_PERIOD],
+-- burst to [1, RL_MAX_BURST] and to what refills within RL_MAX_CAPACITY seconds.
 local function rl_parse_specs(keys, argv, n, offset)
   local specs = {}
   for i = 1, n do
     local base = offset + (i - 1) * 5
+    local algorithm = argv[base + 1]
+    if algorithm ~= 'token_bucket' and algorithm ~= 'fixed_window' and algorithm ~= 'sliding_window' then
+      rl_refuse('rate-limit spec ' .. i .. ': unknown algorithm: ' .. tostring(algorithm))
+    end
+    local limit = rl_bounded(rl_number(argv, base + 2, 'limit', i), 0, RL_MAX_LIMIT)
+    if algorithm == 'sliding_window' and limit > RL_SLIDING_LOG_MAX then limit = RL_SLIDING_LOG_MAX end
+    local period = rl_bounded(rl_number(argv, base + 3, 'period', i), 1, RL_MAX_PERIOD)
     local burst = nil
-    if argv[base + 4] ~= '' then burst = tonumber(argv[base + 4]) end
+    if argv[base + 4] ~= '' then
+      burst = rl_bounded(rl_number(argv, base + 4, 'burst', i), 1, RL_MAX_BURST)
+      -- Beyond rounding only: validate() compares exact integers, doubles may be a hair off.
+      local most = RL_MAX_CAPACITY * limit / period
+      if limit > 0 and burst > most + 1 then burst = math.max(1, math.floor(most)) end
+    end
     specs[i] = {
       key = keys[i],
-      algorithm = argv[base + 1],
-      limit = tonumber(argv[base + 2]),
-      period = tonumber(argv[base + 3]),
+      algorithm = algorithm,
+      limit = limit,
+      period = period,
       burst = burst,
       enforce = argv[base + 5] == '1',
     }
   end
   return specs
+end
+
+-- Return the policy-version counter; a key that is not a number (written by hand) reads as 0.
+local function rl_version(key)
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then return 0 end
+  return tonumber(raw) or 0
 end
 
 -- Append five integers per result to reply: allowed (0/1), limit, remaining, reset_after_us,

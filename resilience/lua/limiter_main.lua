@@ -17,14 +17,14 @@ else
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1e6 + tonumber(time[2])
 end
-local cost = tonumber(ARGV[2])
+local cost = rl_bounded(rl_number(ARGV, 2, 'cost', 0), 1, RL_MAX_LIMIT)
 local consume = ARGV[3] == '1'
 
 local specs = rl_parse_specs(KEYS, ARGV, n, 3)
 
 local results, admitted = rl_hit(now, specs, cost, consume)
 
-local reply = {0, tonumber(redis.call('GET', KEYS[n + 1])) or 0}
+local reply = {0, rl_version(KEYS[n + 1])}
 if admitted then reply[1] = 1 end
 rl_reply(reply, results)
 return reply

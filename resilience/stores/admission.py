@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-import redis
-
 from resilience.breaker import BreakerConfig, Permit, Transition
-from resilience.limiter import HitResult, LimitSpec, StoreUnavailable, to_micros, validate
+from resilience.limiter import HitResult, LimitSpec, to_micros, validate
+from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
-from resilience.stores.redis_breaker import RedisBreakerStore, config_args, parse_permit
-from resilience.stores.redis_limiter import RedisLimiterStore, load_lua
+from resilience.stores.redis_breaker import BREAKER_LIB_LUA, RedisBreakerStore, config_args, parse_permit
+from resilience.stores.redis_limiter import RedisLimiterStore, limiter_lib, load_lua
 
 
 class Admission(NamedTuple):
@@ -70,10 +69,8 @@ class RedisAdmission:
         self.breakers = breakers
         self.stats_prefix = stats_prefix
         client = limiter.client
-        self._limits_only = client.register_script("\n".join((load_lua("limiter_lib"), load_lua("admit_main"))))
-        self._full = client.register_script(
-            "\n".join((load_lua("limiter_lib"), load_lua("breaker_lib"), load_lua("admit_main")))
-        )
+        self._limits_only = client.register_script("\n".join((limiter_lib(), load_lua("admit_main"))))
+        self._full = client.register_script("\n".join((limiter_lib(), BREAKER_LIB_LUA, load_lua("admit_main"))))
 
     def admit(
         self,
@@ -100,15 +97,15 @@ class RedisAdmission:
         else:
             args.append("")
         script = self._full if breakers else self._limits_only
+        reply: list[Any] = store_call("admission", script, keys=keys, args=args)
         try:
-            reply: list[Any] = script(keys=keys, args=args)
-        except redis.RedisError as e:
-            raise StoreUnavailable(f"admission store unavailable: {e}") from e
-        decisions = RedisLimiterStore._decisions(reply, len(specs))
-        hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
-        at = 2 + 5 * len(specs)
-        asked = int(reply[at])
-        permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
+            decisions = RedisLimiterStore._decisions(reply, len(specs))
+            hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
+            at = 2 + 5 * len(specs)
+            asked = int(reply[at])
+            permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
+        except (TypeError, ValueError, IndexError) as e:
+            raise reply_error("admission", e) from e
         return Admission(hit=hit, permits=permits)
 
 

@@ -15,17 +15,34 @@ from typing import Any
 import redis
 
 from resilience.breaker import (
+    MAX_COUNT_WINDOW,
+    MAX_FAILURE_THRESHOLD,
+    MAX_HALF_OPEN_CALLS,
+    MAX_MINIMUM_CALLS,
+    MAX_OPEN_SECONDS,
+    MAX_TIME_WINDOW,
     BreakerConfig,
     Permit,
     Snapshot,
     State,
-    StoreUnavailable,
     Transition,
 )
+from resilience.stores.boundary import reply_error, store_call
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+# The bounds breaker_lib.lua clamps to, taken from resilience/breaker.py.
+_BOUNDS = {
+    "CB_MAX_THRESHOLD": MAX_FAILURE_THRESHOLD,
+    "CB_MAX_COUNT_WINDOW": MAX_COUNT_WINDOW,
+    "CB_MAX_TIME_WINDOW": MAX_TIME_WINDOW,
+    "CB_MAX_MINIMUM_CALLS": MAX_MINIMUM_CALLS,
+    "CB_MAX_OPEN_SECONDS": MAX_OPEN_SECONDS,
+    "CB_MAX_HALF_OPEN": MAX_HALF_OPEN_CALLS,
+}
 # Kept apart so another script can be composed as limiter_lib .. BREAKER_LIB_LUA .. its own main.
-BREAKER_LIB_LUA = (LUA_DIR / "breaker_lib.lua").read_text(encoding="utf-8")
+BREAKER_LIB_LUA = "\n".join(
+    [*(f"local {name} = {value}" for name, value in _BOUNDS.items()), (LUA_DIR / "breaker_lib.lua").read_text("utf-8")]
+)
 BREAKER_MAIN_LUA = (LUA_DIR / "breaker_main.lua").read_text(encoding="utf-8")
 
 
@@ -69,7 +86,7 @@ def parse_permit(name: str, reply: Sequence[Any]) -> tuple[Permit, list[Transiti
 
 
 class RedisBreakerStore:
-    """Share breaker state through Redis; every Redis error surfaces as StoreUnavailable."""
+    """Share breaker state through Redis; every client error surfaces as StoreUnavailable (stores/boundary.py)."""
 
     def __init__(self, client: redis.Redis, prefix: str = "cb:", events_channel: str | None = None) -> None:
         self.client = client
@@ -88,7 +105,8 @@ class RedisBreakerStore:
     def allow(self, cfg: BreakerConfig, now: float | None = None) -> tuple[Permit, list[Transition]]:
         """Admit or reject one call; return the permit and any transitions applied."""
         cfg.validate()
-        return parse_permit(cfg.name, self._run(cfg.name, ["allow", _now(now), *config_args(cfg)]))
+        reply = self._run(cfg.name, ["allow", _now(now), *config_args(cfg)])
+        return _parsed("allow", parse_permit, cfg.name, reply)
 
     def record(
         self, cfg: BreakerConfig, generation: int, success: bool, now: float | None = None
@@ -96,53 +114,62 @@ class RedisBreakerStore:
         """Report the outcome of a call admitted with ``generation``; return the state after."""
         cfg.validate()
         args = ["record", _now(now), *config_args(cfg), str(int(generation)), "1" if success else "0"]
-        state, transitions = self._run(cfg.name, args)
-        return State(_text(state)), parse_transitions(cfg.name, transitions)
+        return _parsed("record", _parse_state, cfg.name, self._run(cfg.name, args))
 
     def force(self, name: str, state: State | None, now: float | None = None) -> list[Transition]:
         """Hold ``name`` FORCED_OPEN / FORCED_CLOSED, or release it to CLOSED with None."""
         if state is not None and state not in (State.FORCED_OPEN, State.FORCED_CLOSED):
             raise ValueError(f"force() takes {State.FORCED_OPEN}, {State.FORCED_CLOSED} or None, not {state}")
-        _, transitions = self._run(name, ["force", _now(now), "" if state is None else str(state), self.events_channel])
-        return parse_transitions(name, transitions)
+        reply = self._run(name, ["force", _now(now), "" if state is None else str(state), self.events_channel])
+        return _parsed("force", _parse_state, name, reply)[1]
 
     def reset(self, name: str, now: float | None = None) -> list[Transition]:
         """Put ``name`` back to CLOSED with counters cleared and a new generation."""
-        _, transitions = self._run(name, ["reset", _now(now), self.events_channel])
-        return parse_transitions(name, transitions)
+        reply = self._run(name, ["reset", _now(now), self.events_channel])
+        return _parsed("reset", _parse_state, name, reply)[1]
 
     def snapshot(self, cfg: BreakerConfig, now: float | None = None) -> Snapshot:
         """Return a read-only view of ``cfg.name``."""
         cfg.validate()
-        return _parse_snapshot(cfg.name, self._run(cfg.name, ["snapshot", _now(now), *config_args(cfg)]))
+        reply = self._run(cfg.name, ["snapshot", _now(now), *config_args(cfg)])
+        return _parsed("snapshot", _parse_snapshot, cfg.name, reply)
 
     def snapshots(self, cfgs: Iterable[BreakerConfig], now: float | None = None) -> list[Snapshot]:
         """Return one snapshot per config, fetched in a single pipelined round trip."""
         cfgs = list(cfgs)
         if not cfgs:
             return []
-        pipe = self.client.pipeline(transaction=False)
         for cfg in cfgs:
             cfg.validate()
+        pipe = store_call("breaker store", self.client.pipeline, transaction=False)
+        for cfg in cfgs:
             args = ["snapshot", _now(now), *config_args(cfg)]
-            self._script(keys=self.keys_for(cfg.name), args=args, client=pipe)
-        try:
-            replies = pipe.execute()
-        except redis.RedisError as e:
-            raise StoreUnavailable(f"breaker store: {e}") from e
-        return [_parse_snapshot(cfg.name, reply) for cfg, reply in zip(cfgs, replies, strict=True)]
+            store_call("breaker store", self._script, keys=self.keys_for(cfg.name), args=args, client=pipe)
+        replies = store_call("breaker store", pipe.execute)
+        return [_parsed("snapshot", _parse_snapshot, cfg.name, reply) for cfg, reply in zip(cfgs, replies, strict=True)]
 
     def _run(self, name: str, args: list[str]) -> Any:
-        """Run one breaker operation; wrap every Redis error as StoreUnavailable."""
-        try:
-            return self._script(keys=self.keys_for(name), args=args)
-        except redis.RedisError as e:
-            raise StoreUnavailable(f"breaker store: {e}") from e
+        """Run one breaker operation; whatever the client raises surfaces as StoreUnavailable."""
+        return store_call("breaker store", self._script, keys=self.keys_for(name), args=args)
 
 
 def _now(now: float | None) -> str:
     """Return the ``now`` argument: empty asks the script to read Redis TIME."""
     return "" if now is None else repr(float(now))
+
+
+def _parse_state(name: str, reply: Sequence[Any]) -> tuple[State, list[Transition]]:
+    """Turn a ``{state, transitions}`` reply into the state and Transitions."""
+    state, transitions = reply
+    return State(_text(state)), parse_transitions(name, transitions)
+
+
+def _parsed(operation: str, parse: Any, name: str, reply: Any) -> Any:
+    """Return parse(name, reply); a reply that cannot be read is the store's data error, not a 500."""
+    try:
+        return parse(name, reply)
+    except (TypeError, ValueError, IndexError) as e:
+        raise reply_error(f"breaker {operation}", e) from e
 
 
 def _parse_snapshot(name: str, reply: Sequence[Any]) -> Snapshot:

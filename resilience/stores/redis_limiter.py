@@ -10,14 +10,19 @@ from typing import Any
 import redis
 
 from resilience.limiter import (
+    MAX_BURST,
+    MAX_CAPACITY_SECONDS,
+    MAX_LIMIT,
+    MAX_PERIOD,
+    SLIDING_LOG_MAX,
     Decision,
     HitResult,
     LimitSpec,
-    StoreUnavailable,
     decision_from_micros,
     to_micros,
     validate,
 )
+from resilience.stores.boundary import reply_error, store_call
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 DEFAULT_VERSION_KEY = "resilience:policy-version"
@@ -29,11 +34,25 @@ def load_lua(name: str) -> str:
     return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
 
 
+@cache
+def limiter_lib() -> str:
+    """Return limiter_lib.lua preceded by the bounds it clamps to, taken from resilience/limiter.py."""
+    bounds = {
+        "RL_MAX_LIMIT": MAX_LIMIT,
+        "RL_MAX_PERIOD": MAX_PERIOD,
+        "RL_MAX_BURST": MAX_BURST,
+        "RL_SLIDING_LOG_MAX": SLIDING_LOG_MAX,
+        "RL_MAX_CAPACITY": MAX_CAPACITY_SECONDS,
+    }
+    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("limiter_lib")])
+
+
 class RedisLimiterStore:
     """Decide limits shared by every process that talks to the same Redis.
 
-    Redis ``TIME`` is the clock, so app servers' clocks cannot skew decisions. Every Redis error
-    surfaces as ``StoreUnavailable``; whether to fail open or closed is the caller's policy. The
+    Redis ``TIME`` is the clock, so app servers' clocks cannot skew decisions. Every client error
+    surfaces as ``StoreUnavailable`` (stores/boundary.py); whether to fail open or closed is the
+    caller's policy. The
     client's own timeouts and retries bound how long a dead Redis can stall a request.
     """
 
@@ -45,18 +64,27 @@ class RedisLimiterStore:
         # bump_version() and reset() also publish here, when set (see resilience/hints.py).
         self.events_channel = events_channel
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(load_lua("limiter_lib") + "\n" + load_lua("limiter_main"))
+        self._script = client.register_script(limiter_lib() + "\n" + load_lua("limiter_main"))
 
     def hit(self, specs: Sequence[LimitSpec], cost: int = 1, now: float | None = None) -> HitResult:
         """Decide ``specs`` atomically and consume ``cost`` if the request is admitted."""
         checked = validate(specs, cost)
         reply = self._run(checked, cost, now, consume=True)
-        return HitResult(decisions=self._decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1]))
+        try:
+            return HitResult(
+                decisions=self._decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1])
+            )
+        except (TypeError, ValueError, IndexError) as e:
+            raise reply_error("hit", e) from e
 
     def test(self, specs: Sequence[LimitSpec], now: float | None = None) -> list[Decision]:
         """Return the decisions a hit of cost 1 would get, consuming nothing."""
         checked = validate(specs, 1)
-        return self._decisions(self._run(checked, 1, now, consume=False), len(checked))
+        reply = self._run(checked, 1, now, consume=False)
+        try:
+            return self._decisions(reply, len(checked))
+        except (TypeError, ValueError, IndexError) as e:
+            raise reply_error("test", e) from e
 
     def reset(self, keys: Iterable[str]) -> int:
         """Delete the state of ``keys`` and return how many existed."""
@@ -65,20 +93,30 @@ class RedisLimiterStore:
             return 0
         if self.events_channel is None:
             return int(self._call(self.client.delete, *keys))
-        # Workers that remember these keys refused (resilience/hints.py) forget them at once.
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*keys)
-        pipe.publish(self.events_channel, "reset")
-        return int(self._call(pipe.execute)[0])
+        channel = self.events_channel
+
+        def delete_and_announce() -> list[Any]:
+            # Workers that remember these keys refused (resilience/hints.py) forget them at once.
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(*keys)
+            pipe.publish(channel, "reset")
+            return pipe.execute()
+
+        return int(self._call(delete_and_announce)[0])  # in _call: a client may refuse while queueing
 
     def bump_version(self) -> int:
         """Increment the policy-version counter and return its new value (and announce it, atomically)."""
         if self.events_channel is None:
             return int(self._call(self.client.incr, self.version_key))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(self.version_key)
-        pipe.publish(self.events_channel, self.version_key)
-        return int(self._call(pipe.execute)[0])
+        channel = self.events_channel
+
+        def bump_and_announce() -> list[Any]:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(self.version_key)
+            pipe.publish(channel, self.version_key)
+            return pipe.execute()
+
+        return int(self._call(bump_and_announce)[0])  # in _call: a client may refuse while queueing
 
     def version(self) -> int:
         """Return the policy-version counter (0 if never bumped)."""
@@ -103,10 +141,7 @@ class RedisLimiterStore:
 
     @staticmethod
     def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except redis.RedisError as e:
-            raise StoreUnavailable(f"rate-limit store unavailable: {e}") from e
+        return store_call("rate-limit store", fn, *args, **kwargs)
 
     @staticmethod
     def _decisions(reply: list[Any], count: int) -> list[Decision]:

@@ -27,10 +27,11 @@ def two_requests_on_one_connection(server: LiveServer) -> list[str | None]:
     return seen
 
 
-def test_threads_run_gthread_workers_that_keep_connections_alive(transactional_db: None) -> None:
+def test_gthread_workers_keep_connections_alive_and_sync_workers_close_them(transactional_db: None) -> None:
     with LiveServer(workers=1, threads=2, ready_path="/health/live") as server:
         assert two_requests_on_one_connection(server) == ["keep-alive", "keep-alive"]
-    with LiveServer(workers=1, ready_path="/health/live") as server:
+    sync = {"GUNICORN_WORKER_CLASS": "sync"}
+    with LiveServer(workers=1, threads=1, ready_path="/health/live", env_overrides=sync) as server:
         assert two_requests_on_one_connection(server)[0] == "close"
 
 

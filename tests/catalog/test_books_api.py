@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -13,6 +14,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from catalog.models import Author, Book
+from catalog.services import book_update
 from orders.models import Order
 from orders.services import LineRequest, order_place
 from tests.conftest import client_for
@@ -375,9 +377,56 @@ def test_book_update_requires_the_required_fields(staff_client: APIClient, make_
 
     body = _problem(staff_client.put(_detail(book.pk), {"title": "Only title"}, format="json"), 400)
 
-    assert _fields(body) == {"isbn", "price"}
+    assert _fields(body) == {"isbn", "price", "authors", "description", "stock", "published_on"}
+    assert {error["code"] for error in body["errors"]} == {"required"}
     book.refresh_from_db()
     assert book.title == "Keep"
+
+
+@pytest.mark.parametrize(
+    ("field", "empty", "stored"),
+    [
+        ("stock", 0, ("stock", 0)),
+        ("authors", [], ("authors_text", "")),
+        ("description", "", ("description", "")),
+        ("published_on", None, ("published_on", None)),
+    ],
+)
+def test_book_update_refuses_a_field_left_out_and_empties_one_sent_empty(
+    staff_client: APIClient, make_book: Callable[..., Book], field: str, empty: object, stored: tuple[str, object]
+) -> None:
+    """PUT replaces the whole book: a field left out is an error, never a silent reset to its default."""
+    book = make_book(title="Keep", authors=["Kept Author"], description="kept", stock=9, published_on=date(2001, 2, 3))
+    payload = _payload(title="Changed")
+    del payload[field]
+
+    body = _problem(staff_client.put(_detail(book.pk), payload, format="json"), 400)
+
+    assert [(error["field"], error["code"]) for error in body["errors"]] == [(field, "required")]
+    book.refresh_from_db()
+    assert (book.title, book.authors_text, book.description) == ("Keep", "Kept Author", "kept")
+    assert (book.stock, book.published_on) == (9, date(2001, 2, 3))
+
+    response = staff_client.put(_detail(book.pk), {**payload, field: empty}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()[field] == empty
+    book.refresh_from_db()
+    assert book.title == "Changed"
+    assert getattr(book, stored[0]) == stored[1]
+
+
+def test_book_update_with_form_data_needs_every_field_too(
+    staff_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(title="Keep", stock=9)
+    form = {"isbn": ISBN13, "title": "Form", "price": "3.50"}
+
+    body = _problem(staff_client.put(_detail(book.pk), form, format="multipart"), 400)
+
+    assert _fields(body) == {"authors", "description", "stock", "published_on"}
+    book.refresh_from_db()
+    assert (book.title, book.stock) == ("Keep", 9)
 
 
 def test_book_partial_update_changes_only_given_fields(staff_client: APIClient, make_book: Callable[..., Book]) -> None:
@@ -389,6 +438,20 @@ def test_book_partial_update_changes_only_given_fields(staff_client: APIClient, 
     book.refresh_from_db()
     assert book.price == Decimal("9.00")
     assert (book.title, book.stock, book.authors_text) == ("Stay", 3, "Kept Author")
+
+
+def test_book_partial_update_keeps_the_stock_sold_since_the_book_was_read(
+    customer: User, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=10, price="12.50")
+    read_by_staff = Book.objects.get(pk=book.pk)
+    order_place(user=customer, lines=[LineRequest(book_id=book.pk, quantity=3)])  # sold after that read
+
+    updated = book_update(book=read_by_staff, price=Decimal("9.00"))
+
+    assert (updated.price, updated.stock) == (Decimal("9.00"), 7)
+    book.refresh_from_db()
+    assert (book.price, book.stock) == (Decimal("9.00"), 7)
 
 
 def test_book_partial_update_replaces_authors(staff_client: APIClient, make_book: Callable[..., Book]) -> None:
@@ -681,15 +744,21 @@ def test_book_write_rejects_lone_surrogates(
     assert book.title == "Untouched"
 
 
-@pytest.mark.parametrize("method", ["post", "put"])
+@pytest.mark.parametrize(
+    ("method", "required"),
+    [
+        ("post", {"isbn", "title", "price"}),
+        ("put", {"isbn", "title", "authors", "description", "price", "stock", "published_on"}),
+    ],
+)
 def test_book_write_names_every_missing_required_field(
-    staff_client: APIClient, make_book: Callable[..., Book], method: str
+    staff_client: APIClient, make_book: Callable[..., Book], method: str, required: set[str]
 ) -> None:
     book = make_book(isbn=OTHER_ISBN13)
 
     body = _problem(_bad_write(staff_client, method, book, {}, format="json"), 400)
 
-    assert _fields(body) == {"isbn", "title", "price"}
+    assert _fields(body) == required
     assert {error["code"] for error in body["errors"]} == {"required"}
 
 
@@ -785,8 +854,6 @@ def test_book_pages_show_exactly_what_the_declared_serializer_fields_describe(
     anon_client: APIClient, make_book: Callable[..., Book]
 ) -> None:
     """BookOutput builds its dict by hand for speed; it must match DRF's own rendering of its fields."""
-    from datetime import date
-
     from rest_framework import serializers
 
     from catalog.serializers import BookOutput

@@ -1,7 +1,9 @@
 """A staff member in a real browser: tune a limit from the dashboard, force a breaker open, watch it update.
 
 Headless Chromium (Debian's package, driven by Playwright) against real gunicorn workers on the
-test database. `.ci/run` installs the browser; Playwright never downloads one here.
+test database. `.ci/run` installs the browser; Playwright never downloads one here. Every request
+of every page (admin, dashboard, Swagger UI, Redoc) is recorded: the shop works offline, so one
+to another origin fails the test, and so does a Content-Security-Policy violation in the console.
 """
 
 from __future__ import annotations
@@ -92,6 +94,38 @@ def chromium() -> Iterator[object]:
         playwright.stop()
 
 
+class BrowserLog:
+    """What a browser context did: every request, every failed response, every CSP violation."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.requested: list[str] = []
+        self.failed: list[str] = []
+        self.violations: list[str] = []
+
+    def watch(self, context: object) -> object:
+        """Record what context's pages do; return context."""
+        context.on("request", lambda request: self.requested.append(request.url))  # type: ignore[attr-defined]
+        context.on("response", self._response)  # type: ignore[attr-defined]
+        context.on("console", self._console)  # type: ignore[attr-defined]
+        return context
+
+    def _response(self, response: object) -> None:
+        if response.status >= 400:  # type: ignore[attr-defined]
+            self.failed.append(f"{response.status} {response.url}")  # type: ignore[attr-defined]
+
+    def _console(self, message: object) -> None:
+        text = message.text  # type: ignore[attr-defined]
+        if "Content Security Policy" in text or "Content-Security-Policy" in text:
+            location = message.location  # type: ignore[attr-defined]
+            self.violations.append(f"{location.get('url')}:{location.get('lineNumber')}: {text}")
+
+    def foreign(self) -> list[str]:
+        """Return the requested URLs that are not this site's (a blob: the page made itself is)."""
+        local = (f"{self.base}/", f"blob:{self.base}/", "data:")
+        return sorted({url for url in self.requested if not url.startswith(local)})
+
+
 def sign_in(page: object, base: str, username: str, next_path: str) -> None:
     """Sign in through the admin's login form, as a person would."""
     page.goto(f"{base}/admin/login/?next={next_path}")  # type: ignore[attr-defined]
@@ -131,11 +165,8 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
     dashboard = "/admin/resilience/dashboard/"
 
     with chromium() as browser:
-        staff = browser.new_context(base_url=base)  # type: ignore[attr-defined]
-        requested: list[str] = []
-        failed: list[str] = []
-        staff.on("request", lambda request: requested.append(request.url))
-        staff.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        log = BrowserLog(base)
+        staff = log.watch(browser.new_context(base_url=base))  # type: ignore[attr-defined]
         page = staff.new_page()
         page.set_default_timeout(STEP_MS)
 
@@ -201,12 +232,26 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         shot = SCREENSHOTS / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"dashboard screenshot: {shot}")
-        foreign = sorted({url for url in requested if not url.startswith(f"{base}/")})
-        assert foreign == [], "the dashboard and admin load nothing from other origins"
-        assert failed == [], "every page, stylesheet, script and refresh loads"
+
+        # The API docs, as anyone opens them: Swagger UI and Redoc render from this site alone.
+        page.goto("/api/docs/")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Bookstore API")
+        expect(page.locator(".opblock").first).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SCREENSHOTS / "swagger-ui.png"))
+        page.goto("/api/redoc/")
+        expect(page.locator("h1").first).to_contain_text("Bookstore API")
+        # The sidebar's footer is where Redoc's bundle shows a logo it would fetch from a CDN.
+        expect(page.get_by_text("API docs by Redocly")).to_be_attached()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SCREENSHOTS / "redoc.png"))
+
+        assert log.foreign() == [], "no page loads anything from another origin"
+        assert log.violations == [], "\n".join(log.violations)
+        assert log.failed == [], "every page, stylesheet, script and refresh loads"
 
         # A customer signing in gets no further than the login page.
-        customer = browser.new_context(base_url=base)  # type: ignore[attr-defined]
+        customer = log.watch(browser.new_context(base_url=base))  # type: ignore[attr-defined]
         page = customer.new_page()
         page.set_default_timeout(STEP_MS)
         sign_in(page, base, "reader", dashboard)
@@ -219,5 +264,7 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         assert "/admin/login/" in data.headers["location"]
         customer.close()
         staff.close()
+        assert log.foreign() == []
+        assert log.violations == []
 
     assert time.monotonic() - started < 60

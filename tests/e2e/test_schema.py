@@ -153,6 +153,40 @@ def test_schema_documents_catalogue_writes_and_reads(schema: dict) -> None:
     assert book_input["properties"]["stock"]["minimum"] == 0
 
 
+def _request_schema(schema: dict, operation: dict) -> dict:
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+
+
+def test_schema_says_put_replaces_the_whole_book_and_patch_changes_part(schema: dict) -> None:
+    detail = schema["paths"]["/api/books/{id}"]
+    replace, patch = _request_schema(schema, detail["put"]), _request_schema(schema, detail["patch"])
+
+    every_field = {"isbn", "title", "authors", "description", "price", "stock", "published_on"}
+    assert set(replace["properties"]) == set(patch["properties"]) == every_field
+    assert set(replace["required"]) == every_field
+    assert "required" not in patch
+    # Empty values stay expressible, and no default stands in for a field left out.
+    assert replace["properties"]["published_on"]["nullable"] is True
+    assert replace["properties"]["stock"]["minimum"] == 0
+    assert not any("default" in field for field in replace["properties"].values())
+    assert "PATCH" in detail["put"]["description"]
+
+
+def test_schema_documents_exactly_the_orders_the_api_takes(schema: dict) -> None:
+    """Whatever the schema allows is accepted: generated clients and the fuzzer get past validation."""
+    create = schema["paths"]["/api/orders"]["post"]
+
+    assert set(create["requestBody"]["content"]) == {"application/json"}
+    lines = _request_schema(schema, create)["properties"]["lines"]
+    assert (lines["minItems"], lines["maxItems"]) == (1, 100)
+    (key,) = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
+    assert (key["schema"]["minLength"], key["schema"]["maxLength"]) == (1, 255)
+    assert key["schema"]["pattern"] == "^[!-~]([ -~]*[!-~])?$"
+    assert "9999999999.99" in create["description"]
+    assert "order total" in create["responses"]["422"]["description"]
+
+
 @pytest.mark.parametrize("path", ["/api/books", "/api/books/search", "/api/orders"])
 def test_schema_documents_list_pagination(schema: dict, path: str) -> None:
     operation = schema["paths"][path]["get"]
@@ -236,10 +270,12 @@ def test_docs_page_assets_are_served(client: Client, db: None, settings: Setting
     settings.WHITENOISE_USE_FINDERS = True
     fresh = Client()
     _, page = _page(fresh, path)
-    assets = [url for url in page.urls if url.startswith(settings.STATIC_URL)]
 
-    assert any(url.endswith(".js") for url in assets)
-    assert assets == page.urls
+    assert any(url.endswith(".js") for url in page.urls)
+    # Static files, and Redoc's bundle, which the app serves itself (bookstore/docs.py).
+    for url in page.urls:
+        assert url.startswith((settings.STATIC_URL, "/api/redoc/")), url
+        assert fresh.get(url).status_code == 200, url
     for url in page.urls:
         response = fresh.get(url)
         assert response.status_code == 200, url

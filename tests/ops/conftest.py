@@ -1,4 +1,4 @@
-"""Fixtures for the operations tests: JSON log capture and gunicorn servers that may boot without a database."""
+"""Fixtures for the operations tests: JSON log capture, gunicorn servers that may boot without a database, nginx."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from bookstore.logging import JsonFormatter
 from tests.live import LiveServer, stop_all
+from tests.ops.nginx import NginxServer
 
 
 @pytest.fixture
@@ -49,3 +50,18 @@ def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+@pytest.fixture
+def nginx() -> Iterator[Callable[..., NginxServer]]:
+    """Return a factory that starts nginx with deploy/nginx's configuration (NginxServer arguments)."""
+    servers: list[NginxServer] = []
+
+    def start(**kwargs: Any) -> NginxServer:
+        server = NginxServer(**kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(servers):
+        server.stop()

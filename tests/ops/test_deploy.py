@@ -197,11 +197,30 @@ def test_compose_runs_postgres_redis_and_the_app_behind_readiness() -> None:
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
 
 
+def test_compose_publishes_nginx_only_and_keeps_its_limits_equal_to_the_apps() -> None:
+    services = load_yaml(COMPOSE)["services"]
+    app, nginx = services["app"], services["nginx"]
+
+    assert [name for name, service in services.items() if service.get("ports")] == ["nginx", "prometheus"]
+    assert nginx["ports"] == ["${BOOKSTORE_PORT:-8000}:8080"]
+    assert app["expose"] == ["8000"]
+    assert app["environment"]["TRUSTED_PROXY_COUNT"] == 1, "nginx is the one proxy in front"
+    assert nginx["environment"]["BOOKSTORE_UPSTREAM"] == "app:8000"
+    assert nginx["environment"]["NGINX_LISTEN"] == "8080"
+    assert nginx["environment"]["DATA_UPLOAD_MAX_MEMORY_SIZE"] == app["environment"]["DATA_UPLOAD_MAX_MEMORY_SIZE"]
+    # The image renders every variable the template uses; a missing one would stay "${...}" in nginx.conf.
+    template = (DEPLOY / "nginx" / "templates" / "default.conf.template").read_text()
+    assert set(re.findall(r"\$\{([A-Z_]+)\}", template)) == set(nginx["environment"])
+    assert "./nginx/templates:/etc/nginx/templates:ro" in nginx["volumes"]
+    problems_dir = nginx["environment"]["NGINX_PROBLEMS_DIR"]
+    assert f"./nginx/problems:{problems_dir}:ro" in nginx["volumes"]
+
+
 def test_dockerfile_builds_the_app_as_documented() -> None:
     text = DOCKERFILE.read_text()
 
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert "pip install ." in text
+    assert "pip install --require-hashes -r requirements/main.txt" in text, "the pinned runtime set"
     assert "collectstatic --noinput" in text
     assert re.search(r"^USER \w+", text, re.M), "the app does not run as root"
     assert 'CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "bookstore.wsgi"]' in text
@@ -243,3 +262,23 @@ def test_gunicorn_config_bounds_each_workers_gil_hold_to_one_millisecond(monkeyp
         assert sys.getswitchinterval() == pytest.approx(0.0025)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_gunicorn_config_defaults_to_threaded_workers_that_accept_what_nginx_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import runpy
+
+    conf = str(Path(__file__).resolve().parents[2] / "deploy" / "gunicorn.conf.py")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")
+    for name in ("GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "GUNICORN_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    config = runpy.run_path(conf)
+
+    assert config["worker_class"] == "gthread"
+    assert config["threads"] == 4
+    assert config["threads"] <= 8, "no more threads than DB_POOL_MAX's default: none waits for a connection"
+    # nginx's large_client_header_buffers (8k) bounds the request line and each header field.
+    template = (DEPLOY / "nginx" / "templates" / "default.conf.template").read_text()
+    assert re.search(r"^\s*large_client_header_buffers 4 8k;", template, re.M)
+    assert config["limit_request_line"] == config["limit_request_field_size"] == 8190

@@ -9,12 +9,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import Client, RequestFactory
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from pytest_django.fixtures import Settings
 
 from bookstore import health
+from resilience import services
+from resilience.breaker import State
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.policyset import compile_policies
-from tests.live import HOST, LiveServer, database_url, request
+from tests.live import HOST, LiveServer, RedisServer, database_url, request
 
 
 def test_live_answers_without_database_or_redis(monkeypatch: pytest.MonkeyPatch, rf: RequestFactory) -> None:
@@ -39,19 +43,40 @@ def test_ready_answers_ok_when_database_and_redis_answer(db: None) -> None:
     assert response["Cache-Control"].startswith("max-age=0")
 
 
-def test_ready_is_a_problem_naming_the_failed_check(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken() -> None:
-        raise ConnectionRefusedError("connection refused")
+def broken() -> None:
+    raise ConnectionRefusedError("connection refused")
 
-    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+
+def status_gauge() -> dict[str, float | None]:
+    return {s: REGISTRY.get_sample_value("bookstore_health_status", {"status": s}) for s in health.STATUSES}
+
+
+def test_ready_is_a_problem_naming_the_failed_check(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "checks", lambda: {"database": broken, "redis": health.check_redis})
 
     response = Client().get("/health/ready")
 
     assert response.status_code == 503
     assert response["Content-Type"] == "application/problem+json"
     body = response.json()
-    assert body["checks"] == {"database": "ok", "redis": "error: ConnectionRefusedError: connection refused"}
-    assert body["detail"] == "Failing: redis."
+    assert body["checks"] == {"database": "error: ConnectionRefusedError: connection refused", "redis": "ok"}
+    assert body["detail"] == "Failing: database."
+    assert status_gauge() == {"ok": 0, "degraded": 0, "not-ready": 1}
+
+
+def test_ready_is_degraded_not_failing_when_redis_fails(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API keeps serving on per-worker limits: pulling the instance would make it an outage.
+    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+
+    response = Client().get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "degraded",
+        "checks": {"database": "ok", "redis": "error: ConnectionRefusedError: connection refused"},
+    }
+    assert status_gauge() == {"ok": 0, "degraded": 1, "not-ready": 0}
+    assert REGISTRY.get_sample_value("bookstore_health_check_up", {"check": "redis"}) == 0
 
 
 def test_ready_gives_up_on_a_hung_check_within_the_timeout(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +90,8 @@ def test_ready_gives_up_on_a_hung_check_within_the_timeout(db: None, monkeypatch
     response = Client().get("/health/ready")
 
     assert time.monotonic() - began < 1.5
-    assert response.status_code == 503
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
     assert response.json()["checks"] == {"database": "ok", "redis": "error: no answer within 0.2 s"}
 
 
@@ -76,15 +102,15 @@ TOKEN = "health-scrape-token"
 
 
 @pytest.fixture
-def failing_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+def failing_database(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> None:
-        raise ConnectionRefusedError("connection to redis.internal:6379 refused")
+        raise ConnectionRefusedError("connection to db.internal:5432 refused")
 
-    monkeypatch.setattr(health, "checks", lambda: {"database": health.check_database, "redis": broken})
+    monkeypatch.setattr(health, "checks", lambda: {"database": broken, "redis": health.check_redis})
 
 
 def test_ready_tells_an_outsider_only_that_it_is_not_ready_and_insiders_why(
-    db: None, failing_redis: None, settings: Settings
+    db: None, failing_database: None, settings: Settings
 ) -> None:
     settings.METRICS_BEARER_TOKEN = TOKEN
 
@@ -98,7 +124,7 @@ def test_ready_tells_an_outsider_only_that_it_is_not_ready_and_insiders_why(
         "status": 503,
         "instance": "/health/ready",
     }
-    assert b"redis" not in response.content
+    assert b"db.internal" not in response.content
     assert "private" in response["Cache-Control"]
     assert "Authorization" in response["Vary"]
     # The metrics networks and the bearer token still get the failure named.
@@ -106,7 +132,7 @@ def test_ready_tells_an_outsider_only_that_it_is_not_ready_and_insiders_why(
     scraper = Client(REMOTE_ADDR=OUTSIDER).get("/health/ready", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     for insider in (local, scraper):
         assert insider.status_code == 503
-        assert insider.json()["checks"]["redis"].startswith("error: ConnectionRefusedError")
+        assert insider.json()["checks"]["database"].startswith("error: ConnectionRefusedError")
 
 
 def test_ready_answers_an_outsider_ok_with_a_minimal_body(db: None) -> None:
@@ -116,7 +142,7 @@ def test_ready_answers_an_outsider_ok_with_a_minimal_body(db: None) -> None:
     assert response.json() == {"status": "ok"}
 
 
-def test_ready_judges_the_client_behind_a_loopback_proxy(db: None, failing_redis: None, settings: Settings) -> None:
+def test_ready_judges_the_client_behind_a_loopback_proxy(db: None, failing_database: None, settings: Settings) -> None:
     settings.TRUSTED_PROXY_COUNT = 1
     proxy = Client(REMOTE_ADDR="127.0.0.1")
 
@@ -137,8 +163,23 @@ def test_breakers_health_keeps_breaker_names_from_outsiders(db: None, settings: 
 
     assert outsider.status_code == 200
     assert outsider.json() == {"status": "ok"}
-    assert [row["name"] for row in insider.json()["breakers"]] == ["payments-gateway"]
+    assert [row["name"] for row in insider.json()["breakers"]] == ["database", "payments-gateway"]
     assert "no-store" in outsider["Cache-Control"]
+
+
+def test_ready_says_not_ready_at_once_while_the_database_breaker_is_open(transactional_db: None) -> None:
+    services.breaker_force(names=["database"], state=State.FORCED_OPEN)
+    try:
+        began = time.monotonic()
+        response = Client().get("/health/ready")
+        seconds = time.monotonic() - began
+    finally:
+        services.breaker_reset(names=["database"])
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("error: DatabaseUnavailable: the database circuit breaker")
+    assert response.json()["checks"]["redis"] == "ok"
+    assert seconds < 0.5
 
 
 @pytest.mark.default_policies
@@ -197,6 +238,15 @@ def test_ready_names_the_database_when_postgres_hangs(
     assert (live.status, live.body) == (200, b'{"status": "ok"}')
 
 
+def degraded_gauge(server: LiveServer) -> float | None:
+    metrics = request(server.port, "/metrics").body.decode()
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "bookstore_health_status" and sample.labels == {"status": "degraded"}:
+                return sample.value
+    return None
+
+
 @pytest.mark.live
 def test_ready_names_redis_when_redis_is_unreachable(live_servers: Callable[..., LiveServer]) -> None:
     server = live_servers(
@@ -205,11 +255,35 @@ def test_ready_names_redis_when_redis_is_unreachable(live_servers: Callable[...,
 
     reply = request(server.port, "/health/ready")
 
-    assert reply.status == 503, reply.body
-    checks = json.loads(reply.body)["checks"]
-    assert checks["database"] == "ok"
-    assert checks["redis"].startswith("error: ")
+    assert reply.status == 200, reply.body
+    body = json.loads(reply.body)
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"].startswith("error: ")
+    assert degraded_gauge(server) == 1
     assert request(server.port, "/health/live").status == 200
+    assert request(server.port, "/api/books").status == 200, "the API serves without Redis"
+
+
+@pytest.mark.live
+def test_ready_is_degraded_when_redis_answers_ping_but_refuses_scripts(
+    live_servers: Callable[..., LiveServer],
+) -> None:
+    # Scripts switched off as an operator can: PING answers, every admission fails.
+    refusing = ("--rename-command", "EVALSHA", "", "--rename-command", "EVAL", "")
+    with RedisServer(args=refusing) as redis_server:
+        assert redis_server.client().ping()
+        server = live_servers(workers=1, probe=True, env_overrides={"REDIS_URL": redis_server.url})
+
+        reply = request(server.port, "/health/ready")
+
+        assert reply.status == 200, reply.body
+        body = json.loads(reply.body)
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"] == "ok"
+        assert "unknown command" in body["checks"]["redis"]
+        assert degraded_gauge(server) == 1
+        assert request(server.port, "/api/books").status == 200, "the API serves on per-worker limits"
 
 
 @pytest.mark.live
@@ -229,7 +303,8 @@ def test_api_answers_503_problem_when_postgres_is_down(live_servers: Callable[..
         assert reply.header("Content-Type") == "application/problem+json"
         problem = json.loads(reply.body)
         assert problem["type"].endswith("/database-unavailable")
-        assert reply.header("Retry-After") == "5"
+        # The database breaker's time to half-open: its built-in open period is one second.
+        assert reply.header("Retry-After") == "1"
         # Each database access waits at most DB_POOL_TIMEOUT (2 s) for a connection; a request makes at most three.
         assert time.monotonic() - began < 7.5
     assert request(server.port, "/health/live").status == 200

@@ -36,6 +36,8 @@ def api_operations() -> list[tuple[str, str]]:
     for route, pattern in _routes(get_resolver().url_patterns):
         if not route.startswith("api/") or route.endswith("/"):
             continue  # /api/schema/, /api/docs/, /api/redoc/ end with one themselves
+        if route.startswith(("api/docs/", "api/redoc/")):
+            continue  # the docs pages' own assets, not API operations
         path = "/" + _PARAMETER.sub(lambda m: _CONVERTERS[m["converter"] or "str"], route)
         view = getattr(pattern.callback, "view_class", None)
         assert view is not None, f"{route} is not a class-based API view"

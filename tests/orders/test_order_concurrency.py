@@ -7,19 +7,21 @@ thread ends) and a Barrier releases them together so the requests really overlap
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.http import HttpResponse
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from catalog.models import Book
-from orders.models import Order, OrderLine
+from orders.models import MAX_ORDER_TOTAL, Order, OrderLine
 from orders.services import LineRequest, order_place
 from tests.conftest import client_for
 
@@ -166,6 +168,116 @@ def test_order_place_service_opposite_line_orders_never_deadlock(
 
     assert Order.objects.count() == sum(placed) == 150
     assert [_stock(book) for book in books] == [850] * 4
+
+
+# --- a write that lands while another transaction holds the book's row lock ------------------
+
+
+def _await_a_waiter_on_my_locks() -> None:
+    """Return once another connection waits on a lock this connection holds (PostgreSQL's live lock table)."""
+    deadline = time.monotonic() + BARRIER_TIMEOUT
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks"
+                " WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid)))"
+            )
+            if cursor.fetchone()[0]:
+                return
+            assert time.monotonic() < deadline, "nothing queued on the held row lock"
+            time.sleep(0.005)  # PostgreSQL announces no lock wait; poll its lock table
+
+
+def _while_held(hold: Callable[[], object], then: Callable[[], HttpResponse]) -> HttpResponse:
+    """Run hold() in a transaction that commits only once then() has started and queued on its locks.
+
+    then() starts after hold() has run, so its unlocked reads see the rows as they were before
+    hold() and its row locks wait for hold() to commit: the window between order_place's two reads
+    when hold() is a staff edit, or a delete racing an order when hold() places the order.
+    """
+    held = threading.Event()
+
+    def first(barrier: threading.Barrier) -> None:
+        with transaction.atomic():
+            hold()
+            held.set()
+            _await_a_waiter_on_my_locks()
+
+    def second(barrier: threading.Barrier) -> HttpResponse:
+        assert held.wait(BARRIER_TIMEOUT)
+        return then()
+
+    return _together([first, second])[1]
+
+
+def test_order_place_checks_the_total_again_at_a_price_raised_before_the_lock(
+    customer: User, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=2000, price="1.00")
+    client = client_for(customer)
+
+    def order(quantity: int) -> Callable[[], HttpResponse]:
+        return lambda: client.post(ORDERS, {"lines": [{"book_id": book.pk, "quantity": quantity}]}, format="json")
+
+    def raise_price(price: str) -> Callable[[], int]:
+        return lambda: Book.objects.filter(pk=book.pk).update(price=Decimal(price))
+
+    refused = _while_held(raise_price("99999999.99"), order(1000))
+    Book.objects.filter(pk=book.pk).update(price=Decimal("1.00"))
+    sold = _while_held(raise_price("2.50"), order(4))
+
+    # 1000 x 1.00 fitted; 1000 x 99,999,999.99 at the locked price does not, and nothing is sold.
+    assert refused.status_code == 422, refused.content
+    assert refused["Content-Type"] == PROBLEM
+    body = refused.json()
+    assert [error["field"] for error in body["errors"]] == ["lines[0].quantity"]
+    assert body["max_total"] == str(MAX_ORDER_TOTAL)
+    # A raised price that still fits is the price sold at.
+    assert sold.status_code == 201, sold.content
+    assert sold.json()["total"] == "10.00"
+    assert [line["unit_price"] for line in sold.json()["lines"]] == ["2.50"]
+    assert Order.objects.get().total == Decimal("10.00")
+    assert OrderLine.objects.count() == 1
+    assert _stock(book) == 1996
+
+
+def test_order_place_names_a_book_deleted_before_the_lock_as_unknown(
+    customer: User, make_book: Callable[..., Book]
+) -> None:
+    kept, deleted = make_book(stock=5), make_book(stock=5)
+    client = client_for(customer)
+    lines = [{"book_id": kept.pk, "quantity": 1}, {"book_id": deleted.pk, "quantity": 1}]
+
+    response = _while_held(
+        lambda: Book.objects.filter(pk=deleted.pk).delete(),
+        lambda: client.post(ORDERS, {"lines": lines}, format="json"),
+    )
+
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["book_ids"] == [deleted.pk]
+    assert not Order.objects.exists()
+    assert _stock(kept) == 5
+
+
+def test_book_delete_racing_an_order_of_it_is_409_and_keeps_the_order(
+    customer: User, staff: User, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=5)
+    staff_client = client_for(staff)
+
+    # The order is not committed when the delete looks for orders of the book, so only the
+    # database's foreign key can stop the delete, once the order commits.
+    response = _while_held(
+        lambda: order_place(user=customer, lines=[LineRequest(book_id=book.pk, quantity=2)]),
+        lambda: staff_client.delete(f"/api/books/{book.pk}"),
+    )
+
+    assert response.status_code == 409, response.content
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["type"].endswith("/protected")
+    assert _stock(book) == 3
+    assert OrderLine.objects.get().book_id == book.pk
 
 
 # --- idempotency ------------------------------------------------------------------------------

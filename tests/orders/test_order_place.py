@@ -11,8 +11,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from catalog.models import Book
-from orders.exceptions import InsufficientStock, UnknownBooks
-from orders.models import Order, OrderLine
+from orders.exceptions import InsufficientStock, OrderTotalTooLarge, UnknownBooks
+from orders.models import MAX_ORDER_TOTAL, Order, OrderLine
 from orders.services import LineRequest, order_place
 from tests.conftest import client_for
 
@@ -171,6 +171,107 @@ def test_order_place_rejects_duplicate_book_lines(customer_client: APIClient, ma
     assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines", "duplicate_book")]
     assert _stock(book) == 5
     assert Order.objects.count() == 0
+
+
+# --- totals one order cannot hold ------------------------------------------------------------
+
+# The dearest price the catalogue accepts (numeric(10,2)); 101 copies of it pass the 12-digit total.
+DEAREST = "99999999.99"
+
+
+def _nothing_written(*books: tuple[Book, int]) -> None:
+    assert not Order.objects.exists()
+    assert not OrderLine.objects.exists()
+    assert [_stock(book) for book, _ in books] == [stock for _, stock in books]
+
+
+def test_order_place_rejects_a_line_that_alone_totals_too_much_naming_it(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    cheap = make_book(stock=5)
+    dear = make_book(stock=5000, price=DEAREST)
+
+    response = _post(customer_client, [{"book_id": cheap.pk, "quantity": 1}, {"book_id": dear.pk, "quantity": 1000}])
+
+    body = _problem(response, 422)
+    assert body["type"].endswith("/order-total-too-large")
+    assert body["max_total"] == str(MAX_ORDER_TOTAL) == "9999999999.99"
+    assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines[1].quantity", "max_total")]
+    assert "99999999990.00" in body["errors"][0]["message"]
+    _nothing_written((cheap, 5), (dear, 5000))
+
+
+def test_order_place_rejects_lines_that_together_total_too_much_naming_the_lines(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    first, second = make_book(stock=100, price=DEAREST), make_book(stock=100, price=DEAREST)
+
+    # 60 copies of each come to 5,999,999,999.40: each line fits, the two together do not.
+    response = _post(customer_client, [{"book_id": first.pk, "quantity": 60}, {"book_id": second.pk, "quantity": 60}])
+
+    body = _problem(response, 422)
+    assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines", "max_total")]
+    assert "11999999998.80" in body["errors"][0]["message"]
+    _nothing_written((first, 100), (second, 100))
+
+
+def test_order_place_refuses_the_largest_request_naming_every_line(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    """The request bounds (100 lines, 1000 copies a line) still reach the total limit; it is checked too."""
+    books = [make_book(stock=1000, price=DEAREST) for _ in range(100)]
+
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 1000} for book in books])
+
+    body = _problem(response, 422)
+    assert [error["field"] for error in body["errors"]] == [f"lines[{i}].quantity" for i in range(100)]
+    assert not Order.objects.exists()
+
+
+def test_order_place_takes_a_total_of_exactly_the_limit_and_refuses_a_cent_more(
+    make_user: Callable[..., User], make_book: Callable[..., Book]
+) -> None:
+    dear = make_book(stock=200, price=DEAREST)
+    cheap, cent_dearer = make_book(stock=1, price="0.99"), make_book(stock=1, price="1.00")
+
+    # 100 x 99,999,999.99 = 9,999,999,999.00: plus 0.99 is the limit exactly, plus 1.00 a cent over.
+    taken = _post(
+        client_for(make_user()), [{"book_id": dear.pk, "quantity": 100}, {"book_id": cheap.pk, "quantity": 1}]
+    )
+    refused = _post(
+        client_for(make_user()), [{"book_id": dear.pk, "quantity": 100}, {"book_id": cent_dearer.pk, "quantity": 1}]
+    )
+
+    assert taken.status_code == 201, taken.content
+    assert taken.json()["total"] == "9999999999.99"
+    assert Order.objects.get().total == MAX_ORDER_TOTAL
+    body = _problem(refused, 422)
+    assert [error["field"] for error in body["errors"]] == ["lines"]
+    assert (_stock(dear), _stock(cheap), _stock(cent_dearer)) == (100, 0, 1)
+    assert Order.objects.count() == 1
+
+
+def test_order_place_too_large_total_is_not_remembered_for_the_idempotency_key(
+    customer_client: APIClient, make_book: Callable[..., Book]
+) -> None:
+    book = make_book(stock=1000, price=DEAREST)
+
+    for _ in range(2):
+        _problem(_post(customer_client, [{"book_id": book.pk, "quantity": 101}], key="too-much"), 422)
+    response = _post(customer_client, [{"book_id": book.pk, "quantity": 100}], key="too-much")
+
+    assert response.status_code == 201, response.content
+    assert _stock(book) == 900
+
+
+def test_order_place_service_raises_order_total_too_large(customer: User, make_book: Callable[..., Book]) -> None:
+    book = make_book(stock=200, price=DEAREST)
+
+    with pytest.raises(OrderTotalTooLarge) as excinfo:
+        order_place(user=customer, lines=[LineRequest(book_id=book.pk, quantity=101)])
+
+    assert [error["field"] for error in excinfo.value.errors] == ["lines[0].quantity"]
+    _nothing_written((book, 200))
 
 
 # --- idempotency ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import requests
 from django.conf import settings
 
 from accounts.models import User
-from accounts.services import token_for
+from accounts.services import token_create
 from catalog.models import Book
 from resilience.breaker import State
 from resilience.models import CircuitBreakerPolicy
@@ -65,7 +65,7 @@ class Ops:
 
     def __init__(self, server: LiveServer, staff: User) -> None:
         self.server = server
-        self.auth = {"Authorization": f"Token {token_for(user=staff)}"}
+        self.auth = {"Authorization": f"Token {token_create(user=staff).token}"}
 
     def fault(self, mode: str | None, **extra: int) -> None:
         url = f"{self.server.url}/api/ops/faults/search"

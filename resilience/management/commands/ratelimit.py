@@ -13,6 +13,7 @@ from django.core.management.base import CommandError, CommandParser
 from resilience import services
 from resilience.management.base import OperatorCommand
 from resilience.models import RateLimitPolicy
+from resilience.runtime import POLICY_BACKSTOP_SECONDS
 
 
 class Command(OperatorCommand):
@@ -33,7 +34,16 @@ class Command(OperatorCommand):
         elif action == "reset" and not options["all"]:
             raise CommandError("Name a policy, or pass --all.")
         if action == "reset":
-            n = services.policy_reset(policies=policies, key=key)
+            with services.propagation_report() as report:
+                n = services.policy_reset(policies=policies, key=key)
+            if report.failed:
+                # The counters are reset in PostgreSQL (new epoch), but no worker heard it at once.
+                self.stderr.write(
+                    self.style.WARNING(
+                        f"Warning: the workers could not be told at once (Redis: {report.errors[-1]}); "
+                        f"each finds the reset in PostgreSQL within {POLICY_BACKSTOP_SECONDS} s."
+                    )
+                )
             return f"reset {'key ' + key + ' of ' if key else ''}{n} policy(ies)"
         for p in policies:
             line = (

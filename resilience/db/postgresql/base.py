@@ -1,0 +1,128 @@
+"""PostgreSQL as settings.py configures it (django-prometheus's instrumented backend, Django's pool),
+with every connection taken through the database circuit breaker (resilience/database.py).
+
+- Taking a connection asks the breaker first: while it is open, DatabaseUnavailable is raised at
+  once and the pool is not waited on. A connection PostgreSQL refuses or does not give in time
+  (PoolTimeout included) is reported as a failure.
+- A half-open trial connects on its own rather than through the pool, whose background
+  reconnection may be backing off after the outage; it keeps that connection for the request and
+  closes it at the end.
+- A connection found broken after an error (the server went away under a query, a commit or a
+  transaction) is reported as a failure once. Errors on a live connection (IntegrityError, a
+  statement timeout, a bad query) are not reported.
+- A connection handed back intact is a success (sampled, see resilience/database.py).
+- The pool's idle connections are dropped at the first sign of an outage in a process (a failure,
+  or the breaker refusing), and when the breaker's generation moved since the process last asked
+  (it opened and closed meanwhile, or was reset): they may be to a server that went away, and
+  each would otherwise fail one request once the breaker lets requests through, and could trip
+  it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.apps import apps
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.utils import DatabaseErrorWrapper
+from django.utils.functional import cached_property
+from django_prometheus.db.backends.postgresql import base
+
+
+class GuardedErrorWrapper(DatabaseErrorWrapper):
+    """Report a connection lost under any database call before Django converts the error."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is not None:
+            self.wrapper.report_if_lost()
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    _ticket: Any = None  # the breaker's ticket for the connection held, until its outcome is reported
+    _unpooled = False  # the connection held is a trial's own, not the pool's
+    # Per alias, one per process as the pools are: drained since PostgreSQL was last reached, and
+    # the breaker generation of the last ticket.
+    _drained: ClassVar[set[str]] = set()
+    _generations: ClassVar[dict[str, int]] = {}
+
+    @property
+    def pool(self) -> Any:
+        # While a trial's own connection is held, Django's non-pool paths configure and close it.
+        if self._unpooled:
+            return None
+        return super().pool
+
+    @cached_property
+    def wrap_database_errors(self) -> GuardedErrorWrapper:
+        return GuardedErrorWrapper(self)
+
+    def _guarded(self) -> bool:
+        # Not the server-level connection that creates databases, nor before the apps are loaded.
+        return self.alias != NO_DB_ALIAS and apps.ready
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not self._guarded():
+            return super().get_new_connection(conn_params)
+        from resilience.database import DatabaseUnavailable, guard
+
+        try:
+            ticket = guard.acquire()
+        except DatabaseUnavailable:
+            self._drain_pool(once=True)
+            raise
+        seen = self._generations.get(self.alias, ticket.permit.generation)
+        self._generations[self.alias] = ticket.permit.generation
+        if seen != ticket.permit.generation:
+            self._drain_pool(once=False)
+        self._unpooled = ticket.permit.trial and super().pool is not None
+        try:
+            connection = super().get_new_connection(conn_params)
+        except self.Database.OperationalError:  # refused, timed out, PoolTimeout, bad credentials
+            self._unpooled = False
+            guard.failed(ticket)
+            self._drain_pool(once=True)
+            raise
+        except BaseException:
+            # Not about reaching the server (a configuration error): report nothing. A trial's
+            # slot is then freed by the trial lease.
+            self._unpooled = False
+            raise
+        self._drained.discard(self.alias)
+        self._ticket = guard.succeeded(ticket) if ticket.permit.trial else ticket
+        return connection
+
+    def report_if_lost(self) -> None:
+        """Report the connection held as failed if it is broken (once per connection)."""
+        ticket, connection = self._ticket, self.connection
+        if ticket is None or connection is None or not getattr(connection, "broken", False):
+            return
+        from resilience.database import guard
+
+        self._ticket = None
+        guard.failed(ticket)
+        self._drain_pool(once=True)
+
+    def _drain_pool(self, *, once: bool) -> None:
+        """Drop the pool's idle connections (with once=True, only once until PostgreSQL is reached again)."""
+        if once and self.alias in self._drained:
+            return
+        self._drained.add(self.alias)
+        pool = self._connection_pools.get(self.alias)
+        if pool is not None:
+            # Connections in use are discarded when handed back; replacements are made in the
+            # background (and given up after DB_POOL_RECONNECT_TIMEOUT while the server is gone).
+            pool.drain()
+
+    def _close(self) -> None:
+        if self._ticket is not None:
+            self.report_if_lost()
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            from resilience.database import guard
+
+            guard.succeeded(ticket)
+        try:
+            super()._close()
+        finally:
+            self._unpooled = False
