@@ -128,20 +128,24 @@ class Pool:
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """Send each client's request again and again on its own connection; tally what came back.
 
-    spec: host, port, clients [{method, path, headers, body, source}], warmup (s), duration (s), count (most
-    requests measured), tally (header names). Requests sent in [warmup, warmup + duration) are measured, up to
-    count; those in flight at the end are waited for, so every request sent has a known outcome.
+    spec: host, port, clients [{method, path, headers, body, source, every}], warmup (s), duration (s), count
+    (most requests measured), tally (header names), records. Requests sent in [warmup, warmup + duration) are
+    measured, up to count; those in flight at the end are waited for, so every request sent has a known outcome.
+    A client with `every` (s) starts a request at most that often. With records, the report lists every request:
+    [path, start (monotonic, before connecting), seconds, status (0: no answer), the problem+json body (text) or
+    the transport error, *tallied headers].
     """
     host, port, tally = spec["host"], spec["port"], spec.get("tally", [])
     start = time.monotonic() + spec.get("warmup", 0)
     end, count = start + spec.get("duration", 3600), spec.get("count", 1 << 60)
     totals, statuses, errors, responses = Counter[str](), Counter[int](), Counter[str](), Counter[str]()
     latencies: list[float] = []
-    last = [start]
+    keep, records, last = spec.get("records"), list[list[Any]](), [start]
 
     async def client(c: dict[str, Any]) -> None:
         conn = Conn(host, port, c.get("source"))
         payload = encode(c["method"], c["path"], c.get("headers", {}), c.get("body", "").encode(), host)
+        every = c.get("every", 0)
         while (now := time.monotonic()) < end and totals["measured"] < count:
             totals["sent"] += 1
             totals["measured"] += now >= start
@@ -149,15 +153,23 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
                 r, sent, received = await conn.send(payload, spec.get("timeout", 15.0))
             except Transport as e:
                 errors[str(e)] += 1
+                if keep:
+                    records.append([c["path"], now, time.monotonic() - now, 0, str(e)])
                 await asyncio.sleep(0.05)
                 continue
             statuses[r.status] += 1
-            phase = "measured" if sent >= start else "warmup"
+            phase, seen = "measured" if sent >= start else "warmup", [r.headers.get(h.lower(), "") for h in tally]
             if tally:
-                responses["|".join([phase, str(r.status), *(r.headers.get(h.lower(), "") for h in tally)])] += 1
+                responses["|".join([phase, str(r.status), *seen])] += 1
             if phase == "measured":
                 latencies.append(received - sent)
                 last[0] = max(last[0], received)
+            if keep:
+                problem = r.headers.get("content-type", "").startswith("application/problem+json")
+                detail = r.body.decode(errors="replace") if problem else ""
+                records.append([c["path"], now, received - now, r.status, detail, *seen])
+            if every:
+                await asyncio.sleep(max(0.0, now + every - time.monotonic()))
         conn.close()
 
     began = time.monotonic()
@@ -170,6 +182,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
         "mean_ms": round(1000 * sum(latencies) / max(len(latencies), 1), 2),
         **{f"p{q}_ms": round(percentile(latencies, q) * 1000, 2) for q in (50, 99, 100)},
         "cpu_seconds": round(time.process_time(), 2), "wall_seconds": round(time.monotonic() - began, 2),
+        **({"records": records} if keep else {}),
     }  # fmt: skip
 
 

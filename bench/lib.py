@@ -1,8 +1,8 @@
 """What the benchmarks share: database and Redis, gunicorn (tests/live.py's LiveServer), the two load clients
 (wrk for the throughput of a request mix, cheap C that leaves the cores to the server; bench/client.py where every
 response matters), the machine, and one layout of results: a table, figures, named checks. Loopback only; each
-benchmark has its own database (bookstore_bench_<name>) and a private redis-server, whose per-command counts are
-then its own. Every process is stopped by PID."""
+benchmark has its own database (bookstore_bench_<name>; BENCH_DB sets the prefix) and a private redis-server,
+whose per-command counts are then its own. Every process is stopped by PID."""
 
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def knobs(**defaults: float) -> dict[str, Any]:
 
 
 def setup(name: str, redis_url: str, **env: str) -> str:
-    """Recreate bookstore_bench_<name>, point this process and its servers at it and Redis, migrate; return its URL."""
+    """Recreate <BENCH_DB>_<name>, point this process and its servers at it and Redis, migrate; return its URL."""
     import psycopg
 
-    db = f"bookstore_bench_{name}"
+    # Several people may run benchmarks on one PostgreSQL: BENCH_DB gives each a prefix of their own.
+    db = f"{os.environ.get('BENCH_DB') or 'bookstore_bench'}_{name}"
     with psycopg.connect(f"{PG}postgres", autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{db}"')
@@ -86,14 +87,15 @@ def release_db() -> None:
             conn.close_pool()
 
 
-def server(*, workers: int, threads: int, **env: str) -> LiveServer:
+def server(*, workers: int, threads: int, ready: str = "/health/live", **env: str) -> LiveServer:
     """Return gunicorn as deployed (deploy/gunicorn.conf.py) with bench/urls.py, one DB connection per thread
-    and the lean access log (bench/accesslog.py); start it with `with`."""
+    and the lean access log (bench/accesslog.py); start it with `with`: it is ready once each worker served
+    `ready`."""
     # The stack switches of bench/settings.py are set here, never inherited from the caller's shell.
     env = {"RESILIENCE_MIDDLEWARE": "true", "BENCH_MINIMAL_STACK": "false", "DB_POOL_MIN": str(threads)} | env
     env |= {"DJANGO_SETTINGS_MODULE": "bench.settings", "DB_POOL_MAX": env.get("DB_POOL_MAX", str(threads))}
     logger = ("--logger-class", "bench.accesslog.ServiceTimeLogger")
-    return LiveServer(workers=workers, threads=threads, ready_path="/health/live", args=logger, env_overrides=env)
+    return LiveServer(workers=workers, threads=threads, ready_path=ready, args=logger, env_overrides=env)
 
 
 def cpu_seconds(server: LiveServer) -> float:

@@ -9,7 +9,7 @@ import json
 
 from bench import lib
 
-SECTIONS = ("hotpath", "orders", "reads", "breaker", "scenario")  # the benchmarks the template describes
+SECTIONS = ("hotpath", "orders", "reads", "breaker", "scenario", "pg_outage")  # the benchmarks the template describes
 
 
 def main() -> int:
