@@ -118,12 +118,14 @@ def redis_calls(redis: Any) -> Counter[str]:
 
 @contextmanager
 def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds, after the block, the server CPU seconds and Redis calls by command it spent."""
-    cpu, calls = cpu_seconds(server), redis_calls(redis)
+    """Yield a dict that holds, after the block, its seconds, and the server CPU seconds and Redis calls by
+    command it spent."""
+    began, cpu, calls = time.monotonic(), cpu_seconds(server), redis_calls(redis)
     out: dict[str, Any] = {}
     yield out
     out["cpu_seconds"] = cpu_seconds(server) - cpu
     out["redis_calls"] = dict(redis_calls(redis) - calls)
+    out["seconds"] = time.monotonic() - began
 
 
 def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
