@@ -49,6 +49,8 @@ INSTALLED_APPS = [
     "catalog",
     "orders",
     "resilience",
+    # manage.py demo_data: demo accounts, books and (for --reset) orders. No models; nothing depends on it.
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -77,10 +79,6 @@ MIDDLEWARE = [
     # never reach it; they are counted by PrometheusBeforeMiddleware and bookstore_ratelimit_*.
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
-# Off only to measure what the resilience layer costs (bench/ratelimit.py); default on.
-if not env_bool("RESILIENCE_MIDDLEWARE", True):
-    MIDDLEWARE.remove("resilience.middleware.ResilienceMiddleware")
-    MIDDLEWARE.remove("resilience.stale.StaleCopyMiddleware")
 
 ROOT_URLCONF = "bookstore.urls"
 WSGI_APPLICATION = "bookstore.wsgi.application"

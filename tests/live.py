@@ -136,6 +136,9 @@ class LiveServer:
     """
 
     workers: int = 4
+    # Threads per gthread worker; None keeps deploy/gunicorn.conf.py's. For sync workers, which close
+    # the connection after each response, set GUNICORN_WORKER_CLASS=sync in env_overrides.
+    threads: int | None = None
     env_overrides: dict[str, str] = field(default_factory=dict)
     port: int | None = None
     # Load Django once in the master and fork ready workers: boots several times faster on a
@@ -144,6 +147,9 @@ class LiveServer:
     boot_timeout: float = 40.0
     # Where readiness is polled; "/health/live" lets a server boot with a dead database.
     ready_path: str = READY_PATH
+    # More gunicorn flags, e.g. ("--logger-class", "bench.accesslog.ServiceTimeLogger"). A logger
+    # class must start each access line with the worker's <pid>, as ACCESS_LOG_FORMAT does.
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -171,6 +177,8 @@ class LiveServer:
         args = f"--access-logformat {shlex.quote(ACCESS_LOG_FORMAT)} --no-control-socket"
         if self.preload:
             args += " --preload"
+        if self.args:
+            args += " " + shlex.join(self.args)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_", "GUNICORN_"))}
         env.update(
             DJANGO_SETTINGS_MODULE="bookstore.settings",
@@ -188,6 +196,8 @@ class LiveServer:
             LOG_LEVEL="WARNING",
             PYTHONPATH=str(ROOT),
         )
+        if self.threads is not None:
+            env["GUNICORN_THREADS"] = str(self.threads)
         env.update(self.env_overrides)
         if env["DATABASE_URL"] != database_url() and "RESILIENCE_KEY_PREFIX" not in self.env_overrides:
             # A server on another database (or behind a proxy a test cuts) guards another database:

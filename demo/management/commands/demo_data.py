@@ -1,7 +1,8 @@
 """Create a demo catalogue generated locally, plus a demo staff and a demo customer account.
 
 Safe to run again: accounts are ensured, and books are only added while the catalogue holds
-fewer than --books (use --reset to empty books, authors and orders first).
+fewer than --books (use --reset to empty books, authors and orders first). It lives in the demo
+app rather than the catalogue because it spans accounts, books and the orders that protect them.
 """
 
 from __future__ import annotations

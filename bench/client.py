@@ -1,0 +1,191 @@
+"""The benchmarks' one asyncio HTTP/1.1 client, for what wrk cannot give: an exact number of requests each
+with a known outcome, headers tallied on every response, per-request records, an address per simulated client,
+scripted actors (bench/actors.py). Requests are encoded and responses parsed by hand: the client shares the cores
+with the server it measures. `python -m bench.client` runs closed_loop() on the spec read from stdin."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bench.lib import percentile
+
+IDLE_REUSE = 3.5  # s: gunicorn closes a connection idle for 5 s; an older one is not reused
+
+
+class Transport(Exception):
+    """The request got no complete response (connection refused, reset, closed, or timed out)."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+def encode(method: str, path: str, headers: dict[str, str], body: bytes = b"", host: str = "127.0.0.1") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    if body or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _read(reader: asyncio.StreamReader) -> Response:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, _, header_block = head.decode("latin-1").partition("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in header_block.split("\r\n"))}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")
+        body = b"".join(parts)
+    else:
+        length = int(headers.get("content-length", 0))
+        body = await reader.readexactly(length) if length else b""
+    return Response(int(status_line.split(" ", 2)[1]), headers, body)
+
+
+class Conn:
+    """One keep-alive connection from `source` (a 127.x.y.z address, if given), reopened when it must be."""
+
+    def __init__(self, host: str, port: int, source: str | None = None) -> None:
+        self.host, self.port, self.source, self.last_used, self.opened = host, port, source, 0.0, 0
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def send(self, payload: bytes, timeout: float) -> tuple[Response, float, float]:
+        """Send one request, read its response; return it with its send and receive times (monotonic)."""
+        reused = self.writer is not None and time.monotonic() - self.last_used < IDLE_REUSE
+        if not reused:
+            self.close()
+        for attempt in (1, 2):
+            if self.writer is None:
+                try:
+                    local = (self.source, 0) if self.source else None
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
+                except OSError as e:
+                    raise Transport(f"connect: {type(e).__name__}") from e
+                self.opened += 1
+            assert self.reader is not None
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout):
+                    self.writer.write(payload)
+                    response = await _read(self.reader)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
+                self.close()
+                # A kept-alive connection the server closed meanwhile fails before any byte: send once more
+                # (scenario orders carry an Idempotency-Key, so one that did arrive is not placed twice).
+                partial = isinstance(e, asyncio.IncompleteReadError) and e.partial
+                if attempt == 1 and reused and not partial and not isinstance(e, TimeoutError):
+                    continue
+                raise Transport(type(e).__name__) from e
+            self.last_used = received = time.monotonic()
+            if response.headers.get("connection", "").lower() == "close":
+                self.close()
+            return response, sent, received
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Pool:
+    """At most `size` connections in use at once; the most recently used free one is taken first."""
+
+    def __init__(self, host: str, port: int, size: int, source: str | None = None) -> None:
+        self.conns = [Conn(host, port, source) for _ in range(size)]
+        self.free: asyncio.LifoQueue[Conn] = asyncio.LifoQueue()
+        for conn in reversed(self.conns):
+            self.free.put_nowait(conn)
+
+    async def send(self, payload: bytes, timeout: float) -> tuple[Response, float, float]:
+        conn = await self.free.get()
+        try:
+            return await conn.send(payload, timeout)
+        finally:
+            self.free.put_nowait(conn)
+
+    @property
+    def opened(self) -> int:
+        return sum(c.opened for c in self.conns)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+
+async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    """Send each client's request again and again on its own connection; tally what came back.
+
+    spec: host, port, clients [{method, path, headers, body, source, every}], warmup (s), duration (s), count
+    (most requests measured), tally (header names), records. Requests sent in [warmup, warmup + duration) are
+    measured, up to count; those in flight at the end are waited for, so every request sent has a known outcome.
+    A client with `every` (s) starts a request at most that often. With records, the report lists every request:
+    [path, start (monotonic, before connecting), seconds, status (0: no answer), the problem+json body (text) or
+    the transport error, *tallied headers].
+    """
+    host, port, tally = spec["host"], spec["port"], spec.get("tally", [])
+    start = time.monotonic() + spec.get("warmup", 0)
+    end, count = start + spec.get("duration", 3600), spec.get("count", 1 << 60)
+    totals, statuses, errors, responses = Counter[str](), Counter[int](), Counter[str](), Counter[str]()
+    latencies: list[float] = []
+    keep, records, last = spec.get("records"), list[list[Any]](), [start]
+
+    async def client(c: dict[str, Any]) -> None:
+        conn = Conn(host, port, c.get("source"))
+        payload = encode(c["method"], c["path"], c.get("headers", {}), c.get("body", "").encode(), host)
+        every = c.get("every", 0)
+        while (now := time.monotonic()) < end and totals["measured"] < count:
+            totals["sent"] += 1
+            totals["measured"] += now >= start
+            try:
+                r, sent, received = await conn.send(payload, spec.get("timeout", 15.0))
+            except Transport as e:
+                errors[str(e)] += 1
+                if keep:
+                    records.append([c["path"], now, time.monotonic() - now, 0, str(e)])
+                await asyncio.sleep(0.05)
+                continue
+            statuses[r.status] += 1
+            phase, seen = "measured" if sent >= start else "warmup", [r.headers.get(h.lower(), "") for h in tally]
+            if tally:
+                responses["|".join([phase, str(r.status), *seen])] += 1
+            if phase == "measured":
+                latencies.append(received - sent)
+                last[0] = max(last[0], received)
+            if keep:
+                problem = r.headers.get("content-type", "").startswith("application/problem+json")
+                detail = r.body.decode(errors="replace") if problem else ""
+                records.append([c["path"], now, received - now, r.status, detail, *seen])
+            if every:
+                await asyncio.sleep(max(0.0, now + every - time.monotonic()))
+        conn.close()
+
+    began = time.monotonic()
+    await asyncio.gather(*(client(c) for c in spec["clients"]))
+    seconds = last[0] - start
+    return {
+        "clients": len(spec["clients"]), "sent": totals["sent"], "statuses": dict(statuses), "errors": dict(errors),
+        "responses": dict(responses), "count": len(latencies), "seconds": round(seconds, 3),
+        "per_second": round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
+        "mean_ms": round(1000 * sum(latencies) / max(len(latencies), 1), 2),
+        **{f"p{q}_ms": round(percentile(latencies, q) * 1000, 2) for q in (50, 99, 100)},
+        "cpu_seconds": round(time.process_time(), 2), "wall_seconds": round(time.monotonic() - began, 2),
+        **({"records": records} if keep else {}),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    gc.disable()  # a bounded run whose records hold no cycles: no collector pauses inside the latencies
+    json.dump(asyncio.run(closed_loop(json.load(sys.stdin))), sys.stdout)

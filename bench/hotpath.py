@@ -1,0 +1,103 @@
+"""hotpath: what the resilience layer adds to a trivial request. Three servers in alternated rounds: (a) the
+product's middleware without it, (b) with three limits and a closed breaker, (c) a minimal Django stack.
+How and why: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per round, 5), BENCH_WARMUP (1), BENCH_ROUNDS (5),
+BENCH_CLIENTS (16 connections), BENCH_WORKERS (4), BENCH_THREADS (2)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from bench import lib
+from tests.live import RedisServer, request
+
+NAME = "hotpath"
+PATH = "/bench/ping"
+APP_IDS = 8  # distinct X-App-Id values in the request mix
+CONFIGS = {
+    "a": ("a: product middleware, no resilience layer", {"RESILIENCE_MIDDLEWARE": "false"}),
+    "b": ("b: + 3 rate limits and a closed breaker", {}),
+    "c": ("c: minimal Django stack", {"BENCH_MINIMAL_STACK": "true"}),
+}
+LIMITS: list[dict[str, Any]] = [
+    # Far above what two cores serve: every request is decided, none refused. 100,000 per minute per IP
+    # is the sliding log's ceiling (SLIDING_LOG_MAX), ~1,600 per second.
+    {"name": "bench-ip", "key": "ip", "algorithm": "sliding_window", "limit": 100_000, "period": 60},
+    {"name": "bench-global", "key": "global", "algorithm": "token_bucket", "limit": 1_000_000, "period": 1},
+    {"name": "bench-app", "key": "header", "header_name": "X-App-Id", "algorithm": "fixed_window",
+     "limit": 1_000_000, "period": 60},
+]  # fmt: skip
+# Never trips: the most consecutive failures the model allows, and no request fails. The rest is the model's
+# defaults: the rate rule off, the default window (so recording an outcome costs what it does in use), a plain
+# 503 when open.
+BREAKER: dict[str, Any] = {"name": "bench-breaker", "failure_threshold": 10_000}
+
+
+def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | None) -> None:
+    """Disable every policy but the database breaker (which guards connections, not paths), then create these."""
+    from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+
+    RateLimitPolicy.objects.update(enabled=False)
+    CircuitBreakerPolicy.objects.exclude(name="database").update(enabled=False)  # the "search" breaker too
+    policies = [RateLimitPolicy(**fields) for fields in limits]
+    policies += [CircuitBreakerPolicy(**breaker)] if breaker else []
+    for policy in policies:
+        policy.match_type, policy.pattern = "prefix", path
+        policy.full_clean()
+        policy.save()
+
+
+def policies_shown(reply: Any) -> list[str]:
+    """Return the policy names a response's RateLimit-Policy field lists, sorted."""
+    return sorted(x.split(";")[0].strip(' "') for x in (reply.header("RateLimit-Policy") or "").split(",") if x)
+
+
+def main() -> int:
+    cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
+    mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(APP_IDS)]
+    with RedisServer() as redis_server, ExitStack() as stack:
+        lib.setup(NAME, redis_server.url)
+        prepare(PATH, LIMITS, BREAKER)
+        redis = redis_server.client()
+        machine = lib.machine(redis)
+        lib.release_db()
+        size = {"workers": cfg["workers"], "threads": cfg["threads"]}
+        servers = {k: stack.enter_context(lib.server(**size, **env)) for k, (_, env) in CONFIGS.items()}
+        probes = {k: request(s.port, PATH, headers={"X-App-Id": "probe"}) for k, s in servers.items()}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
+        for label in lib.alternate(list(CONFIGS), cfg["rounds"]):
+            lib.wrk(servers[label], mix, seconds=cfg["warmup"], connections=cfg["clients"])
+            with lib.spent(servers[label], redis) as spent:
+                r = lib.wrk(servers[label], mix, seconds=cfg["duration"], connections=cfg["clients"])
+            runs[label].append({**r, **lib.per_request(spent, r["requests"])})
+
+    (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)
+    shown = {k: policies_shown(p) for k, p in probes.items()}
+    state = {k: p.header("X-Circuit-Breaker-State") for k, p in probes.items()}
+    bad = {k: sum(r["bad_status"] + r["socket_errors"] for r in rs) for k, rs in runs.items()}
+    figures = [
+        ["b over a: added server CPU per request", f"{b['cpu_ms'] - a['cpu_ms']:+.3f} ms"],
+        ["b over a: added wall time per request (1 / throughput)",
+         f"{1000 / b['per_second'] - 1000 / a['per_second']:+.3f} ms"],
+        ["requests/s b / a (goal ≥ 0.90)", lib.ratios(runs["b"], runs["a"])],
+        ["requests/s a / c", lib.ratio(a["per_second"], c["per_second"])],
+        ["server CPU per request b / a", lib.ratio(b["cpu_ms"], a["cpu_ms"])],
+        ["Redis round trips per request in b (admission, breaker outcome)", b["redis_rt"]],
+        ["Redis calls per request in b, by command", lib.listing(runs["b"][-1]["by_command"])],
+    ]  # fmt: skip
+    checks = [
+        lib.check("every answer 200, no socket errors", not any(bad.values()) and
+                  all(p.status == 200 for p in probes.values()), bad, "0 each"),
+        lib.check("a and c: no policy matched", not (shown["a"] or shown["c"] or state["a"] or state["c"]),
+                  f"a {shown['a']} {state['a']}, c {shown['c']} {state['c']}", "none"),
+        lib.check("b: the three limits and the closed breaker matched", shown["b"] == sorted(x["name"] for x in LIMITS)
+                  and state["b"] == "closed", f"{shown['b']}, breaker {state['b']}", "3 limits, closed"),
+    ]  # fmt: skip
+    results = {"machine": machine, "config": {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER}}
+    return lib.finish(NAME, results | {"columns": lib.COLUMNS, "rows": rows, "figures": figures, "checks": checks,
+                                       "runs": runs})  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

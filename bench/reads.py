@@ -1,0 +1,73 @@
+"""reads: server CPU per request of book list, detail, search and order placement, each alone (a before/after
+comparison is one command). How: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per request, 5), BENCH_WARMUP
+(1), BENCH_CLIENTS (8 connections), BENCH_WORKERS (2), BENCH_THREADS (4)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench import lib
+from tests.live import RedisServer
+
+NAME = "reads"
+WORDS = "river night garden machine city silence winter letters stone memory light shadow".split()
+
+
+def main() -> int:
+    cfg = lib.knobs(duration=5.0, warmup=1.0, clients=8, workers=2, threads=4)
+    with RedisServer() as redis_server:
+        lib.setup(NAME, redis_server.url)
+        from django.core.management import call_command
+
+        from catalog.models import Book
+        from resilience.models import RateLimitPolicy
+
+        call_command("demo_data", books=2000, seed=11, verbosity=0)
+        Book.objects.update(stock=10**6)
+        ids = list(Book.objects.order_by("pk").values_list("pk", flat=True)[:200])
+        tokens = lib.customers(16)
+        RateLimitPolicy.objects.update(mode=RateLimitPolicy.Mode.DRY_RUN)
+        redis = redis_server.client()
+        machine = lib.machine(redis)
+        lib.release_db()
+        json_ = {"Accept": "application/json", "Content-Type": "application/json"}
+        mixes = {
+            "book list": [("GET", f"/api/books?page={n}&page_size=20", json_, "") for n in range(1, 51)],
+            "book detail": [("GET", f"/api/books/{pk}", json_, "") for pk in ids],
+            "search": [("GET", f"/api/books/search?q={w}", json_, "") for w in WORDS],
+            "order placement": [
+                (
+                    "POST",
+                    "/api/orders",
+                    {**json_, "Authorization": f"Token {tokens[n % 16]}"},
+                    json.dumps({"lines": [{"book_id": pk, "quantity": 1}]}),
+                )
+                for n, pk in enumerate(ids)
+            ],
+        }
+        runs = {}
+        with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
+            for label, mix in mixes.items():
+                lib.wrk(server, mix, seconds=cfg["warmup"], connections=cfg["clients"])
+                with lib.spent(server, redis) as spent:
+                    r = lib.wrk(server, mix, seconds=cfg["duration"], connections=cfg["clients"])
+                runs[label] = {**r, **lib.per_request(spent, r["requests"])}
+
+    fields = ("cpu_ms", "per_second", "p50_ms", "p99_ms", "redis_rt", "requests")
+    bad = {k: r["bad_status"] + r["socket_errors"] for k, r in runs.items()}
+    return lib.finish(
+        NAME,
+        {
+            "machine": machine,
+            "config": cfg,
+            "columns": ["request", "server CPU ms/req", "req/s", "p50 ms", "p99 ms", "Redis RT/req", "requests"],
+            "rows": [[k, *(r[f] for f in fields)] for k, r in runs.items()],
+            "runs": runs,
+            "checks": [lib.check("no error status, no socket errors", not any(bad.values()), bad, "0 each")],
+        },
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Render docs/benchmarks.md from its template, docs/benchmarks.md.in, and the latest bench/results/*.json.
+
+Benchmarks without a section of their own in the template are appended, each with its tables and checks.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench import lib
+
+SECTIONS = ("hotpath", "orders", "reads", "breaker", "scenario", "pg_outage")  # the benchmarks the template describes
+
+
+def main() -> int:
+    import django
+    from django.conf import settings
+    from django.template import Context, Engine
+
+    settings.configure()
+    django.setup()
+    # NAME.json only: scenario.records.json and scenario-shapes.json are the scenario's own files.
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(lib.RESULTS.glob("*.json")) if p.stem.isidentifier()}
+    for r in found.values():
+        r["rendered"] = lib.render(r)
+        r["machine_table"] = lib.table(["item", "value"], r.get("machine", {}).items())
+        r["checks_table"] = lib.render({"checks": r.get("checks", [])})
+        if r.get("shapes"):
+            r["shapes_table"] = lib.table(list(r["shapes"][0]), [x.values() for x in r["shapes"]])
+    context = {**found, "others": {k: v for k, v in found.items() if k not in SECTIONS}}
+    template = Engine().from_string((lib.ROOT / "docs" / "benchmarks.md.in").read_text())
+    (lib.ROOT / "docs" / "benchmarks.md").write_text(template.render(Context(context, autoescape=False)))
+    print("report: docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""Settings of the benchmark servers: the product's, plus bench/urls.py and two stacks to compare against.
+
+RESILIENCE_MIDDLEWARE=false drops the resilience layer (its middleware and the stale-copy middleware that feeds
+its fallback) from the product's middleware; BENCH_MINIMAL_STACK=true keeps only SecurityMiddleware and
+CommonMiddleware (bench/hotpath.py: what Django itself costs).
+"""
+
+from __future__ import annotations
+
+import os
+
+from bookstore.settings import *  # noqa: F403
+
+ROOT_URLCONF = "bench.urls"
+resilience_layer = ("resilience.middleware.ResilienceMiddleware", "resilience.stale.StaleCopyMiddleware")
+if os.environ.get("RESILIENCE_MIDDLEWARE", "true").lower() == "false":
+    MIDDLEWARE = [m for m in MIDDLEWARE if m not in resilience_layer]  # noqa: F405
+if os.environ.get("BENCH_MINIMAL_STACK", "false").lower() == "true":
+    MIDDLEWARE = ["django.middleware.security.SecurityMiddleware", "django.middleware.common.CommonMiddleware"]

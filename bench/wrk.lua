@@ -1,0 +1,29 @@
+-- wrk's request mix (bench/lib.py writes the file named after "--"): one request per line,
+-- "METHOD<TAB>PATH<TAB>BODY<TAB>Header: value<TAB>...", sent in turn on every connection.
+-- done() prints one JSON line with the figures bench/lib.py reads.
+local mix, n = {}, 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local f, headers = {}, {}
+    for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
+    for i = 4, #f do
+      local name, value = f[i]:match("^([^:]+):%s*(.*)$")
+      headers[name] = value
+    end
+    mix[#mix + 1] = wrk.format(f[1], f[2], headers, f[3] ~= "" and f[3] or nil)
+  end
+end
+
+function request()
+  n = n % #mix + 1
+  return mix[n]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('JSON {"requests": %d, "duration_us": %d, "bad_status": %d, "socket_errors": %d, '
+    .. '"mean_us": %.1f, "p50_us": %d, "p99_us": %d, "max_us": %d}\n', summary.requests, summary.duration,
+    e.status, e.connect + e.read + e.write + e.timeout, latency.mean, latency:percentile(50),
+    latency:percentile(99), latency.max))
+end
