@@ -64,6 +64,8 @@ class KnownRefusals:
         self._since: float | None = None  # perf_counter() once subscribed; None while not subscribed
         self._heard_at = 0.0  # perf_counter() of the last message (or lost connection)
         self._pid = 0  # the process the listener runs in (threads do not survive fork())
+        self._closed = threading.Event()
+        self._conn: AbstractConnection | None = None
 
     def seconds_left(self, name: str) -> float | None:
         """Return how long breaker ``name`` surely stays open, or None when Redis must be asked."""
@@ -124,12 +126,22 @@ class KnownRefusals:
 
     def live(self) -> bool:
         """Return whether the subscription is up (what is remembered is used only then)."""
-        return self._since is not None and self._pid == os.getpid()
+        return self._since is not None and self._pid == os.getpid() and not self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop listening for good and drop the connection; from here on nothing is remembered."""
+        self._closed.set()
+        self._since = None
+        self.forget()
+        conn = self._conn
+        if conn is not None:
+            with suppress(RedisError, OSError):
+                conn.disconnect()
 
     # --- the listener ------------------------------------------------------------------------
     def _listening(self) -> None:
         """Start the listener thread in this process, once."""
-        if self._pid == os.getpid():
+        if self._pid == os.getpid() or self._closed.is_set():
             return
         with self._lock:
             if self._pid == os.getpid():
@@ -140,24 +152,30 @@ class KnownRefusals:
             threading.Thread(target=self._listen, name="resilience-breaker-events", daemon=True).start()
 
     def _listen(self) -> None:
-        while True:
+        while not self._closed.is_set():
             try:
                 self._subscribed()
             except Exception as e:  # noqa: BLE001 - whatever the client raised, the listener must outlive it
+                if self._closed.is_set():
+                    return
                 store_errors.labels("subscribe").inc()
                 log.warning(
                     "lost the subscription to breaker changes",
                     extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},
                 )
-            time.sleep(self._retry_seconds)
+            self._closed.wait(self._retry_seconds)
 
     def _subscribed(self) -> None:
-        """Subscribe, then forget everything at each message; return only by raising."""
-        conn = self._connect()
+        """Subscribe, then forget everything at each message; return only by raising, or once closed."""
+        conn = self._conn = self._connect()
         try:
+            if self._closed.is_set():
+                return
             conn.connect()
             conn.send_command("SUBSCRIBE", self.channel)
             conn.read_response(push_request=True)  # the confirmation: from here on, every change reaches us
+            if self._closed.is_set():
+                return
             self._since = time.perf_counter()
             pinged = False
             while True:
@@ -173,6 +191,7 @@ class KnownRefusals:
                 if isinstance(reply, list) and reply and reply[0] in (b"message", "message"):
                     self._heard()
         finally:
+            self._conn = None
             self._since = None
             self._heard()
             with suppress(RedisError, OSError):

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from functools import partial
 from time import time as wall_clock
 
 from django.conf import settings
@@ -109,6 +110,13 @@ class Runtime:
             key_prefix(),
         )
 
+    def close(self) -> None:
+        """Stop this runtime's subscription (a runtime dropped for a new one must not keep a connection)."""
+        with self._hints_lock:
+            known, self._known_refusals = self._known_refusals, None
+        if known is not None:
+            known.close()
+
     @property
     def uses_redis(self) -> bool:
         return self.shared is not self.fallback
@@ -150,8 +158,10 @@ class Runtime:
                 return None
             with self._hints_lock:
                 if self._known_refusals is None:
+                    # Its own connection, outside the pool: the pool counts every connection it
+                    # makes, so taking one from it per reconnect would leak a slot each time.
                     self._known_refusals = KnownRefusals(
-                        pool.make_connection,
+                        partial(pool.connection_class, **pool.connection_kwargs),
                         events_channel(),
                         settings.RESILIENCE_STORE_RETRY_SECONDS,
                     )
@@ -416,4 +426,6 @@ def reset_runtime() -> None:
     """Drop the process's Runtime so the next request builds a new one (tests, settings changes)."""
     global _runtime
     with _runtime_lock:
-        _runtime = None
+        dropped, _runtime = _runtime, None
+    if dropped is not None:
+        dropped.close()

@@ -16,7 +16,7 @@ from resilience.breaker import State
 from resilience.breakers import BreakerOpen, breaker
 from resilience.hints import KnownRefusals
 from resilience.models import CircuitBreakerPolicy
-from resilience.runtime import Runtime, get_runtime
+from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.resilience.test_breaker_middleware import MISSING, assert_open_problem, make_breaker, rejections
@@ -192,6 +192,42 @@ def test_listener_subscribes_again_after_a_lost_connection(
     within(settings.RESILIENCE_STORE_RETRY_SECONDS + 2, known().live)
     assert client.get(page).status_code == 503
     assert known().seconds_left(policy.name) is not None
+
+
+def test_reconnects_take_no_connection_from_the_pool_requests_use(
+    make_book: Callable[..., Book], other: redis.Redis, settings: Any
+) -> None:
+    """Outages come and go; every reconnect of the listener must leave the request pool as it was."""
+    policy, page, client = opened(make_book, open_seconds=30)
+    pool = get_runtime().shared.client.connection_pool  # type: ignore[attr-defined]
+    made = pool._created_connections
+
+    for _ in range(3):
+        assert other.client_kill_filter(_type="pubsub") >= 1
+        heard(policy.name)
+        within(settings.RESILIENCE_STORE_RETRY_SECONDS + 2, known().live)
+
+    assert pool._created_connections == made
+    assert client.get(page).status_code == 503
+
+
+def test_a_dropped_runtime_lets_go_of_its_subscription(make_book: Callable[..., Book], other: redis.Redis) -> None:
+    """A runtime replaced by a new one (settings changed, tests) closes its subscription instead of keeping it."""
+    channel = known().channel
+    _, page, client = opened(make_book, open_seconds=30)
+
+    def subscribers() -> int:
+        return int(dict(other.pubsub_numsub(channel))[channel.encode()])
+
+    assert subscribers() == 1
+    dropped = known()
+    reset_runtime()
+
+    within(2, lambda: subscribers() == 0)
+    assert not dropped.live()
+    assert client.get(page).status_code == 503
+    within(2, known().live)  # the runtime that replaced it subscribes on its own
+    assert subscribers() == 1
 
 
 def test_without_a_subscription_every_call_asks_redis(
