@@ -107,6 +107,9 @@ if not DATABASE_URL:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASE_URL = f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+# Milliseconds; 0 turns the timeout off.
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 15000, minimum=0)
+DB_TRANSACTION_POOLING = env_bool("DB_TRANSACTION_POOLING", False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's psycopg 3 pool: a worker reuses connections instead of paying a TCP + auth
     # handshake per request. max_size bounds what one process can take from PostgreSQL.
@@ -122,9 +125,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         },
         # A host that accepts TCP but never answers must not stall a worker for long (seconds).
         "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),
-        # A runaway query must not hold row locks forever (milliseconds).
-        "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 15000, minimum=0)}",
     }
+    if DB_TRANSACTION_POOLING:
+        # A pooler in transaction mode (PgBouncer) hands each transaction to any server connection:
+        # it refuses startup options, and a cursor may not outlive its transaction. The statement
+        # timeout is then set where every server connection gets it (the role, or the pooler's
+        # connect_query); the backend checks the first connection of each process and logs a mismatch.
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    else:
+        # A runaway query must not hold row locks forever.
+        DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
 # The same backends, instrumented by django-prometheus (queries, errors, connections); PostgreSQL's
 # also takes every connection through the database circuit breaker (resilience/database.py).
 DATABASES["default"]["ENGINE"] = {

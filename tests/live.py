@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
@@ -409,6 +409,90 @@ class RedisServer:
             self.tmp = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# --- A connection pooler in front of PostgreSQL -----------------------------------------------------
+
+
+@dataclass
+class PgBouncer:
+    """A private PgBouncer (Debian's package) in transaction mode on a loopback port, before the test PostgreSQL.
+
+    ``connect_query`` runs on every server connection it opens, as a deployment sets the statement
+    timeout there. It runs as the ``postgres`` user when started by root (PgBouncer refuses root).
+    """
+
+    pool_size: int = 2
+    connect_query: str = ""
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    tmp: Path | None = field(default=None, init=False, repr=False)
+
+    def url(self, database_url: str) -> str:
+        """Return ``database_url`` with its host and port replaced by this pooler's."""
+        parsed = urlsplit(database_url)
+        user = f"{parsed.username}@" if parsed.username else ""
+        return urlunsplit(parsed._replace(netloc=f"{user}{HOST}:{self.port}"))
+
+    def start(self) -> PgBouncer:
+        executable = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(executable).exists():
+            raise RuntimeError("pgbouncer is not installed (Debian package pgbouncer)")
+        self.port = self.port or free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="live-pgbouncer-"))
+        target = urlsplit(database_url())
+        query = f" connect_query='{self.connect_query}'" if self.connect_query else ""
+        (self.tmp / "users.txt").write_text(f'"{target.username or "postgres"}" ""\n')
+        (self.tmp / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={target.hostname or HOST} port={target.port or 5432}{query}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {HOST}\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.tmp / 'users.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {self.pool_size}\nmax_client_conn = 200\n"
+            f"logfile = {self.tmp / 'pgbouncer.log'}\n"
+        )
+        command = [executable, str(self.tmp / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            shutil.chown(self.tmp, "postgres")
+            for child in self.tmp.iterdir():
+                shutil.chown(child, "postgres")
+            command[1:1] = ["-u", "postgres"]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = (self.tmp / "pgbouncer.log").read_text(errors="replace") if self.tmp else ""
+                    self.close()
+                    raise RuntimeError(f"pgbouncer on port {self.port} did not start:\n{log}") from None
+                time.sleep(0.02)
+
+    def log(self) -> str:
+        assert self.tmp is not None
+        return (self.tmp / "pgbouncer.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, 5.0)
+            self.proc = None
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def __enter__(self) -> PgBouncer:
         return self.start()
 
     def __exit__(

@@ -20,13 +20,17 @@ with every connection taken through the database circuit breaker (resilience/dat
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from django.apps import apps
+from django.conf import settings
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.functional import cached_property
 from django_prometheus.db.backends.postgresql import base
+
+log = logging.getLogger("bookstore.db")
 
 
 class GuardedErrorWrapper(DatabaseErrorWrapper):
@@ -45,6 +49,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
     # the breaker generation of the last ticket.
     _drained: ClassVar[set[str]] = set()
     _generations: ClassVar[dict[str, int]] = {}
+    # Aliases whose statement timeout this process has checked (behind a transaction pooler).
+    _timeout_checked: ClassVar[set[str]] = set()
 
     @property
     def pool(self) -> Any:
@@ -102,6 +108,29 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._ticket = None
         guard.failed(ticket)
         self._drain_pool(once=True)
+
+    def _configure_connection(self, connection: Any) -> bool:
+        commit: bool = super()._configure_connection(connection)
+        if getattr(settings, "DB_TRANSACTION_POOLING", False) and self.alias not in self._timeout_checked:
+            self._timeout_checked.add(self.alias)
+            self._check_statement_timeout(connection)
+            commit = True  # the query opened a transaction where the connection is not in autocommit
+        return commit
+
+    def _check_statement_timeout(self, connection: Any) -> None:
+        """Log loudly when the server does not apply the configured timeout (the pooler cannot pass it on)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
+            (found,) = cursor.fetchone()
+        wanted = settings.DB_STATEMENT_TIMEOUT_MS
+        if int(found) != wanted:
+            log.error(
+                "the statement timeout in force is %s ms, not the %s ms configured: set it on the role "
+                "or in the pooler's connect_query",
+                found,
+                wanted,
+                extra={"event": "statement_timeout_mismatch", "in_force_ms": int(found), "configured_ms": wanted},
+            )
 
     def _drain_pool(self, *, once: bool) -> None:
         """Drop the pool's idle connections (with once=True, only once until PostgreSQL is reached again)."""
