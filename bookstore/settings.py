@@ -262,6 +262,11 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 RESILIENCE_KEY_PREFIX = env_str("RESILIENCE_KEY_PREFIX", "bookstore:") or ""
 # After a Redis error, stay on the in-process fallback this long before trying Redis again (s).
 RESILIENCE_STORE_RETRY_SECONDS = env_float("RESILIENCE_STORE_RETRY_SECONDS", 1.0)
+# While Redis is unreachable each worker enforces its share of a limit: the limit divided by the
+# fleet's live workers, as last counted from their reports in Redis, and never by fewer than this
+# many (this instance's workers by default): a worker that started during the outage, or reported
+# first at start-up, has counted no others.
+RESILIENCE_FALLBACK_WORKERS = env_int("RESILIENCE_FALLBACK_WORKERS", env_int("GUNICORN_WORKERS", 1), minimum=1)
 # /metrics answers these networks, or a request with "Authorization: Bearer <METRICS_BEARER_TOKEN>".
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "") or ""

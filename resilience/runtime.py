@@ -58,6 +58,10 @@ POLICY_RELOAD_BACKOFF = 5.0
 # How often a worker serving requests reports the policy version it serves them under, for the
 # dashboard (seconds). It also reports at once whenever it loads a version.
 HEARTBEAT_INTERVAL = 10.0
+# A worker that reported within this long counts as live when the fleet's fallback shares are made.
+# Longer than HEARTBEAT_INTERVAL: a worker idle for a while may serve again during an outage, and
+# counting one that is gone only makes the shares smaller, never the fleet's total larger.
+LIVE_WORKER_SECONDS = 60.0
 
 
 def key_prefix() -> str:
@@ -67,6 +71,36 @@ def key_prefix() -> str:
 def events_channel() -> str:
     """Return the channel breaker resets, forced states, rate-limit resets and policy changes are published on."""
     return f"{key_prefix()}cb:events"
+
+
+def live_workers(reports: Iterable[bytes | str], now: float) -> int:
+    """Count the workers whose last report (JSON with its wall-clock "at") is recent enough to be live."""
+    count = 0
+    for raw in reports:
+        try:
+            at = json.loads(raw)["at"]
+        except (ValueError, TypeError, KeyError):
+            continue  # a record this version cannot read is not a live worker of it
+        if isinstance(at, (int, float)) and now - at <= LIVE_WORKER_SECONDS:
+            count += 1
+    return count
+
+
+def fleet_shares(specs: Sequence[LimitSpec], workers: int) -> list[LimitSpec] | Sequence[LimitSpec]:
+    """Return ``specs`` with each limit (and burst) divided among ``workers``, so the fleet's total stays within it.
+
+    Rounded down, but never below 1 request: a limit smaller than the fleet admits one per worker.
+    """
+    if workers <= 1:
+        return specs
+
+    def share(value: int) -> int:
+        return value and max(1, value // workers)
+
+    return [
+        spec._replace(limit=share(spec.limit), burst=None if spec.burst is None else share(spec.burst))
+        for spec in specs
+    ]
 
 
 def workers_key() -> str:
@@ -96,6 +130,8 @@ class Runtime:
         self.fallback_admission = MemoryAdmission(self.fallback, self.breaker_fallback)
         self._shared_admission: RedisAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
+        # The fleet's live workers, from their reports; divides limits while Redis is unreachable.
+        self.fleet_workers: int = settings.RESILIENCE_FALLBACK_WORKERS
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._known_refusals: KnownRefusals | None = None
         # Not self._lock: the database breaker asks for it while a policy reload holds that lock.
@@ -187,12 +223,24 @@ class Runtime:
         self._beat_at = time.monotonic()
         if not self.store_available():
             return
-        record = json.dumps({"version": self._db_version, "loaded_at": self._loaded_wall, "at": wall_clock()})
+        now = wall_clock()
+        record = json.dumps({"version": self._db_version, "loaded_at": self._loaded_wall, "at": now})
+        client = self.shared.client  # type: ignore[attr-defined]
+
+        def report() -> list[bytes]:
+            # The report and the fleet's reports in one round trip.
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(workers_key(), self.worker_id, record)
+            pipe.hvals(workers_key())
+            return pipe.execute()[1]  # type: ignore[no-any-return]
+
         try:
-            client = self.shared.client  # type: ignore[attr-defined]
-            store_call("heartbeat", client.hset, workers_key(), self.worker_id, record)
+            reports = store_call("heartbeat", report)
         except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
             self.store_failed("heartbeat", e)
+            return
+        # Never below the configured floor: a worker reporting first at start-up finds only itself.
+        self.fleet_workers = max(settings.RESILIENCE_FALLBACK_WORKERS, live_workers(reports, now))
 
     # --- store health --------------------------------------------------------------------
     def store_available(self) -> bool:
@@ -379,7 +427,7 @@ class Runtime:
             else:
                 self.observe_version(admission.hit.version)
                 return admission, False
-        return self.fallback_admission.admit(specs, breakers, labels=labels), True
+        return self.fallback_admission.admit(fleet_shares(specs, self.fleet_workers), breakers, labels=labels), True
 
     def reset_limits(self, keys: Sequence[str]) -> None:
         """Clear limit keys in both stores; every worker forgets it refused them (this one at once)."""

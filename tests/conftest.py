@@ -131,4 +131,14 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
     route_info.cache_clear()
-    get_runtime().invalidate()
+    runtime = get_runtime()
+    runtime.invalidate()
+    if uses_db:
+        # Reports of workers an earlier test started would otherwise divide this test's fallback limits.
+        from django.conf import settings
+
+        from resilience.runtime import workers_key
+
+        runtime.fleet_workers = settings.RESILIENCE_FALLBACK_WORKERS
+        if runtime.uses_redis:
+            runtime.shared.client.delete(workers_key())

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from accounts.models import User
 from catalog.models import Book
 from resilience.models import RateLimitPolicy
+from resilience.runtime import HEARTBEAT_INTERVAL
 from tests.live import LiveServer, RedisServer, Reply, request
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -435,6 +436,41 @@ def test_redis_outage_fails_open_or_closed_per_policy_and_recovers(
 
     assert not [r for r in replies if r.status >= 500 and r.status != 503]
     assert max(r.seconds for r in replies) < MAX_LATENCY
+
+
+def test_during_an_outage_the_fleet_admits_no_more_than_the_limit(
+    live_servers: Callable[..., LiveServer], redis_server: RedisServer, make_book: Callable[..., Book]
+) -> None:
+    limit = 20
+    book = make_book()
+    make_policy(
+        name="live-share", match_type="regex", pattern=exact_path(book), key="ip",
+        limit=limit, period=60, on_store_failure="allow",
+    )  # fmt: skip
+    server = live_servers(
+        workers=2,
+        env_overrides={
+            "REDIS_URL": redis_server.url,
+            "REDIS_SOCKET_TIMEOUT": str(REDIS_TIMEOUT),
+            "REDIS_CONNECT_TIMEOUT": str(REDIS_TIMEOUT),
+            # Assume one worker until counted: the shares below come from the workers' reports.
+            "RESILIENCE_FALLBACK_WORKERS": "1",
+        },
+    )
+    # Each worker reports at most every HEARTBEAT_INTERVAL, counting the reports it finds: the first
+    # to report at start-up found only its own. Once due again, both report and count two.
+    time.sleep(HEARTBEAT_INTERVAL)
+    while len(server.served_pids("report")) < 2:
+        request(server.port, "/api/books", headers={"X-Probe": "report"})
+
+    redis_server.stop()
+    source = new_source()
+    replies = [request(server.port, book_path(book), source=source, headers={"X-Probe": "outage"}) for _ in range(60)]
+
+    admitted = [line[0] for line in server.access_lines() if line[4] == "outage" and line[1] == "200"]
+    assert statuses(replies)[200] == len(admitted) <= limit  # not 2 x 20, as with a full limit per worker
+    assert max(Counter(admitted).values()) == limit // 2  # each worker its share, exactly
+    assert set(statuses(replies)) == {200, 429}
 
 
 # --- metrics ---------------------------------------------------------------------------------

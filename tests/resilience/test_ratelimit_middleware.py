@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -552,6 +553,40 @@ def test_store_down_allow_policy_keeps_serving_and_limits_in_process(
     assert_quota_exceeded(responses[2], ["books-open"])
     assert store_errors() > errors_before
     assert decisions("books-open", "store_error") - outcome_before == 3
+
+
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
+def test_store_down_a_worker_enforces_its_share_of_the_fleets_limit(
+    db: None, dead_store: SimpleNamespace, algorithm: str
+) -> None:
+    make_policy(name="books-share", algorithm=algorithm, limit=20, on_store_failure="allow")
+    dead_store.runtime.fleet_workers = 4  # what its last report to Redis counted
+    client = APIClient()
+
+    responses = [client.get("/api/books") for _ in range(7)]
+
+    assert [r.status_code for r in responses] == [200] * 5 + [429] * 2
+    assert {p["q"] for r in responses for _, p in ratelimit_policies(r)} == {5}  # clients are told the share
+
+
+def test_a_workers_report_counts_the_fleets_live_workers(db: None) -> None:
+    runtime = get_runtime()
+    client = runtime.shared.client
+    now = time.time()
+    client.hset(
+        runtime_module.workers_key(),
+        mapping={
+            "other:1": json.dumps({"version": "1", "at": now - 1}),
+            "other:2": json.dumps({"version": "1", "at": now - 30}),
+            "gone:3": json.dumps({"version": "1", "at": now - runtime_module.LIVE_WORKER_SECONDS - 5}),
+            "broken:4": "not json",
+        },
+    )
+    runtime._beat_at = 0.0  # due to report
+
+    assert APIClient().get("/api/books").status_code == 200
+
+    assert runtime.fleet_workers == 3  # the two others that reported lately, and itself
 
 
 def test_store_down_deny_policy_answers_503_problem(db: None, dead_store: SimpleNamespace) -> None:
