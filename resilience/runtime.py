@@ -103,10 +103,10 @@ class Runtime:
         # Dashboard counts of refusals made from memory; kept only where the admission keeps stats.
         self.tally: LimitedTally | None = None
         if self.uses_redis and key_prefix():
-            self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]
+            self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]  # uses_redis: the shared store is the Redis one
         # Policies this worker could not use: counted, logged, and recorded for the admin and dashboard.
         self.policy_errors = PolicyErrorLog(
-            (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]
+            (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]  # Redis store
             key_prefix(),
         )
 
@@ -128,7 +128,7 @@ class Runtime:
 
         from resilience.stores.redis_limiter import RedisLimiterStore
 
-        return RedisLimiterStore(  # type: ignore[return-value]
+        return RedisLimiterStore(  # type: ignore[return-value]  # answers every call the memory store does
             get_redis_connection("default"),
             version_key=f"{key_prefix()}resilience:policy-version",
             events_channel=events_channel(),
@@ -153,7 +153,7 @@ class Runtime:
         if current is None:
             # A subscription needs a plain connection; a client without a pool of them (a cluster
             # client) gets no memory of refusals: every call asks the store, as before.
-            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]
+            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]  # Redis store
             if pool is None:
                 return None
             with self._hints_lock:
@@ -189,7 +189,7 @@ class Runtime:
             return
         record = json.dumps({"version": self._db_version, "loaded_at": self._loaded_wall, "at": wall_clock()})
         try:
-            client = self.shared.client  # type: ignore[attr-defined]
+            client = self.shared.client  # type: ignore[attr-defined]  # store_available(): the Redis store
             store_call("heartbeat", client.hset, workers_key(), self.worker_id, record)
         except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
             self.store_failed("heartbeat", e)
@@ -347,8 +347,8 @@ class Runtime:
         if current is None or current.limiter is not self.shared or current.breakers is not self.breaker_shared:
             if self.uses_redis:
                 current = RedisAdmission(
-                    self.shared,  # type: ignore[arg-type]
-                    self.breaker_shared,  # type: ignore[arg-type]
+                    self.shared,  # type: ignore[arg-type]  # uses_redis: the Redis stores
+                    self.breaker_shared,  # type: ignore[arg-type]  # likewise
                     stats_prefix=key_prefix(),
                 )
             else:
