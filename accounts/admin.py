@@ -18,7 +18,7 @@ class UserAdmin(BaseUserAdmin):
     list_filter = ["role", "status", "is_active", "is_superuser"]
     search_fields = ["username", "email", "first_name", "last_name"]
     ordering = ["-date_joined"]
-    fieldsets = (*BaseUserAdmin.fieldsets, ("Shop", {"fields": ("role", "status")}))
+    fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("Shop", {"fields": ("role", "status")}))
     add_fieldsets = (*BaseUserAdmin.add_fieldsets, ("Shop", {"fields": ("email", "role", "status")}))
     # The admin flag follows the role (User.save): a checkbox that a save would undo would only mislead.
     readonly_fields = ["is_staff"]

@@ -12,7 +12,7 @@ class UserCreateForm(AdminUserCreationForm):
     class Meta(AdminUserCreationForm.Meta):
         model = User
 
-    def clean_username(self) -> str | None:
+    def clean_username(self) -> str | None:  # type: ignore[override]  # Django's returns None too, for a taken name
         username = super().clean_username()  # None when Django found the name taken (its error is recorded)
         return None if username is None else username_validate(username)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Self
+
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models, transaction
 from django.db.models.functions import Lower
@@ -41,7 +43,7 @@ class User(AbstractUser):
     # existing user. Not unique: names from before the rule stay as they are, look-alikes included.
     username_skeleton = models.TextField(editable=False, default="")
 
-    objects = UserManager()
+    objects: ClassVar[UserManager[Self]] = UserManager()
 
     class Meta:
         constraints = [
@@ -68,16 +70,16 @@ class User(AbstractUser):
         super().set_unusable_password()
         self._password_cleared = True
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         """Save, keeping the admin flag and staff group in step with the role and revoking tokens as needed."""
         from accounts import services  # services import this module
 
         update_fields = kwargs.get("update_fields")
-        fields = None if update_fields is None else set(update_fields)  # type: ignore[call-overload]
+        fields = None if update_fields is None else set(update_fields)
         created = self._state.adding
         # set_password() keeps the new raw password in _password until the save; Django clears it for
         # the hash upgrades it makes at sign-in, so this is a password someone chose, not a rehash.
-        password_changed = not created and (self._password is not None or self._password_cleared)
+        password_changed = not created and (self._password is not None or self._password_cleared)  # type: ignore[attr-defined]  # set_password()'s, not in the stubs
         self._password_cleared = False
         before = None
         if not created and (fields is None or fields & {"role", "status"}):

@@ -78,7 +78,7 @@ def scripts_of(char: str) -> frozenset[str]:
 
 
 def _augmented(scripts: frozenset[str]) -> frozenset[str]:
-    extra = set()
+    extra: set[str] = set()
     if "Han" in scripts:
         extra |= WRITING_SYSTEMS
     if scripts & {"Hiragana", "Katakana"}:

@@ -15,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler
 
 from bookstore.logging import Sampled
@@ -61,7 +62,7 @@ def database_unavailable(exc: Exception) -> tuple[bool, dict[str, str], dict[str
 class ApplicationError(Exception):
     """A domain error that carries its HTTP status, problem slug and extra members."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     slug = "bad-request"
     title = "Bad request"
 
@@ -134,7 +135,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         exc = exceptions.APIException(str(exc) or "Request body too large")
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     elif isinstance(exc, DjangoValidationError):
-        exc = exceptions.ValidationError(detail=exceptions.as_serializer_error(exc))
+        exc = exceptions.ValidationError(detail=as_serializer_error(exc))
     elif isinstance(exc, OperationalError | InterfaceError):
         # PostgreSQL unreachable (or the pool exhausted): a temporary condition, not a bug.
         refused, headers, extra = database_unavailable(exc)
@@ -142,10 +143,10 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             database_outage.occurred("database unavailable: %s", error, error=error)
         body = problem_body(status=503, instance=instance, **extra)
-        response = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+        unavailable = Response(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
         # Logged already (sampled above, or the breaker's trip): django.request adds no line per request.
-        response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
-        return response
+        unavailable._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log
+        return unavailable
     elif isinstance(exc, DataError):
         # A value passed validation but the database cannot store it (a number out of its column's
         # range, say). The client can fix it, so it is a 400, not a 500; the log says which check
@@ -179,7 +180,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
 
     code = response.status_code
     slug, title = _SLUGS.get(code, ("error", "Error"))
-    extra: dict[str, Any] = {}
+    extra = {}
     if isinstance(exc, exceptions.ValidationError):
         extra["errors"] = _field_errors(exc.detail)
         detail = "The request has invalid fields; see errors."
@@ -189,8 +190,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         code_name = getattr(raw, "code", None)
         if code == 400 and code_name == "parse_error":
             slug, title = "malformed-request", "Malformed request body"
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+    wait = exc.wait if isinstance(exc, exceptions.Throttled) else None  # type: ignore[attr-defined]  # not in the stubs
+    if wait is not None:
+        headers["Retry-After"] = str(max(1, int(wait + 0.999)))
     for name in ("WWW-Authenticate", "Allow", "Retry-After"):
         if name in response:
             headers[name] = response[name]

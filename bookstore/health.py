@@ -94,7 +94,7 @@ def check_redis() -> None:
     # A dry-run limit no probe rate can reach: counted for a second, never refused, no stats.
     probe = LimitSpec(f"{key_prefix()}health:{{ready}}", Algorithm.FIXED_WINDOW, MAX_LIMIT, 1, enforce=False)
     # The store's client: django-redis applies REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT to it.
-    RedisAdmission(runtime.shared, runtime.breaker_shared).admit([probe], [])  # type: ignore[arg-type]
+    RedisAdmission(runtime.shared, runtime.breaker_shared).admit([probe], [])  # type: ignore[arg-type]  # with REDIS_URL: the Redis stores
 
 
 def checks() -> dict[str, Callable[[], None]]:

@@ -12,10 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from bookstore.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 from bookstore.logging import logging_config
+
+# ModelAdmin[Book], ModelForm[Policy] and the like as base classes: the type checker's generics, at run time.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("BOOKSTORE_VAR_DIR", str(BASE_DIR / "var")))

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import Count, QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest
 
 from catalog.models import Author, Book
@@ -17,7 +20,7 @@ class AuthorAdmin(admin.ModelAdmin):
 
     @admin.display(ordering="book_count", description="books")
     def book_count(self, obj: Author) -> int:
-        return obj.book_count  # type: ignore[attr-defined]
+        return obj.book_count  # type: ignore[attr-defined]  # annotated by get_queryset
 
 
 @admin.register(Book)
@@ -30,6 +33,6 @@ class BookAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over 100k books on every page view is wasted work
 
-    def save_related(self, request: HttpRequest, form: object, formsets: object, change: bool) -> None:
+    def save_related(self, request: HttpRequest, form: ModelForm[Book], formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        form.instance.refresh_authors_text()  # type: ignore[attr-defined]
+        form.instance.refresh_authors_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -21,12 +22,12 @@ from resilience.breakers import breaker
 def _query(request: Request) -> dict[str, str]:
     # A plain dict: DRF reads a missing boolean in a QueryDict as False, which would hide
     # out-of-stock books from everyone who did not ask about stock at all.
-    return dict(request.query_params.items())
+    return dict(request.query_params.items())  # type: ignore[arg-type]  # items(): each key's last value, a str
 
 
-def _paginated(request: Request, view: APIView, queryset: object) -> Response:
+def _paginated(request: Request, view: APIView, queryset: QuerySet[Book]) -> Response:
     paginator = PageNumberPagination()
-    page = selectors.attach_authors(list(paginator.paginate_queryset(queryset, request, view=view)))
+    page = selectors.attach_authors(list(paginator.paginate_queryset(queryset, request, view=view)))  # type: ignore[arg-type]  # None only without a page size
     return paginator.get_paginated_response(BookOutput(page, many=True).data)
 
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django.db import connection
 from django.db.models import BooleanField, Case, Exists, FloatField, IntegerField, OuterRef, Q, QuerySet, Value, When
-from django.db.models.expressions import RawSQL
+from django.db.models.expressions import Expression, RawSQL
 
 from catalog.models import Book
 from resilience.faults import fault_point
@@ -40,7 +40,7 @@ def attach_authors(books: list[Book]) -> list[Book]:
         for book_id, author_id, name in links:
             rows[book_id].append({"id": author_id, "name": name})
     for book in books:
-        book.author_rows = rows[book.pk]  # type: ignore[attr-defined]
+        book.author_rows = rows[book.pk]  # type: ignore[attr-defined]  # read by BookOutput, not a column
     return books
 
 
@@ -92,7 +92,7 @@ def book_search(*, query: str) -> QuerySet[Book]:
         )
     terms = [t for t in query.split() if t][:8]
     condition = Q()
-    score = Value(0)
+    score: Expression = Value(0)
     for term in terms:
         condition &= Q(title__icontains=term) | Q(authors_text__icontains=term) | Q(description__icontains=term)
         score = score + Case(

@@ -17,11 +17,11 @@ CENTS = Decimal("0.01")
 class IsbnField(serializers.CharField):
     """Accept ISBN-10 or ISBN-13 with hyphens or spaces; store ISBN-13."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", 20)
         super().__init__(**kwargs)
 
-    def to_internal_value(self, data: object) -> str:
+    def to_internal_value(self, data: Any) -> str:
         text = super().to_internal_value(data)
         try:
             return normalize_isbn(text)

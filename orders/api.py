@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
@@ -10,12 +12,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import User
 from accounts.permissions import IsActiveAccount
 from bookstore.pagination import PageNumberPagination
 from bookstore.parsers import JSONParser
 from orders import selectors, services
 from orders.models import MAX_ORDER_TOTAL, Order
 from orders.serializers import OrderInput, OrderOutput
+
+
+def _user(request: Request) -> User:
+    """Return the signed-in user: every view here requires one (IsAuthenticated)."""
+    return cast(User, request.user)
+
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -50,7 +59,7 @@ class OrderListApi(APIView):
     @extend_schema(responses=OrderOutput(many=True), operation_id="orders_list")
     def get(self, request: Request) -> Response:
         paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(selectors.order_list(user=request.user), request, view=self)
+        page = paginator.paginate_queryset(selectors.order_list(user=_user(request)), request, view=self)
         return paginator.get_paginated_response(OrderOutput(page, many=True).data)
 
     @extend_schema(
@@ -70,7 +79,7 @@ class OrderListApi(APIView):
         serializer = OrderInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         lines = [services.LineRequest(**line) for line in serializer.validated_data["lines"]]
-        result = services.order_place(user=request.user, lines=lines, idempotency_key=key)
+        result = services.order_place(user=_user(request), lines=lines, idempotency_key=key)
         headers = {"Location": f"/api/orders/{result.order.pk}"}
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -86,7 +95,7 @@ class OrderDetailApi(APIView):
 
     @extend_schema(responses=OrderOutput, operation_id="orders_retrieve")
     def get(self, request: Request, pk: int) -> Response:
-        order = get_object_or_404(selectors.order_list(user=request.user), pk=pk)
+        order = get_object_or_404(selectors.order_list(user=_user(request)), pk=pk)
         return Response(OrderOutput(order).data)
 
 
@@ -95,6 +104,6 @@ class OrderCancelApi(APIView):
 
     @extend_schema(request=None, responses=OrderOutput, operation_id="orders_cancel")
     def post(self, request: Request, pk: int) -> Response:
-        order = get_object_or_404(selectors.order_list(user=request.user), pk=pk)
+        order = get_object_or_404(selectors.order_list(user=_user(request)), pk=pk)
         order = services.order_cancel(order=order)
         return Response(OrderOutput(Order.objects.prefetch_related("lines").get(pk=order.pk)).data)

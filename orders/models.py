@@ -51,7 +51,7 @@ def _largest(field: models.DecimalField) -> Decimal:
 # always stored. The largest request (100 lines x 1000 copies of a 99,999,999.99 book) comes to
 # 9,999,999,999,000.00 and would need numeric(15,2); the column stays: an order near ten billion is a
 # slip or an attack, better refused up front (422 naming the line) than stored and charged.
-MAX_ORDER_TOTAL = _largest(Order._meta.get_field("total"))  # type: ignore[arg-type]
+MAX_ORDER_TOTAL = _largest(Order._meta.get_field("total"))
 
 
 class OrderLine(models.Model):

@@ -48,7 +48,7 @@ class OrderOutput(serializers.ModelSerializer):
     def get_lines(self, order: Order) -> list[dict]:
         # A just-placed order passes its lines in the context; others read the prefetched rows.
         lines = self.context.get("lines")
-        return OrderLineOutput(lines if lines is not None else order.lines.all(), many=True).data
+        return OrderLineOutput(lines if lines is not None else order.lines.all(), many=True).data  # type: ignore[return-value]  # many=True: a list
 
     class Meta:
         model = Order

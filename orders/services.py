@@ -151,8 +151,8 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
         # the total is checked again, since a raised price can take it past what an order holds.
         locked_prices = {pk: book.price for pk, book in books.items()}
         order.total = _total(lines, locked_prices)
-        for line in order_lines:
-            line.unit_price = locked_prices[line.book_id]
+        for order_line in order_lines:
+            order_line.unit_price = locked_prices[order_line.book_id]
         OrderLine.objects.bulk_update(order_lines, ["unit_price"])
         order.save(update_fields=["total"])
     for line in sorted(lines, key=lambda item: item.book_id):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,12 +27,19 @@ from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimit
 from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime
 
+if TYPE_CHECKING:
+    # What the mixins are mixed into, so that their super() calls type-check; plain mixins at run time.
+    _AdminBase = admin.options.BaseModelAdmin[Any]
+    _ModelAdminBase = admin.ModelAdmin[Any]
+else:
+    _AdminBase = _ModelAdminBase = object
 
-class BoundsShownMixin:
+
+class BoundsShownMixin(_AdminBase):
     """Give number inputs the min and max of their model validators, so the browser shows and enforces them."""
 
-    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> Any:
-        field = super().formfield_for_dbfield(db_field, request, **kwargs)  # type: ignore[misc]
+    def formfield_for_dbfield(self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if isinstance(field, forms.IntegerField | forms.DecimalField):
             for validator in db_field.validators:
                 if isinstance(validator, MinValueValidator):
@@ -42,7 +49,9 @@ class BoundsShownMixin:
         return field
 
 
-def _in_force(obj: RateLimitPolicy | CircuitBreakerPolicy, kind: str, recent: dict[tuple[str, str], dict]) -> str:
+def _in_force(
+    obj: RateLimitPolicy | CircuitBreakerPolicy, kind: str, recent: dict[tuple[str, str], dict[str, Any]]
+) -> str:
     """Return the "in force" cell: red when the policy is skipped, or failed requests lately; else "yes"."""
     problem = policy_problem(obj)
     if problem is not None:
@@ -60,7 +69,7 @@ def _in_force(obj: RateLimitPolicy | CircuitBreakerPolicy, kind: str, recent: di
     return "yes" if obj.enabled else "—"
 
 
-class RateLimitPolicyForm(forms.ModelForm):
+class RateLimitPolicyForm(forms.ModelForm[RateLimitPolicy]):
     rate = forms.CharField(
         required=False,
         help_text='Shortcut for limit and period, e.g. "100/minute", "5/10s", "1000/hour". Overrides both.',
@@ -73,12 +82,13 @@ class RateLimitPolicyForm(forms.ModelForm):
             "algorithm", "limit", "period", "burst", "exempt_staff", "on_store_failure",
         ]  # fmt: skip
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["limit"].required = False
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         rate = (data.get("rate") or "").strip()
         if rate:
             try:
@@ -93,7 +103,7 @@ class RateLimitPolicyForm(forms.ModelForm):
         return data
 
 
-class RateLimitOverrideInline(BoundsShownMixin, admin.TabularInline):
+class RateLimitOverrideInline(BoundsShownMixin, admin.TabularInline[RateLimitOverride, RateLimitPolicy]):
     model = RateLimitOverride
     extra = 0
     fields = ["key_value", "limit", "note"]
@@ -127,7 +137,7 @@ def propagation_notice(report: services.Propagation) -> tuple[int, str] | None:
     return messages.INFO, f"In force on every worker by {_at(1)} (each worker reloads within a second)."
 
 
-def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest, report: services.Propagation) -> None:
+def _announce_propagation(admin_obj: admin.ModelAdmin[Any], request: HttpRequest, report: services.Propagation) -> None:
     """Tell staff when the changes a view just committed are enforced everywhere."""
     notice = propagation_notice(report)
     if notice is None:
@@ -144,7 +154,7 @@ def _announce_propagation(admin_obj: admin.ModelAdmin, request: HttpRequest, rep
     )
 
 
-class PropagationNoticeMixin:
+class PropagationNoticeMixin(_ModelAdminBase):
     """After a view that changed policies, say whether and when the change is in force on all workers.
 
     The change and delete views run in transaction.atomic and the workers are told after commit,
@@ -160,33 +170,33 @@ class PropagationNoticeMixin:
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         with services.propagation_report() as report:
-            response = super().changeform_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
-        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+            response = super().changeform_view(request, object_id, form_url, extra_context)
+        _announce_propagation(self, request, report)
         return response
 
     def delete_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         with services.propagation_report() as report:
-            response = super().delete_view(request, object_id, extra_context)  # type: ignore[misc]
-        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+            response = super().delete_view(request, object_id, extra_context)
+        _announce_propagation(self, request, report)
         return response
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         # Actions (enable, disable, reset counters, delete selected) run from the change list.
         with services.propagation_report() as report:
-            response = super().changelist_view(request, extra_context)  # type: ignore[misc]
-        _announce_propagation(self, request, report)  # type: ignore[arg-type]
+            response = super().changelist_view(request, extra_context)
+        _announce_propagation(self, request, report)
         return response
 
 
-def _log(admin_obj: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, message: str) -> None:
+def _log(admin_obj: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any], message: str) -> None:
     for obj in queryset:
         admin_obj.log_change(request, obj, message)
 
 
 @admin.register(RateLimitPolicy)
-class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin):
+class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin[RateLimitPolicy]):
     form = RateLimitPolicyForm
     inlines = [RateLimitOverrideInline]
     list_display = [
@@ -214,10 +224,10 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
         ("Behaviour", {"fields": ("exempt_staff", "on_store_failure")}),
     )
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[RateLimitPolicy]:
         return super().get_queryset(request).prefetch_related("overrides")
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> object:
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         # Errors workers recorded lately, read once for the whole page (kept per thread, see _page).
         _page.errors = get_runtime().policy_errors.recent()
         return super().changelist_view(request, extra_context)
@@ -255,38 +265,38 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
         return f"{decision.limit - decision.remaining} of {decision.limit} used"
 
     @admin.action(description="Enable selected policies")
-    def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def enable(self, request: HttpRequest, queryset: QuerySet[RateLimitPolicy]) -> None:
         n = services.policy_update(policies=queryset, enabled=True)
         _log(self, request, queryset, "Enabled")
         self.message_user(request, f"{n} policy(ies) enabled")
 
     @admin.action(description="Disable selected policies")
-    def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def disable(self, request: HttpRequest, queryset: QuerySet[RateLimitPolicy]) -> None:
         n = services.policy_update(policies=queryset, enabled=False)
         _log(self, request, queryset, "Disabled")
         self.message_user(request, f"{n} policy(ies) disabled")
 
     @admin.action(description="Switch selected policies to dry run")
-    def dry_run(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def dry_run(self, request: HttpRequest, queryset: QuerySet[RateLimitPolicy]) -> None:
         n = services.policy_update(policies=queryset, mode=RateLimitPolicy.Mode.DRY_RUN)
         _log(self, request, queryset, "Switched to dry run")
         self.message_user(request, f"{n} policy(ies) in dry run")
 
     @admin.action(description="Enforce selected policies")
-    def enforce(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def enforce(self, request: HttpRequest, queryset: QuerySet[RateLimitPolicy]) -> None:
         n = services.policy_update(policies=queryset, mode=RateLimitPolicy.Mode.ENFORCE)
         _log(self, request, queryset, "Enforced")
         self.message_user(request, f"{n} policy(ies) enforced")
 
     @admin.action(description="Reset counters of selected policies")
-    def reset_counters(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def reset_counters(self, request: HttpRequest, queryset: QuerySet[RateLimitPolicy]) -> None:
         n = services.policy_reset(policies=queryset)
         _log(self, request, queryset, "Counters reset")
         self.message_user(request, f"{n} policy(ies) reset", level=messages.SUCCESS)
 
 
 @admin.register(CircuitBreakerPolicy)
-class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin):
+class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin[CircuitBreakerPolicy]):
     list_display = [
         "name",
         "enabled",
@@ -316,7 +326,7 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
         ("While open", {"fields": ("fallback", "stale_max_age")}),
     )
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         # One pipelined read of every breaker's live state for the whole page, kept per thread
         # because one ModelAdmin instance serves every request of a threaded worker.
         try:
@@ -331,7 +341,7 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
     def in_force(self, obj: CircuitBreakerPolicy) -> str:
         return _in_force(obj, BREAKER, getattr(_page, "errors", {}))
 
-    def _row(self, obj: CircuitBreakerPolicy) -> dict | None:
+    def _row(self, obj: CircuitBreakerPolicy) -> dict[str, Any] | None:
         return getattr(_page, "live", {}).get(obj.name)
 
     @admin.display(description="state")
@@ -378,10 +388,10 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
             return False
         return super().has_delete_permission(request, obj)
 
-    def _names(self, queryset: QuerySet) -> list[str]:
+    def _names(self, queryset: QuerySet[CircuitBreakerPolicy]) -> list[str]:
         return list(queryset.values_list("name", flat=True))
 
-    def _force(self, request: HttpRequest, queryset: QuerySet, state: State | None) -> int | None:
+    def _force(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerPolicy], state: State | None) -> int | None:
         return self._on_store(request, partial(services.breaker_force, names=self._names(queryset), state=state))
 
     def _on_store(self, request: HttpRequest, action: Callable[[], int]) -> int | None:
@@ -396,28 +406,28 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
             return None
 
     @admin.action(description="Reset selected breakers (close, clear counts)")
-    def reset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def reset(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerPolicy]) -> None:
         n = self._on_store(request, partial(services.breaker_reset, names=self._names(queryset)))
         if n is not None:
             _log(self, request, queryset, "Breaker reset")
             self.message_user(request, f"{n} breaker(s) reset")
 
     @admin.action(description="Force selected breakers open")
-    def force_open(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def force_open(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerPolicy]) -> None:
         n = self._force(request, queryset, State.FORCED_OPEN)
         if n is not None:
             _log(self, request, queryset, "Breaker forced open")
             self.message_user(request, f"{n} breaker(s) forced open", level=messages.WARNING)
 
     @admin.action(description="Force selected breakers closed")
-    def force_close(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def force_close(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerPolicy]) -> None:
         n = self._force(request, queryset, State.FORCED_CLOSED)
         if n is not None:
             _log(self, request, queryset, "Breaker forced closed")
             self.message_user(request, f"{n} breaker(s) forced closed", level=messages.WARNING)
 
     @admin.action(description="Release forced state of selected breakers")
-    def release(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def release(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerPolicy]) -> None:
         n = self._force(request, queryset, None)
         if n is not None:
             _log(self, request, queryset, "Breaker released")

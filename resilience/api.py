@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
@@ -13,13 +15,13 @@ from accounts.permissions import IsShopStaff
 from resilience import faults
 
 
-class FaultInput(serializers.Serializer):
+class FaultInput(serializers.Serializer[Any]):
     mode = serializers.ChoiceField(choices=["error", "slow"])
     delay_ms = serializers.IntegerField(min_value=0, max_value=faults.MAX_DELAY_MS, required=False, default=1000)
     ttl = serializers.IntegerField(min_value=1, max_value=86_400, required=False, default=300)
 
 
-class FaultOutput(serializers.Serializer):
+class FaultOutput(serializers.Serializer[Any]):
     name = serializers.CharField()
     active = serializers.DictField(allow_null=True)
     calls = serializers.IntegerField()

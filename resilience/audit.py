@@ -47,7 +47,7 @@ def _policy_name(instance: models.Model) -> str:
         # By id: the policy row may be going away in the same cascade.
         name = RateLimitPolicy.objects.filter(pk=instance.policy_id).values_list("name", flat=True).first()
         return f"{name or instance.policy_id}:{instance.key_value}"
-    return str(instance.name)  # type: ignore[attr-defined]
+    return str(instance.name)  # type: ignore[attr-defined]  # every other audited model has a name
 
 
 def _current_user() -> str | None:
@@ -56,7 +56,8 @@ def _current_user() -> str | None:
     user = getattr(request, "user", None) if request is not None else None
     if user is None or not user.is_authenticated:
         return None
-    return user.get_username()
+    name: str = user.get_username()
+    return name
 
 
 def _log_change(instance: models.Model, action: str, changes: dict[str, list[Any]]) -> None:
@@ -85,10 +86,10 @@ def _log_change(instance: models.Model, action: str, changes: dict[str, list[Any
 @receiver(pre_save, sender=CircuitBreakerPolicy)
 def _remember_before(sender: type[models.Model], instance: models.Model, raw: bool = False, **kwargs: Any) -> None:
     if raw or instance.pk is None:
-        instance._audit_before = None  # type: ignore[attr-defined]
+        instance._audit_before = None  # type: ignore[attr-defined]  # read back in post_save
         return
     old = sender._default_manager.filter(pk=instance.pk).first()
-    instance._audit_before = _fields(old) if old is not None else None  # type: ignore[attr-defined]
+    instance._audit_before = _fields(old) if old is not None else None  # type: ignore[attr-defined]  # likewise
 
 
 @receiver(post_save, sender=RateLimitPolicy)

@@ -211,7 +211,7 @@ class breaker(ContextDecorator):  # noqa: N801 - reads as a keyword: `with break
         runtime = get_runtime()
         rule = runtime.snapshot().breakers_by_name.get(self.name)
         guarded = rule is not None and self.name not in held_by_request.get()
-        self._calls.append(admit(runtime, rule) if guarded else None)  # type: ignore[arg-type]
+        self._calls.append(admit(runtime, rule) if guarded and rule is not None else None)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:

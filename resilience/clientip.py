@@ -103,7 +103,7 @@ def _split(value: str, piece: re.Pattern[str], separator: str) -> tuple[list[str
     while True:
         match = piece.match(value, position)
         pieces.append(match.group())  # type: ignore[union-attr]  # matches the empty string too
-        position = match.end()  # type: ignore[union-attr]
+        position = match.end()  # type: ignore[union-attr]  # likewise
         if position >= end:
             return pieces, False
         if value[position] != separator:

@@ -53,7 +53,7 @@ def _read_minutes(
     if runtime.uses_redis and runtime.store_available():
         if runtime.tally is not None:
             runtime.tally.flush()  # this worker's refusals from memory; the others' are at most a second late
-        client = runtime.shared.client  # type: ignore[attr-defined]
+        client = runtime.shared.client  # type: ignore[attr-defined]  # uses_redis: the Redis store
 
         def read() -> list[Any]:
             pipe = client.pipeline(transaction=True)
@@ -64,7 +64,8 @@ def _read_minutes(
                 pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
                 pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
                 pipe.unlink(scratch)
-            return pipe.execute()
+            replies: list[Any] = pipe.execute()
+            return replies
 
         try:
             replies = store_call("dashboard", read)  # a client may refuse a command while queueing it
@@ -135,7 +136,7 @@ def _health(database: BaseDatabaseWrapper = connection) -> dict[str, dict[str, A
         return out
     started = time.perf_counter()
     try:
-        runtime.shared.client.ping()  # type: ignore[attr-defined]
+        runtime.shared.client.ping()  # type: ignore[attr-defined]  # uses_redis: the Redis store
         out["redis"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
     except Exception as e:  # noqa: BLE001 - the page reports it
         out["redis"] = {"ok": False, "error": str(e)[:200]}
@@ -210,7 +211,7 @@ def _workers(now: float) -> dict[str, Any]:
     if not (runtime.uses_redis and runtime.store_available()):
         return unknown
     try:
-        client = runtime.shared.client  # type: ignore[attr-defined]
+        client = runtime.shared.client  # type: ignore[attr-defined]  # uses_redis: the Redis store
         raw = store_call("dashboard", client.hgetall, workers_key())
         reports = [r for r in (_report(worker, value) for worker, value in raw.items()) if r is not None]
         gone = [r.worker for r in reports if now - r.at > FORGET_WORKER_SECONDS]
@@ -321,7 +322,7 @@ def dashboard_data() -> dict[str, Any]:
         breakers, breaker_error = [], str(e)[:200]
     ids = {b.name: b.pk for b in breaker_policies}
     for row in breakers:
-        row["change_url"] = reverse("admin:resilience_circuitbreakerpolicy_change", args=[ids[row["name"]]])
+        row["change_url"] = reverse("admin:resilience_circuitbreakerpolicy_change", args=[ids[str(row["name"])]])
     return {
         "generated_at": now,
         "minutes": [m * 60 for m in range(first, last + 1)],

@@ -28,7 +28,7 @@ from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec, refill_seconds
 from resilience.metrics import breaker_rejections
 from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
-from resilience.principal import principal
+from resilience.principal import Principal, principal
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.stores.admission import Admission
 
@@ -55,7 +55,7 @@ class _Request:
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
         self._ip: str | None = None
-        self._principal = None
+        self._principal: Principal | None = None
 
     @property
     def ip(self) -> str:
@@ -64,7 +64,7 @@ class _Request:
         return self._ip
 
     @property
-    def principal(self):  # noqa: ANN201
+    def principal(self) -> Principal:
         if self._principal is None:
             self._principal = principal(self.request)
         return self._principal

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import BaseValidator, MaxValueValidator, MinValueValidator
 from django.db import connection, models
 from django.db.models.functions import Cast
 
@@ -45,7 +46,7 @@ _STATUS = r"[45][0-9][0-9]"
 STATUSES_REGEX = rf"^{_STATUS}(-{_STATUS})?(,{_STATUS}(-{_STATUS})?)*\Z"
 
 
-def between(low: int, high: int) -> list:
+def between(low: int, high: int) -> list[BaseValidator]:
     """Return the validators of a number in [low, high]; the admin form shows both bounds."""
     return [MinValueValidator(low), MaxValueValidator(high)]
 
@@ -328,7 +329,7 @@ class RateLimitOverride(models.Model):
     def __str__(self) -> str:
         return f"{self.policy.name}: {self.key_value} → {self.limit}"
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self._hash_header_value()
         super().save(*args, **kwargs)
 
@@ -565,7 +566,7 @@ class PolicyVersion(models.Model):
         if cls.objects.filter(pk=1).update(version=models.F("version") + 1):
             return
         # The row is gone (a flushed test database): make it again; a concurrent maker may win.
-        cls.objects.bulk_create([cls(pk=1, version=0)], ignore_conflicts=True)
+        PolicyVersion.objects.bulk_create([PolicyVersion(pk=1, version=0)], ignore_conflicts=True)
         cls.objects.filter(pk=1).update(version=models.F("version") + 1)
 
     @classmethod

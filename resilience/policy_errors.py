@@ -86,7 +86,7 @@ class PolicyErrorLog:
         fields = {
             f"{e.kind}:{e.name}": json.dumps({"stage": e.stage, "reason": e.reason[:300], "at": at}) for e in errors
         }
-        client = self._client()  # type: ignore[misc]
+        client = self._client()  # type: ignore[misc]  # called only when there is a client
 
         def write() -> None:
             pipe = client.pipeline(transaction=False)

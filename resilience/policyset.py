@@ -15,6 +15,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db.models import Model
 
 from resilience.breaker import BreakerConfig
 from resilience.limiter import Algorithm, LimitSpec, validate
@@ -230,7 +231,7 @@ def user_ids(policies: Iterable[RateLimitPolicy]) -> dict[str, int]:
 
 
 @cache
-def _unchecked_fields(model: type[Any]) -> tuple[str, ...]:
+def _unchecked_fields(model: type[Model]) -> tuple[str, ...]:
     """Return the fields compiling leaves alone: all but the bounded numbers and the name.
 
     Those two are what the engine, the Lua scripts, the headers and the Redis keys rely on; the
@@ -243,7 +244,7 @@ def _unchecked_fields(model: type[Any]) -> tuple[str, ...]:
     )
 
 
-def _field_errors(row: Any) -> str | None:
+def _field_errors(row: Model) -> str | None:
     """Return what the admin form would say about the row's bounded numbers and name, or None."""
     try:
         row.clean_fields(exclude=list(_unchecked_fields(type(row))))

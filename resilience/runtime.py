@@ -139,10 +139,10 @@ class Runtime:
         # Dashboard counts of refusals made from memory; kept only where the admission keeps stats.
         self.tally: LimitedTally | None = None
         if self.uses_redis and key_prefix():
-            self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]
+            self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]  # uses_redis: the shared store is the Redis one
         # Policies this worker could not use: counted, logged, and recorded for the admin and dashboard.
         self.policy_errors = PolicyErrorLog(
-            (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]
+            (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]  # Redis store
             key_prefix(),
         )
 
@@ -164,7 +164,7 @@ class Runtime:
 
         from resilience.stores.redis_limiter import RedisLimiterStore
 
-        return RedisLimiterStore(  # type: ignore[return-value]
+        return RedisLimiterStore(  # type: ignore[return-value]  # answers every call the memory store does
             get_redis_connection("default"),
             version_key=f"{key_prefix()}resilience:policy-version",
             events_channel=events_channel(),
@@ -189,7 +189,7 @@ class Runtime:
         if current is None:
             # A subscription needs a plain connection; a client without a pool of them (a cluster
             # client) gets no memory of refusals: every call asks the store, as before.
-            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]
+            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]  # Redis store
             if pool is None:
                 return None
             with self._hints_lock:
@@ -225,14 +225,14 @@ class Runtime:
             return
         now = wall_clock()
         record = json.dumps({"version": self._db_version, "loaded_at": self._loaded_wall, "at": now})
-        client = self.shared.client  # type: ignore[attr-defined]
+        client = self.shared.client  # type: ignore[attr-defined]  # store_available(): the Redis store
 
         def report() -> list[bytes]:
             # The report and the fleet's reports in one round trip.
             pipe = client.pipeline(transaction=False)
             pipe.hset(workers_key(), self.worker_id, record)
             pipe.hvals(workers_key())
-            return pipe.execute()[1]  # type: ignore[no-any-return]
+            return pipe.execute()[1]  # type: ignore[no-any-return]  # redis-py types replies as Any
 
         try:
             reports = store_call("heartbeat", report)
@@ -395,8 +395,8 @@ class Runtime:
         if current is None or current.limiter is not self.shared or current.breakers is not self.breaker_shared:
             if self.uses_redis:
                 current = RedisAdmission(
-                    self.shared,  # type: ignore[arg-type]
-                    self.breaker_shared,  # type: ignore[arg-type]
+                    self.shared,  # type: ignore[arg-type]  # uses_redis: the Redis stores
+                    self.breaker_shared,  # type: ignore[arg-type]  # likewise
                     stats_prefix=key_prefix(),
                 )
             else:

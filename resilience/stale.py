@@ -153,11 +153,12 @@ def _checked_copy(kept: Any) -> dict[str, Any]:
     if not (isinstance(kept["status"], int) and 200 <= kept["status"] <= 299):
         raise ValueError(f"status {kept['status']!r} is not a good response's")
     float(kept["saved_at"])
-    return kept
+    checked: dict[str, Any] = kept
+    return checked
 
 
 def _redis(runtime: Runtime) -> Any:
-    return runtime.breaker_shared.client  # type: ignore[attr-defined]
+    return runtime.breaker_shared.client  # type: ignore[attr-defined]  # called only with Redis
 
 
 class StaleCopyMiddleware:

@@ -6,6 +6,7 @@ import importlib
 import itertools
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -26,12 +27,12 @@ def _isbn13(n: int) -> str:
 
 @pytest.fixture
 def make_user(db: None) -> Callable[..., User]:
-    def make(role: str = User.Role.CUSTOMER, status: str = User.Status.ACTIVE, **kwargs: object) -> User:
+    def make(role: str = User.Role.CUSTOMER, status: str = User.Status.ACTIVE, **kwargs: Any) -> User:
         n = next(_counter)
         user = user_create(
-            username=kwargs.pop("username", f"user{n}"),  # type: ignore[arg-type]
-            email=kwargs.pop("email", f"user{n}@example.com"),  # type: ignore[arg-type]
-            password=kwargs.pop("password", "correct-horse-battery"),  # type: ignore[arg-type]
+            username=kwargs.pop("username", f"user{n}"),
+            email=kwargs.pop("email", f"user{n}@example.com"),
+            password=kwargs.pop("password", "correct-horse-battery"),
             role=role,
         )
         if status != User.Status.ACTIVE:
@@ -59,15 +60,15 @@ def staff(make_user: Callable[..., User]) -> User:
 
 @pytest.fixture
 def make_book(db: None) -> Callable[..., Book]:
-    def make(stock: int = 10, price: str = "12.50", **kwargs: object) -> Book:
+    def make(stock: int = 10, price: str = "12.50", **kwargs: Any) -> Book:
         n = next(_counter)
         return book_create(
-            isbn=kwargs.pop("isbn", _isbn13(n)),  # type: ignore[arg-type]
-            title=kwargs.pop("title", f"Book {n}"),  # type: ignore[arg-type]
+            isbn=kwargs.pop("isbn", _isbn13(n)),
+            title=kwargs.pop("title", f"Book {n}"),
             price=Decimal(price),
             stock=stock,
-            authors=kwargs.pop("authors", [f"Author {n}"]),  # type: ignore[arg-type]
-            **kwargs,  # type: ignore[arg-type]
+            authors=kwargs.pop("authors", [f"Author {n}"]),
+            **kwargs,
         )
 
     return make

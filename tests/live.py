@@ -243,7 +243,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 self._fail(f"exited with status {self.proc.returncode}")
             try:
-                if request(self.port, self.ready_path, timeout=2).status < 500:  # type: ignore[arg-type]
+                if request(self.port, self.ready_path, timeout=2).status < 500:  # type: ignore[arg-type]  # started: the port is known
                     break
             except OSError:
                 pass
@@ -266,7 +266,7 @@ class LiveServer:
 
     def _quiet_request(self, path: str) -> None:
         with contextlib.suppress(OSError):
-            request(self.port, path, timeout=5)  # type: ignore[arg-type]
+            request(self.port, path, timeout=5)  # type: ignore[arg-type]  # started: the port is known
 
     def worker_pids(self) -> list[int]:
         """Return the PIDs of the master's live worker processes."""

@@ -16,5 +16,5 @@ class OperatorCommand(BaseCommand):
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
+        parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]  # the point of this class
         return parser

@@ -198,7 +198,7 @@ def _gcra_peek(now: int, peek: _Peek) -> None:
     tau = burst * t
     diff = 0.0
     if peek.entry is not None:
-        whole, nano, written = peek.entry.value  # type: ignore[misc]
+        whole, nano, written = peek.entry.value
         diff = (whole - now) + nano / 1e9
         # A shrunken capacity applies from the last write, so nobody waits longer than it refills.
         diff = min(diff, (written - now) + tau)
@@ -230,7 +230,7 @@ def _fixed_peek(now: int, peek: _Peek) -> None:
     start = now // period * period
     count = 0
     if peek.entry is not None:
-        stored_start, stored_count = peek.entry.value  # type: ignore[misc]
+        stored_start, stored_count = peek.entry.value
         if stored_start == start:
             count = stored_count
     peek.count, peek.start, peek.left = count, start, start + period - now
@@ -251,7 +251,7 @@ def _fixed_commit(now: int, peek: _Peek) -> _Entry:
 def _sliding_peek(now: int, peek: _Peek) -> None:
     spec, cost = peek.spec, peek.cost
     period = spec.period * MICROS
-    log: list[int] = peek.entry.value if peek.entry is not None else []  # type: ignore[assignment]
+    log: list[int] = peek.entry.value if peek.entry is not None else []  # type: ignore[assignment]  # a sliding log's value is its list
     # The window is (now - period, now]; later entries (a clock that stepped back) count too.
     peek.low = now - period
     peek.first = bisect.bisect_right(log, peek.low)

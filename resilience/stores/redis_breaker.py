@@ -8,9 +8,9 @@ clock unless a ``now`` override is passed. Keys: ``<prefix>{<name>}`` (a hash) a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -44,6 +44,8 @@ BREAKER_LIB_LUA = "\n".join(
     [*(f"local {name} = {value}" for name, value in _BOUNDS.items()), (LUA_DIR / "breaker_lib.lua").read_text("utf-8")]
 )
 BREAKER_MAIN_LUA = (LUA_DIR / "breaker_main.lua").read_text(encoding="utf-8")
+
+_T = TypeVar("_T")
 
 
 def config_args(cfg: BreakerConfig) -> list[str]:
@@ -164,7 +166,7 @@ def _parse_state(name: str, reply: Sequence[Any]) -> tuple[State, list[Transitio
     return State(_text(state)), parse_transitions(name, transitions)
 
 
-def _parsed(operation: str, parse: Any, name: str, reply: Any) -> Any:
+def _parsed(operation: str, parse: Callable[[str, Any], _T], name: str, reply: Any) -> _T:
     """Return parse(name, reply); a reply that cannot be read is the store's data error, not a 500."""
     try:
         return parse(name, reply)

@@ -137,7 +137,8 @@ class RedisLimiterStore:
                 "" if spec.burst is None else str(spec.burst),
                 "1" if spec.enforce else "0",
             ]
-        return self._call(self._script, keys=keys, args=args)
+        reply: list[Any] = self._call(self._script, keys=keys, args=args)
+        return reply
 
     @staticmethod
     def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

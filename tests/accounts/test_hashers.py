@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from django.contrib.auth.hashers import Argon2PasswordHasher, check_password, identify_hasher, make_password
+from pytest_django.fixtures import Settings
 
 from accounts import hashers
 
@@ -34,8 +35,8 @@ def test_errors_inside_the_pool_reach_the_caller() -> None:
         hashers.run_at_low_priority(boom)
 
 
-def test_hashes_are_standard_argon2_that_django_verifies_either_way(settings: object) -> None:
-    settings.PASSWORD_HASHERS = PRODUCTION  # type: ignore[attr-defined]
+def test_hashes_are_standard_argon2_that_django_verifies_either_way(settings: Settings) -> None:
+    settings.PASSWORD_HASHERS = PRODUCTION
 
     encoded = make_password("correct-horse-battery")
 

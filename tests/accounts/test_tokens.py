@@ -17,6 +17,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -94,8 +95,8 @@ def test_token_lifetime_comes_from_the_environment() -> None:
     )
 
     run = {"cwd": settings.BASE_DIR, "capture_output": True, "text": True}
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, **run)  # type: ignore[call-overload]
-    bad = subprocess.run([sys.executable, "-c", code], env={**env, "TOKEN_TTL_HOURS": "0"}, **run)  # type: ignore[call-overload]
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, **run)  # type: ignore[call-overload]  # typeshed cannot match **run
+    bad = subprocess.run([sys.executable, "-c", code], env={**env, "TOKEN_TTL_HOURS": "0"}, **run)  # type: ignore[call-overload]  # typeshed cannot match **run
 
     assert out.stdout.split() == ["9000.0", "4"]
     assert bad.returncode != 0
@@ -147,8 +148,8 @@ def test_sign_in_sweeps_the_users_expired_tokens(db: None, customer: User) -> No
 # --- the cap on tokens per user ------------------------------------------------------------------
 
 
-def test_sign_in_past_the_cap_revokes_the_oldest_token(db: None, customer: User, settings: object) -> None:
-    settings.TOKEN_LIMIT_PER_USER = 3  # type: ignore[attr-defined]
+def test_sign_in_past_the_cap_revokes_the_oldest_token(db: None, customer: User, settings: Settings) -> None:
+    settings.TOKEN_LIMIT_PER_USER = 3
     tokens = [_sign_in(customer) for _ in range(5)]
 
     assert [_works(token) for token in tokens] == [False, False, True, True, True]
@@ -156,8 +157,8 @@ def test_sign_in_past_the_cap_revokes_the_oldest_token(db: None, customer: User,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_sign_ins_keep_to_the_cap(make_user: Callable[..., User], settings: object) -> None:
-    settings.TOKEN_LIMIT_PER_USER = 2  # type: ignore[attr-defined]
+def test_concurrent_sign_ins_keep_to_the_cap(make_user: Callable[..., User], settings: Settings) -> None:
+    settings.TOKEN_LIMIT_PER_USER = 2
     user = make_user()
     other = make_user()
     token_create(user=other)

@@ -99,11 +99,11 @@ def test_normalize_isbn_rejects_non_ascii_digits(text: str) -> None:
 
 def test_normalize_isbn_rejects_none() -> None:
     with pytest.raises(InvalidIsbn):
-        normalize_isbn(None)  # type: ignore[arg-type]
+        normalize_isbn(None)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_normalize_isbn_accepts_an_integer() -> None:
-    assert normalize_isbn(9780306406157) == "9780306406157"  # type: ignore[arg-type]
+    assert normalize_isbn(9780306406157) == "9780306406157"  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_invalid_isbn_is_a_value_error() -> None:

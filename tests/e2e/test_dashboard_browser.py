@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -24,6 +25,9 @@ from accounts.models import User
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.runtime import get_runtime, workers_key
 from tests.live import ROOT, LiveServer, stop_all
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -53,8 +57,8 @@ def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
     """Return a factory that starts gunicorn (LiveServer arguments); every server stops at teardown."""
     servers: list[LiveServer] = []
 
-    def start(**kwargs: object) -> LiveServer:
-        server = LiveServer(**kwargs)  # type: ignore[arg-type]
+    def start(**kwargs: Any) -> LiveServer:
+        server = LiveServer(**kwargs)
         servers.append(server)
         return server.start()
 
@@ -75,7 +79,7 @@ def make_login(role: str, username: str, *, superuser: bool = False) -> User:
 
 
 @contextmanager
-def chromium() -> Iterator[object]:
+def chromium() -> Iterator[Browser]:
     """Yield a headless Debian Chromium driven by Playwright; fail (never skip) when it is missing."""
     if not CHROMIUM.exists():
         pytest.fail(
@@ -104,21 +108,21 @@ class BrowserLog:
         self.failed: list[str] = []
         self.violations: list[str] = []
 
-    def watch(self, context: object) -> object:
+    def watch(self, context: BrowserContext) -> BrowserContext:
         """Record what context's pages do; return context."""
-        context.on("request", lambda request: self.requested.append(request.url))  # type: ignore[attr-defined]
-        context.on("response", self._response)  # type: ignore[attr-defined]
-        context.on("console", self._console)  # type: ignore[attr-defined]
+        context.on("request", lambda request: self.requested.append(request.url))
+        context.on("response", self._response)
+        context.on("console", self._console)
         return context
 
-    def _response(self, response: object) -> None:
-        if response.status >= 400:  # type: ignore[attr-defined]
-            self.failed.append(f"{response.status} {response.url}")  # type: ignore[attr-defined]
+    def _response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.failed.append(f"{response.status} {response.url}")
 
-    def _console(self, message: object) -> None:
-        text = message.text  # type: ignore[attr-defined]
+    def _console(self, message: ConsoleMessage) -> None:
+        text = message.text
         if "Content Security Policy" in text or "Content-Security-Policy" in text:
-            location = message.location  # type: ignore[attr-defined]
+            location = message.location
             self.violations.append(f"{location.get('url')}:{location.get('lineNumber')}: {text}")
 
     def foreign(self) -> list[str]:
@@ -127,13 +131,13 @@ class BrowserLog:
         return sorted({url for url in self.requested if not url.startswith(local)})
 
 
-def sign_in(page: object, base: str, username: str, next_path: str) -> None:
+def sign_in(page: Page, base: str, username: str, next_path: str) -> None:
     """Sign in through the admin's login form, as a person would."""
-    page.goto(f"{base}/admin/login/?next={next_path}")  # type: ignore[attr-defined]
-    page.fill("#id_username", username)  # type: ignore[attr-defined]
-    page.fill("#id_password", PASSWORD)  # type: ignore[attr-defined]
-    page.click("#login-form input[type=submit]")  # type: ignore[attr-defined]
-    page.wait_for_load_state()  # type: ignore[attr-defined]
+    page.goto(f"{base}/admin/login/?next={next_path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("#login-form input[type=submit]")
+    page.wait_for_load_state()
 
 
 def collect_static(settings: Settings, root: Path) -> Path:
@@ -159,7 +163,7 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
     static_root = collect_static(settings, tmp_path / "static")
     # Workers of earlier tests' servers reported policy versions of a database flushed since, whose
     # numbers this one reuses: the propagation card is about these two workers only.
-    get_runtime().shared.client.delete(workers_key())  # type: ignore[attr-defined]
+    get_runtime().shared.client.delete(workers_key())  # type: ignore[attr-defined]  # the Redis store here
     server = live_servers(workers=2, env_overrides={"STATIC_ROOT": str(static_root)})
     # Created once the workers are up, so their start-up probes of /api/books count against no one.
     policy = RateLimitPolicy(name="books-ip", match_type="prefix", pattern="/api/books", key="ip", limit=100, period=60)
@@ -177,7 +181,7 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
 
     with chromium() as browser:
         log = BrowserLog(base)
-        staff = log.watch(browser.new_context(base_url=base))  # type: ignore[attr-defined]
+        staff = log.watch(browser.new_context(base_url=base))
         page = staff.new_page()
         page.set_default_timeout(STEP_MS)
 
@@ -275,7 +279,7 @@ def test_staff_tunes_a_limit_and_forces_a_breaker_open_from_the_dashboard(
         assert log.failed == [], "every page, stylesheet, script and refresh loads"
 
         # A customer signing in gets no further than the login page.
-        customer = log.watch(browser.new_context(base_url=base))  # type: ignore[attr-defined]
+        customer = log.watch(browser.new_context(base_url=base))
         page = customer.new_page()
         page.set_default_timeout(STEP_MS)
         sign_in(page, base, "reader", dashboard)

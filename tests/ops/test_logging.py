@@ -100,7 +100,7 @@ def test_django_request_lines_carry_the_request_id_and_the_path(db: None, json_l
 
 def test_plain_lines_of_django_request_show_the_request_id(rf: RequestFactory) -> None:
     request = rf.get("/x")
-    request.request_id = "plain-7"  # type: ignore[attr-defined]
+    request.request_id = "plain-7"  # type: ignore[attr-defined]  # the attribute RequestIdMiddleware sets
     rec = record(request=request)
 
     RequestIdFilter().filter(rec)
@@ -239,7 +239,7 @@ def test_a_database_outage_is_logged_once_per_interval_with_its_count(
         response = exceptions.problem_exception_handler(down, {"request": rf.get("/api/books")})
         assert response is not None
         assert response.status_code == 503
-        assert response._has_been_logged, "django.request must not log it a second time"  # type: ignore[attr-defined]
+        assert response._has_been_logged, "django.request must not log it a second time"  # type: ignore[attr-defined]  # set for django.utils.log
         return response
 
     for _ in range(4):

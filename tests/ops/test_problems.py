@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -31,7 +32,20 @@ class OverflowingWriteApi(APIView):
         return Response({"ok": True})
 
 
-urlpatterns = [path("api/test/books/<int:pk>/overflow", OverflowingWriteApi.as_view())]
+class ModelCheckedWriteApi(APIView):
+    """A write checked by the model itself: a Django ValidationError reaches the exception handler."""
+
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        Book(isbn=str(request.data.get("isbn", "")), title="Unchecked", price=Decimal("1.00")).full_clean()
+        return Response({"ok": True})
+
+
+urlpatterns = [
+    path("api/test/books/<int:pk>/overflow", OverflowingWriteApi.as_view()),
+    path("api/test/books/model-checked", ModelCheckedWriteApi.as_view()),
+]
 
 
 @pytest.mark.urls(__name__)
@@ -53,3 +67,16 @@ def test_a_value_the_database_cannot_store_is_a_400_problem_not_a_500(
     assert [line["message"] for line in json_lines() if line.get("event") == "data_error"] == [
         "value the database cannot store: integer out of range"
     ]
+
+
+@pytest.mark.django_db
+@pytest.mark.urls(__name__)
+def test_a_model_validation_error_is_a_400_problem_naming_the_field(client: Client) -> None:
+    response = client.post("/api/test/books/model-checked", {"isbn": "not-an-isbn"}, content_type="application/json")
+
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"] == PROBLEM
+    body = response.json()
+    assert body["type"].endswith("/validation-error")
+    assert [(error["field"], error["code"]) for error in body["errors"]] == [("isbn", "isbn")]
+    assert not Book.objects.exists()

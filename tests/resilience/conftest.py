@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -20,8 +21,8 @@ def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
     """
     servers: list[LiveServer] = []
 
-    def start(**kwargs: object) -> LiveServer:
-        server = LiveServer(**kwargs)  # type: ignore[arg-type]
+    def start(**kwargs: Any) -> LiveServer:
+        server = LiveServer(**kwargs)
         servers.append(server)
         return server.start()
 

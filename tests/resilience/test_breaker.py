@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -55,7 +56,7 @@ def redis_store(redis_client: redis.Redis) -> Iterator[RedisBreakerStore]:
         used.extend(keys)
         return keys
 
-    store.keys_for = tracking_keys_for  # type: ignore[method-assign]
+    store.keys_for = tracking_keys_for  # type: ignore[method-assign]  # a spy
     yield store
     # Other runs share this DB: delete only what this test touched, never flush.
     if used:
@@ -71,8 +72,8 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 @pytest.fixture
 def make_cfg() -> Callable[..., BreakerConfig]:
-    def make(**overrides: object) -> BreakerConfig:
-        return BreakerConfig(name=f"test-{uuid.uuid4().hex}", **overrides)  # type: ignore[arg-type]
+    def make(**overrides: Any) -> BreakerConfig:
+        return BreakerConfig(name=f"test-{uuid.uuid4().hex}", **overrides)
 
     return make
 

@@ -93,7 +93,7 @@ def test_reset_from_another_process_is_heard_at_once(
     policy, page, client = opened(make_book, open_seconds=30)
     trips = RoundTrips(monkeypatch, get_runtime())
 
-    RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix).reset(policy.name)  # type: ignore[attr-defined]
+    RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix).reset(policy.name)  # type: ignore[attr-defined]  # the Redis store here
     assert heard(policy.name) < 0.1
     served = client.get(page)
 
@@ -105,7 +105,7 @@ def test_reset_from_another_process_is_heard_at_once(
 def test_forced_close_from_another_process_is_heard_at_once(make_book: Callable[..., Book], other: redis.Redis) -> None:
     policy, page, client = opened(make_book, open_seconds=30)
 
-    store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]
+    store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]  # the Redis store here
     store.force(policy.name, State.FORCED_CLOSED)
     assert heard(policy.name) < 0.1
 
@@ -119,7 +119,7 @@ def test_forced_open_is_refused_without_a_round_trip_until_released(
     policy = make_breaker(failure_threshold=5, open_seconds=30)
     page = f"/api/books/{make_book().pk}"
     client = APIClient()
-    store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]
+    store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]  # the Redis store here
     store.force(policy.name, State.FORCED_OPEN)
     assert client.get(page).status_code == 503
     within(2, known().live)
@@ -172,7 +172,7 @@ def test_lost_subscription_sends_every_call_back_to_redis(
     # The subscription dies, and the breaker is then closed in a way nobody announces.
     assert other.client_kill_filter(_type="pubsub") >= 1
     heard(policy.name)
-    other.delete(*runtime.breaker_shared.keys_for(policy.name))  # type: ignore[attr-defined]
+    other.delete(*runtime.breaker_shared.keys_for(policy.name))  # type: ignore[attr-defined]  # the Redis store here
     trips = RoundTrips(monkeypatch, runtime)
 
     assert client.get(page).status_code == 200
@@ -199,7 +199,7 @@ def test_reconnects_take_no_connection_from_the_pool_requests_use(
 ) -> None:
     """Outages come and go; every reconnect of the listener must leave the request pool as it was."""
     policy, page, client = opened(make_book, open_seconds=30)
-    pool = get_runtime().shared.client.connection_pool  # type: ignore[attr-defined]
+    pool = get_runtime().shared.client.connection_pool  # type: ignore[attr-defined]  # the Redis store here
     made = pool._created_connections
 
     for _ in range(3):

@@ -175,7 +175,7 @@ def test_open_breaker_keeps_every_call_away_from_failing_search(
 
 def evalsha_calls() -> int:
     """Return how many scripts Redis has run: every breaker question is one."""
-    stats = get_runtime().breaker_shared.client.info("commandstats")  # type: ignore[attr-defined]
+    stats = get_runtime().breaker_shared.client.info("commandstats")  # type: ignore[attr-defined]  # the Redis store here
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 

@@ -562,7 +562,7 @@ def dead_redis() -> Iterator[Runtime]:
     )
     assert isinstance(runtime.shared, RedisLimiterStore)
     runtime.shared = RedisLimiterStore(client, version_key=runtime.shared.version_key)
-    runtime.breaker_shared = RedisBreakerStore(client, prefix=runtime.breaker_shared.prefix)  # type: ignore[attr-defined]
+    runtime.breaker_shared = RedisBreakerStore(client, prefix=runtime.breaker_shared.prefix)  # type: ignore[attr-defined]  # the Redis store here
     yield runtime
     reset_runtime()  # drops the per-process breaker state this test built up
 

@@ -45,14 +45,14 @@ def make_breaker(book: Book | None = None, **fields: Any) -> CircuitBreakerPolic
     policy.full_clean()
     policy.save()
     get_runtime().invalidate()
-    policy.missing_path = f"/api/books/{missing}"  # type: ignore[attr-defined]
+    policy.missing_path = f"/api/books/{missing}"  # type: ignore[attr-defined]  # set by the fixture
     return policy
 
 
 def trip(policy: CircuitBreakerPolicy) -> None:
     client = APIClient()
     for _ in range(policy.failure_threshold):
-        assert client.get(policy.missing_path).status_code == 404  # type: ignore[attr-defined]
+        assert client.get(policy.missing_path).status_code == 404  # type: ignore[attr-defined]  # set by the fixture
     assert state(policy) is State.OPEN
 
 
@@ -181,7 +181,7 @@ def test_close_holds_through_failures(db: None) -> None:
     policy = make_breaker(failure_threshold=2)
 
     breakers("close", policy.name)
-    responses = [APIClient().get(policy.missing_path) for _ in range(5)]  # type: ignore[attr-defined]
+    responses = [APIClient().get(policy.missing_path) for _ in range(5)]  # type: ignore[attr-defined]  # set by the fixture
 
     assert [r.status_code for r in responses] == [404] * 5
     assert {r["X-Circuit-Breaker-State"] for r in responses} == {"closed"}

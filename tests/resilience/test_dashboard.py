@@ -74,7 +74,7 @@ def store(request: pytest.FixtureRequest) -> str:
         request.getfixturevalue("in_process_runtime")
     else:
         # Earlier tests of this run counted into the same minutes; policy ids may come round again.
-        client = get_runtime().shared.client  # type: ignore[attr-defined]
+        client = get_runtime().shared.client  # type: ignore[attr-defined]  # the Redis store here
         for pattern in ("stats:*", "top:*"):
             for key in client.scan_iter(match=f"{key_prefix()}{pattern}"):
                 client.delete(key)
@@ -273,7 +273,7 @@ def test_hot_keys_rank_every_live_policy_by_refusals(store: str, staff_web: Clie
 def test_dashboard_counters_expire_within_twenty_minutes() -> None:
     send_counted_traffic(Client())
 
-    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    client = get_runtime().shared.client  # type: ignore[attr-defined]  # the Redis store here
     counts = list(client.scan_iter(match=f"{key_prefix()}stats:*"))
     limited = list(client.scan_iter(match=f"{key_prefix()}top:*"))
 
@@ -337,13 +337,13 @@ def me() -> str:
 
 def reports() -> dict[str, dict[str, Any]]:
     """Return what each worker reported in Redis, as the dashboard reads it."""
-    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    client = get_runtime().shared.client  # type: ignore[attr-defined]  # the Redis store here
     return {w.decode(): json.loads(raw) for w, raw in client.hgetall(workers_key()).items()}
 
 
 def report(worker: str, version: int | None, at: float, loaded_at: float | None = None) -> None:
     """Write a worker's report as Runtime.heartbeat writes it (another worker, at a chosen time)."""
-    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    client = get_runtime().shared.client  # type: ignore[attr-defined]  # the Redis store here
     record = {"version": version, "loaded_at": loaded_at, "at": at}
     client.hset(workers_key(), worker, json.dumps(record))
 
@@ -352,15 +352,15 @@ def policies_saved_elsewhere() -> int:
     """Commit-like change on another instance: PostgreSQL's count moves, then Redis's counter is bumped."""
     PolicyVersion.bump()
     RedisLimiterStore(
-        get_runtime().shared.client,  # type: ignore[attr-defined]
-        get_runtime().shared.version_key,  # type: ignore[attr-defined]
+        get_runtime().shared.client,  # type: ignore[attr-defined]  # the Redis store here
+        get_runtime().shared.version_key,  # type: ignore[attr-defined]  # the Redis store here
     ).bump_version()
     return PolicyVersion.current()
 
 
 @pytest.fixture
 def no_reports() -> None:
-    get_runtime().shared.client.delete(workers_key())  # type: ignore[attr-defined]
+    get_runtime().shared.client.delete(workers_key())  # type: ignore[attr-defined]  # the Redis store here
 
 
 @pytest.mark.redis
@@ -464,7 +464,7 @@ def test_worker_states_compare_each_report_with_the_first_load() -> None:
 
 @pytest.mark.redis
 def test_reports_of_an_older_release_are_dropped(staff_web: Client, no_reports: None) -> None:
-    client = get_runtime().shared.client  # type: ignore[attr-defined]
+    client = get_runtime().shared.client  # type: ignore[attr-defined]  # the Redis store here
     client.hset(workers_key(), "old:9", f"3 {time.time():.3f}")  # "<version> <unix time>"
 
     propagation = staff_web.get(DATA).json()["propagation"]
@@ -563,7 +563,7 @@ def test_admin_enable_disable_actions_log_policy_change(
     lines = [r for r in caplog.records if r.name == "resilience.audit" and getattr(r, "event", "") == "policy_change"]
     assert len(lines) == 1
     line = lines[0]
-    assert line.policy == "dash-action"  # type: ignore[attr-defined]
-    assert line.action == "updated"  # type: ignore[attr-defined]
-    assert line.changes == {"enabled": [before, after]}  # type: ignore[attr-defined]
-    assert line.user == "root"  # type: ignore[attr-defined]
+    assert line.policy == "dash-action"  # type: ignore[attr-defined]  # a log record's extra field
+    assert line.action == "updated"  # type: ignore[attr-defined]  # a log record's extra field
+    assert line.changes == {"enabled": [before, after]}  # type: ignore[attr-defined]  # a log record's extra field
+    assert line.user == "root"  # type: ignore[attr-defined]  # a log record's extra field

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis
@@ -61,8 +62,8 @@ class Env:
     def key(self, name: str = "k") -> str:
         return f"{self.prefix}:{{{name}}}"
 
-    def spec(self, algorithm: Algorithm, limit: int, period: int, name: str = "k", **kw: object) -> LimitSpec:
-        return LimitSpec(self.key(name), algorithm, limit, period, **kw)  # type: ignore[arg-type]
+    def spec(self, algorithm: Algorithm, limit: int, period: int, name: str = "k", **kw: Any) -> LimitSpec:
+        return LimitSpec(self.key(name), algorithm, limit, period, **kw)
 
     def hit(self, *specs: LimitSpec, cost: int = 1) -> HitResult:
         return self.store.hit(specs, cost=cost, now=self.clock())
@@ -164,7 +165,7 @@ def test_parse_rate_rejects(text: str, message: str) -> None:
 
 def test_parse_rate_rejects_non_strings() -> None:
     with pytest.raises(ValueError, match="must be a string"):
-        parse_rate(100)  # type: ignore[arg-type]
+        parse_rate(100)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 # --- token bucket (GCRA) ----------------------------------------------------------------------------

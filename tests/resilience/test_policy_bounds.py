@@ -362,10 +362,10 @@ def assert_reported(caplog: pytest.LogCaptureFixture, name: str, stage: str) -> 
     lines = [
         r
         for r in caplog.records
-        if getattr(r, "event", "") == "policy_error" and r.policy == name and r.stage == stage  # type: ignore[attr-defined]
+        if getattr(r, "event", "") == "policy_error" and r.policy == name and r.stage == stage  # type: ignore[attr-defined]  # a log record's extra field
     ]
     assert lines, f"no policy_error line for {name} ({stage})"
-    return lines[0].error  # type: ignore[attr-defined]
+    return lines[0].error  # type: ignore[attr-defined]  # a log record's extra field
 
 
 def test_regex_re2_refuses_written_by_a_shell_is_skipped_and_reported_everywhere(
@@ -451,7 +451,7 @@ def test_admission_refused_by_the_store_follows_on_store_failure_for_that_reques
     runtime = get_runtime()
     runtime.invalidate()
     # Someone wrote a string where the breaker's state hash lives: the admission script gets WRONGTYPE.
-    client = runtime.shared.client  # type: ignore[attr-defined]
+    client = runtime.shared.client  # type: ignore[attr-defined]  # the Redis store here
     client.set(runtime.breaker_shared.keys_for(breaker.name)[0], "not a hash")
     caplog.set_level(logging.ERROR, logger="resilience")
 
@@ -475,7 +475,7 @@ def test_breaker_state_written_by_hand_reads_as_closed(db: None) -> None:
     breaker = CircuitBreakerPolicy.objects.create(name=unique("garbled-cb"), pattern="/api/books")
     runtime = get_runtime()
     runtime.invalidate()
-    client = runtime.shared.client  # type: ignore[attr-defined]
+    client = runtime.shared.client  # type: ignore[attr-defined]  # the Redis store here
     client.hset(runtime.breaker_shared.keys_for(breaker.name)[0], mapping={"st": "exploded", "gen": "x", "cf": "?"})
 
     response = APIClient().get("/api/books")

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 import redis
 from django.http import HttpResponse
+from pytest_django import DjangoAssertNumQueries
+from pytest_django.fixtures import Settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rest_framework.test import APIClient
@@ -411,8 +413,8 @@ def test_disabled_policy_is_ignored(db: None) -> None:
 # --- the client address -------------------------------------------------------------------------
 
 
-def test_forged_forwarded_for_does_not_escape_ip_limit_without_trusted_proxies(db: None, settings: object) -> None:
-    settings.TRUSTED_PROXY_COUNT = 0  # type: ignore[attr-defined]
+def test_forged_forwarded_for_does_not_escape_ip_limit_without_trusted_proxies(db: None, settings: Settings) -> None:
+    settings.TRUSTED_PROXY_COUNT = 0
     make_policy(name="books-ip", limit=2)
     client = APIClient()
 
@@ -424,8 +426,8 @@ def test_forged_forwarded_for_does_not_escape_ip_limit_without_trusted_proxies(d
     assert statuses == [200, 200, 429]
 
 
-def test_one_trusted_proxy_makes_the_rightmost_forwarded_entry_the_client(db: None, settings: object) -> None:
-    settings.TRUSTED_PROXY_COUNT = 1  # type: ignore[attr-defined]
+def test_one_trusted_proxy_makes_the_rightmost_forwarded_entry_the_client(db: None, settings: Settings) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
     make_policy(name="books-ip", limit=2)
     client = APIClient()
     proxy = {"REMOTE_ADDR": "10.0.0.1"}
@@ -450,10 +452,10 @@ def test_one_trusted_proxy_makes_the_rightmost_forwarded_entry_the_client(db: No
     ],
 )
 def test_clients_behind_one_trusted_proxy_that_adds_ports_are_limited_separately(
-    db: None, settings: object, header: str, meta: str, client_a: str, client_a_other_port: str, client_b: str
+    db: None, settings: Settings, header: str, meta: str, client_a: str, client_a_other_port: str, client_b: str
 ) -> None:
-    settings.TRUSTED_PROXY_COUNT = 1  # type: ignore[attr-defined]
-    settings.TRUSTED_PROXY_HEADER = header  # type: ignore[attr-defined]
+    settings.TRUSTED_PROXY_COUNT = 1
+    settings.TRUSTED_PROXY_HEADER = header
     make_policy(name="books-ip", limit=2)
     client = APIClient()
     proxy = {"REMOTE_ADDR": "127.0.0.1"}
@@ -468,9 +470,9 @@ def test_clients_behind_one_trusted_proxy_that_adds_ports_are_limited_separately
     assert other_client.status_code == 200
 
 
-def test_clients_the_proxy_cannot_name_count_against_the_proxy_not_everyone(db: None, settings: object) -> None:
-    settings.TRUSTED_PROXY_COUNT = 1  # type: ignore[attr-defined]
-    settings.TRUSTED_PROXY_HEADER = "forwarded"  # type: ignore[attr-defined]
+def test_clients_the_proxy_cannot_name_count_against_the_proxy_not_everyone(db: None, settings: Settings) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+    settings.TRUSTED_PROXY_HEADER = "forwarded"
     make_policy(name="books-ip", limit=2)
     client = APIClient()
     proxy = {"REMOTE_ADDR": "10.0.0.1"}
@@ -615,7 +617,7 @@ def test_store_down_deny_policy_does_not_refuse_unmatched_paths(db: None, dead_s
 
 
 def test_shared_limiting_resumes_after_the_retry_interval(
-    db: None, dead_store: SimpleNamespace, settings: object
+    db: None, dead_store: SimpleNamespace, settings: Settings
 ) -> None:
     policy = make_policy(name="books-open", limit=2, on_store_failure="allow")
     client = APIClient()
@@ -624,7 +626,7 @@ def test_shared_limiting_resumes_after_the_retry_interval(
 
     dead_store.runtime.shared = dead_store.good  # Redis is back ...
     assert hits(client, 1) == [429]  # ... but this worker stays off it until the interval passes
-    dead_store.clock.now += settings.RESILIENCE_STORE_RETRY_SECONDS + 0.01  # type: ignore[attr-defined]
+    dead_store.clock.now += settings.RESILIENCE_STORE_RETRY_SECONDS + 0.01
 
     # Redis never saw the in-process hits: the budget there is fresh, and now it is shared.
     assert hits(client, 3) == [200, 200, 429]
@@ -636,12 +638,12 @@ def test_shared_limiting_resumes_after_the_retry_interval(
 # --- cost of a refusal --------------------------------------------------------------------------
 
 
-def test_rejected_request_costs_no_database_query(db: None, django_assert_num_queries: Callable[..., object]) -> None:
+def test_rejected_request_costs_no_database_query(db: None, django_assert_num_queries: DjangoAssertNumQueries) -> None:
     make_policy(name="books-ip", limit=1)
     client = APIClient()
     assert client.get("/api/books").status_code == 200  # loads the policy snapshot
 
-    with django_assert_num_queries(0):  # type: ignore[operator]
+    with django_assert_num_queries(0):
         response = client.get("/api/books")
 
     assert response.status_code == 429

@@ -63,7 +63,7 @@ def cluster_runtime(db: None, cluster_server: RedisServer) -> Iterator[Runtime]:
     reset_runtime()
     runtime = get_runtime()
     client = RedisCluster(host=HOST, port=cluster_server.port, socket_timeout=1)
-    runtime.shared = RedisLimiterStore(  # type: ignore[assignment]
+    runtime.shared = RedisLimiterStore(  # type: ignore[assignment]  # the Redis store in its place
         client, version_key=f"{key_prefix()}resilience:policy-version", events_channel=events_channel()
     )
     runtime.breaker_shared = RedisBreakerStore(client, prefix=f"{key_prefix()}cb:", events_channel=events_channel())
@@ -88,7 +88,7 @@ def make_policy(**fields: Any) -> RateLimitPolicy:
 
 def test_cluster_client_raises_what_is_not_a_redis_error(cluster_runtime: Runtime) -> None:
     """The premise: this real client's failure is of a class the layer used to let through."""
-    client = cluster_runtime.shared.client  # type: ignore[attr-defined]
+    client = cluster_runtime.shared.client  # type: ignore[attr-defined]  # the Redis store here
     script = client.register_script("return 1")
 
     with pytest.raises(RedisClusterException) as raised:

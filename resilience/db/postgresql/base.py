@@ -36,13 +36,15 @@ log = logging.getLogger("bookstore.db")
 class GuardedErrorWrapper(DatabaseErrorWrapper):
     """Report a connection lost under any database call before Django converts the error."""
 
+    wrapper: DatabaseWrapper
+
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is not None:
             self.wrapper.report_if_lost()
         super().__exit__(exc_type, exc_value, traceback)
 
 
-class DatabaseWrapper(base.DatabaseWrapper):
+class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]  # django_prometheus is untyped
     _ticket: Any = None  # the breaker's ticket for the connection held, until its outcome is reported
     _unpooled = False  # the connection held is a trial's own, not the pool's
     # Per alias, one per process as the pools are: drained since PostgreSQL was last reached, and
