@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import time
 
 import pytest
 
@@ -38,7 +39,11 @@ def test_gthread_workers_keep_connections_alive_and_sync_workers_close_them(tran
 def test_extra_flags_reach_gunicorn_and_the_lean_log_keeps_what_served_pids_reads(transactional_db: None) -> None:
     with LiveServer(workers=1, threads=2, ready_path="/health/live", args=LEAN_LOG) as server:
         two_requests_on_one_connection(server)
-        lines = {fields[-1]: fields for fields in server.access_lines()}
+        # gunicorn writes an access line after the response is sent: wait for the second one.
+        deadline = time.monotonic() + 5
+        while not {"lean-1", "lean-2"} <= (lines := {fields[-1]: fields for fields in server.access_lines()}).keys():
+            assert time.monotonic() < deadline, "the access log never got both lines"
+            time.sleep(0.01)
         (pid,) = server.worker_pids()
         assert lines["lean-1"][:2] == [f"<{pid}>", "200"]
         assert int(lines["lean-2"][2]) > 0  # service time, µs
