@@ -7,6 +7,7 @@ DEBUG is on. Set DATABASE_URL=postgres://... and REDIS_URL=redis://... for the r
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -145,6 +146,25 @@ DATABASES["default"]["ENGINE"] = {
     "django.db.backends.postgresql": "resilience.db.postgresql",
     "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
 }.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
+# A read replica of the same server's data (streaming replication): catalogue reads go there, except
+# for a client that wrote within REPLICA_PIN_SECONDS and inside transactions (bookstore/routers.py).
+DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL") or ""
+REPLICA_PIN_SECONDS = env_float("REPLICA_PIN_SECONDS", 5.0, minimum=0.0)
+if DATABASE_REPLICA_URL:
+    _replica = dj_database_url.parse(DATABASE_REPLICA_URL, conn_max_age=0)
+    on_postgresql = DATABASES["default"]["ENGINE"] == "resilience.db.postgresql"
+    if _replica["ENGINE"] != "django.db.backends.postgresql" or not on_postgresql:
+        raise ImproperlyConfigured("DATABASE_REPLICA_URL needs PostgreSQL for both DATABASE_URL and the replica")
+    # The primary's engine, pool and timeouts; the replica's address.
+    DATABASES["replica"] = replica = copy.deepcopy(DATABASES["default"])
+    for field in ("NAME", "USER", "PASSWORD", "HOST", "PORT"):
+        replica[field] = _replica[field]
+    replica["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["bookstore.routers.PrimaryReplicaRouter"]
+
+if DATABASE_REPLICA_URL:
+    _after = MIDDLEWARE.index("bookstore.request_id.RequestIdMiddleware") + 1
+    MIDDLEWARE.insert(_after, "bookstore.routers.ReadYourWritesMiddleware")
 
 # --- Cache / Redis --------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL") or ""
