@@ -120,6 +120,10 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     instance = request.path if request is not None else ""
     headers: dict[str, str] = {}
 
+    from resilience.limits import LimitRefused
+
+    if isinstance(exc, LimitRefused):
+        return exc.response  # the rate limiter's own 429 (or 503), headers and all
     if isinstance(exc, ApplicationError):
         body = problem_body(
             status=exc.status_code,
