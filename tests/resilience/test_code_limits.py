@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+from django.core.management import call_command
 from django.test import Client
 
 from accounts.models import User
@@ -177,3 +180,15 @@ def test_store_down_a_deny_policy_refuses_with_the_middlewares_503(db: None) -> 
     assert response.status_code == 503
     assert json.loads(response.content)["type"] == REDUCED_CAPACITY
     assert int(response["Retry-After"]) >= 1
+
+
+def test_an_operator_unlocks_one_key_by_naming_it_as_code_passes_it(
+    db: None, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    code_policy(limit=1)
+    assert attempts("sending", ["alice", "alice", "bob", "bob"]) == [200, 429, 200, 429]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("ratelimit", "reset", "sending-user", "--key", "Alice")
+
+    assert attempts("sending", ["alice", "bob"]) == [200, 429]
