@@ -15,20 +15,37 @@ from rest_framework.views import APIView
 from accounts.authentication import TokenAuthentication
 from accounts.exceptions import AccountSuspended
 from accounts.models import User
-from accounts.serializers import RegisterInput, TokenInput, TokenOutput, UserOutput
-from accounts.services import token_create, token_revoke, token_revoke_all, user_create
+from accounts.serializers import RegisterInput, RegisterOutput, TokenInput, TokenOutput, UserOutput
+from accounts.services import token_create, token_revoke, token_revoke_all, user_register
+from resilience.limits import limit
+
+# The code limit the token sign-in asks, per account (a policy of match type "code"; the per-IP
+# one, login-ip, matches the path in the middleware).
+LOGIN_USER = "login-user"
+REGISTERED = (
+    "Unless this username or email already had an account, the account exists now: "
+    "sign in with POST /api/accounts/token."
+)
 
 
 class RegisterApi(APIView):
+    """Create a customer account; the answer is the same whether or not the name or email was taken.
+
+    So registration cannot tell anyone which usernames and emails have accounts: a taken one
+    gets the same 202, body and (one password hash) time as a new one, and nothing is changed.
+    """
+
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(request=RegisterInput, responses={201: UserOutput}, operation_id="accounts_register")
+    @extend_schema(request=RegisterInput, responses={202: RegisterOutput}, operation_id="accounts_register")
     def post(self, request: Request) -> Response:
         serializer = RegisterInput(data=request.data)
         serializer.is_valid(raise_exception=True)  # password validators report under "password"
-        user = user_create(**serializer.validated_data)
-        return Response(UserOutput(user).data, status=status.HTTP_201_CREATED)
+        data = serializer.validated_data
+        user_register(**data)
+        answer = {"username": data["username"], "email": data["email"].strip().lower(), "detail": REGISTERED}
+        return Response(RegisterOutput(answer).data, status=status.HTTP_202_ACCEPTED)
 
 
 class TokenApi(APIView):
@@ -50,7 +67,10 @@ class TokenApi(APIView):
         if "@" in login:
             match = User.objects.filter(email=login.strip().lower()).only("username").first()
             login = match.username if match else login
-        user = authenticate(request, username=login, password=serializer.validated_data["password"])
+        # Counted per account before the password is hashed: a refused guess costs no hash. An email
+        # is counted as the account it names, so both spellings of one account share a counter.
+        with limit(LOGIN_USER, key=login):
+            user = authenticate(request, username=login, password=serializer.validated_data["password"])
         if user is None:
             raise exceptions.AuthenticationFailed("Wrong username or password.")
         if user.is_suspended:

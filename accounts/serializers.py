@@ -31,6 +31,15 @@ class RegisterInput(serializers.Serializer):
         return attrs
 
 
+class RegisterOutput(serializers.Serializer):
+    username = serializers.CharField(help_text="As it would be stored (NFKC-normalised).")
+    email = serializers.EmailField(help_text="As it would be stored (lower case).")
+    detail = serializers.CharField(
+        help_text="The same whether or not the username or email was taken: registration does not say "
+        "which names have accounts. If it was, nothing changed and signing in with this password fails."
+    )
+
+
 class TokenInput(serializers.Serializer):
     username = serializers.CharField(max_length=254, help_text="Username or email.")
     password = serializers.CharField(max_length=128, trim_whitespace=False)

@@ -115,12 +115,16 @@ def _field_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return out
 
 
-def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
     """Return a problem+json Response for any exception raised in an API view."""
     request = context.get("request")
     instance = request.path if request is not None else ""
     headers: dict[str, str] = {}
 
+    from resilience.limits import LimitRefused
+
+    if isinstance(exc, LimitRefused):
+        return exc.response  # the rate limiter's own 429 (or 503), headers and all
     if isinstance(exc, ApplicationError):
         body = problem_body(
             status=exc.status_code,

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from accounts.views import admin_login
 from bookstore import docs, health
 from resilience import api as resilience_api
 from resilience import views as resilience_views
@@ -19,6 +20,8 @@ urlpatterns = [
         admin.site.admin_view(resilience_views.dashboard_json),
         name="resilience-dashboard-data",
     ),
+    # Ahead of the admin's own: the sign-in page behind the sign-in limits.
+    path("admin/login/", admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     path("api/", include("accounts.urls")),
     path("api/", include("catalog.urls")),

@@ -247,10 +247,14 @@ class RateLimitPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Model
 
     @admin.display(description="key", ordering="key")
     def key_display(self, obj: RateLimitPolicy) -> str:
+        if obj.match_type == "code" and obj.key == RateLimitPolicy.Key.USER:
+            return "the key code passes"  # a username tried at sign-in, say: what limit(key=...) names
         return f"header {obj.header_name}" if obj.key == RateLimitPolicy.Key.HEADER else obj.key
 
     @admin.display(description="applies to")
     def match_display(self, obj: RateLimitPolicy) -> str:
+        if obj.match_type == "code":
+            return f'code: limit("{obj.pattern}")'
         methods = obj.methods or "any"
         return f"{methods} {obj.match_type}: {obj.pattern}"
 

@@ -144,8 +144,9 @@ def rate_limited(request: Any, policies: Iterable[str], retry_after: int) -> Non
             extra={
                 "event": "rate_limited",
                 "policy": name,
-                "method": request.method,
-                "path": request.path,
+                # None for a limit() in code outside a request (a task, a command)
+                "method": getattr(request, "method", ""),
+                "path": getattr(request, "path", ""),
                 "retry_after": retry_after,
                 # Refusals by this policy in this worker since its previous line, not logged.
                 "suppressed": suppressed,

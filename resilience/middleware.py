@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -33,6 +34,13 @@ from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.stores.admission import Admission
 
 _NO_ROUTE: RouteInfo = ("", frozenset())
+
+# The request being served, for limit() in code (resilience/limits.py): its client address, who
+# sends it, and where the RateLimit fields of the limits it passed are collected.
+current_request: ContextVar[HttpRequest | None] = ContextVar("resilience_current_request", default=None)
+# Request attribute: the enforcing policies that admitted the request (list[Shown]), by the
+# middleware and by limit() in the view; the RateLimit fields are written from it once, at the end.
+SHOWN = "_resilience_shown"
 
 
 @lru_cache(maxsize=4096)
@@ -179,6 +187,81 @@ def _timed(response: HttpResponse, started: Started, outcome: str) -> HttpRespon
     return response
 
 
+def known_limited(
+    request: HttpRequest, runtime: Runtime, applied: list[tuple[RateLimitRule, LimitSpec]], started: Started
+) -> HttpResponse | None:
+    """Refuse, with no round trip, a request whose key Redis refused and that nothing can admit yet.
+
+    Its other policies are not asked, and count nothing: Redis would have refused it too, and
+    a refused request consumes no quota anywhere.
+    """
+    known = runtime.known_refusals()
+    if known is None:
+        return None
+    violated: list[Shown] = []
+    for rule, spec in applied:
+        if rule.enforce:
+            entry = known.limited(spec.key)
+            if entry is not None:
+                left, shown = entry
+                violated.append(shown._replace(t=_seconds(left)))
+                rule.count("limited")
+                if runtime.tally is not None:
+                    runtime.tally.add(rule.label, spec.key)
+    if not violated:
+        return None
+    return _timed(_too_many(request, violated, rate_limit_headers(violated)), started, "refused")
+
+
+def decide_limits(
+    request: HttpRequest,
+    applied: list[tuple[RateLimitRule, LimitSpec]],
+    admission: Admission,
+    from_fallback: bool,
+    runtime: Runtime,
+    started: Started,
+    remember: bool,
+    admitted_before: list[Shown] | None = None,
+) -> HttpResponse | list[Shown]:
+    """Return the 429/503 response that refuses the request, or the enforcing policies that admitted it.
+
+    A 429's RateLimit fields also show ``admitted_before``: what admitted the request earlier (the
+    middleware's limits, when limit() in a view refuses it).
+    """
+    if from_fallback and any(rule.enforce and not rule.fail_open for rule, _ in applied):
+        for rule, _ in applied:
+            rule.count("store_error")
+        return problem_response(
+            request,
+            quiet=True,
+            status=503,
+            slug="temporary-reduced-capacity",
+            title="Service temporarily unavailable",
+            detail="The rate limiter's store is unreachable and this endpoint fails closed.",
+            headers={"Retry-After": str(_seconds(settings.RESILIENCE_STORE_RETRY_SECONDS) or 1)},
+        )
+    result = admission.hit
+    items = [(rule, spec, d) for (rule, spec), d in zip(applied, result.decisions, strict=True)]
+    for rule, _, d in items:
+        if from_fallback:
+            rule.count("store_error")
+        elif d.allowed:
+            rule.count("allowed")
+        else:
+            rule.count("limited" if rule.enforce else "dry_run_would_limit")
+    shown = [_shown(rule, spec, d) for rule, spec, d in items if rule.enforce]
+    if result.allowed:
+        return shown
+    violated = [(spec, d, _shown(rule, spec, d)) for rule, spec, d in items if rule.enforce and not d.allowed]
+    known = runtime.known_refusals() if remember else None
+    if known is not None:
+        for spec, d, detail in violated:
+            # Counted from before asking: never refused longer than Redis would (resilience/hints.py).
+            known.note_limited(spec.key, d.retry_after, asked_at=started[0], detail=detail)
+    headers = rate_limit_headers([*(admitted_before or ()), *shown])
+    return _too_many(request, [detail for _, _, detail in violated], headers)
+
+
 class ResilienceMiddleware:
     """Admit or refuse each request under the rate-limit and circuit-breaker policies that match it.
 
@@ -192,6 +275,25 @@ class ResilienceMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        token = current_request.set(request)
+        try:
+            response = self._handle(request)
+        finally:
+            current_request.reset(token)
+        shown = getattr(request, SHOWN, None)
+        # A refusal carries its own fields already (those that refused it, and what admitted it before).
+        if shown and "RateLimit-Policy" not in response:
+            for name, value in rate_limit_headers(shown).items():
+                response[name] = value
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """Answer a limit() refusal raised in a view that did not answer it itself."""
+        from resilience.limits import LimitRefused
+
+        return exception.response if isinstance(exception, LimitRefused) else None
+
+    def _handle(self, request: HttpRequest) -> HttpResponse:
         started = (time.perf_counter(), time.thread_time())
         runtime = get_runtime()
         snapshot = runtime.snapshot()
@@ -228,7 +330,7 @@ class ResilienceMiddleware:
         if not applied and not breakers:
             return self.get_response(request)
         if applied:
-            refused = self._known_limited(request, runtime, applied, started)
+            refused = known_limited(request, runtime, applied, started)
             if refused is not None:
                 return refused
 
@@ -248,31 +350,6 @@ class ResilienceMiddleware:
                 return _timed(self._open_response(request, runtime, rule, known.retry_after), started, "refused")
         return None
 
-    def _known_limited(
-        self, request: HttpRequest, runtime: Runtime, applied: list[tuple[RateLimitRule, LimitSpec]], started: Started
-    ) -> HttpResponse | None:
-        """Refuse, with no round trip, a request whose key Redis refused and that nothing can admit yet.
-
-        Its other policies are not asked, and count nothing: Redis would have refused it too, and
-        a refused request consumes no quota anywhere.
-        """
-        known = runtime.known_refusals()
-        if known is None:
-            return None
-        violated: list[Shown] = []
-        for rule, spec in applied:
-            if rule.enforce:
-                entry = known.limited(spec.key)
-                if entry is not None:
-                    left, shown = entry
-                    violated.append(shown._replace(t=_seconds(left)))
-                    rule.count("limited")
-                    if runtime.tally is not None:
-                        runtime.tally.add(rule.label, spec.key)
-        if not violated:
-            return None
-        return _timed(_too_many(request, violated, rate_limit_headers(violated)), started, "refused")
-
     def _decide(
         self,
         request: HttpRequest,
@@ -291,66 +368,21 @@ class ResilienceMiddleware:
         # A refusal is worth remembering only if Redis decided it under the policies this request
         # was matched against: after a change, the next request is matched against the new ones.
         remember = not from_fallback and admission.hit.version == version
-        headers: dict[str, str] = {}
         if applied:
-            outcome = self._limits(request, applied, admission, from_fallback, runtime, started, remember)
+            outcome = decide_limits(request, applied, admission, from_fallback, runtime, started, remember)
             if isinstance(outcome, HttpResponse):
                 return _timed(outcome, started, "refused")  # no view work, no database query
-            headers = outcome
+            # Written once the response is made (__call__), with those of limit() in the view.
+            setattr(request, SHOWN, outcome)
         # What deciding cost this request, for Server-Timing (the view's own time is not in it).
         timing = _timing(started, "admitted")
         if not breakers:
             response = self.get_response(request)
         else:
             response = self._guarded(request, runtime, breakers, admission, from_fallback, started, remember)
-        for name, value in headers.items():
-            response[name] = value
         # An open breaker's refusal already carries its own, complete timing: keep it.
         response.setdefault("Server-Timing", timing)
         return response
-
-    def _limits(
-        self,
-        request: HttpRequest,
-        applied: list[tuple[RateLimitRule, LimitSpec]],
-        admission: Admission,
-        from_fallback: bool,
-        runtime: Runtime,
-        started: Started,
-        remember: bool,
-    ) -> HttpResponse | dict[str, str]:
-        """Return the 429/503 response that refuses the request, or the headers for admitting it."""
-        if from_fallback and any(rule.enforce and not rule.fail_open for rule, _ in applied):
-            for rule, _ in applied:
-                rule.count("store_error")
-            return problem_response(
-                request,
-                quiet=True,
-                status=503,
-                slug="temporary-reduced-capacity",
-                title="Service temporarily unavailable",
-                detail="The rate limiter's store is unreachable and this endpoint fails closed.",
-                headers={"Retry-After": str(_seconds(settings.RESILIENCE_STORE_RETRY_SECONDS) or 1)},
-            )
-        result = admission.hit
-        items = [(rule, spec, d) for (rule, spec), d in zip(applied, result.decisions, strict=True)]
-        for rule, _, d in items:
-            if from_fallback:
-                rule.count("store_error")
-            elif d.allowed:
-                rule.count("allowed")
-            else:
-                rule.count("limited" if rule.enforce else "dry_run_would_limit")
-        headers = rate_limit_headers([_shown(rule, spec, d) for rule, spec, d in items if rule.enforce])
-        if result.allowed:
-            return headers
-        violated = [(spec, d, _shown(rule, spec, d)) for rule, spec, d in items if rule.enforce and not d.allowed]
-        known = runtime.known_refusals() if remember else None
-        if known is not None:
-            for spec, d, shown in violated:
-                # Counted from before asking: never refused longer than Redis would (resilience/hints.py).
-                known.note_limited(spec.key, d.retry_after, asked_at=started[0], detail=shown)
-        return _too_many(request, [shown for _, _, shown in violated], headers)
 
     def _guarded(
         self,

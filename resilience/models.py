@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -54,6 +55,15 @@ def between(low: int, high: int) -> list[BaseValidator]:
 def hash_key_value(value: str) -> str:
     """Return the stored form of a header value: a SHA-256 prefix, so secrets never reach Redis."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def code_key_value(value: str) -> str:
+    """Return the stored form of a key code passes to limit(): normalised, then hashed.
+
+    NFKC and casefold, as usernames are compared, so "Admin", "ADMIN" and "ａｄｍｉｎ" share one
+    counter; hashed, so Redis never holds the usernames (or emails) people tried.
+    """
+    return "k" + hash_key_value(unicodedata.normalize("NFKC", value).casefold().strip())
 
 
 class Match(models.TextChoices):
@@ -267,8 +277,8 @@ class RateLimitPolicy(PolicyBase):
     def clean(self) -> None:
         # All at once: a bad pattern must not hide a bad number (the form shows every error).
         errors = self.base_errors()
-        if self.match_type == Match.CODE:
-            errors["match_type"] = "Rate limits apply to requests: choose a path, route or tag match."
+        if self.match_type == Match.CODE and not re.fullmatch(NAME_REGEX, self.pattern or ""):
+            errors["pattern"] = 'Give the name code asks for, as in limit("admin-login", key=username).'
         if self.key == self.Key.HEADER and not HEADER_NAME_RE.fullmatch(self.header_name or ""):
             errors["header_name"] = "Give the header name, e.g. X-App-Id."
         if self.key != self.Key.HEADER:

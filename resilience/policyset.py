@@ -20,7 +20,7 @@ from django.db.models import Model
 from resilience.breaker import BreakerConfig
 from resilience.limiter import Algorithm, LimitSpec, validate
 from resilience.metrics import ratelimit_decisions
-from resilience.models import CircuitBreakerPolicy, RateLimitPolicy, parse_status_set
+from resilience.models import CircuitBreakerPolicy, Match, RateLimitPolicy, code_key_value, parse_status_set
 from resilience.patterns import PatternError, compile_pattern, path_matches
 
 RouteInfo = tuple[str, frozenset[str]]  # (url route name, view tags)
@@ -136,9 +136,11 @@ class PolicySet:
     """Every enabled policy at one version of the policy tables."""
 
     version: int
-    ratelimits: tuple[RateLimitRule, ...] = ()
+    ratelimits: tuple[RateLimitRule, ...] = ()  # those requests match (code-only ones are in code_limits)
     breakers: tuple[BreakerRule, ...] = ()
     breakers_by_name: dict[str, BreakerRule] = field(default_factory=dict)
+    # Rate limits of match type "code", by the name code asks for (their pattern): limit("admin-login").
+    code_limits: dict[str, tuple[RateLimitRule, ...]] = field(default_factory=dict)
     errors: tuple[PolicyError, ...] = ()  # enabled policies left out: they cannot be used as saved
 
     @property
@@ -201,6 +203,10 @@ def compile_policies(version: int) -> PolicySet:
         except PolicyError as e:
             errors.append(e)
     rules.sort(key=lambda r: (r.priority, r.name))
+    code_limits: dict[str, tuple[RateLimitRule, ...]] = {}
+    for rule in rules:
+        if rule.matcher.kind == "code":
+            code_limits[rule.matcher.pattern] = (*code_limits.get(rule.matcher.pattern, ()), rule)
     breakers = []
     for b in CircuitBreakerPolicy.objects.filter(enabled=True):
         try:
@@ -209,9 +215,10 @@ def compile_policies(version: int) -> PolicySet:
             errors.append(e)
     return PolicySet(
         version=version,
-        ratelimits=tuple(rules),
+        ratelimits=tuple(rule for rule in rules if rule.matcher.kind != "code"),
         breakers=tuple(breakers),
         breakers_by_name={b.name: b for b in breakers},
+        code_limits=code_limits,
         errors=tuple(errors),
     )
 
@@ -223,7 +230,7 @@ def user_ids(policies: Iterable[RateLimitPolicy]) -> dict[str, int]:
     usernames = {
         o.key_value
         for p in policies
-        if p.key == RateLimitPolicy.Key.USER
+        if p.key == RateLimitPolicy.Key.USER and p.match_type != Match.CODE
         for o in p.overrides.all()
         if not o.key_value.isdigit()
     }
@@ -270,7 +277,9 @@ def compile_ratelimit(p: RateLimitPolicy, ids_by_username: dict[str, int] | None
             raise refuse(f"override {o.key_value}: {problem}")
         shapes.append((f"override {o.key_value}: ", o.limit, None))
         value = o.key_value
-        if p.key == RateLimitPolicy.Key.USER:
+        if p.match_type == Match.CODE and p.key == RateLimitPolicy.Key.USER:
+            value = code_key_value(value)  # the username (or other key) as code passes it
+        elif p.key == RateLimitPolicy.Key.USER:
             user_id = int(value) if value.isdigit() else (ids_by_username or {}).get(value)
             if user_id is None:
                 continue

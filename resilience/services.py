@@ -20,7 +20,14 @@ from resilience.breaker import FORCED_STATES, BreakerConfig, BreakerStore, State
 from resilience.breakers import PUBLIC_STATE, announce
 from resilience.clientip import ip_key
 from resilience.limiter import Decision
-from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy, hash_key_value
+from resilience.models import (
+    CircuitBreakerPolicy,
+    Match,
+    PolicyVersion,
+    RateLimitPolicy,
+    code_key_value,
+    hash_key_value,
+)
 from resilience.policyset import breaker_config, policy_problem
 from resilience.runtime import get_runtime, key_prefix
 
@@ -87,7 +94,9 @@ def storage_key(policy: RateLimitPolicy, value: str) -> str:
 
 
 def key_value_for(policy: RateLimitPolicy, key: str) -> str:
-    """Return the counted value for an operator-given key (IP, user id, header value)."""
+    """Return the counted value for an operator-given key (IP, user id, header value, a code policy's key)."""
+    if policy.match_type == Match.CODE and policy.key == RateLimitPolicy.Key.USER:
+        return code_key_value(key)  # the username as code passes it: `ratelimit reset login-user --key boss`
     if policy.key == RateLimitPolicy.Key.HEADER:
         return hash_key_value(key)
     if policy.key == RateLimitPolicy.Key.USER and key.isdigit():

@@ -128,7 +128,12 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("transactional_db" if transactional else "db")
         from django.apps import apps as django_apps
 
-        for name in ("0002_default_policies", "0004_default_breakers", "0008_database_breaker"):
+        for name in (
+            "0002_default_policies",
+            "0004_default_breakers",
+            "0008_database_breaker",
+            "0009_login_limits",
+        ):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
     route_info.cache_clear()

@@ -199,7 +199,7 @@ def test_api_success_responses_conform_to_the_schema(
             {},
             {},
             {"username": "fuzz", "email": "f@example.com", "password": "correct-horse-battery"},
-            201,
+            202,
         ),
         ({}, "POST", "/api/accounts/token", {}, {}, {"username": "fuzz", "password": "correct-horse-battery"}, 200),
     ]
