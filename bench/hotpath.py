@@ -13,7 +13,7 @@ from bench import lib
 from tests.live import RedisServer, request
 
 NAME = "hotpath"
-PATH = "/bench/ping"
+PATH = "/api/bench/ping"
 APP_IDS = 8  # distinct X-App-Id values in the request mix
 CONFIGS = {
     "a": ("a: product middleware, no resilience layer", {"RESILIENCE_MIDDLEWARE": "false"}),

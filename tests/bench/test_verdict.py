@@ -74,5 +74,5 @@ def test_bench_order_view_takes_one_copy(db: None, make_book: Callable[..., Book
 
 @pytest.mark.urls("bench.urls")
 def test_bench_ping_answers_at_once(db: None) -> None:
-    response = Client().get("/bench/ping")
+    response = Client().get("/api/bench/ping")
     assert (response.status_code, response.content) == (200, b"pong")
