@@ -252,7 +252,10 @@ def test_a_hung_primary_is_not_trusted_for_more_than_a_second(
 ) -> None:
     """A silent subscription may be hiding a reset: after a second of it, the worker asks Redis again."""
     policy, path = limit_path(make_book, "hung-primary", limit=5, on_store_failure="deny")
-    server = live_servers(workers=1, env_overrides={"REDIS_URL": redis_server.url})
+    # Redis retried soon after each failure: between failures, the worker's memory is what answers.
+    server = live_servers(
+        workers=1, env_overrides={"REDIS_URL": redis_server.url, "RESILIENCE_STORE_RETRY_SECONDS": "0.2"}
+    )
     client = new_source()
     assert [request(server.port, path, source=client).status for _ in range(8)] == [200] * 5 + [429] * 3
 
