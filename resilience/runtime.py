@@ -211,6 +211,9 @@ class Runtime:
             client = self.shared.client  # type: ignore[attr-defined]
             store_call("heartbeat", client.hset, workers_key(), self.worker_id, record)
         except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
+            watch = self._failover_watch
+            if watch is not None and watch.settling(e):
+                return  # a new primary still waiting for its replica: not down, the next beat tells
             self.store_failed("heartbeat", e)
 
     # --- store health --------------------------------------------------------------------
@@ -394,13 +397,17 @@ class Runtime:
         for this request only, reported against ``policies`` ((kind, name) of each one asked).
         """
         if self.store_available() or not self.uses_redis:
-            if self._failover_watch is not None:
-                self._failover_watch.wait_for_primary()  # a count made during a promotion would be lost
-            try:
-                admission = self._admission().admit(specs, breakers, labels=labels)
-            except StoreUnavailable as e:
-                self.store_failed("admit", e, "admit", policies)
-            else:
+            watch = self._failover_watch
+            if watch is not None:
+                watch.wait_for_primary()  # a count made during a promotion would be lost
+            while True:
+                try:
+                    admission = self._admission().admit(specs, breakers, labels=labels)
+                except StoreUnavailable as e:
+                    if watch is not None and watch.settling(e):
+                        continue  # the new primary's replica is catching up: tens of milliseconds
+                    self.store_failed("admit", e, "admit", policies)
+                    break
                 self.observe_version(admission.hit.version)
                 return admission, False
         return self.fallback_admission.admit(specs, breakers, labels=labels), True

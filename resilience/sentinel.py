@@ -20,6 +20,9 @@ resets) is discarded when it becomes a replica. So when a sentinel says it is pr
 (``+failover-state-send-slaveof-noone``), admissions wait for the announcement, at most
 HOLD_SECONDS, as Redis's own FAILOVER command pauses writes: a request waits about a second
 instead of being counted where the count is lost. Refusals remembered in memory do not wait.
+A primary set to refuse writes without a replica (min-replicas-to-write) may still refuse them for
+a few tens of milliseconds after the announcement, while its replica catches up: admissions
+refused so within HOLD_SECONDS of the switch are tried again instead of given up.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import SentinelConnectionPool
 
@@ -44,7 +47,10 @@ SWITCHED = "+switch-master"
 PROMOTING = "+failover-state-send-slaveof-noone"
 # How long admissions wait for a promotion to be announced: what a sentinel takes to see the
 # replica promoted (it asks every second during a failover) and announce it, with room to spare.
+# Also how long after it a new primary's refusal for want of replicas is waited out (seconds).
 HOLD_SECONDS = 2.0
+# How often an admission the new primary refused for want of replicas is tried again (seconds).
+SETTLE_POLL_SECONDS = 0.01
 # A sentinel subscription silent this long is checked with a PING, answered within as long (seconds).
 IDLE_CHECK_SECONDS = 2.0
 
@@ -84,6 +90,7 @@ class FailoverWatch:
         self.switches = 0  # primaries moved to in this process
         self._moved = threading.Condition()
         self._held_until = 0.0  # monotonic(): admissions wait until then, or until the switch
+        self._switched_at = -HOLD_SECONDS  # monotonic() of the last switch
 
     def ensure(self) -> None:
         """Start the watching threads in this process, once (threads do not survive fork())."""
@@ -104,6 +111,20 @@ class FailoverWatch:
         with self._moved:
             while (left := self._held_until - time.monotonic()) > 0:
                 self._moved.wait(left)
+
+    def settling(self, error: Exception) -> bool:
+        """Return True, after a short wait, if ``error`` is the new primary still waiting for a replica.
+
+        Only within HOLD_SECONDS of a switch: otherwise a primary without replicas is a store
+        failure like any other, and requests must not wait for it.
+        """
+        cause = error.__cause__
+        if not (isinstance(cause, ResponseError) and str(cause).startswith("NOREPLICAS")):
+            return False
+        if time.monotonic() - self._switched_at >= HOLD_SECONDS:
+            return False
+        time.sleep(SETTLE_POLL_SECONDS)
+        return True
 
     def hold(self) -> None:
         """Make admissions wait: a sentinel is promoting a replica, and will announce it."""
@@ -141,6 +162,7 @@ class FailoverWatch:
             self.pool.proxy.master_address = address
             self.pool.disconnect(inuse_connections=False)
             self.switches += 1
+            self._switched_at = time.monotonic()
         log.warning(
             "redis primary changed",
             extra={"event": "redis_failover", "service": self.service, "primary": f"{address[0]}:{address[1]}"},
