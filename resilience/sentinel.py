@@ -157,8 +157,9 @@ class FailoverWatch:
                 return False  # the start: nothing was connected anywhere else
             sentinels = self._manager.sentinels
             if announced_by is not None and announced_by in sentinels:
-                sentinels.remove(announced_by)
-                sentinels.insert(0, announced_by)
+                # A swap, as redis-py's discover_master makes one: request threads may be reading the list.
+                i = sentinels.index(announced_by)
+                sentinels[0], sentinels[i] = sentinels[i], sentinels[0]
             self.pool.proxy.master_address = address
             self.pool.disconnect(inuse_connections=False)
             self.switches += 1
