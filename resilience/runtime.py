@@ -179,6 +179,8 @@ class Runtime:
                 if self._known_refusals is None:
                     # Its own connection, outside the pool: the pool counts every connection it
                     # makes, so taking one from it per reconnect would leak a slot each time.
+                    # Behind Sentinel the pool's kwargs carry its sentinel proxy, so this
+                    # connection too asks the sentinels for the primary when it connects.
                     self._known_refusals = KnownRefusals(
                         partial(pool.connection_class, **pool.connection_kwargs),
                         events_channel(),
