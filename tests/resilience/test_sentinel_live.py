@@ -24,6 +24,7 @@ from resilience.runtime import events_channel
 from resilience.services import key_value_for, storage_key
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.live import HOST, LiveServer, RedisServer, Reply, request
+from tests.resilience.test_ratelimit_live import policy_quota
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -249,7 +250,7 @@ def test_limits_hold_across_a_sentinel_failover_under_load(
     assert not old.keys(f"{fresh_key}*")
 
 
-def test_reset_right_after_a_failover_is_not_lost(
+def test_reset_and_policy_change_right_after_a_failover_are_not_lost(
     clusters: Callable[..., Cluster], live_servers: Callable[..., LiveServer], make_book: Callable[..., Book]
 ) -> None:
     cluster = clusters()
@@ -270,6 +271,15 @@ def test_reset_right_after_a_failover_is_not_lost(
         assert time.perf_counter() < deadline, "the reset was not in force 1 s after the failover"
     print(f"\nreset in force {time.perf_counter() - announced:.2f} s after +switch-master")
     assert 1 + admitted_of(server.port, path, client, LIMIT + 5) == LIMIT
+
+    # A policy change saved now is announced on the new primary, and every worker obeys it at once.
+    policy.limit = 3
+    policy.save()
+    version_key = f"{settings.RESILIENCE_KEY_PREFIX}resilience:policy-version"
+    RedisLimiterStore(primary, version_key, events_channel()).bump_version()
+    changed = time.perf_counter()
+    while policy_quota(request(server.port, path, source=new_source()), policy.name) != 3:
+        assert time.perf_counter() - changed < 1, "the policy change was not in force within a second"
 
 
 def test_a_hung_primary_is_not_trusted_for_more_than_a_second(
