@@ -99,8 +99,10 @@ def check_redis() -> None:
 
 def checks() -> dict[str, Callable[[], None]]:
     """Return the readiness checks that apply to this configuration, by name."""
+    from resilience.runtime import redis_configured
+
     found: dict[str, Callable[[], None]] = {"database": check_database}
-    if settings.REDIS_URL:
+    if redis_configured():
         found["redis"] = check_redis
     return found
 

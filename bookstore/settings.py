@@ -175,22 +175,59 @@ if DATABASE_REPLICA_URL:
 
 # --- Cache / Redis --------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL") or ""
+# Or, with Redis Sentinel: the sentinels' host:port list; the app asks them for the primary.
+REDIS_SENTINELS = env_list("REDIS_SENTINELS", [])
+REDIS_SENTINEL_SERVICE = env_str("REDIS_SENTINEL_SERVICE") or "mymaster"
+REDIS_SENTINEL_DB = env_int("REDIS_SENTINEL_DB", 0, minimum=0)
+REDIS_SENTINEL_PASSWORD = env_str("REDIS_SENTINEL_PASSWORD") or ""
+REDIS_PASSWORD = env_str("REDIS_PASSWORD") or ""
 # Tight timeouts: a hung Redis must cost a request milliseconds, not minutes (seconds).
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.25)
-if REDIS_URL:
+if REDIS_URL and REDIS_SENTINELS:
+    raise ImproperlyConfigured("set REDIS_URL or REDIS_SENTINELS, not both")
+
+
+def _sentinel_address(entry: str) -> tuple[str, int]:
+    host, _, port = entry.rpartition(":")
+    if not host or not port.isdigit():
+        raise ImproperlyConfigured(f"REDIS_SENTINELS entry {entry!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+_redis_options: dict[str, object] = {
+    "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
+    "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+    "CONNECTION_POOL_KWARGS": {"max_connections": env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)},
+}
+if REDIS_PASSWORD:
+    _redis_options["PASSWORD"] = REDIS_PASSWORD
+if REDIS_SENTINELS:
+    _redis_options.update(
+        CLIENT_CLASS="django_redis.client.SentinelClient",
+        CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+        SENTINELS=[_sentinel_address(entry) for entry in REDIS_SENTINELS],
+        # The sentinels are asked for the primary on every new connection: the same tight timeouts.
+        SENTINEL_KWARGS={
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+            **({"password": REDIS_SENTINEL_PASSWORD} if REDIS_SENTINEL_PASSWORD else {}),
+        },
+    )
+    # One location, the primary, for reads too: a replica may lag behind what this process just
+    # wrote, and during a failover it is the one being promoted (a string would add a replica pool).
+    _redis_location: str | list[str] = [f"redis://{REDIS_SENTINEL_SERVICE}/{REDIS_SENTINEL_DB}"]
+else:
+    _redis_options["CLIENT_CLASS"] = "django_redis.client.DefaultClient"
+    _redis_location = REDIS_URL
+if REDIS_URL or REDIS_SENTINELS:
     CACHES = {
         "default": {
             # django-redis's RedisCache with hit/miss/failure counters.
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            "LOCATION": _redis_location,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "bookstore") or "",
-            "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
-                "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
-                "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {"max_connections": env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)},
-            },
+            "OPTIONS": _redis_options,
         }
     }
 else:

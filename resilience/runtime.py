@@ -1,7 +1,8 @@
 """Per-process state of the resilience layer: the policy snapshot and the stores behind it.
 
 One Runtime per worker process. The shared store is Redis (through django-redis's connection,
-whose timeouts bound every call) when REDIS_URL is set, else an in-process store. When Redis
+whose timeouts bound every call) when REDIS_URL or REDIS_SENTINELS is set, else an in-process
+store. Behind Sentinel, the runtime follows each failover at once (sentinel.py). When Redis
 fails, the runtime answers from an in-process fallback store and stays off Redis for
 RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis costs one timeout per worker per interval, not one
 per request.
@@ -25,6 +26,7 @@ from time import time as wall_clock
 
 from django.conf import settings
 from django.db import DatabaseError
+from redis.sentinel import SentinelConnectionPool
 
 from resilience.breaker import BreakerConfig, BreakerStore
 from resilience.hints import KnownRefusals
@@ -33,6 +35,7 @@ from resilience.metrics import store_errors
 from resilience.models import PolicyVersion
 from resilience.policy_errors import PolicyErrorLog
 from resilience.policyset import PolicyError, PolicySet, compile_policies
+from resilience.sentinel import FailoverWatch
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
@@ -62,6 +65,11 @@ HEARTBEAT_INTERVAL = 10.0
 # Longer than HEARTBEAT_INTERVAL: a worker idle for a while may serve again during an outage, and
 # counting one that is gone only makes the shares smaller, never the fleet's total larger.
 LIVE_WORKER_SECONDS = 60.0
+
+
+def redis_configured() -> bool:
+    """Return whether a Redis is configured (a URL, or sentinels to ask for the primary)."""
+    return bool(settings.REDIS_URL or getattr(settings, "REDIS_SENTINELS", None))
 
 
 def key_prefix() -> str:
@@ -134,6 +142,13 @@ class Runtime:
         self.fleet_workers: int = settings.RESILIENCE_FALLBACK_WORKERS
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._known_refusals: KnownRefusals | None = None
+        self._failover_watch: FailoverWatch | None = None
+        if self.uses_redis:
+            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]
+            if isinstance(pool, SentinelConnectionPool):
+                self._failover_watch = FailoverWatch(
+                    pool, self.primary_changed, settings.RESILIENCE_STORE_RETRY_SECONDS
+                )
         # Not self._lock: the database breaker asks for it while a policy reload holds that lock.
         self._hints_lock = threading.Lock()
         # Dashboard counts of refusals made from memory; kept only where the admission keeps stats.
@@ -152,13 +167,15 @@ class Runtime:
             known, self._known_refusals = self._known_refusals, None
         if known is not None:
             known.close()
+        if self._failover_watch is not None:
+            self._failover_watch.close()
 
     @property
     def uses_redis(self) -> bool:
         return self.shared is not self.fallback
 
     def _make_shared_store(self) -> MemoryLimiterStore:
-        if not settings.REDIS_URL:
+        if not redis_configured():
             return self.fallback
         from django_redis import get_redis_connection
 
@@ -171,7 +188,7 @@ class Runtime:
         )
 
     def _make_breaker_store(self) -> BreakerStore:
-        if not settings.REDIS_URL:
+        if not redis_configured():
             return self.breaker_fallback
         from django_redis import get_redis_connection
 
@@ -183,6 +200,8 @@ class Runtime:
 
     def known_refusals(self) -> KnownRefusals | None:
         """Return what this process knows Redis refuses (open breakers, limited keys), or None without Redis."""
+        if self._failover_watch is not None:
+            self._failover_watch.ensure()
         if not self.store_available():
             return None
         current = self._known_refusals
@@ -196,6 +215,8 @@ class Runtime:
                 if self._known_refusals is None:
                     # Its own connection, outside the pool: the pool counts every connection it
                     # makes, so taking one from it per reconnect would leak a slot each time.
+                    # Behind Sentinel the pool's kwargs carry its sentinel proxy, so this
+                    # connection too asks the sentinels for the primary when it connects.
                     self._known_refusals = KnownRefusals(
                         partial(pool.connection_class, **pool.connection_kwargs),
                         events_channel(),
@@ -237,6 +258,9 @@ class Runtime:
         try:
             reports = store_call("heartbeat", report)
         except StoreUnavailable as e:  # the dashboard's view is never worth a failed request
+            watch = self._failover_watch
+            if watch is not None and watch.settling(e):
+                return  # a new primary still waiting for its replica: not down, the next beat tells
             self.store_failed("heartbeat", e)
             return
         # Never below the configured floor: a worker reporting first at start-up finds only itself.
@@ -249,6 +273,9 @@ class Runtime:
     def mark_down(self, operation: str, error: Exception) -> None:
         store_errors.labels(operation).inc()
         self._down_until = time.monotonic() + settings.RESILIENCE_STORE_RETRY_SECONDS
+        # What Redis said before it failed may not hold when it is back (a restart lost the keys,
+        # a failover promoted a replica that never saw them, a reset was published meanwhile).
+        self.forget_refusals()
         log.warning(
             "resilience store unavailable",
             extra={"event": "store_error", "operation": operation, "error": repr(error)},
@@ -420,11 +447,17 @@ class Runtime:
         for this request only, reported against ``policies`` ((kind, name) of each one asked).
         """
         if self.store_available() or not self.uses_redis:
-            try:
-                admission = self._admission().admit(specs, breakers, labels=labels)
-            except StoreUnavailable as e:
-                self.store_failed("admit", e, "admit", policies)
-            else:
+            watch = self._failover_watch
+            if watch is not None:
+                watch.wait_for_primary()  # a count made during a promotion would be lost
+            while True:
+                try:
+                    admission = self._admission().admit(specs, breakers, labels=labels)
+                except StoreUnavailable as e:
+                    if watch is not None and watch.settling(e):
+                        continue  # the new primary's replica is catching up: tens of milliseconds
+                    self.store_failed("admit", e, "admit", policies)
+                    break
                 self.observe_version(admission.hit.version)
                 return admission, False
         return self.fallback_admission.admit(fleet_shares(specs, self.fleet_workers), breakers, labels=labels), True
@@ -434,6 +467,19 @@ class Runtime:
         self.shared.reset(keys)
         self.fallback.reset(keys)
         self.forget_refusals()
+
+    def primary_changed(self) -> None:
+        """Follow a new Redis primary: forget the refusals and subscribe there; compare policy versions now.
+
+        Called by the failover watch once the pool points at the new primary. A policy change or
+        a reset written to the old primary just before it was demoted may be lost with it: the
+        PostgreSQL version, compared at the next request, still finds the change.
+        """
+        known = self._known_refusals
+        if known is not None:
+            known.restart()
+        self._checked_at = 0.0
+        self._db_checked_at = 0.0
 
     def forget_refusals(self) -> None:
         """Forget what this process remembered Redis refusing (the others hear it published)."""

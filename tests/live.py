@@ -329,6 +329,9 @@ class RedisServer:
     # More redis-server options, e.g. ("--cluster-enabled", "yes"), or ("--rename-command", "EVALSHA", "")
     # for a Redis that refuses scripts.
     args: tuple[str, ...] = ()
+    # A configuration file's text, written to its directory and given first (a sentinel needs a
+    # file it can rewrite: RedisServer(conf="sentinel monitor ...", args=("--sentinel",))).
+    conf: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -344,10 +347,14 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed")
         self.port = self.port or free_port()
         self.tmp = self.tmp or Path(tempfile.mkdtemp(prefix="live-redis-"))
+        conf = []
+        if self.conf:
+            (self.tmp / "redis.conf").write_text(self.conf)
+            conf = [str(self.tmp / "redis.conf")]
         # stdout to a file, not a pipe: a full pipe nobody reads would stall the server.
         with (self.tmp / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [executable, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
+                [executable, *conf, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
                  "--dir", str(self.tmp), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
