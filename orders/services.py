@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
 from accounts.models import User
@@ -118,7 +118,8 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
     # concurrent request with the same Idempotency-Key waits on the unique index and then fails
     # with IntegrityError, which order_place answers with the committed order.
     wanted = {line.book_id for line in lines}
-    prices = dict(Book.objects.filter(pk__in=wanted).values_list("pk", "price"))
+    # order_by(): the catalogue's default ordering (by title) would only make PostgreSQL sort.
+    prices = dict(Book.objects.filter(pk__in=wanted).order_by().values_list("pk", "price"))
     missing = sorted(wanted - prices.keys())
     if missing:
         raise UnknownBooks(missing)
@@ -132,6 +133,8 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
         OrderLine(order=order, book_id=line.book_id, quantity=line.quantity, unit_price=prices[line.book_id])
         for line in lines
     )
+    if len(lines) == 1 and _take_at_price(lines[0], prices[lines[0].book_id]):
+        return PlaceResult(order=order, replayed=False, lines=order_lines)
 
     books = {book.pk: book for book in books_select_for_update(wanted).only("pk", "stock", "price")}
     deleted = sorted(wanted - books.keys())
@@ -155,9 +158,31 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
             line.unit_price = locked_prices[line.book_id]
         OrderLine.objects.bulk_update(order_lines, ["unit_price"])
         order.save(update_fields=["total"])
-    for line in sorted(lines, key=lambda item: item.book_id):
-        Book.objects.filter(pk=line.book_id).update(stock=F("stock") - line.quantity)
+    _take(lines)
     return PlaceResult(order=order, replayed=False, lines=order_lines)
+
+
+def _take_at_price(line: LineRequest, price: Decimal) -> bool:
+    """Take one line's copies if the book still has them at ``price``; return whether it did.
+
+    One row needs no lock order, so the check and the decrement are one conditional UPDATE: the
+    row is locked for that statement and the commit, one round trip less than lock-then-update.
+    When it changes nothing (short, deleted or repriced meanwhile) the caller takes the general
+    path, which locks the row and says which.
+    """
+    taken = Book.objects.filter(pk=line.book_id, stock__gte=line.quantity, price=price).update(
+        stock=F("stock") - line.quantity
+    )
+    return taken == 1
+
+
+def _take(lines: list[LineRequest]) -> None:
+    """Decrement the stock of every line in one UPDATE (the rows are locked already)."""
+    if len(lines) == 1:
+        Book.objects.filter(pk=lines[0].book_id).update(stock=F("stock") - lines[0].quantity)
+        return
+    taken = Case(*(When(pk=line.book_id, then=Value(line.quantity)) for line in lines), output_field=IntegerField())
+    Book.objects.filter(pk__in=[line.book_id for line in lines]).update(stock=F("stock") - taken)
 
 
 @transaction.atomic
