@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -100,6 +101,19 @@ def suspended_client(suspended: User) -> APIClient:
     return client_for(suspended)
 
 
+@pytest.fixture
+def token_cache_live() -> None:
+    """Wait until this process's subscription to token revocations is up: only then are tokens remembered."""
+    from accounts import token_cache
+
+    cache = token_cache.get_cache()
+    cache.asked()  # starts the listener
+    deadline = time.monotonic() + 10
+    while not cache.live():
+        assert time.monotonic() < deadline, "no subscription to token revocations"
+        time.sleep(0.01)
+
+
 @pytest.fixture(autouse=True)
 def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     """Start every database test without resilience policies, unless it asks for the defaults.
@@ -107,6 +121,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     The default policies (per-IP limits) would otherwise throttle tests that send many requests
     from one address; tests of the policies themselves create what they need.
     """
+    from accounts import token_cache
     from resilience import principal
     from resilience.middleware import route_info
     from resilience.runtime import get_runtime
@@ -130,5 +145,6 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
         for name in ("0002_default_policies", "0004_default_breakers", "0008_database_breaker"):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
+    token_cache.clear()
     route_info.cache_clear()
     get_runtime().invalidate()
