@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from catalog.models import Book
+from orders import statements
 from orders.exceptions import (
     IdempotencyKeyReused,
     InsufficientStock,
@@ -118,22 +119,20 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
     # concurrent request with the same Idempotency-Key waits on the unique index and then fails
     # with IntegrityError, which order_place answers with the committed order.
     wanted = {line.book_id for line in lines}
-    # order_by(): the catalogue's default ordering (by title) would only make PostgreSQL sort.
-    prices = dict(Book.objects.filter(pk__in=wanted).order_by().values_list("pk", "price"))
+    prices = statements.prices(wanted)
     missing = sorted(wanted - prices.keys())
     if missing:
         raise UnknownBooks(missing)
-    order = Order.objects.create(
+    order, order_lines = statements.insert_order(
         user=user,
         total=_total(lines, prices),
         idempotency_key=idempotency_key,
-        request_digest=digest,
+        digest=digest,
+        lines=lines,
+        unit_prices=prices,
     )
-    order_lines = OrderLine.objects.bulk_create(
-        OrderLine(order=order, book_id=line.book_id, quantity=line.quantity, unit_price=prices[line.book_id])
-        for line in lines
-    )
-    if len(lines) == 1 and _take_at_price(lines[0], prices[lines[0].book_id]):
+    # A short, deleted or repriced book changes nothing here: the locking path below says which.
+    if len(lines) == 1 and statements.take_at_price(lines[0], prices[lines[0].book_id]):
         return PlaceResult(order=order, replayed=False, lines=order_lines)
 
     books = {book.pk: book for book in books_select_for_update(wanted).only("pk", "stock", "price")}
@@ -160,20 +159,6 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
         order.save(update_fields=["total"])
     _take(lines)
     return PlaceResult(order=order, replayed=False, lines=order_lines)
-
-
-def _take_at_price(line: LineRequest, price: Decimal) -> bool:
-    """Take one line's copies if the book still has them at ``price``; return whether it did.
-
-    One row needs no lock order, so the check and the decrement are one conditional UPDATE: the
-    row is locked for that statement and the commit, one round trip less than lock-then-update.
-    When it changes nothing (short, deleted or repriced meanwhile) the caller takes the general
-    path, which locks the row and says which.
-    """
-    taken = Book.objects.filter(pk=line.book_id, stock__gte=line.quantity, price=price).update(
-        stock=F("stock") - line.quantity
-    )
-    return taken == 1
 
 
 def _take(lines: list[LineRequest]) -> None:
