@@ -35,6 +35,8 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from resilience.metrics import store_errors
+
 log = logging.getLogger("accounts")
 
 MAX_ENTRIES = 10_000
@@ -46,7 +48,7 @@ lookups = Counter(
     "API token authentications answered from this process's memory (hit) or the database (miss).",
     ["result"],
 )
-publish_errors = Counter("bookstore_token_revocation_publish_errors", "Token revocations that could not be published.")
+_hit, _miss = lookups.labels("hit"), lookups.labels("miss")
 
 
 class Entry(NamedTuple):
@@ -77,14 +79,16 @@ class TokenCache:
         """Return copies of (user, token) remembered for ``digest``, or None to ask the database."""
         entry = self._entries.get(digest)
         if entry is None or not self.live():
-            lookups.labels("miss").inc()
+            _miss.inc()
             return None
         expiry = entry.token.expiry
         if entry.until <= time.monotonic() or (expiry is not None and expiry <= timezone.now()):
-            self._entries.pop(digest, None)
-            lookups.labels("miss").inc()
+            with self._lock:  # forget_user() iterates the entries under this lock
+                if self._entries.get(digest) is entry:
+                    del self._entries[digest]
+            _miss.inc()
             return None
-        lookups.labels("hit").inc()
+        _hit.inc()
         # Copies: a request may set attributes on its user (permission caches); no other request sees them.
         user, token = copy.copy(entry.user), copy.copy(entry.token)
         token.user = user
@@ -156,6 +160,7 @@ class TokenCache:
             except Exception as e:  # noqa: BLE001 - whatever the client raised, the listener must outlive it
                 if self._closed.is_set():
                     return
+                store_errors.labels("subscribe_tokens").inc()
                 log.warning(
                     "lost the subscription to token revocations",
                     extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},
@@ -235,7 +240,7 @@ def _publish(user_id: int) -> None:
     try:
         get_redis_connection("default").publish(channel(), str(user_id))
     except RedisError as e:
-        publish_errors.inc()
+        store_errors.labels("publish_token_revocation").inc()
         log.warning(
             "could not publish a token revocation",
             extra={"event": "store_error", "operation": "publish_revocation", "user_id": user_id, "error": repr(e)},
