@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, IntegerField, Value, When
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
@@ -157,17 +157,8 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
             line.unit_price = locked_prices[line.book_id]
         OrderLine.objects.bulk_update(order_lines, ["unit_price"])
         order.save(update_fields=["total"])
-    _take(lines)
+    statements.take(lines)
     return PlaceResult(order=order, replayed=False, lines=order_lines)
-
-
-def _take(lines: list[LineRequest]) -> None:
-    """Decrement the stock of every line in one UPDATE (the rows are locked already)."""
-    if len(lines) == 1:
-        Book.objects.filter(pk=lines[0].book_id).update(stock=F("stock") - lines[0].quantity)
-        return
-    taken = Case(*(When(pk=line.book_id, then=Value(line.quantity)) for line in lines), output_field=IntegerField())
-    Book.objects.filter(pk__in=[line.book_id for line in lines]).update(stock=F("stock") - taken)
 
 
 @transaction.atomic

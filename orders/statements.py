@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from django.db import connection
-from django.db.models import F
+from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
 from accounts.models import User
@@ -41,6 +41,11 @@ ORDER BY line.n
 RETURNING order_id, id, book_id
 """
 _TAKE_AT_PRICE = f"UPDATE {_BOOK} SET stock = stock - %s WHERE id = %s AND stock >= %s AND price = %s"
+_TAKE = f"""
+UPDATE {_BOOK} AS book SET stock = book.stock - line.quantity
+FROM unnest(%s::bigint[], %s::integer[]) AS line (book_id, quantity)
+WHERE book.id = line.book_id
+"""
 
 
 class Line(Protocol):
@@ -133,3 +138,13 @@ def take_at_price(line: Line, price: Decimal) -> bool:
         stock=F("stock") - line.quantity
     )
     return taken == 1
+
+
+def take(lines: list[Line]) -> None:
+    """Decrement the stock of every line in one UPDATE; the caller holds the rows' locks already."""
+    if use_sql():
+        with connection.cursor() as cursor:
+            cursor.execute(_TAKE, [[line.book_id for line in lines], [line.quantity for line in lines]])
+        return
+    taken = Case(*(When(pk=line.book_id, then=Value(line.quantity)) for line in lines), output_field=IntegerField())
+    Book.objects.filter(pk__in=[line.book_id for line in lines]).update(stock=F("stock") - taken)
