@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -17,7 +19,7 @@ from rest_framework.test import APIClient
 from accounts import token_cache
 from accounts.models import User
 from accounts.services import token_create, token_revoke_all
-from tests.live import LiveServer, request
+from tests.live import LiveServer, free_port, request
 
 ME = "/api/accounts/me"
 PROBLEM = "application/problem+json"
@@ -78,18 +80,36 @@ def test_a_revocation_forgets_only_that_users_tokens(
     assert len(bob_queries) == 0
 
 
-def test_nothing_is_remembered_without_the_subscription(db: None, customer: User) -> None:
+@pytest.fixture
+def redis_down(settings: Any) -> Iterator[None]:
+    """Point this process's Redis client at a port nothing listens on, with a fresh token memory."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = dead
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": dead}}
     token_cache.reset()
-    cache = token_cache.get_cache()
-    cache.close()  # as when Redis is unreachable: no subscription
-    try:
-        client = _client(token_create(user=customer).token)
+    yield
+    token_cache.reset()
+
+
+def test_with_redis_down_nothing_is_remembered_and_sign_out_still_works(
+    db: None,
+    customer: User,
+    redis_down: None,
+    django_capture_on_commit_callbacks: Callable,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = _client(token_create(user=customer).token)
+    assert client.get(ME).status_code == 200
+    with CaptureQueriesContext(connection) as again:
         assert client.get(ME).status_code == 200
-        with CaptureQueriesContext(connection) as again:
-            assert client.get(ME).status_code == 200
-        assert len(again) == 1
-    finally:
-        token_cache.reset()
+    assert any("knox_authtoken" in query["sql"] for query in again)  # asked the database again
+
+    with django_capture_on_commit_callbacks(execute=True):  # the publish runs, and fails
+        response = client.post("/api/accounts/logout")
+
+    assert response.status_code == 204
+    assert client.get(ME).status_code == 401
+    assert any(getattr(record, "operation", None) == "publish_revocation" for record in caplog.records)
 
 
 # --- across processes ---------------------------------------------------------------------------
