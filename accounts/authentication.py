@@ -8,14 +8,16 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from knox import auth
+from knox.crypto import hash_token
 from knox.models import AuthToken
 from rest_framework import exceptions
 
+from accounts.token_cache import get_cache
 from accounts.token_format import is_token_shaped
 
 
 class TokenAuthentication(auth.TokenAuthentication):
-    """knox's TokenAuthentication that refuses malformed tokens before any query."""
+    """knox's TokenAuthentication that refuses malformed tokens before any query and remembers good ones."""
 
     def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
         # knox decodes the header as UTF-8 unguarded (a 500 on other bytes) and passes any text to
@@ -26,7 +28,15 @@ class TokenAuthentication(auth.TokenAuthentication):
             text = ""
         if not is_token_shaped(text):
             raise exceptions.AuthenticationFailed("Invalid token.")
-        return super().authenticate_credentials(token)
+        cache = get_cache()
+        digest = hash_token(text)
+        hit = cache.get(digest)
+        if hit is not None:
+            return hit
+        asked_at = cache.asked()
+        user, auth_token = super().authenticate_credentials(token)
+        cache.remember(digest, user, auth_token, asked_at)
+        return user, auth_token
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
         # knox also sweeps the owner's other expired tokens here, one more query on every request;

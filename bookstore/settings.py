@@ -250,6 +250,12 @@ PASSWORD_HASHERS = [
 TOKEN_TTL_HOURS = env_float("TOKEN_TTL_HOURS", 10.0, minimum=0.01)
 # Live tokens one account may hold (one per device or script); signing in once more revokes the oldest.
 TOKEN_LIMIT_PER_USER = env_int("TOKEN_LIMIT_PER_USER", 10, minimum=1)
+# A worker remembers a token it authenticated this long (seconds), so its later requests cost no
+# query; every revocation reaches every worker at once over Redis (accounts/token_cache.py). 0: off.
+TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
+if TOKEN_CACHE_SECONDS > 60:
+    # A backstop for a revocation whose publish failed: it must stay short.
+    raise ImproperlyConfigured(f"TOKEN_CACHE_SECONDS={TOKEN_CACHE_SECONDS} must be at most 60")
 REST_KNOX = {
     "TOKEN_TTL": timedelta(hours=TOKEN_TTL_HOURS),
     "AUTO_REFRESH": False,

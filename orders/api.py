@@ -18,7 +18,7 @@ from bookstore.pagination import PageNumberPagination
 from bookstore.parsers import JSONParser
 from orders import selectors, services
 from orders.models import MAX_ORDER_TOTAL, Order
-from orders.serializers import OrderInput, OrderOutput
+from orders.serializers import OrderInput, OrderOutput, placed_order_data
 
 
 def _user(request: Request) -> User:
@@ -76,15 +76,18 @@ class OrderListApi(APIView):
     )
     def post(self, request: Request) -> Response:
         key = _idempotency_key(request)
-        serializer = OrderInput(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        lines = [services.LineRequest(**line) for line in serializer.validated_data["lines"]]
+        plain = OrderInput.plain_lines(request.data)
+        if plain is None:
+            serializer = OrderInput(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            plain = serializer.validated_data["lines"]
+        lines = [services.LineRequest(**line) for line in plain]
         result = services.order_place(user=_user(request), lines=lines, idempotency_key=key)
         headers = {"Location": f"/api/orders/{result.order.pk}"}
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
         if result.lines is not None:  # just written: serialise what we hold, no second read
-            data = OrderOutput(result.order, context={"lines": result.lines}).data
+            data = placed_order_data(result.order, result.lines)
         else:
             data = OrderOutput(Order.objects.prefetch_related("lines").get(pk=result.order.pk)).data
         return Response(data, status=status.HTTP_201_CREATED, headers=headers)

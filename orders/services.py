@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from catalog.models import Book
+from orders import statements
 from orders.exceptions import (
     IdempotencyKeyReused,
     InsufficientStock,
@@ -118,20 +119,21 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
     # concurrent request with the same Idempotency-Key waits on the unique index and then fails
     # with IntegrityError, which order_place answers with the committed order.
     wanted = {line.book_id for line in lines}
-    prices = dict(Book.objects.filter(pk__in=wanted).values_list("pk", "price"))
+    prices = statements.prices(wanted)
     missing = sorted(wanted - prices.keys())
     if missing:
         raise UnknownBooks(missing)
-    order = Order.objects.create(
+    order, order_lines = statements.insert_order(
         user=user,
         total=_total(lines, prices),
         idempotency_key=idempotency_key,
-        request_digest=digest,
+        digest=digest,
+        lines=lines,
+        unit_prices=prices,
     )
-    order_lines = OrderLine.objects.bulk_create(
-        OrderLine(order=order, book_id=line.book_id, quantity=line.quantity, unit_price=prices[line.book_id])
-        for line in lines
-    )
+    # A short, deleted or repriced book changes nothing here: the locking path below says which.
+    if len(lines) == 1 and statements.take_at_price(lines[0], prices[lines[0].book_id]):
+        return PlaceResult(order=order, replayed=False, lines=order_lines)
 
     books = {book.pk: book for book in books_select_for_update(wanted).only("pk", "stock", "price")}
     deleted = sorted(wanted - books.keys())
@@ -155,8 +157,7 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
             order_line.unit_price = locked_prices[order_line.book_id]
         OrderLine.objects.bulk_update(order_lines, ["unit_price"])
         order.save(update_fields=["total"])
-    for line in sorted(lines, key=lambda item: item.book_id):
-        Book.objects.filter(pk=line.book_id).update(stock=F("stock") - line.quantity)
+    statements.take(lines)
     return PlaceResult(order=order, replayed=False, lines=order_lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -101,6 +102,19 @@ def suspended_client(suspended: User) -> APIClient:
     return client_for(suspended)
 
 
+@pytest.fixture
+def token_cache_live() -> None:
+    """Wait until this process's subscription to token revocations is up: only then are tokens remembered."""
+    from accounts import token_cache
+
+    cache = token_cache.get_cache()
+    cache.asked()  # starts the listener
+    deadline = time.monotonic() + 10
+    while not cache.live():
+        assert time.monotonic() < deadline, "no subscription to token revocations"
+        time.sleep(0.01)
+
+
 @pytest.fixture(autouse=True)
 def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     """Start every database test without resilience policies, unless it asks for the defaults.
@@ -108,6 +122,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     The default policies (per-IP limits) would otherwise throttle tests that send many requests
     from one address; tests of the policies themselves create what they need.
     """
+    from accounts import token_cache
     from resilience import principal
     from resilience.middleware import route_info
     from resilience.runtime import get_runtime
@@ -136,6 +151,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
         ):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
+    token_cache.clear()
     route_info.cache_clear()
     runtime = get_runtime()
     runtime.invalidate()

@@ -20,6 +20,13 @@ ORDERS = "/api/orders"
 PROBLEM = "application/problem+json"
 
 
+@pytest.fixture(autouse=True, params=["sql", "orm"])
+def _statements(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test here with PostgreSQL's written-out statements and with the ORM's (other databases)."""
+    if request.param == "orm":
+        monkeypatch.setattr("orders.statements.use_sql", lambda: False)
+
+
 def _problem(response: HttpResponse, status: int) -> dict:
     assert response.status_code == status, response.content
     assert response["Content-Type"] == PROBLEM

@@ -1,0 +1,276 @@
+"""Per-process memory of authenticated API tokens: a token's later requests cost no query.
+
+An entry is keyed by the token's SHA-512 digest (memory never holds a usable credential) and kept
+TOKEN_CACHE_SECONDS at most, never past the token's own expiry, which is checked at every use.
+
+Everything that can end a token or change whom it authenticates as (the token deleted: logout,
+logout-all, a new password, suspension, the sign-in cap, the sweep of expired ones; the user saved
+or deleted) forgets the user's entries in this process at once and, after commit, publishes the
+user's id on a Redis channel. A thread in each worker listens on it and forgets that user's
+entries when it hears it: within milliseconds on every worker.
+
+Entries are used only while that subscription is live, and stored only if the database was asked
+after the subscription began and after the last message heard, so a revocation published while a
+lookup was under way is never outlived by its result. Without Redis, or while the subscription is
+down, nothing is remembered and every request asks the database. If a publish itself fails, the
+other workers refuse the token within TOKEN_CACHE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from contextlib import suppress
+from functools import partial
+from typing import Any, NamedTuple
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from resilience.metrics import store_errors
+
+log = logging.getLogger("accounts")
+
+MAX_ENTRIES = 10_000
+# How long the listener waits for a message before it checks the connection with a PING (seconds).
+IDLE_CHECK_SECONDS = 5.0
+
+lookups = Counter(
+    "bookstore_token_cache_lookups",
+    "API token authentications answered from this process's memory (hit) or the database (miss).",
+    ["result"],
+)
+_hit, _miss = lookups.labels("hit"), lookups.labels("miss")
+
+
+class Entry(NamedTuple):
+    until: float  # time.monotonic() after which the entry is not used
+    user_id: int
+    user: Any
+    token: Any
+
+
+def channel() -> str:
+    """Return the Redis channel revocations are published on (one per key prefix)."""
+    return f"{settings.RESILIENCE_KEY_PREFIX}accounts:token-revocations"
+
+
+class TokenCache:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+        self._since: float | None = None  # monotonic() once subscribed; None while not
+        self._heard_at = 0.0  # monotonic() of the last message heard (or connection lost)
+        self._pid = 0
+        self._closed = threading.Event()
+        self._conn: Any = None
+
+    # --- the request path ------------------------------------------------------------------
+    def get(self, digest: str) -> tuple[Any, Any] | None:
+        """Return copies of (user, token) remembered for ``digest``, or None to ask the database."""
+        entry = self._entries.get(digest)
+        if entry is None or not self.live():
+            _miss.inc()
+            return None
+        expiry = entry.token.expiry
+        if entry.until <= time.monotonic() or (expiry is not None and expiry <= timezone.now()):
+            with self._lock:  # forget_user() iterates the entries under this lock
+                if self._entries.get(digest) is entry:
+                    del self._entries[digest]
+            _miss.inc()
+            return None
+        _hit.inc()
+        # Copies: a request may set attributes on its user (permission caches); no other request sees them.
+        user, token = copy.copy(entry.user), copy.copy(entry.token)
+        token.user = user
+        return user, token
+
+    def asked(self) -> float:
+        """Return the time to pass to remember() for a database lookup starting now."""
+        self._listening()
+        return time.monotonic()
+
+    def remember(self, digest: str, user: Any, token: Any, asked_at: float) -> None:
+        """Remember a token the database, asked at ``asked_at``, authenticated."""
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            since = self._since
+            if since is None or asked_at < since or asked_at < self._heard_at or not self.live():
+                return
+            if len(self._entries) >= MAX_ENTRIES and digest not in self._entries:
+                self._entries.pop(next(iter(self._entries)))  # the oldest
+            self._entries[digest] = Entry(asked_at + self.seconds, user.pk, copy.copy(user), copy.copy(token))
+
+    def forget_user(self, user_id: int | None) -> None:
+        """Forget every token of a user (None: everyone's)."""
+        with self._lock:
+            self._heard_at = time.monotonic()
+            if user_id is None:
+                self._entries.clear()
+                return
+            for digest in [d for d, entry in self._entries.items() if entry.user_id == user_id]:
+                del self._entries[digest]
+
+    def live(self) -> bool:
+        """Return whether the subscription is up (entries are used and stored only then)."""
+        return self._since is not None and self._pid == os.getpid() and not self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop listening for good; from here on nothing is remembered."""
+        self._closed.set()
+        self._since = None
+        self.forget_user(None)
+        conn = self._conn
+        if conn is not None:
+            with suppress(RedisError, OSError):
+                conn.disconnect()
+
+    # --- the listener ------------------------------------------------------------------------
+    def _listening(self) -> None:
+        """Start the listener thread in this process, once (threads do not survive fork())."""
+        if self._pid == os.getpid() or self._closed.is_set() or self.seconds <= 0 or not settings.REDIS_URL:
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._since = None  # a subscription inherited across fork() belongs to the parent
+            self._entries.clear()
+            self._pid = os.getpid()
+            threading.Thread(target=self._listen, name="token-revocations", daemon=True).start()
+
+    def _listen(self) -> None:
+        from django_redis import get_redis_connection
+
+        pool = get_redis_connection("default").connection_pool
+        # Its own connection, outside the pool (as the breaker listener): a pooled one would be held for good.
+        connect = partial(pool.connection_class, **pool.connection_kwargs)
+        while not self._closed.is_set():
+            try:
+                self._subscribed(connect())
+            except Exception as e:  # noqa: BLE001 - whatever the client raised, the listener must outlive it
+                if self._closed.is_set():
+                    return
+                store_errors.labels("subscribe_tokens").inc()
+                log.warning(
+                    "lost the subscription to token revocations",
+                    extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},
+                )
+            self._closed.wait(settings.RESILIENCE_STORE_RETRY_SECONDS)
+
+    def _subscribed(self, conn: Any) -> None:
+        """Subscribe, then forget each user named; return only by raising, or once closed."""
+        self._conn = conn
+        try:
+            conn.connect()
+            conn.send_command("SUBSCRIBE", channel())
+            conn.read_response(push_request=True)  # the confirmation: from here on, every revocation reaches us
+            if self._closed.is_set():
+                return
+            self._since = time.monotonic()
+            pinged = False
+            while True:
+                try:
+                    reply = conn.read_response(push_request=True, timeout=IDLE_CHECK_SECONDS, disconnect_on_error=False)
+                except RedisTimeoutError:
+                    if pinged:
+                        raise  # not even the PING came back: the connection is dead
+                    conn.send_command("PING")
+                    pinged = True
+                    continue
+                pinged = False
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"message", "message"):
+                    try:
+                        user_id: int | None = int(reply[2])
+                    except (TypeError, ValueError):
+                        user_id = None  # not ours to read: forget everyone, to be safe
+                    self.forget_user(user_id)
+        finally:
+            self._conn = None
+            self._since = None
+            self.forget_user(None)
+            with suppress(RedisError, OSError):
+                conn.disconnect()
+
+
+_cache: TokenCache | None = None
+_cache_lock = threading.Lock()
+
+
+def get_cache() -> TokenCache:
+    """Return this process's TokenCache, creating it on first use."""
+    global _cache
+    if _cache is None:
+        with _cache_lock:
+            if _cache is None:
+                _cache = TokenCache(settings.TOKEN_CACHE_SECONDS)
+    return _cache
+
+
+def clear() -> None:
+    """Forget every remembered token in this process (the subscription stays)."""
+    if _cache is not None:
+        _cache.forget_user(None)
+
+
+def reset() -> None:
+    """Drop the process's TokenCache (tests, settings changes); the next use builds a new one."""
+    global _cache
+    with _cache_lock:
+        dropped, _cache = _cache, None
+    if dropped is not None:
+        dropped.close()
+
+
+# --- revocations -------------------------------------------------------------------------------
+def _publish(user_id: int) -> None:
+    if not settings.REDIS_URL:
+        return
+    from django_redis import get_redis_connection
+
+    try:
+        get_redis_connection("default").publish(channel(), str(user_id))
+    except RedisError as e:
+        store_errors.labels("publish_token_revocation").inc()
+        log.warning(
+            "could not publish a token revocation",
+            extra={"event": "store_error", "operation": "publish_revocation", "user_id": user_id, "error": repr(e)},
+        )
+
+
+def user_changed(user_id: int) -> None:
+    """Forget the user's tokens here at once and, once committed, in every other worker."""
+    if _cache is not None:
+        _cache.forget_user(user_id)
+    # After commit: a worker that heard it earlier could read the old rows again and keep them.
+    transaction.on_commit(partial(_publish, user_id), robust=True)
+
+
+def _token_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    user_changed(instance.user_id)
+
+
+def _user_saved(sender: type, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    # A sign-in stamps last_login and changes nothing a token authenticates as.
+    if kwargs.get("created") or (update_fields is not None and set(update_fields) <= {"last_login"}):
+        return
+    user_changed(instance.pk)
+
+
+def _user_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    user_changed(instance.pk)
+
+
+def connect_signals() -> None:
+    post_delete.connect(_token_deleted, sender="knox.AuthToken", dispatch_uid="accounts.token_cache.token")
+    post_save.connect(_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="accounts.token_cache.user_saved")
+    post_delete.connect(_user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="accounts.token_cache.user_del")
