@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils.functional import cached_property
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
@@ -12,7 +18,7 @@ from rest_framework.views import APIView
 
 from accounts.permissions import IsStaffOrReadOnly
 from bookstore.pagination import PageNumberPagination
-from catalog import selectors, services
+from catalog import http, selectors, services
 from catalog.models import Book
 from catalog.serializers import BookInput, BookListFilter, BookOutput, BookReplaceInput, BookSearchInput
 from resilience.breakers import breaker
@@ -24,10 +30,38 @@ def _query(request: Request) -> dict[str, str]:
     return dict(request.query_params.items())
 
 
-def _paginated(request: Request, view: APIView, queryset: object) -> Response:
+class _CountedPaginator(Paginator):
+    """Django's paginator, with the count taken from the count cache when the page has a version."""
+
+    def __init__(self, object_list: QuerySet, per_page: int, count_key: tuple | None) -> None:
+        super().__init__(object_list, per_page)
+        self.count_key = count_key
+
+    @cached_property
+    def count(self) -> int:
+        if self.count_key is None:
+            return super().count
+        count = _counts.get(self.count_key)
+        if count is None:
+            if len(_counts) >= 1024:  # bounded: filters are client input
+                _counts.clear()
+            count = _counts[self.count_key] = super().count
+        return count
+
+
+# Result counts by (catalogue version, view, filters): a count changes only with the catalogue, and
+# COUNT(*) over the filtered books was a page's most expensive query. Per process; an old version's
+# entries are never asked for again.
+_counts: dict[tuple, int] = {}
+
+
+def _paginated(request: Request, view: APIView, queryset: QuerySet, filters: dict) -> Response:
+    version = getattr(request, http.VERSION, None)
+    count_key = None if version is None else (version, type(view).__name__, tuple(sorted(filters.items())))
     paginator = PageNumberPagination()
-    page = selectors.attach_authors(list(paginator.paginate_queryset(queryset, request, view=view)))
-    return paginator.get_paginated_response(BookOutput(page, many=True).data)
+    paginator.django_paginator_class = functools.partial(_CountedPaginator, count_key=count_key)
+    rows = paginator.paginate_queryset(queryset.values_list(*selectors.PAGE_COLUMNS), request, view=view)
+    return paginator.get_paginated_response(selectors.book_page(rows))
 
 
 class BookListApi(APIView):
@@ -35,10 +69,11 @@ class BookListApi(APIView):
     pagination_class = PageNumberPagination  # read by the schema generator
 
     @extend_schema(parameters=[BookListFilter], responses=BookOutput(many=True), operation_id="books_list")
+    @http.conditional_page
     def get(self, request: Request) -> Response:
         filters = BookListFilter(data=_query(request))
         filters.is_valid(raise_exception=True)
-        return _paginated(request, self, selectors.book_list(**filters.validated_data))
+        return _paginated(request, self, selectors.book_list(**filters.validated_data), filters.validated_data)
 
     @extend_schema(request=BookInput, responses={201: BookOutput}, operation_id="books_create")
     def post(self, request: Request) -> Response:
@@ -54,13 +89,15 @@ class BookSearchApi(APIView):
     resilience_tags = ("search",)
 
     @extend_schema(parameters=[BookSearchInput], responses=BookOutput(many=True), operation_id="books_search")
+    @http.conditional_page
     def get(self, request: Request) -> Response:
         params = BookSearchInput(data=_query(request))
         params.is_valid(raise_exception=True)
         # The query runs inside the guard (pagination evaluates it), so a failing or slow search
         # trips the breaker and later searches get a fast 503 instead of piling onto the database.
         with breaker("search"):
-            return _paginated(request, self, selectors.book_search(query=params.validated_data["q"]))
+            query = params.validated_data["q"]
+            return _paginated(request, self, selectors.book_search(query=query), {"q": query})
 
 
 class BookDetailApi(APIView):
@@ -70,9 +107,12 @@ class BookDetailApi(APIView):
         return get_object_or_404(Book, pk=pk)
 
     @extend_schema(responses=BookOutput, operation_id="books_retrieve")
+    @http.conditional_page
     def get(self, request: Request, pk: int) -> Response:
-        (book,) = selectors.attach_authors([self._book(pk)])
-        return Response(BookOutput(book).data)
+        book = selectors.book_detail(pk=pk)
+        if book is None:
+            raise Http404
+        return Response(book)
 
     @extend_schema(
         request=BookReplaceInput,

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from catalog.models import Book
+from catalog.services import catalogue_changed
 from orders.exceptions import (
     IdempotencyKeyReused,
     InsufficientStock,
@@ -157,6 +158,7 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
         order.save(update_fields=["total"])
     for line in sorted(lines, key=lambda item: item.book_id):
         Book.objects.filter(pk=line.book_id).update(stock=F("stock") - line.quantity)
+    catalogue_changed()  # the book pages show stock; last, so the version row is locked only for the commit
     return PlaceResult(order=order, replayed=False, lines=order_lines)
 
 
@@ -176,5 +178,6 @@ def order_cancel(*, order: Order) -> Order:
     list(books_select_for_update(quantities))  # same lock order as placing
     for book_id in sorted(quantities):
         Book.objects.filter(pk=book_id).update(stock=F("stock") + quantities[book_id])
+    catalogue_changed()
     order.refresh_from_db()
     return order
