@@ -138,7 +138,7 @@ async def fixed_rate(load: Load, actor: str, rate: float, size: int, make: Calla
         await load.until(start + n / rate)
         load.late[actor] += time.monotonic() - (load.t0 + start + n / rate) > 0.05  # behind schedule by > 50 ms
         load.spawn(load.call(pool, actor, *make(n)))
-    return pool.opened
+    return sum(c.opened for c in pool.conns)
 
 
 async def spike(load: Load, index: int, at: float) -> None:
@@ -216,12 +216,9 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     """Play the spec read on stdin and write the records to the file it names.
 
-    The generator shares the cores with the server it measures, so its own pauses must stay out of the
-    latencies: no cyclic garbage collector in this bounded run (the records hold no cycles), and nice -5
-    (needs CAP_SYS_NICE) to rank it ahead of the bench's own threads. With Linux's autogroup scheduling,
-    nice ranks threads within one session only; a session of its own at nice -5 made one run's legitimate
-    p99 five times worse than its neighbours', so it is not done.
-    """
+    The generator shares the cores with the server, so its own pauses must stay out of the latencies: no cyclic
+    garbage collector (the records hold no cycles), and nice -5 (needs CAP_SYS_NICE) to rank it ahead of the bench's
+    own threads. Not a session of its own: with autogroup scheduling that made one run's p99 five times worse."""
     gc.disable()
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)

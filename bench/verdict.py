@@ -136,12 +136,7 @@ CHECKS: dict[str, tuple[str, Check]] = {}
 
 def named(label: str) -> Callable[[Check], Check]:
     """Register a check under its label, in the order of the report."""
-
-    def register(fn: Check) -> Check:
-        CHECKS[fn.__name__] = (label, fn)
-        return fn
-
-    return register
+    return lambda fn: CHECKS.setdefault(fn.__name__, (label, fn))[1]
 
 
 @named("crawler admitted within search-ip")
