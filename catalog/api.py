@@ -79,7 +79,11 @@ class BookListApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
     pagination_class = PageNumberPagination  # read by the schema generator
 
-    @extend_schema(parameters=[BookListFilter], responses=BookOutput(many=True), operation_id="books_list")
+    @extend_schema(
+        parameters=[BookListFilter, *http.SCHEMA_PARAMETERS],
+        responses={200: BookOutput(many=True), 304: http.NOT_MODIFIED},
+        operation_id="books_list",
+    )
     @http.conditional_page
     def get(self, request: Request) -> Response:
         filters = _valid(BookListFilter, _query(request))
@@ -98,7 +102,11 @@ class BookSearchApi(APIView):
     pagination_class = PageNumberPagination  # read by the schema generator
     resilience_tags = ("search",)
 
-    @extend_schema(parameters=[BookSearchInput], responses=BookOutput(many=True), operation_id="books_search")
+    @extend_schema(
+        parameters=[BookSearchInput, *http.SCHEMA_PARAMETERS],
+        responses={200: BookOutput(many=True), 304: http.NOT_MODIFIED},
+        operation_id="books_search",
+    )
     @http.conditional_page
     def get(self, request: Request) -> Response:
         query = _valid(BookSearchInput, _query(request))["q"]
@@ -114,7 +122,11 @@ class BookDetailApi(APIView):
     def _book(self, pk: int) -> Book:
         return get_object_or_404(Book, pk=pk)
 
-    @extend_schema(responses=BookOutput, operation_id="books_retrieve")
+    @extend_schema(
+        parameters=http.SCHEMA_PARAMETERS,
+        responses={200: BookOutput, 304: http.NOT_MODIFIED},
+        operation_id="books_retrieve",
+    )
     @http.conditional_page
     def get(self, request: Request, pk: int) -> Response:
         book = selectors.book_detail(pk=pk)

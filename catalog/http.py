@@ -21,6 +21,8 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.crypto import salted_hmac
 from django.utils.http import http_date, parse_etags, parse_http_date_safe
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework.request import Request
 
 from catalog import selectors
@@ -33,6 +35,20 @@ PAGE_FORMAT = 1
 # HTTP dates have whole seconds: a change in the same second as the last one would leave
 # If-Modified-Since confirming a stale copy, so Last-Modified is sent once the last change has settled.
 SETTLED = timedelta(seconds=2)
+# What the schema says of every conditional page: its validators, and the 304.
+_HEADER = OpenApiParameter.HEADER
+SCHEMA_PARAMETERS = [
+    OpenApiParameter(
+        "If-None-Match", OpenApiTypes.STR, _HEADER, description="ETags of copies held: 304 if one is current."
+    ),
+    OpenApiParameter("If-Modified-Since", OpenApiTypes.STR, _HEADER, description="Used without If-None-Match."),
+    OpenApiParameter("ETag", OpenApiTypes.STR, _HEADER, response=[200, 304], description="Absent with credentials."),
+    OpenApiParameter("Last-Modified", OpenApiTypes.STR, _HEADER, response=[200, 304], description="Once 2 s old."),
+    OpenApiParameter(
+        "Cache-Control", OpenApiTypes.STR, _HEADER, response=[200, 304], description="public, max-age=5 or private."
+    ),
+]
+NOT_MODIFIED = OpenApiResponse(description="The copy named by If-None-Match or If-Modified-Since is current.")
 # The request attribute that carries the version the page was validated at (the count cache's key).
 VERSION = "catalogue_version"
 
