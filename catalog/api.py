@@ -44,7 +44,7 @@ def _valid(serializer: type[Serializer], query: tuple[tuple[str, str], ...]) -> 
 class _CountedPaginator(Paginator):
     """Django's paginator, with the count taken from the count cache when the page has a version."""
 
-    def __init__(self, object_list: QuerySet, per_page: int, count_key: tuple | None) -> None:
+    def __init__(self, object_list: selectors.PageRows, per_page: int, count_key: tuple | None) -> None:
         super().__init__(object_list, per_page)
         self.count_key = count_key
 
@@ -67,11 +67,13 @@ _counts: dict[tuple, int] = {}
 
 
 def _paginated(request: Request, view: APIView, queryset: QuerySet, filters: dict) -> Response:
+    key = (type(view).__name__, tuple(sorted(filters.items())))
     version = getattr(request, http.VERSION, None)
-    count_key = None if version is None else (version, type(view).__name__, tuple(sorted(filters.items())))
     paginator = PageNumberPagination()
-    paginator.django_paginator_class = functools.partial(_CountedPaginator, count_key=count_key)
-    rows = paginator.paginate_queryset(queryset.values_list(*selectors.PAGE_COLUMNS), request, view=view)
+    paginator.django_paginator_class = functools.partial(
+        _CountedPaginator, count_key=None if version is None else (version, *key)
+    )
+    rows = paginator.paginate_queryset(selectors.PageRows(queryset, key), request, view=view)
     return paginator.get_paginated_response(selectors.book_page(rows))
 
 
