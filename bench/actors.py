@@ -40,12 +40,8 @@ class Load:
     """The actors' shared state: the clock, the records, what happened."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec, self.t0, self.seq, self.events = spec, spec["t0"], 0, {}
-        self.records: list[list[Any]] = []
-        self.samples: list[list[Any]] = []
-        self.errors: Counter[str] = Counter()
-        self.late: Counter[str] = Counter()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.spec, self.t0, self.seq, self.events, self.tasks = spec, spec["t0"], 0, {}, set[asyncio.Task[Any]]()
+        self.records, self.samples, self.errors, self.late = list[list[Any]](), list[list[Any]](), Counter(), Counter()
 
     def pool(self, size: int = 1) -> Pool:
         return Pool(self.spec["host"], self.spec["port"], size)
@@ -87,17 +83,14 @@ class Load:
 async def order(load: Load, user: User, rng: random.Random, actor: str, key: str, book: int, n: int) -> None:
     """Order n copies of a book; a legitimate customer sometimes retries with the same key, as after a lost answer."""
     headers = {**user["headers"], "Content-Type": "application/json", "Idempotency-Key": key}
-    body = {"lines": [{"book_id": book, "quantity": n}]}
-    r, record = await load.call(user["pool"], actor, "order", "POST", "/api/orders", headers, body, extra=[book, n])
+    request = ("POST", "/api/orders", headers, {"lines": [{"book_id": book, "quantity": n}]})
+    r, record = await load.call(user["pool"], actor, "order", *request, extra=[book, n])
     if r is None or r.status != 201:
         return
     record[-1].append(int(ID_RE.search(r.body)[1]))
     user.setdefault("orders", []).append(record[-1][2])
     if actor == "legit" and rng.random() < 0.1:
-        extra = list(record[-1])
-        again, record = await load.call(
-            user["pool"], actor, "order-replay", "POST", "/api/orders", headers, body, extra=extra
-        )
+        again, record = await load.call(user["pool"], actor, "order-replay", *request, extra=list(record[-1]))
         if again is not None and again.status == 201:  # must name the first order, and say it is a replay
             record[-1] += [int(ID_RE.search(again.body)[1]), again.headers.get("idempotent-replayed") == "true"]
 
@@ -138,7 +131,7 @@ async def fixed_rate(load: Load, actor: str, rate: float, size: int, make: Calla
         await load.until(start + n / rate)
         load.late[actor] += time.monotonic() - (load.t0 + start + n / rate) > 0.05  # behind schedule by > 50 ms
         load.spawn(load.call(pool, actor, *make(n)))
-    return pool.opened
+    return sum(c.opened for c in pool.conns)
 
 
 async def spike(load: Load, index: int, at: float) -> None:
@@ -216,12 +209,9 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     """Play the spec read on stdin and write the records to the file it names.
 
-    The generator shares the cores with the server it measures, so its own pauses must stay out of the
-    latencies: no cyclic garbage collector in this bounded run (the records hold no cycles), and nice -5
-    (needs CAP_SYS_NICE) to rank it ahead of the bench's own threads. With Linux's autogroup scheduling,
-    nice ranks threads within one session only; a session of its own at nice -5 made one run's legitimate
-    p99 five times worse than its neighbours', so it is not done.
-    """
+    The generator shares the cores with the server, so its own pauses must stay out of the latencies: no cyclic
+    garbage collector (the records hold no cycles), and nice -5 (needs CAP_SYS_NICE) to rank it ahead of the bench's
+    own threads. Not a session of its own: with autogroup scheduling that made one run's p99 five times worse."""
     gc.disable()
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)

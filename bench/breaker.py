@@ -1,6 +1,5 @@
 """breaker: a closed circuit breaker's cost (A: none, B: closed, alternated rounds), then how fast it refuses
-when forced open (O). How and why: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per round, 5), BENCH_WARMUP
-(1), BENCH_ROUNDS (5), BENCH_CLIENTS (16), BENCH_WORKERS (4), BENCH_THREADS (2)."""
+when forced open (O). How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
@@ -8,14 +7,13 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from decimal import Decimal
 from typing import Any
 
 from bench import lib
 from bench.hotpath import BREAKER, prepare
-from tests.live import RedisServer, request
+from tests.live import request
 
 NAME = "breaker"
 PATH = "/api/books/"
@@ -81,8 +79,7 @@ def measure(server: lib.LiveServer, clients: list[dict[str, Any]], redis: Any, c
 
 def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
-    with RedisServer() as redis_server:
-        lib.setup(NAME, redis_server.url)
+    with lib.prepared(NAME) as (_, redis):
         # This process applies the forced transitions; the bench output is no place for their log lines.
         logging.getLogger("resilience").setLevel(logging.ERROR)
         from catalog.services import book_create
@@ -92,9 +89,7 @@ def main() -> int:
 
         book = book_create(isbn="9790000000025", title="Small", price=Decimal("9.99"), stock=5, authors=["B"])
         prepare(PATH, [], {**BREAKER, "enabled": False})
-        redis = redis_server.client()
         machine = lib.machine(redis)
-        lib.release_db()
         path = f"{PATH}{book.pk}"
         clients = [{"method": "GET", "path": path, "headers": {"Accept": "application/json"}}] * cfg["clients"]
         runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
@@ -174,7 +169,3 @@ def main() -> int:
     return lib.finish(
         NAME, results | {"rows": rows, "figures": figures, "runs": runs, "states": seen, "checks": checks}
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

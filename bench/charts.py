@@ -1,8 +1,5 @@
-"""Draw the last scenario run's charts into bench/results/charts/ (`bench/run charts`; needs matplotlib).
-
-Drawn on demand from bench/results/scenario.json and scenario.records.json, not kept in git: a chart
-belongs to one run on one machine, and the figures it shows are in docs/benchmarks.md.
-"""
+"""Draw the last scenario run's charts into bench/results/charts/ (`bench/run charts`; needs matplotlib), from
+scenario.json and scenario.records.json: a chart belongs to one run on one machine, so it is not kept in git."""
 
 from __future__ import annotations
 
@@ -36,13 +33,10 @@ def main() -> int:
             by["admitted"][second] += limiter_admitted(r)
             by["not asked"][second] += r["status"] not in (0, 429) and not r["quota"]
 
-    def shade(ax: Any) -> None:  # behind the data, so that bar colours stay true
-        ax.axvspan(*tl["attack"], color="#ffebee", lw=0, zorder=0)
-        ax.axvspan(fault["fault_on"], fault["fault_off"], color="#f8bbd0", lw=0, zorder=0)
-
     def save(fig: Any, axes: Any, title: str, name: str) -> None:
-        for ax in axes:
-            shade(ax)
+        for ax in axes:  # shaded behind the data, so that bar colours stay true
+            ax.axvspan(*tl["attack"], color="#ffebee", lw=0, zorder=0)
+            ax.axvspan(fault["fault_on"], fault["fault_off"], color="#f8bbd0", lw=0, zorder=0)
         axes[0].set_title(f"{title}\n({NOTE})")
         axes[-1].set_xlabel("seconds since start")
         fig.tight_layout()
@@ -50,15 +44,14 @@ def main() -> int:
         plt.close(fig)
         print(f"chart: {(folder / name).relative_to(lib.ROOT)}")
 
-    folder = lib.RESULTS / "charts"
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder := lib.RESULTS / "charts").mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(ACTORS), 1, figsize=(11, 10), sharex=True)
     for ax, actor in zip(axes, ACTORS, strict=True):
         bottom = [0] * end
         for name in (o for o in OUTCOMES if any(series[actor][o])):
-            colour = COLOURS[name]
-            ax.bar(range(end), series[actor][name], bottom=bottom, width=1, align="edge", color=colour, label=name)
-            bottom = [b + v for b, v in zip(bottom, series[actor][name], strict=True)]
+            counts = series[actor][name]
+            ax.bar(range(end), counts, bottom=bottom, width=1, align="edge", color=COLOURS[name], label=name)
+            bottom = [b + v for b, v in zip(bottom, counts, strict=True)]
         ax.set_ylabel(f"{actor}\nrequests / s")
         ax.set_ylim(0, max(bottom) * 1.45 + 1)  # room for the legend above the bars
         ax.legend(loc="upper right", fontsize=8, ncol=5)
@@ -99,11 +92,6 @@ def main() -> int:
             ax.plot(range(end), series[actor][name], label=name, color=colour, drawstyle="steps-post")
         ax.set_ylabel(f"{actor}\nper second")
         ax.legend(loc="upper right", fontsize=8)
-    save(
-        fig, axes, "Rate-limiter decisions per second ('not asked': a known-open breaker's 503)", "scenario-limiter.png"
-    )
+    title = "Rate-limiter decisions per second ('not asked': a known-open breaker's 503)"
+    save(fig, axes, title, "scenario-limiter.png")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,6 @@
-"""The benchmarks' one asyncio HTTP/1.1 client, for what wrk cannot give: an exact number of requests each
-with a known outcome, headers tallied on every response, per-request records, an address per simulated client,
-scripted actors (bench/actors.py). Requests are encoded and responses parsed by hand: the client shares the cores
-with the server it measures. `python -m bench.client` runs closed_loop() on the spec read from stdin."""
+"""The benchmarks' one asyncio HTTP/1.1 client, for what wrk cannot give: an exact number of requests each with a
+known outcome, headers tallied on every response, per-request records, scripted actors (bench/actors.py). Encoded
+and parsed by hand: it shares the cores with the server. `python -m bench.client` runs closed_loop() on stdin's spec."""
 
 from __future__ import annotations
 
@@ -54,10 +53,10 @@ async def _read(reader: asyncio.StreamReader) -> Response:
 
 
 class Conn:
-    """One keep-alive connection from `source` (a 127.x.y.z address, if given), reopened when it must be."""
+    """One keep-alive connection, reopened when it must be."""
 
-    def __init__(self, host: str, port: int, source: str | None = None) -> None:
-        self.host, self.port, self.source, self.last_used, self.opened = host, port, source, 0.0, 0
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port, self.last_used, self.opened = host, port, 0.0, 0
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -69,8 +68,7 @@ class Conn:
         for attempt in (1, 2):
             if self.writer is None:
                 try:
-                    local = (self.source, 0) if self.source else None
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 except OSError as e:
                     raise Transport(f"connect: {type(e).__name__}") from e
                 self.opened += 1
@@ -103,8 +101,8 @@ class Conn:
 class Pool:
     """At most `size` connections in use at once; the most recently used free one is taken first."""
 
-    def __init__(self, host: str, port: int, size: int, source: str | None = None) -> None:
-        self.conns = [Conn(host, port, source) for _ in range(size)]
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.conns = [Conn(host, port) for _ in range(size)]
         self.free: asyncio.LifoQueue[Conn] = asyncio.LifoQueue()
         for conn in reversed(self.conns):
             self.free.put_nowait(conn)
@@ -116,10 +114,6 @@ class Pool:
         finally:
             self.free.put_nowait(conn)
 
-    @property
-    def opened(self) -> int:
-        return sum(c.opened for c in self.conns)
-
     def close(self) -> None:
         for conn in self.conns:
             conn.close()
@@ -128,13 +122,10 @@ class Pool:
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """Send each client's request again and again on its own connection; tally what came back.
 
-    spec: host, port, clients [{method, path, headers, body, source, every}], warmup (s), duration (s), count
-    (most requests measured), tally (header names), records. Requests sent in [warmup, warmup + duration) are
-    measured, up to count; those in flight at the end are waited for, so every request sent has a known outcome.
-    A client with `every` (s) starts a request at most that often. With records, the report lists every request:
-    [path, start (monotonic, before connecting), seconds, status (0: no answer), the problem+json body (text) or
-    the transport error, *tallied headers].
-    """
+    spec: host, port, clients [{method, path, headers, body, every (s between starts, at least)}], warmup (s),
+    duration (s), count (most measured), tally (header names), records. Those sent in [warmup, warmup + duration)
+    are measured, and every request in flight at the end is waited for. records: [path, start (monotonic, before
+    connecting), seconds, status (0: no answer), the problem+json body or transport error, *tallied headers]."""
     host, port, tally = spec["host"], spec["port"], spec.get("tally", [])
     start = time.monotonic() + spec.get("warmup", 0)
     end, count = start + spec.get("duration", 3600), spec.get("count", 1 << 60)
@@ -143,7 +134,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     keep, records, last = spec.get("records"), list[list[Any]](), [start]
 
     async def client(c: dict[str, Any]) -> None:
-        conn = Conn(host, port, c.get("source"))
+        conn = Conn(host, port)
         payload = encode(c["method"], c["path"], c.get("headers", {}), c.get("body", "").encode(), host)
         every = c.get("every", 0)
         while (now := time.monotonic()) < end and totals["measured"] < count:

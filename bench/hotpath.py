@@ -1,16 +1,14 @@
 """hotpath: what the resilience layer adds to a trivial request. Three servers in alternated rounds: (a) the
 product's middleware without it, (b) with three limits and a closed breaker, (c) a minimal Django stack.
-How and why: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per round, 5), BENCH_WARMUP (1), BENCH_ROUNDS (5),
-BENCH_CLIENTS (16 connections), BENCH_WORKERS (4), BENCH_THREADS (2)."""
+How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
-import sys
 from contextlib import ExitStack
 from typing import Any
 
 from bench import lib
-from tests.live import RedisServer, request
+from tests.live import request
 
 NAME = "hotpath"
 PATH = "/api/bench/ping"
@@ -56,12 +54,9 @@ def policies_shown(reply: Any) -> list[str]:
 def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
     mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(APP_IDS)]
-    with RedisServer() as redis_server, ExitStack() as stack:
-        lib.setup(NAME, redis_server.url)
+    with lib.prepared(NAME) as (_, redis), ExitStack() as stack:
         prepare(PATH, LIMITS, BREAKER)
-        redis = redis_server.client()
         machine = lib.machine(redis)
-        lib.release_db()
         size = {"workers": cfg["workers"], "threads": cfg["threads"]}
         servers = {k: stack.enter_context(lib.server(**size, **env)) for k, (_, env) in CONFIGS.items()}
         probes = {k: request(s.port, PATH, headers={"X-App-Id": "probe"}) for k, s in servers.items()}
@@ -97,7 +92,3 @@ def main() -> int:
     results = {"machine": machine, "config": {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER}}
     return lib.finish(NAME, results | {"columns": lib.COLUMNS, "rows": rows, "figures": figures, "checks": checks,
                                        "runs": runs})  # fmt: skip
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,6 @@
-"""What the benchmarks share: database and Redis, gunicorn (tests/live.py's LiveServer), the two load clients
-(wrk for the throughput of a request mix, cheap C that leaves the cores to the server; bench/client.py where every
-response matters), the machine, and one layout of results: a table, figures, named checks. Loopback only; each
-benchmark has its own database (bookstore_bench_<name>; BENCH_DB sets the prefix) and a private redis-server,
-whose per-command counts are then its own. Every process is stopped by PID."""
+"""What the benchmarks share: their own database (<BENCH_DB>_<name>) and redis-server, gunicorn (tests/live.py),
+the two load clients (wrk, cheap C, for a mix's throughput; bench/client.py where every response matters), the
+machine, and one layout of results: a table, figures, named checks. Loopback only; processes stopped by PID."""
 
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.live import LiveServer
+from tests.live import LiveServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -32,7 +30,8 @@ SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")  # R
 
 
 def knobs(**defaults: float) -> dict[str, Any]:
-    """Return each knob by name: BENCH_<NAME> from the environment (positive), or its default (of its type)."""
+    """Return each knob: BENCH_<NAME> from the environment (positive), or its default (of its type). A benchmark's
+    knobs are the ones its main() passes here."""
     out = {}
     for name, default in defaults.items():
         raw = os.environ.get(f"BENCH_{name.upper()}", "").strip()
@@ -42,7 +41,14 @@ def knobs(**defaults: float) -> dict[str, Any]:
     return out
 
 
-def setup(name: str, redis_url: str, **env: str) -> str:
+@contextmanager
+def prepared(name: str) -> Iterator[tuple[str, Any]]:
+    """Start a private redis-server and set up <BENCH_DB>_<name> on it; yield the database URL and a Redis client."""
+    with RedisServer() as redis_server:
+        yield setup(name, redis_server.url), redis_server.client()
+
+
+def setup(name: str, redis_url: str) -> str:
     """Recreate <BENCH_DB>_<name>, point this process and its servers at it and Redis, migrate; return its URL."""
     import psycopg
 
@@ -54,7 +60,7 @@ def setup(name: str, redis_url: str, **env: str) -> str:
     # Forced, not inherited: a DATABASE_URL left in the shell must never point a benchmark at real data.
     os.environ.update(
         DJANGO_SETTINGS_MODULE="bench.settings", DEBUG="false", SECRET_KEY="bench-only-secret-key-not-for-production",
-        DATABASE_URL=f"{PG}{db}", REDIS_URL=redis_url, ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING", **env,
+        DATABASE_URL=f"{PG}{db}", REDIS_URL=redis_url, ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING",
     )  # fmt: skip
     import django
     from django.conf import settings
@@ -71,10 +77,8 @@ def customers(count: int, prefix: str = "bench") -> list[str]:
     """Create `count` customers through accounts.services; return their API tokens."""
     from accounts.services import token_create, user_create
 
-    users = (
-        user_create(username=f"{prefix}{n}", email=f"{prefix}{n}@bench.invalid", password="-") for n in range(count)
-    )
-    return [token_create(user=user).token for user in users]
+    names = [f"{prefix}{n}" for n in range(count)]
+    return [token_create(user=user_create(username=n, email=f"{n}@bench.invalid", password="-")).token for n in names]
 
 
 def release_db() -> None:
@@ -88,9 +92,8 @@ def release_db() -> None:
 
 
 def server(*, workers: int, threads: int, ready: str = "/health/live", **env: str) -> LiveServer:
-    """Return gunicorn as deployed (deploy/gunicorn.conf.py) with bench/urls.py, one DB connection per thread
-    and the lean access log (bench/accesslog.py); start it with `with`: it is ready once each worker served
-    `ready`."""
+    """Return gunicorn as deployed with bench/urls.py, a DB connection per thread and the lean access log
+    (bench/accesslog.py); `with` starts it, ready once each worker served `ready`."""
     # The stack switches of bench/settings.py are set here, never inherited from the caller's shell.
     env = {"RESILIENCE_MIDDLEWARE": "true", "BENCH_MINIMAL_STACK": "false", "DB_POOL_MIN": str(threads)} | env
     env |= {"DJANGO_SETTINGS_MODULE": "bench.settings", "DB_POOL_MAX": env.get("DB_POOL_MAX", str(threads))}
@@ -217,7 +220,8 @@ def cpu_probe_ms() -> float:
 
 
 def machine(redis: Any) -> dict[str, Any]:
-    """Return what the figures depend on: the machine, how busy and fast it is now, the versions."""
+    """Return what the figures depend on: the machine, how busy and fast it is now, the versions. Then close this
+    process's database connections: the servers take the load next."""
     import django
     import gunicorn
     import psycopg
@@ -226,6 +230,7 @@ def machine(redis: Any) -> dict[str, Any]:
         pg, sync = (conn.execute(f"SHOW {x}").fetchone()[0] for x in ("server_version", "synchronous_commit"))
     cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
     mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
+    release_db()
     return {
         "nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else "?",
         "ram_gib": round(int(mem.group(1)) / 2**20, 1) if mem else "?",

@@ -1,19 +1,16 @@
 """orders: orders per second on one hot book through POST /api/orders, a bare select_for_update view
-(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in. Knobs: BENCH_ORDERS (2000),
-BENCH_CLIENTS (32), BENCH_WARMUP (1 s), BENCH_WORKERS (2), BENCH_THREADS (4): enough requests in flight to cover
-the waits on the lock, few enough that the thread holding it is not queued for the GIL behind the others."""
+(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in. 32 clients on 2 x 4 threads: enough
+requests in flight to cover the waits on the lock, few enough that its holder does not queue for the GIL."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import sys
 from decimal import Decimal
 from typing import Any
 
 from bench import lib
-from tests.live import RedisServer
 
 NAME = "orders"
 # The least an order needs on the row, as a pgbench script: BEGIN; lock; decrement; COMMIT.
@@ -35,18 +32,16 @@ def bare_sql(url: str, book_id: int, *, clients: int, count: int) -> dict[str, A
 
 def main() -> int:
     cfg = lib.knobs(orders=2000, clients=32, warmup=1.0, workers=2, threads=4)
-    with RedisServer() as redis_server:
-        url = lib.setup(NAME, redis_server.url)
+    with lib.prepared(NAME) as (url, redis):
         from catalog.models import Book
         from catalog.services import book_create
         from orders.models import Order
         from resilience.models import RateLimitPolicy
 
         book = book_create(isbn="9790000000018", title="Hot", price=Decimal("12.50"), stock=10**9, authors=["B"])
-        tokens, redis = lib.customers(cfg["clients"]), redis_server.client()
+        tokens = lib.customers(cfg["clients"])
         RateLimitPolicy.objects.update(enabled=False)
         machine = lib.machine(redis)
-        lib.release_db()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         body, runs = json.dumps({"lines": [{"book_id": book.pk, "quantity": 1}]}), {}
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
@@ -81,7 +76,3 @@ def main() -> int:
     columns = ["path", "orders/s", "mean ms", "p50 ms", "p99 ms", "measured", "CPU ms/order", "Redis RT/order"]
     results = {"machine": machine, "config": {**cfg, "statements": " ".join(SQL.split())}, "columns": columns}
     return lib.finish(NAME, results | {"rows": rows, "figures": figures, "runs": runs, "checks": checks})
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,10 @@
 """pg_outage: what a PostgreSQL outage costs the API, and how soon the API serves again once it is back.
 gunicorn (sync workers) reaches its database only through a TcpProxy (tests/live.py), so the shared PostgreSQL is
-never touched; the proxy refuses it for the outage, then relays again. How and why: docs/benchmarks.md.in.
-Knobs: BENCH_WARMUP (s before the outage, 3), BENCH_OUTAGE (s, 10), BENCH_AFTER (s after it, 5), BENCH_CLIENTS
-(4), BENCH_WORKERS (4)."""
+never touched; the proxy refuses it for the outage, then relays again. How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -15,20 +12,12 @@ from decimal import Decimal
 from typing import Any
 
 from bench import lib
-from tests.live import RedisServer, TcpProxy
+from tests.live import TcpProxy
 
 NAME = "pg_outage"
 LIVE, OPS = "/health/live", ("/health/breakers", "/metrics")
 OPEN_P99_MS, LIVE_P99_MS, RECOVERY_S = 50.0, 50.0, 1.5
 Record = list[Any]  # bench/client.py's: path, start, seconds, status (0: none), problem body or error, Retry-After
-PHASES = {
-    "api_before": "API before the outage",
-    "api_during_outage": "API during the outage",
-    "api_once_known_down": "API once known down",
-    "api_after_return": "API after PostgreSQL's return",
-    "live_during_outage": "/health/live during the outage",
-    "ops_during_outage": "/health/breakers and /metrics during the outage",
-}
 
 
 def refused_by(r: Record) -> str:
@@ -39,9 +28,9 @@ def refused_by(r: Record) -> str:
         return "?"
 
 
-def summary(rows: list[Record], seconds: float) -> dict[str, Any]:
+def summary(phase: str, rows: list[Record], seconds: float) -> dict[str, Any]:
     took = [r[2] * 1000 for r in rows]
-    out = {"count": len(rows), "per_second": round(len(rows) / seconds, 1) if seconds > 0 else 0.0}
+    out = {"phase": phase, "count": len(rows), "per_second": round(len(rows) / seconds, 1) if seconds > 0 else 0.0}
     out |= {f"p{q}_ms": round(lib.percentile(took, q), 2) for q in (50, 99)}
     return out | {"max_ms": round(max(took or [0]), 2)}
 
@@ -50,18 +39,24 @@ def analyse(records: list[Record], api: str, t_out: float, t_back: float) -> dic
     """Return the figures of one run from the client's records and the proxy's timeline (monotonic seconds)."""
     calls, live, ops = ([r for r in records if r[0] in paths] for paths in ((api,), (LIVE,), OPS))
     t_start, t_end = min(r[1] for r in records), max(r[1] + r[2] for r in records)
-    during = [r for r in calls if t_out <= r[1] < t_back]
+
+    def inside(rows: list[Record]) -> list[Record]:
+        return [r for r in rows if t_out <= r[1] < t_back]
+
+    during = inside(calls)
     # "Known down": requests sent after the first answer that says the database breaker refused.
     known_at = min((r[1] + r[2] for r in during if refused_by(r) == "database"), default=t_back)
     first_ok = min((r[1] + r[2] for r in calls if r[1] >= t_back and r[3] == 200), default=None)
     f = {
-        "api_before": summary([r for r in calls if r[1] < t_out], t_out - t_start),
-        "api_during_outage": summary(during, t_back - t_out),
-        "api_once_known_down": summary([r for r in during if r[1] >= known_at], t_back - known_at),
-        "api_after_return": summary([r for r in calls if r[1] >= t_back], t_end - t_back),
-        "live_during_outage": summary([r for r in live if t_out <= r[1] < t_back], t_back - t_out),
-        "ops_during_outage": summary([r for r in ops if t_out <= r[1] < t_back], t_back - t_out),
-    }
+        "api_before": summary("API before the outage", [r for r in calls if r[1] < t_out], t_out - t_start),
+        "api_during_outage": summary("API during the outage", during, t_back - t_out),
+        "api_once_known_down": summary("API once known down", [r for r in during if r[1] >= known_at],
+                                       t_back - known_at),
+        "api_after_return": summary("API after PostgreSQL's return", [r for r in calls if r[1] >= t_back],
+                                    t_end - t_back),
+        "live_during_outage": summary("/health/live during the outage", inside(live), t_back - t_out),
+        "ops_during_outage": summary("/health/breakers and /metrics during the outage", inside(ops), t_back - t_out),
+    }  # fmt: skip
     fives = Counter(f"{r[0]} {r[3] or r[4]}" for r in records if r[3] >= 500 or r[3] == 0)
     return f | {
         "outage_seconds": round(t_back - t_out, 2), "timeline_seconds": round(t_end - t_out, 2),
@@ -98,14 +93,11 @@ def checks(f: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> int:
     cfg = lib.knobs(warmup=3.0, outage=10.0, after=5.0, clients=4, workers=4)
-    # A private Redis: the breaker state and counters are this run's own.
-    with RedisServer() as redis_server, TcpProxy(5432) as proxy:
-        url = lib.setup(NAME, redis_server.url)
+    with lib.prepared(NAME) as (url, redis), TcpProxy(5432) as proxy:
         from catalog.services import book_create
 
         book = book_create(isbn="9780000000002", title="The Outage", price=Decimal("10"), stock=100, authors=["A"])
-        api, machine = f"/api/books/{book.pk}", lib.machine(redis_server.client())
-        lib.release_db()
+        api, machine = f"/api/books/{book.pk}", lib.machine(redis)
         clients = [{"method": "GET", "path": api}] * cfg["clients"] + [{"method": "GET", "path": LIVE, "every": 0.05}]
         clients += [{"method": "GET", "path": path, "every": 0.5} for path in OPS]
         spec = {"duration": cfg["warmup"] + cfg["outage"] + cfg["after"], "timeout": 30.0, "count": 200_000}
@@ -122,7 +114,7 @@ def main() -> int:
             f = analyse(run.result()["records"], api, t_out, t_back)
 
     columns = ["phase", "requests", "req/s", "p50 ms", "p99 ms", "max ms"]
-    rows = [[label, *f[k].values()] for k, label in PHASES.items()]
+    rows = [list(x.values()) for x in f.values() if isinstance(x, dict) and "phase" in x]
     figures = [
         ["outage: PostgreSQL's connections refused for", f"{f['outage_seconds']} s"],
         ["known down (the first 503 from the database breaker) after", f"{f['known_down_after_s']} s"],
@@ -134,7 +126,3 @@ def main() -> int:
     ]
     results = {"machine": machine, "config": cfg, "columns": columns, "rows": rows, "figures": figures}
     return lib.finish(NAME, results | {"outage": f, "checks": checks(f)})
-
-
-if __name__ == "__main__":
-    sys.exit(main())

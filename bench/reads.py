@@ -1,14 +1,11 @@
 """reads: server CPU per request of book list, detail, search and order placement, each alone (a before/after
-comparison is one command). How: docs/benchmarks.md.in. Knobs: BENCH_DURATION (s per request, 5), BENCH_WARMUP
-(1), BENCH_CLIENTS (8 connections), BENCH_WORKERS (2), BENCH_THREADS (4)."""
+comparison is one command). How: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 from bench import lib
-from tests.live import RedisServer
 
 NAME = "reads"
 WORDS = "river night garden machine city silence winter letters stone memory light shadow".split()
@@ -16,8 +13,7 @@ WORDS = "river night garden machine city silence winter letters stone memory lig
 
 def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, clients=8, workers=2, threads=4)
-    with RedisServer() as redis_server:
-        lib.setup(NAME, redis_server.url)
+    with lib.prepared(NAME) as (_, redis):
         from django.core.management import call_command
 
         from catalog.models import Book
@@ -28,24 +24,16 @@ def main() -> int:
         ids = list(Book.objects.order_by("pk").values_list("pk", flat=True)[:200])
         tokens = lib.customers(16)
         RateLimitPolicy.objects.update(mode=RateLimitPolicy.Mode.DRY_RUN)
-        redis = redis_server.client()
         machine = lib.machine(redis)
-        lib.release_db()
         json_ = {"Accept": "application/json", "Content-Type": "application/json"}
+        orders = [({**json_, "Authorization": f"Token {tokens[n % 16]}"}, pk) for n, pk in enumerate(ids)]
         mixes = {
             "book list": [("GET", f"/api/books?page={n}&page_size=20", json_, "") for n in range(1, 51)],
             "book detail": [("GET", f"/api/books/{pk}", json_, "") for pk in ids],
             "search": [("GET", f"/api/books/search?q={w}", json_, "") for w in WORDS],
-            "order placement": [
-                (
-                    "POST",
-                    "/api/orders",
-                    {**json_, "Authorization": f"Token {tokens[n % 16]}"},
-                    json.dumps({"lines": [{"book_id": pk, "quantity": 1}]}),
-                )
-                for n, pk in enumerate(ids)
-            ],
-        }
+            "order placement": [("POST", "/api/orders", h, json.dumps({"lines": [{"book_id": pk, "quantity": 1}]}))
+                                for h, pk in orders],
+        }  # fmt: skip
         runs = {}
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
             for label, mix in mixes.items():
@@ -56,18 +44,8 @@ def main() -> int:
 
     fields = ("cpu_ms", "per_second", "p50_ms", "p99_ms", "redis_rt", "requests")
     bad = {k: r["bad_status"] + r["socket_errors"] for k, r in runs.items()}
-    return lib.finish(
-        NAME,
-        {
-            "machine": machine,
-            "config": cfg,
-            "columns": ["request", "server CPU ms/req", "req/s", "p50 ms", "p99 ms", "Redis RT/req", "requests"],
-            "rows": [[k, *(r[f] for f in fields)] for k, r in runs.items()],
-            "runs": runs,
-            "checks": [lib.check("no error status, no socket errors", not any(bad.values()), bad, "0 each")],
-        },
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    columns = ["request", "server CPU ms/req", "req/s", "p50 ms", "p99 ms", "Redis RT/req", "requests"]
+    rows = [[k, *(r[f] for f in fields)] for k, r in runs.items()]
+    checks = [lib.check("no error status, no socket errors", not any(bad.values()), bad, "0 each")]
+    results = {"machine": machine, "config": cfg, "columns": columns, "rows": rows, "runs": runs, "checks": checks}
+    return lib.finish(NAME, results)

@@ -1,7 +1,5 @@
-"""Render docs/benchmarks.md from its template, docs/benchmarks.md.in, and the latest bench/results/*.json.
-
-Benchmarks without a section of their own in the template are appended, each with its tables and checks.
-"""
+"""Render docs/benchmarks.md from its template, docs/benchmarks.md.in, and the latest bench/results/*.json;
+benchmarks without a section of their own in the template are appended, each with its tables and checks."""
 
 from __future__ import annotations
 
@@ -32,7 +30,3 @@ def main() -> int:
     (lib.ROOT / "docs" / "benchmarks.md").write_text(template.render(Context(context, autoescape=False)))
     print("report: docs/benchmarks.md")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

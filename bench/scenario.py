@@ -1,8 +1,7 @@
 """scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing dependency
 hit the shop. Seed, serve with the default policies, play the actors (bench/actors.py) while sampling PostgreSQL
 and the CPU, check the orders in the database, judge (bench/verdict.py). How and why: docs/benchmarks.md.in.
-`python -m bench.scenario judge` judges the last run again. Knobs: BENCH_SCENARIO_THREADS (4) and
-BENCH_SCENARIO_POOL (4), threads and DB_POOL_MAX per worker; BENCH_SCENARIO_SCALE (1) stretches the timeline."""
+`python -m bench.scenario judge` judges the last run again."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ HOT_STOCK = 80  # per hot book: legitimate orders and the first spike sell most 
 SPIKE_CUSTOMERS = 60
 # Seconds after the start. The first seconds warm the server up and are left out of the latency figures.
 TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 118], "fault_on": 58, "fault_off": 88}
-TIMELINE |= {"spikes": [38, 103], "end": 128}
+TIMELINE |= {"spikes": [38, 103], "end": 128, "spike_seconds": 2.0}
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
@@ -90,25 +89,18 @@ def cpu_ticks() -> list[int]:
     return [busy, steal, busy + steal + idle + iowait]
 
 
-class Sampler(threading.Thread):
-    """Every 250 ms: [s, the database's connections, active ones, machine CPU busy %, stolen %]."""
+def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) -> None:
+    """Until stopped, every 250 ms: [s, the database's connections, active ones, machine CPU busy %, stolen %]."""
+    import psycopg
 
-    SQL = "SELECT count(*), count(*) FILTER (WHERE state = 'active') FROM pg_stat_activity WHERE datname = %s"
-
-    def __init__(self, t0: float, db: str) -> None:
-        super().__init__(daemon=True)
-        self.t0, self.db, self.samples, self.stop = t0, db, [], threading.Event()
-
-    def run(self) -> None:
-        import psycopg
-
-        with psycopg.connect(f"{lib.PG}postgres", autocommit=True) as conn:
-            last, n = cpu_ticks(), 0
-            while not self.stop.wait(max(0.0, self.t0 + n * 0.25 - time.monotonic())):
-                n, row, ticks = n + 1, conn.execute(self.SQL, (self.db,)).fetchone(), cpu_ticks()
-                busy, stolen = (round(100 * (ticks[i] - last[i]) / max(1, ticks[2] - last[2]), 1) for i in (0, 1))
-                self.samples.append([round(time.monotonic() - self.t0, 3), *row, busy, stolen])
-                last = ticks
+    sql = "SELECT count(*), count(*) FILTER (WHERE state = 'active') FROM pg_stat_activity WHERE datname = %s"
+    with psycopg.connect(f"{lib.PG}postgres", autocommit=True) as conn:
+        last, n = cpu_ticks(), 0
+        while not stop.wait(max(0.0, t0 + n * 0.25 - time.monotonic())):
+            n, row, ticks = n + 1, conn.execute(sql, (db,)).fetchone(), cpu_ticks()
+            busy, stolen = (round(100 * (ticks[i] - last[i]) / max(1, ticks[2] - last[2]), 1) for i in (0, 1))
+            samples.append([round(time.monotonic() - t0, 3), *row, busy, stolen])
+            last = ticks
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -137,17 +129,12 @@ def hash_cost() -> tuple[str, float]:
 
 def run() -> dict[str, Any]:
     """Seed, serve, play the timeline; return everything the verdict and the report read."""
-    from tests.live import RedisServer
-
-    cfg = lib.knobs(scenario_threads=4, scenario_pool=4, scenario_scale=1.0)
-    scale, threads, pool = cfg["scenario_scale"], cfg["scenario_threads"], cfg["scenario_pool"]
-    timeline = {k: [x * scale for x in v] if isinstance(v, list) else v * scale for k, v in TIMELINE.items()}
-    timeline["spike_seconds"] = 2.0
-    with RedisServer() as redis_server:
-        db, began = lib.setup(NAME, redis_server.url).rsplit("/", 1)[1], time.monotonic()
-        s, redis = seed(), redis_server.client()
+    cfg = lib.knobs(scenario_threads=4, scenario_pool=4)  # threads and DB_POOL_MAX per worker
+    threads, pool, timeline = cfg["scenario_threads"], cfg["scenario_pool"], TIMELINE
+    with lib.prepared(NAME) as (url, redis):
+        db, began = url.rsplit("/", 1)[1], time.monotonic()
+        s = seed()
         seed_seconds, machine = round(time.monotonic() - began, 1), lib.machine(redis)
-        lib.release_db()
         env = {"FAULT_INJECTION": "true", "TRUSTED_PROXY_COUNT": "1", "DB_POOL_MIN": "1", "DB_POOL_MAX": str(pool)}
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
             t0, output = time.monotonic() + 1.5, lib.RESULTS / f"{NAME}.load.json"  # 1.5 s: the actors start up
@@ -158,16 +145,13 @@ def run() -> dict[str, Any]:
             crowd = range(SPIKE_CUSTOMERS)
             spec["spike_customers"] = [[[s["tokens"][(i * 97 + n) % CUSTOMERS], address(2 + i, n)] for n in crowd]
                                        for i in range(len(timeline["spikes"]))]  # fmt: skip
-            sampler = Sampler(t0, db)
-            sampler.start()
+            db_samples, stop = [], threading.Event()
+            (sampler := threading.Thread(target=sample, args=(t0, db, db_samples, stop), daemon=True)).start()
             with lib.spent(server, redis) as spent:
-                cpu = redis.info("cpu")
-                cmd = [sys.executable, "-m", "bench.actors"]
-                proc = subprocess.run(
-                    cmd, cwd=lib.ROOT, input=json.dumps(spec), text=True, timeout=timeline["end"] + 99
-                )
+                cpu, actors, limit = redis.info("cpu"), [sys.executable, "-m", "bench.actors"], TIMELINE["end"] + 99
+                proc = subprocess.run(actors, cwd=lib.ROOT, input=json.dumps(spec), text=True, timeout=limit)
                 cpu = {k: redis.info("cpu")[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user")}
-            sampler.stop.set()
+            stop.set()
             sampler.join()
             if proc.returncode:
                 raise RuntimeError(f"the scenario's actors failed ({proc.returncode})")
@@ -178,13 +162,13 @@ def run() -> dict[str, Any]:
         records = [dict(zip(load["fields"], r, strict=True)) for r in load.pop("records")]
         checks = db_checks(s["initial_stock"], records)
         lib.release_db()
-    out = {"machine": machine, "records": records, "samples": load.pop("samples"), "db_samples": sampler.samples}
+    out = {"machine": machine, "records": records, "samples": load.pop("samples"), "db_samples": db_samples}
     out |= {"server_timings": timings, "load": load, "db_checks": checks, "metrics": counted}
     out |= {"server_cpu_seconds": round(spent["cpu_seconds"], 2), "redis_cpu_seconds": round(sum(cpu.values()), 2)}
     out |= {"redis_script_calls": sum(spent["redis_calls"].get(k, 0) for k in lib.SCRIPTS)}
     out["hasher"], out["hash_seconds"] = hash_cost()
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
-    config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "scale": scale}
+    config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK}
     config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
     config["policies"] = s["policies"]
     config["server"] = f"gunicorn -c deploy/gunicorn.conf.py bookstore.wsgi, {WORKERS} gthread workers × {threads} "
@@ -193,10 +177,8 @@ def run() -> dict[str, Any]:
 
 
 def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict[str, Any]]:
-    """Keep this run's key figures with the last few of its server shape; return every kept run, this one first.
-
-    Runs with BENCH_SCENARIO_THREADS / BENCH_SCENARIO_POOL set leave their figures for the report to compare.
-    """
+    """Keep this run's key figures with the last few of its server shape (BENCH_SCENARIO_THREADS and _POOL), for
+    the report to compare; return every kept run, this one first."""
     path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
     mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"]}
     mine |= {"finished_at": results["finished_at"], **judged["shape_figures"]}

@@ -1,9 +1,6 @@
 """Settings of the benchmark servers: the product's, plus bench/urls.py and two stacks to compare against.
-
-RESILIENCE_MIDDLEWARE=false drops the resilience layer (its middleware and the stale-copy middleware that feeds
-its fallback) from the product's middleware; BENCH_MINIMAL_STACK=true keeps only SecurityMiddleware and
-CommonMiddleware (bench/hotpath.py: what Django itself costs).
-"""
+RESILIENCE_MIDDLEWARE=false drops the resilience layer (its middleware and the stale-copy one that feeds its
+fallback); BENCH_MINIMAL_STACK=true keeps only SecurityMiddleware and CommonMiddleware (what Django costs)."""
 
 from __future__ import annotations
 

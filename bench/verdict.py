@@ -46,11 +46,9 @@ def policy_text(p: dict[str, Any]) -> str:
 
 
 def admissible(p: dict[str, Any], span: float) -> int:
-    """Return the most requests of one key the policy can admit within any `span` seconds.
-
-    Token bucket (GCRA): the burst at once, then one per period / limit. Sliding window: limit per period.
-    Fixed window: a span touches at most ceil(span / period) + 1 windows.
-    """
+    """Return the most requests of one key the policy can admit within any `span` seconds: a token bucket (GCRA)
+    the burst at once, then one per period / limit; a sliding window limit per period; a fixed window limit per
+    window the span touches, at most ceil(span / period) + 1."""
     limit, period = p["limit"], float(p["period"])
     if p["algorithm"] == "token_bucket":
         return (p["burst"] or limit) + math.floor(span / (period / limit) + 1e-9) if limit else 0
@@ -136,12 +134,7 @@ CHECKS: dict[str, tuple[str, Check]] = {}
 
 def named(label: str) -> Callable[[Check], Check]:
     """Register a check under its label, in the order of the report."""
-
-    def register(fn: Check) -> Check:
-        CHECKS[fn.__name__] = (label, fn)
-        return fn
-
-    return register
+    return lambda fn: CHECKS.setdefault(fn.__name__, (label, fn))[1]
 
 
 @named("crawler admitted within search-ip")

@@ -76,6 +76,9 @@ MIDDLEWARE = [
     # Outside sessions and CSRF, as Django's UpdateCacheMiddleware: it judges whether a response may
     # be kept for the stale fallback by the cookies and Vary those set (resilience/stale.py).
     "resilience.stale.StaleCopyMiddleware",
+    # Inside it, so the stale copies are judged on what clients get: a `public` answer that sets a
+    # cookie or answers credentials leaves as `private` (bookstore/cache_guard.py).
+    "bookstore.cache_guard.SharedCacheGuardMiddleware",
     # Sessions, CSRF, the session's user and messages are skipped for API calls without a session
     # cookie, which use none of them (bookstore/lean.py); the admin and signed-in browsers get all four.
     "bookstore.lean.LeanSessionMiddleware",

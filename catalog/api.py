@@ -2,44 +2,98 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils.functional import cached_property
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from accounts.permissions import IsStaffOrReadOnly
 from bookstore.pagination import PageNumberPagination
-from catalog import selectors, services
+from catalog import http, selectors, services
 from catalog.models import Book
 from catalog.serializers import BookInput, BookListFilter, BookOutput, BookReplaceInput, BookSearchInput
 from resilience.breakers import breaker
 
 
-def _query(request: Request) -> dict[str, str]:
-    # A plain dict: DRF reads a missing boolean in a QueryDict as False, which would hide
+def _query(request: Request) -> tuple[tuple[str, str], ...]:
+    # Plain pairs: DRF reads a missing boolean in a QueryDict as False, which would hide
     # out-of-stock books from everyone who did not ask about stock at all.
-    return dict(request.query_params.items())  # type: ignore[arg-type]  # items(): each key's last value, a str
+    return tuple(sorted(request.query_params.items()))  # type: ignore[arg-type]  # items(): each key's last value, a str
 
 
-def _paginated(request: Request, view: APIView, queryset: QuerySet[Book]) -> Response:
+@functools.lru_cache(maxsize=1024)
+def _valid(serializer: type[Serializer], query: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """Return the validated query parameters, or raise the 400; remembered, since validation is a pure function
+    of the query and DRF's serializers cost a list page a tenth of its CPU. Callers must not change the dict."""
+    params = serializer(data=dict(query))
+    params.is_valid(raise_exception=True)
+    return params.validated_data
+
+
+class _CountedPaginator(Paginator):
+    """Django's paginator, with the count taken from the count cache when the page has a version."""
+
+    def __init__(self, object_list: selectors.PageRows, per_page: int, count_key: tuple | None) -> None:
+        super().__init__(object_list, per_page)  # type: ignore[arg-type]  # PageRows counts and slices, all Paginator asks
+        self.count_key = count_key
+
+    @cached_property
+    def count(self) -> int:
+        if self.count_key is None:
+            return super().count
+        count = _counts.get(self.count_key)
+        if count is None:
+            if len(_counts) >= 1024:  # bounded: filters are client input
+                _counts.clear()
+            count = _counts[self.count_key] = super().count
+        return count
+
+
+# Result counts by (catalogue version, view, filters): a count changes only with the catalogue, and
+# COUNT(*) over the filtered books was a page's most expensive query. Per process; an old version's
+# entries are never asked for again.
+_counts: dict[tuple, int] = {}
+
+
+def _paginated(request: Request, view: APIView, queryset: QuerySet, filters: dict) -> Response:
+    key = (type(view).__name__, tuple(sorted(filters.items())))
+    version = getattr(request, http.VERSION, None)
     paginator = PageNumberPagination()
-    page = selectors.attach_authors(list(paginator.paginate_queryset(queryset, request, view=view)))  # type: ignore[arg-type]  # None only without a page size
-    return paginator.get_paginated_response(BookOutput(page, many=True).data)
+    paginator.django_paginator_class = functools.partial(  # type: ignore[assignment]  # a factory of Paginators
+        _CountedPaginator, count_key=None if version is None else (version, *key)
+    )
+    rows: list[tuple[Any, ...]] | None = paginator.paginate_queryset(
+        selectors.PageRows(queryset, key),  # type: ignore[arg-type]  # it slices as a sequence does
+        request,
+        view=view,
+    )
+    return paginator.get_paginated_response(selectors.book_page(rows or []))
 
 
 class BookListApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
     pagination_class = PageNumberPagination  # read by the schema generator
 
-    @extend_schema(parameters=[BookListFilter], responses=BookOutput(many=True), operation_id="books_list")
+    @extend_schema(
+        parameters=[BookListFilter, *http.SCHEMA_PARAMETERS],
+        responses={200: BookOutput(many=True), 304: http.NOT_MODIFIED},
+        operation_id="books_list",
+    )
+    @http.conditional_page
     def get(self, request: Request) -> Response:
-        filters = BookListFilter(data=_query(request))
-        filters.is_valid(raise_exception=True)
-        return _paginated(request, self, selectors.book_list(**filters.validated_data))
+        filters = _valid(BookListFilter, _query(request))
+        return _paginated(request, self, selectors.book_list(**filters), filters)
 
     @extend_schema(request=BookInput, responses={201: BookOutput}, operation_id="books_create")
     def post(self, request: Request) -> Response:
@@ -54,14 +108,18 @@ class BookSearchApi(APIView):
     pagination_class = PageNumberPagination  # read by the schema generator
     resilience_tags = ("search",)
 
-    @extend_schema(parameters=[BookSearchInput], responses=BookOutput(many=True), operation_id="books_search")
+    @extend_schema(
+        parameters=[BookSearchInput, *http.SCHEMA_PARAMETERS],
+        responses={200: BookOutput(many=True), 304: http.NOT_MODIFIED},
+        operation_id="books_search",
+    )
+    @http.conditional_page
     def get(self, request: Request) -> Response:
-        params = BookSearchInput(data=_query(request))
-        params.is_valid(raise_exception=True)
+        query = _valid(BookSearchInput, _query(request))["q"]
         # The query runs inside the guard (pagination evaluates it), so a failing or slow search
         # trips the breaker and later searches get a fast 503 instead of piling onto the database.
         with breaker("search"):
-            return _paginated(request, self, selectors.book_search(query=params.validated_data["q"]))
+            return _paginated(request, self, selectors.book_search(query=query), {"q": query})
 
 
 class BookDetailApi(APIView):
@@ -70,10 +128,17 @@ class BookDetailApi(APIView):
     def _book(self, pk: int) -> Book:
         return get_object_or_404(Book, pk=pk)
 
-    @extend_schema(responses=BookOutput, operation_id="books_retrieve")
+    @extend_schema(
+        parameters=http.SCHEMA_PARAMETERS,
+        responses={200: BookOutput, 304: http.NOT_MODIFIED},
+        operation_id="books_retrieve",
+    )
+    @http.conditional_page
     def get(self, request: Request, pk: int) -> Response:
-        (book,) = selectors.attach_authors([self._book(pk)])
-        return Response(BookOutput(book).data)
+        book = selectors.book_detail(pk=pk)
+        if book is None:
+            raise Http404
+        return Response(book)
 
     @extend_schema(
         request=BookReplaceInput,

@@ -81,3 +81,19 @@ class Book(models.Model):
         names = ", ".join(self.authors.order_by("name").values_list("name", flat=True))
         Book.objects.filter(pk=self.pk).update(authors_text=names[:1000])
         self.authors_text = names[:1000]
+
+
+class CatalogueVersion(models.Model):
+    """One row whose number grows with every committed change to what the catalogue shows.
+
+    Written in the same transaction as the change (so a reader that sees the new number also sees
+    the change), it makes the validators of the public book pages (catalog/http.py): one primary-key
+    read tells whether a client's copy is still current. Orders and cancellations bump it as their
+    last statement, so the row lock is held only for the commit.
+    """
+
+    number = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"catalogue version {self.number}"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import BooleanField, Case, Exists, FloatField, IntegerField, OuterRef, Q, QuerySet, Value, When
 from django.db.models.expressions import Expression, RawSQL
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from catalog.models import Book
+from catalog.models import Author, Book, CatalogueVersion
 from resilience.faults import fault_point
 
 ORDERINGS = {
@@ -23,25 +28,144 @@ ORDERINGS = {
 }
 
 
-def attach_authors(books: list[Book]) -> list[Book]:
-    """Give each book its authors, in the Author ordering, as `author_rows` for BookOutput.
+# The columns of a book page, in the order page rows carry them (book_row below).
+PAGE_COLUMNS = ("id", "isbn", "title", "description", "price", "stock", "published_on")
+CENTS = Decimal("0.01")
 
-    One values() query for the whole page: no Author objects, no per-book related manager
-    (prefetch_related builds both, and they were most of a book page's CPU). Called on the page
-    itself, so books skipped by the pagination cost nothing.
+
+def _reading() -> BaseDatabaseWrapper:
+    """Return the connection catalogue reads use: a replica's where the router sends them (bookstore/routers.py)."""
+    return connections[router.db_for_read(Book)]
+
+
+def catalogue_version() -> tuple[int, datetime | None]:
+    """Return the catalogue version's number and when it last changed (0, None before any change).
+
+    A raw primary-key read: it runs on every public book page, and the ORM would triple its cost.
     """
-    rows: dict[int, list[dict[str, object]]] = {book.pk: [] for book in books}
-    if rows:
-        links = (
-            Book.authors.through.objects.filter(book_id__in=list(rows))
-            .order_by("author__name", "author_id")
-            .values_list("book_id", "author_id", "author__name")
+    table = connection.ops.quote_name(CatalogueVersion._meta.db_table)
+    with _reading().cursor() as cursor:
+        cursor.execute(f"SELECT number, changed_at FROM {table} WHERE id = 1")
+        row = cursor.fetchone()
+    if row is None:
+        return 0, None
+    number, changed_at = row
+    if isinstance(changed_at, str):  # SQLite hands a raw cursor text
+        changed_at = parse_datetime(changed_at)
+    if changed_at is not None and timezone.is_naive(changed_at):
+        changed_at = timezone.make_aware(changed_at, UTC)
+    return number, changed_at
+
+
+def _authors_by_book(book_ids: list[int]) -> dict[int, list[dict[str, object]]]:
+    """Return each book's authors, in the Author ordering, as the dicts a book page shows.
+
+    One raw query for a whole page: no Author objects, no related managers, no ORM compilation
+    (prefetch_related and then an ORM values() query were most of a page's CPU).
+    """
+    rows: dict[int, list[dict[str, object]]] = {pk: [] for pk in book_ids}
+    if not book_ids:
+        return rows
+    qn = connection.ops.quote_name
+    links, author = qn(Book.authors.through._meta.db_table), qn(Author._meta.db_table)
+    with _reading().cursor() as cursor:
+        cursor.execute(
+            f"SELECT l.book_id, a.id, a.name FROM {links} l JOIN {author} a ON a.id = l.author_id "
+            f"WHERE l.book_id IN ({', '.join(['%s'] * len(book_ids))}) ORDER BY a.name, a.id",
+            book_ids,
         )
-        for book_id, author_id, name in links:
+        for book_id, author_id, name in cursor.fetchall():
             rows[book_id].append({"id": author_id, "name": name})
-    for book in books:
-        book.author_rows = rows[book.pk]  # type: ignore[attr-defined]  # read by BookOutput, not a column
-    return books
+    return rows
+
+
+def book_row(
+    pk: int,
+    isbn: str,
+    title: str,
+    description: str,
+    price: Decimal,
+    stock: int,
+    published_on: date | None,
+    *,
+    authors: list[dict[str, object]],
+) -> dict[str, object]:
+    """Return a book as the API shows it (the schema is BookOutput's declared fields)."""
+    return {
+        "id": pk,
+        "isbn": isbn,
+        "title": title,
+        "authors": authors,
+        "description": description,
+        "price": f"{price.quantize(CENTS):f}",
+        "stock": stock,
+        "published_on": published_on.isoformat() if published_on is not None else None,
+    }
+
+
+def _typed(row: tuple) -> tuple:
+    """Return a raw book row (PAGE_COLUMNS) with the types the ORM gives."""
+    pk, isbn, title, description, price, stock, published_on = row
+    if not isinstance(price, Decimal):  # SQLite hands a raw cursor a decimal as a float
+        price = Decimal(str(price))
+    if isinstance(published_on, str):
+        published_on = date.fromisoformat(published_on)
+    return pk, isbn, title, description, price, stock, published_on
+
+
+class PageRows:
+    """A queryset's book rows (PAGE_COLUMNS) by slice, for a paginator, from SQL compiled once per key.
+
+    `key` must name the queryset (its view and validated filters): compiling the ORM query was half of
+    what a list page's rows cost, and the same filters always compile to the same SQL.
+    """
+
+    _sql: dict[tuple, tuple[str, tuple]] = {}
+
+    def __init__(self, queryset: QuerySet[Book], key: tuple) -> None:
+        self.queryset, self.key = queryset.values_list(*PAGE_COLUMNS), key
+
+    def count(self) -> int:
+        return self.queryset.count()
+
+    def __getitem__(self, page: slice) -> list[tuple]:
+        compiled = self._sql.get(self.key)
+        if compiled is None:
+            if len(self._sql) >= 1024:  # bounded: filters are client input
+                self._sql.clear()
+            compiled = self._sql[self.key] = self.queryset.query.sql_with_params()
+        sql, params = compiled
+        with _reading().cursor() as cursor:
+            cursor.execute(f"{sql} LIMIT %s OFFSET %s", [*params, page.stop - page.start, page.start])
+            return [_typed(row) for row in cursor.fetchall()]
+
+
+def book_page(rows: Iterable[tuple]) -> list[dict[str, object]]:
+    """Return book rows (PAGE_COLUMNS) as the API shows them."""
+    rows = list(rows)
+    authors = _authors_by_book([row[0] for row in rows])
+    return [book_row(*row, authors=authors[row[0]]) for row in rows]
+
+
+def book_detail(*, pk: int) -> dict[str, object] | None:
+    """Return one book as the API shows it, or None if there is no such book.
+
+    One raw query, the authors joined in: the ORM's compilation was most of a book page's CPU.
+    """
+    qn = connection.ops.quote_name
+    book, links, author = (qn(m._meta.db_table) for m in (Book, Book.authors.through, Author))
+    columns = ", ".join(f"b.{qn(c)}" for c in PAGE_COLUMNS)
+    with _reading().cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns}, a.id, a.name FROM {book} b LEFT JOIN {links} l ON l.book_id = b.id "
+            f"LEFT JOIN {author} a ON a.id = l.author_id WHERE b.id = %s ORDER BY a.name, a.id",
+            [pk],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    authors = [{"id": row[7], "name": row[8]} for row in rows if row[7] is not None]
+    return book_row(*_typed(rows[0][:7]), authors=authors)
 
 
 def book_list(

@@ -8,10 +8,9 @@ from rest_framework.fields import empty
 
 from catalog.isbn import InvalidIsbn, normalize_isbn
 from catalog.models import Author, Book
-from catalog.selectors import ORDERINGS
+from catalog.selectors import ORDERINGS, PAGE_COLUMNS, book_row
 
 MAX_PRICE = Decimal("99999999.99")
-CENTS = Decimal("0.01")
 
 
 class IsbnField(serializers.CharField):
@@ -38,9 +37,9 @@ class AuthorOutput(serializers.ModelSerializer):
 class BookOutput(serializers.ModelSerializer):
     """A book as the API shows it.
 
-    The declared fields define the schema; to_representation builds the same dict directly. Book
-    pages are the shop's hottest responses, and DRF's per-field machinery was most of their CPU.
-    tests/catalog/test_books_api.py checks the two agree.
+    The declared fields define the schema; the dict itself is selectors.book_row's, which the read
+    pages build from plain rows. Book pages are the shop's hottest responses, and DRF's per-field
+    machinery was most of their CPU. tests/catalog/test_books_api.py checks the two agree.
     """
 
     authors = AuthorOutput(many=True, read_only=True)
@@ -51,19 +50,8 @@ class BookOutput(serializers.ModelSerializer):
         read_only_fields = fields
 
     def to_representation(self, book: Book) -> dict[str, Any]:
-        authors = getattr(book, "author_rows", None)  # selectors.attach_authors
-        if authors is None:
-            authors = [{"id": a.pk, "name": a.name} for a in book.authors.all()]
-        return {
-            "id": book.pk,
-            "isbn": book.isbn,
-            "title": book.title,
-            "authors": authors,
-            "description": book.description,
-            "price": f"{book.price.quantize(CENTS):f}",
-            "stock": book.stock,
-            "published_on": book.published_on.isoformat() if book.published_on is not None else None,
-        }
+        authors = [{"id": a.pk, "name": a.name} for a in book.authors.all()]
+        return book_row(*(getattr(book, name) for name in PAGE_COLUMNS), authors=authors)
 
 
 class BookInput(serializers.Serializer):

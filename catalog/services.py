@@ -6,11 +6,12 @@ from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import ProtectedError
+from django.utils import timezone
 
 from bookstore.exceptions import ApplicationError
-from catalog.models import Author, Book
+from catalog.models import Author, Book, CatalogueVersion
 
 
 class IsbnTaken(ApplicationError):
@@ -93,3 +94,18 @@ def book_delete(*, book: Book) -> None:
         # IntegrityError: an order placed while the delete ran was not committed when Django looked
         # for orders, so only the database's foreign key, checked at commit, saw it.
         raise BookInUse("Orders refer to this book, so it cannot be deleted.", book_id=book.pk) from e
+
+
+def catalogue_changed() -> None:
+    """Bump the catalogue version, in the caller's transaction: call it in every write that changes a book page.
+
+    An upsert, so a database whose row was emptied (a flushed test database) starts counting again.
+    The row stays locked until the caller commits: writers on hot paths call this last.
+    """
+    table = connection.ops.quote_name(CatalogueVersion._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (id, number, changed_at) VALUES (1, 1, %s) "
+            f"ON CONFLICT (id) DO UPDATE SET number = {table}.number + 1, changed_at = excluded.changed_at",
+            [timezone.now()],
+        )

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from catalog.models import Book
+from catalog.services import catalogue_changed
 from orders import statements
 from orders.exceptions import (
     IdempotencyKeyReused,
@@ -133,6 +134,7 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
     )
     # A short, deleted or repriced book changes nothing here: the locking path below says which.
     if len(lines) == 1 and statements.take_at_price(lines[0], prices[lines[0].book_id]):
+        catalogue_changed()  # the book pages show stock
         return PlaceResult(order=order, replayed=False, lines=order_lines)
 
     books = {book.pk: book for book in books_select_for_update(wanted).only("pk", "stock", "price")}
@@ -158,6 +160,7 @@ def _place(*, user: User, lines: list[LineRequest], idempotency_key: str | None,
         OrderLine.objects.bulk_update(order_lines, ["unit_price"])
         order.save(update_fields=["total"])
     statements.take(lines)
+    catalogue_changed()  # the book pages show stock; last, so the version row is locked only for the commit
     return PlaceResult(order=order, replayed=False, lines=order_lines)
 
 
@@ -177,5 +180,6 @@ def order_cancel(*, order: Order) -> Order:
     list(books_select_for_update(quantities))  # same lock order as placing
     for book_id in sorted(quantities):
         Book.objects.filter(pk=book_id).update(stock=F("stock") + quantities[book_id])
+    catalogue_changed()
     order.refresh_from_db()
     return order

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from catalog.models import Author, Book
-from catalog.services import book_update
+from catalog.services import book_update, catalogue_changed
 from orders.models import Order
 from orders.services import LineRequest, order_place
 from tests.conftest import client_for
@@ -212,6 +212,7 @@ def _bulk_books(count: int) -> None:
         isbn = body + str((10 - total % 10) % 10)
         books.append(Book(isbn=isbn, title=f"Bulk {n:04d}", price=Decimal("1.00"), stock=1))
     Book.objects.bulk_create(books)
+    catalogue_changed()  # bulk_create sends no signal
 
 
 def test_book_list_paginates_with_page_size(anon_client: APIClient, db: None) -> None:

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from accounts.models import User
 from catalog.models import Author, Book
+from catalog.services import catalogue_changed
 from orders.models import Order
 
 DEMO_STAFF = ("staff", "staff@bookstore.example", "bookstore-staff")
@@ -116,6 +117,7 @@ class Command(BaseCommand):
                     for book, chosen in zip(created, picks, strict=True)
                     for author_id, _ in chosen
                 )
+                catalogue_changed()  # bulk_create sends no signal
             done += size
             rate = done / max(time.monotonic() - started, 1e-6)
             sys.stderr.write(f"\r  books {done}/{count} ({rate:,.0f}/s)")
