@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
-from contextlib import suppress
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -33,15 +31,13 @@ from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from prometheus_client import Counter
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resilience.metrics import store_errors
+from resilience.stores.subscription import Subscription
 
 log = logging.getLogger("accounts")
 
 MAX_ENTRIES = 10_000
-# How long the listener waits for a message before it checks the connection with a PING (seconds).
-IDLE_CHECK_SECONDS = 5.0
 
 lookups = Counter(
     "bookstore_token_cache_lookups",
@@ -52,7 +48,7 @@ _hit, _miss = lookups.labels("hit"), lookups.labels("miss")
 
 
 class Entry(NamedTuple):
-    until: float  # time.monotonic() after which the entry is not used
+    until: float  # time.perf_counter() after which the entry is not used
     user_id: int
     user: Any
     token: Any
@@ -68,11 +64,9 @@ class TokenCache:
         self.seconds = seconds
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
-        self._since: float | None = None  # monotonic() once subscribed; None while not
-        self._heard_at = 0.0  # monotonic() of the last message heard (or connection lost)
-        self._pid = 0
-        self._closed = threading.Event()
-        self._conn: Any = None
+        self._heard_at = 0.0  # perf_counter() of the last message heard (or connection lost)
+        self._subscription: Subscription | None = None
+        self._closed = False
 
     # --- the request path ------------------------------------------------------------------
     def get(self, digest: str) -> tuple[Any, Any] | None:
@@ -82,7 +76,7 @@ class TokenCache:
             _miss.inc()
             return None
         expiry = entry.token.expiry
-        if entry.until <= time.monotonic() or (expiry is not None and expiry <= timezone.now()):
+        if entry.until <= time.perf_counter() or (expiry is not None and expiry <= timezone.now()):
             with self._lock:  # forget_user() iterates the entries under this lock
                 if self._entries.get(digest) is entry:
                     del self._entries[digest]
@@ -97,14 +91,14 @@ class TokenCache:
     def asked(self) -> float:
         """Return the time to pass to remember() for a database lookup starting now."""
         self._listening()
-        return time.monotonic()
+        return time.perf_counter()
 
     def remember(self, digest: str, user: Any, token: Any, asked_at: float) -> None:
         """Remember a token the database, asked at ``asked_at``, authenticated."""
         if self.seconds <= 0:
             return
         with self._lock:
-            since = self._since
+            since = self._subscription.since if self._subscription is not None else None
             if since is None or asked_at < since or asked_at < self._heard_at or not self.live():
                 return
             if len(self._entries) >= MAX_ENTRIES and digest not in self._entries:
@@ -114,7 +108,7 @@ class TokenCache:
     def forget_user(self, user_id: int | None) -> None:
         """Forget every token of a user (None: everyone's)."""
         with self._lock:
-            self._heard_at = time.monotonic()
+            self._heard_at = time.perf_counter()
             if user_id is None:
                 self._entries.clear()
                 return
@@ -122,84 +116,44 @@ class TokenCache:
                 del self._entries[digest]
 
     def live(self) -> bool:
-        """Return whether the subscription is up (entries are used and stored only then)."""
-        return self._since is not None and self._pid == os.getpid() and not self._closed.is_set()
+        """Return whether the subscription is up and heard from (entries are used and stored only then)."""
+        return self._subscription is not None and self._subscription.live()
 
     def close(self) -> None:
         """Stop listening for good; from here on nothing is remembered."""
-        self._closed.set()
-        self._since = None
+        if self._subscription is not None:
+            self._subscription.close()
+        self._closed = True
         self.forget_user(None)
-        conn = self._conn
-        if conn is not None:
-            with suppress(RedisError, OSError):
-                conn.disconnect()
 
-    # --- the listener ------------------------------------------------------------------------
     def _listening(self) -> None:
-        """Start the listener thread in this process, once (threads do not survive fork())."""
-        if self._pid == os.getpid() or self._closed.is_set() or self.seconds <= 0 or not settings.REDIS_URL:
+        """Subscribe to revocations in this process, once (a no-op without Redis or when turned off)."""
+        if self._closed or self.seconds <= 0 or not settings.REDIS_URL:
             return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._since = None  # a subscription inherited across fork() belongs to the parent
-            self._entries.clear()
-            self._pid = os.getpid()
-            threading.Thread(target=self._listen, name="token-revocations", daemon=True).start()
+        if self._subscription is None:
+            from django_redis import get_redis_connection
 
-    def _listen(self) -> None:
-        from django_redis import get_redis_connection
+            with self._lock:
+                if self._subscription is None:
+                    pool = get_redis_connection("default").connection_pool
+                    self._subscription = Subscription(
+                        # Its own connection, outside the pool: a pooled one would be held for good.
+                        partial(pool.connection_class, **pool.connection_kwargs),
+                        channel(),
+                        retry_seconds=settings.RESILIENCE_STORE_RETRY_SECONDS,
+                        on_message=self._revoked,
+                        on_lost=lambda: self.forget_user(None),
+                        what="token revocations",
+                        operation="subscribe_tokens",
+                    )
+        self._subscription.start()
 
-        pool = get_redis_connection("default").connection_pool
-        # Its own connection, outside the pool (as the breaker listener): a pooled one would be held for good.
-        connect = partial(pool.connection_class, **pool.connection_kwargs)
-        while not self._closed.is_set():
-            try:
-                self._subscribed(connect())
-            except Exception as e:  # noqa: BLE001 - whatever the client raised, the listener must outlive it
-                if self._closed.is_set():
-                    return
-                store_errors.labels("subscribe_tokens").inc()
-                log.warning(
-                    "lost the subscription to token revocations",
-                    extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},
-                )
-            self._closed.wait(settings.RESILIENCE_STORE_RETRY_SECONDS)
-
-    def _subscribed(self, conn: Any) -> None:
-        """Subscribe, then forget each user named; return only by raising, or once closed."""
-        self._conn = conn
+    def _revoked(self, data: Any) -> None:
         try:
-            conn.connect()
-            conn.send_command("SUBSCRIBE", channel())
-            conn.read_response(push_request=True)  # the confirmation: from here on, every revocation reaches us
-            if self._closed.is_set():
-                return
-            self._since = time.monotonic()
-            pinged = False
-            while True:
-                try:
-                    reply = conn.read_response(push_request=True, timeout=IDLE_CHECK_SECONDS, disconnect_on_error=False)
-                except RedisTimeoutError:
-                    if pinged:
-                        raise  # not even the PING came back: the connection is dead
-                    conn.send_command("PING")
-                    pinged = True
-                    continue
-                pinged = False
-                if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"message", "message"):
-                    try:
-                        user_id: int | None = int(reply[2])
-                    except (TypeError, ValueError):
-                        user_id = None  # not ours to read: forget everyone, to be safe
-                    self.forget_user(user_id)
-        finally:
-            self._conn = None
-            self._since = None
-            self.forget_user(None)
-            with suppress(RedisError, OSError):
-                conn.disconnect()
+            user_id: int | None = int(data)
+        except (TypeError, ValueError):
+            user_id = None  # not ours to read: forget everyone, to be safe
+        self.forget_user(user_id)
 
 
 _cache: TokenCache | None = None

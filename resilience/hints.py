@@ -16,11 +16,10 @@ learnt after the subscription began and after the last message heard: a reset pu
 the question and the remembering is then either heard first (nothing is remembered) or heard
 after (everything is forgotten). When the connection fails, everything is forgotten and the
 listener subscribes again after RESILIENCE_STORE_RETRY_SECONDS; meanwhile every call asks Redis.
-A subscription is trusted only while it is heard from: a message, or the answer to the PING sent
-after IDLE_CHECK_SECONDS of quiet. After SILENCE_LIMIT_SECONDS without either (a hung primary, a
-cut cable, a starved listener) what is remembered is not used, and a PING unanswered within
-IDLE_CHECK_SECONDS ends the subscription. When Redis Sentinel names a new primary (sentinel.py),
-restart() forgets everything and subscribes again at once, on the new primary.
+A subscription is trusted only while it is heard from (stores/subscription.py): past a second of
+silence (a hung primary, a cut cable, a starved listener) what is remembered is not used. When
+Redis Sentinel names a new primary (sentinel.py), restart() forgets everything and subscribes
+again at once, on the new primary.
 Half-open refusals are never remembered: a trial can close the breaker at any time.
 
 Rate limits work the same way. When Redis refuses a key ("retry in R seconds"), nothing can admit
@@ -32,28 +31,14 @@ before it asked: never longer than Redis would. A crawler's flood of 429s then c
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from redis.connection import AbstractConnection
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from resilience.metrics import store_errors
+from resilience.stores.subscription import Subscription
 
-log = logging.getLogger("resilience")
-
-# How long the listener waits for a message before it checks the connection with a PING, and
-# then for the PING's answer (seconds).
-IDLE_CHECK_SECONDS = 0.4
-# Past this long without a message or a PING's answer, the subscription is not trusted (seconds):
-# a reset published meanwhile may be waiting unread on a hung server's socket.
-SILENCE_LIMIT_SECONDS = 1.0
 # At most this many refused rate-limit keys are remembered per process; past it, new ones are not.
 MAX_LIMITED_KEYS = 10_000
 
@@ -62,21 +47,20 @@ class KnownRefusals:
     """Per-process memory of open breakers and refused rate-limit keys, kept honest by a subscription."""
 
     def __init__(self, connect: Callable[[], AbstractConnection], channel: str, retry_seconds: float) -> None:
-        self._connect = connect
         self.channel = channel
-        self._retry_seconds = retry_seconds
-        self._lock = threading.Lock()
         # breaker name -> (perf_counter() when its open period ends, whether it is forced open)
         self._until: dict[str, tuple[float, Any]] = {}
         # rate-limit key -> (perf_counter() when it admits again, what the caller needs to answer)
         self._limited: dict[str, tuple[float, Any]] = {}
-        self._since: float | None = None  # perf_counter() once subscribed; None while not subscribed
         self._heard_at = 0.0  # perf_counter() of the last message (or lost connection)
-        self._alive_at = 0.0  # perf_counter() of the last reply of any kind on the subscription
-        self._restart = threading.Event()  # subscribe again at once, without the retry wait
-        self._pid = 0  # the process the listener runs in (threads do not survive fork())
-        self._closed = threading.Event()
-        self._conn: AbstractConnection | None = None
+        self.subscription = Subscription(
+            connect,
+            channel,
+            retry_seconds=retry_seconds,
+            on_message=lambda data: self._heard(),
+            on_lost=self._heard,
+            what="breaker changes",
+        )
 
     def seconds_left(self, name: str) -> float | None:
         """Return how long breaker ``name`` surely stays open, or None when Redis must be asked."""
@@ -130,104 +114,22 @@ class KnownRefusals:
 
     def _may_remember(self, asked_at: float) -> bool:
         """Return whether an answer to a question asked at ``asked_at`` can be trusted until it expires."""
-        self._listening()
-        since = self._since
+        self.subscription.start()
+        since = self.subscription.since
         # Not if a change may have been published after the answer and already been heard.
         return since is not None and asked_at >= since and asked_at >= self._heard_at
 
     def live(self) -> bool:
         """Return whether the subscription is up and heard from (what is remembered is used only then)."""
-        return (
-            self._since is not None
-            and self._pid == os.getpid()
-            and not self._closed.is_set()
-            and time.perf_counter() - self._alive_at <= SILENCE_LIMIT_SECONDS
-        )
+        return self.subscription.live()
 
     def restart(self) -> None:
         """Forget everything and subscribe again at once (the primary changed)."""
-        self._restart.set()
-        self._since = None
-        self._heard()
-        conn = self._conn
-        if conn is not None:
-            # Wakes the listener blocked on this socket; a connection not yet made is caught
-            # by the flag once it has subscribed.
-            with suppress(RedisError, OSError):
-                conn.disconnect()
+        self.subscription.restart()
 
     def close(self) -> None:
         """Stop listening for good and drop the connection; from here on nothing is remembered."""
-        self._closed.set()
-        self._since = None
-        self.forget()
-        conn = self._conn
-        if conn is not None:
-            with suppress(RedisError, OSError):
-                conn.disconnect()
-
-    # --- the listener ------------------------------------------------------------------------
-    def _listening(self) -> None:
-        """Start the listener thread in this process, once."""
-        if self._pid == os.getpid() or self._closed.is_set():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._since = None  # a subscription inherited across fork() belongs to the parent
-            self.forget()
-            self._pid = os.getpid()
-            threading.Thread(target=self._listen, name="resilience-breaker-events", daemon=True).start()
-
-    def _listen(self) -> None:
-        while not self._closed.is_set():
-            self._restart.clear()
-            try:
-                self._subscribed()
-            except Exception as e:  # noqa: BLE001 - whatever the client raised, the listener must outlive it
-                if self._closed.is_set():
-                    return
-                if not self._restart.is_set():
-                    store_errors.labels("subscribe").inc()
-                    log.warning(
-                        "lost the subscription to breaker changes",
-                        extra={"event": "store_error", "operation": "subscribe", "error": repr(e)},
-                    )
-            if not self._restart.is_set():
-                self._closed.wait(self._retry_seconds)
-
-    def _subscribed(self) -> None:
-        """Subscribe, then forget everything at each message; return only by raising, or once closed."""
-        conn = self._conn = self._connect()
-        try:
-            if self._closed.is_set():
-                return
-            conn.connect()
-            conn.send_command("SUBSCRIBE", self.channel)
-            conn.read_response(push_request=True)  # the confirmation: from here on, every change reaches us
-            if self._closed.is_set() or self._restart.is_set():
-                return  # a restart asked meanwhile: this may be the old primary
-            self._alive_at = self._since = time.perf_counter()
-            pinged = False
-            while True:
-                try:
-                    reply = conn.read_response(push_request=True, timeout=IDLE_CHECK_SECONDS, disconnect_on_error=False)
-                except RedisTimeoutError:
-                    if pinged:
-                        raise  # not even the PING came back: the connection is dead
-                    conn.send_command("PING")
-                    pinged = True
-                    continue
-                pinged = False
-                self._alive_at = time.perf_counter()
-                if isinstance(reply, list) and reply and reply[0] in (b"message", "message"):
-                    self._heard()
-        finally:
-            self._conn = None
-            self._since = None
-            self._heard()
-            with suppress(RedisError, OSError):
-                conn.disconnect()
+        self.subscription.close()
 
     def _heard(self) -> None:
         # In this order: a note that reads _heard_at before it moves may still store, but then

@@ -247,7 +247,7 @@ def test_without_a_subscription_every_call_asks_redis(
     def refused() -> Any:
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(known(), "_connect", refused)
+    monkeypatch.setattr(known().subscription, "_connect", refused)
     assert client.get(MISSING).status_code == 404
     trips = RoundTrips(monkeypatch, runtime)
 
