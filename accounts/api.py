@@ -17,7 +17,7 @@ from accounts.exceptions import AccountSuspended
 from accounts.models import User
 from accounts.serializers import RegisterInput, RegisterOutput, TokenInput, TokenOutput, UserOutput
 from accounts.services import token_create, token_revoke, token_revoke_all, user_register
-from resilience.limits import limit
+from resilience.http.limits import limit
 
 # The code limit the token sign-in asks, per account (a policy of match type "code"; the per-IP
 # one, login-ip, matches the path in the middleware).

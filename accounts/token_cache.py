@@ -32,7 +32,7 @@ from django.utils import timezone
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from resilience.metrics import store_errors
+from resilience.ops.metrics import store_errors
 from resilience.stores.subscription import Subscription
 
 log = logging.getLogger("accounts")

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from resilience.limits import LimitRefused, limit
+from resilience.http.limits import LimitRefused, limit
 
 # The code limits the admin's sign-in asks (policies of match type "code" with this pattern).
 ADMIN_LOGIN = "admin-login"

@@ -84,8 +84,8 @@ def main() -> int:
         logging.getLogger("resilience").setLevel(logging.ERROR)
         from catalog.services import book_create
         from resilience import services
-        from resilience.breaker import State
-        from resilience.database import SYNC_SECONDS
+        from resilience.db.guard import SYNC_SECONDS
+        from resilience.engine.breaker import State
 
         book = book_create(isbn="9790000000025", title="Small", price=Decimal("9.99"), stock=5, authors=["B"])
         prepare(PATH, [], {**BREAKER, "enabled": False})
@@ -128,7 +128,7 @@ def main() -> int:
         [f"open vs closed ({cfg['clients']} clients): p50, p99, requests/s",
          " ".join(f"x{lib.ratio(o[k], b[k])}" for k in ("p50_ms", "p99_ms", "per_second"))],
     ]  # fmt: skip
-    # The database breaker (resilience/database.py) asks and reports per worker, not per request: each thread
+    # The database breaker (resilience/db/guard.py) asks and reports per worker, not per request: each thread
     # at most once per SYNC_SECONDS while it is closed, and as often for a success.
     per_window = 2 * cfg["workers"] * cfg["threads"]
     db = [(r["scripts"] - 2 * r["closed"], per_window * math.ceil(r["seconds"] / SYNC_SECONDS)) for r in ab]
@@ -152,8 +152,8 @@ def main() -> int:
         lib.check("O: every answer 503 problem+json, no Retry-After, open", refused, opened["statuses"], "all"),
         lib.check("two script calls per guarded response, plus the database breaker's", all(0 <= x <= y for x, y in db),
                   [(r["scripts"], r["closed"]) for r in ab], f"2 x closed + ≤ 2 a thread per {SYNC_SECONDS:g} s"),
-        # A worker asks Redis until it has learnt the breaker is open (resilience/hints.py), then refuses from
-        # memory: a handful of admissions per worker, under 1% of the refusals.
+        # A worker asks Redis until it has learnt the breaker is open (resilience/runtime/refusals.py), then
+        # refuses from memory: a handful of admissions per worker, under 1% of the refusals.
         lib.check("O: refusals from memory", 0 < opened["scripts"] <= opened["sent"] // 100,
                   f"{opened['scripts']} scripts for {opened['sent']}", "> 0, ≤ 1%"),
         lib.check("no failed Redis calls", failed_calls == 0, failed_calls, 0),

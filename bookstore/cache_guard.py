@@ -4,7 +4,7 @@ A view may mark a page `Cache-Control: public`; this middleware, outside the ses
 middleware, sees the response as the client gets it and makes it `private` when a shared copy could
 reach another client's data: the request carried credentials, the response sets a cookie (a CSRF or
 session cookie served to everyone would be one secret for all), or it Varies on * (the same
-judgement as the stale copies', resilience.stale.shared_vary).
+judgement as the stale copies', resilience.http.stale.shared_vary).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_cache_control
 
-from resilience.stale import shared_vary
+from resilience.http.stale import shared_vary
 
 
 class SharedCacheGuardMiddleware:

@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 
 from bookstore.problems import PROBLEM_CONTENT_TYPE
-from resilience.clientip import client_address
+from resilience.http.clientip import client_address
 
 # What a problem document keeps for outsiders: what kind of failure, nothing about why.
 _PUBLIC_PROBLEM_MEMBERS = ("type", "title", "status", "instance")

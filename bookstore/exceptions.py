@@ -45,10 +45,10 @@ def database_unavailable(exc: Exception) -> tuple[bool, dict[str, str], dict[str
 
     Retry-After is the database breaker's time to half-open: no request gets through sooner. While
     an operator holds the breaker forced open there is no such time, and no Retry-After is sent
-    (resilience.breakers.client_retry_after says why). A refusal is not logged (the trip was, once;
+    (resilience.http.guards.client_retry_after says why). A refusal is not logged (the trip was, once;
     bookstore_breaker_rejections_total counts them).
     """
-    from resilience.database import NAME, DatabaseUnavailable, guard
+    from resilience.db.guard import NAME, DatabaseUnavailable, guard
 
     refused = isinstance(exc, DatabaseUnavailable)
     seconds = exc.retry_after if isinstance(exc, DatabaseUnavailable) else guard.seconds_to_half_open()
@@ -121,7 +121,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpRe
     instance = request.path if request is not None else ""
     headers: dict[str, str] = {}
 
-    from resilience.limits import LimitRefused
+    from resilience.http.limits import LimitRefused
 
     if isinstance(exc, LimitRefused):
         return exc.response  # the rate limiter's own 429 (or 503), headers and all

@@ -12,7 +12,7 @@ bookstore_health_status{status="degraded"} = 1: a load balancer that pulled ever
 would turn a degraded service into an outage.
 
 The database check takes a connection as a request does, through the database circuit breaker
-(resilience/database.py): while the breaker is open it fails at once, without waiting on the pool
+(resilience/db/guard.py): while the breaker is open it fails at once, without waiting on the pool
 or trying the server, and once the open period is over the probe's connection may be the
 half-open trial that finds PostgreSQL back. So a probe never hammers a dead database, and still
 notices the moment it returns when no traffic reaches the instance (the load balancer pulled it).
@@ -86,7 +86,7 @@ def check_redis() -> None:
     PING alone would pass a Redis that refuses every admission (EVALSHA renamed away, a read-only
     replica), while every request falls back to per-worker limits.
     """
-    from resilience.limiter import MAX_LIMIT, Algorithm, LimitSpec
+    from resilience.engine.limiter import MAX_LIMIT, Algorithm, LimitSpec
     from resilience.runtime import get_runtime, key_prefix
     from resilience.stores.admission import RedisAdmission
 

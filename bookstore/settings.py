@@ -74,8 +74,8 @@ MIDDLEWARE = [
     "bookstore.slashes.TrailingSlashRedirectMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Outside sessions and CSRF, as Django's UpdateCacheMiddleware: it judges whether a response may
-    # be kept for the stale fallback by the cookies and Vary those set (resilience/stale.py).
-    "resilience.stale.StaleCopyMiddleware",
+    # be kept for the stale fallback by the cookies and Vary those set (resilience/http/stale.py).
+    "resilience.http.stale.StaleCopyMiddleware",
     # Inside it, so the stale copies are judged on what clients get: a `public` answer that sets a
     # cookie or answers credentials leaves as `private` (bookstore/cache_guard.py).
     "bookstore.cache_guard.SharedCacheGuardMiddleware",
@@ -87,7 +87,7 @@ MIDDLEWARE = [
     "bookstore.lean.LeanAuthenticationMiddleware",
     # After authentication so staff exemption can read request.user lazily (no query unless a
     # staff-exempt policy matches); before CSRF, messages and every view.
-    "resilience.middleware.ResilienceMiddleware",
+    "resilience.http.middleware.ResilienceMiddleware",
     "bookstore.lean.LeanMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: it times the view alone and labels by view. Requests the resilience middleware refuses
@@ -151,7 +151,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A runaway query must not hold row locks forever.
         DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
 # The same backends, instrumented by django-prometheus (queries, errors, connections); PostgreSQL's
-# also takes every connection through the database circuit breaker (resilience/database.py).
+# also takes every connection through the database circuit breaker (resilience/db/guard.py).
 DATABASES["default"]["ENGINE"] = {
     "django.db.backends.postgresql": "resilience.db.postgresql",
     "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
@@ -301,7 +301,7 @@ X_FRAME_OPTIONS = "DENY"
 # Number of reverse proxies in front of the app whose entries in TRUSTED_PROXY_HEADER are trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
 # The header those proxies append the client to: X-Forwarded-For or RFC 7239 Forwarded. Only this
-# one is read: a client could send the other itself (resilience/clientip.py).
+# one is read: a client could send the other itself (resilience/http/clientip.py).
 TRUSTED_PROXY_HEADER = env_choice("TRUSTED_PROXY_HEADER", "x-forwarded-for", ("x-forwarded-for", "forwarded"))
 # RFC 7239 obfuscated identifiers (for=_abc) may be new on every request: by default they count
 # against the proxy that sent them; per-client when the proxies keep one identifier per client.

@@ -6,8 +6,8 @@ from drf_spectacular.views import SpectacularAPIView
 
 from accounts.views import admin_login
 from bookstore import docs, health
-from resilience import api as resilience_api
-from resilience import views as resilience_views
+from resilience.ops import api as resilience_api
+from resilience.ops import views as resilience_views
 
 urlpatterns = [
     path(

@@ -23,7 +23,7 @@ from bookstore.pagination import PageNumberPagination
 from catalog import http, selectors, services
 from catalog.models import Book
 from catalog.serializers import BookInput, BookListFilter, BookOutput, BookReplaceInput, BookSearchInput
-from resilience.breakers import breaker
+from resilience.http.guards import breaker
 
 
 def _query(request: Request) -> tuple[tuple[str, str], ...]:

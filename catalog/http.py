@@ -27,7 +27,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework.request import Request
 
 from catalog import selectors
-from resilience.stale import carries_credentials
+from resilience.http.stale import carries_credentials
 
 # Seconds a shared cache may serve a page without asking again.
 MAX_AGE = 5

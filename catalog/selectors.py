@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from catalog.models import Author, Book, CatalogueVersion
-from resilience.faults import fault_point
+from resilience.ops.faults import fault_point
 
 ORDERINGS = {
     "title": ("title", "id"),

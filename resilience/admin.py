@@ -20,12 +20,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from resilience import database, services
-from resilience.breaker import State, StoreUnavailable
-from resilience.limiter import parse_rate
+from resilience import services
+from resilience.db import guard as database
+from resilience.engine.breaker import State, StoreUnavailable
+from resilience.engine.limiter import parse_rate
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
-from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime
+from resilience.runtime.policies import BREAKER, RATELIMIT, policy_problem
 
 if TYPE_CHECKING:
     # What the mixins are mixed into, so that their super() calls type-check; plain mixins at run time.
@@ -377,7 +378,7 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
             return f'code: breaker("{obj.name}")'
         return f"{obj.methods or 'any'} {obj.match_type}: {obj.pattern}"
 
-    # The database breaker's row tunes a breaker that exists without it (resilience/database.py):
+    # The database breaker's row tunes a breaker that exists without it (resilience/db/guard.py):
     # what it guards, how it fails and its name are not the row's to change, nor is the row to delete.
     DATABASE_FIXED = (
         "name", "methods", "match_type", "pattern", "failure_statuses", "slow_call_ms", "fallback", "stale_max_age",

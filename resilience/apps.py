@@ -8,4 +8,4 @@ class ResilienceConfig(AppConfig):
     verbose_name = "Resilience"
 
     def ready(self) -> None:
-        from resilience import audit, signals  # noqa: F401
+        from resilience import signals  # noqa: F401

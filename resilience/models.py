@@ -12,7 +12,7 @@ from django.core.validators import BaseValidator, MaxValueValidator, MinValueVal
 from django.db import connection, models
 from django.db.models.functions import Cast
 
-from resilience.breaker import (
+from resilience.engine.breaker import (
     MAX_COUNT_WINDOW,
     MAX_FAILURE_STATUS,
     MAX_FAILURE_THRESHOLD,
@@ -24,7 +24,7 @@ from resilience.breaker import (
     MAX_TIME_WINDOW,
     MIN_FAILURE_STATUS,
 )
-from resilience.limiter import (
+from resilience.engine.limiter import (
     MAX_BURST,
     MAX_CAPACITY_SECONDS,
     MAX_LIMIT,
@@ -37,7 +37,7 @@ from resilience.limiter import (
     max_burst,
     quota_window,
 )
-from resilience.patterns import MAX_MATCH_PATH, PatternError, compile_pattern
+from resilience.engine.patterns import MAX_MATCH_PATH, PatternError, compile_pattern
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 # What a SlugField accepts, as a CHECK constraint: names go into HTTP header fields and Redis keys.

@@ -14,12 +14,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from resilience import database
-from resilience.audit import log_bulk_update
-from resilience.breaker import FORCED_STATES, BreakerConfig, BreakerStore, State
-from resilience.breakers import PUBLIC_STATE, announce
-from resilience.clientip import ip_key
-from resilience.limiter import Decision
+from resilience.db import guard as database
+from resilience.engine.breaker import FORCED_STATES, BreakerConfig, BreakerStore, State
+from resilience.engine.limiter import Decision
+from resilience.http.clientip import ip_key
+from resilience.http.guards import PUBLIC_STATE, announce
 from resilience.models import (
     CircuitBreakerPolicy,
     Match,
@@ -28,8 +27,9 @@ from resilience.models import (
     code_key_value,
     hash_key_value,
 )
-from resilience.policyset import breaker_config, policy_problem
+from resilience.ops.audit import log_bulk_update
 from resilience.runtime import get_runtime, key_prefix
+from resilience.runtime.policies import breaker_config, policy_problem
 
 
 @dataclass
@@ -139,15 +139,15 @@ def policy_reset(*, policies: Iterable[RateLimitPolicy], key: str | None = None)
 
 def policy_usage(*, policy: RateLimitPolicy, key: str) -> Decision | None:
     """Return the current decision for one key of a policy without consuming, or None if unknown."""
-    from resilience.limiter import StoreUnavailable
-    from resilience.middleware import _spec
-    from resilience.policyset import PolicyError, compile_ratelimit, user_ids
+    from resilience.engine.limiter import StoreUnavailable
+    from resilience.http.middleware import limit_spec
+    from resilience.runtime.policies import PolicyError, compile_ratelimit, user_ids
 
     try:
         rule = compile_ratelimit(policy, user_ids([policy]))
     except PolicyError:
         return None  # a policy that cannot be used has no usage
-    spec = _spec(rule, key_value_for(policy, key))
+    spec = limit_spec(rule, key_value_for(policy, key))
     try:
         return get_runtime().shared.test([spec])[0]
     except StoreUnavailable:

@@ -123,8 +123,8 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     from one address; tests of the policies themselves create what they need.
     """
     from accounts import token_cache
-    from resilience import principal
-    from resilience.middleware import route_info
+    from resilience.http import principal
+    from resilience.http.middleware import route_info
     from resilience.runtime import get_runtime
 
     marker = request.node.get_closest_marker("django_db")

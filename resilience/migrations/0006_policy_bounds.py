@@ -1,7 +1,7 @@
 """Bound every number staff can save; clamp rows already out of bounds before the constraints are added.
 
-The bounds are written here as they were when this migration was made (resilience/limiter.py and
-resilience/breaker.py hold the live ones), so replaying it later gives the same result. Rows are
+The bounds are written here as they were when this migration was made (resilience/engine/limiter.py and
+resilience/engine/breaker.py hold the live ones), so replaying it later gives the same result. Rows are
 only ever clamped to the nearest value the engine accepts, never deleted.
 """
 

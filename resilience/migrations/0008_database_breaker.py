@@ -1,6 +1,6 @@
 """The database breaker's policy row, so staff see it in the admin and can tune it there.
 
-The breaker itself is built in (resilience/database.py): it guards every PostgreSQL connection
+The breaker itself is built in (resilience/db/guard.py): it guards every PostgreSQL connection
 with these same numbers when this row cannot be read (PostgreSQL is down) or is disabled. Match
 type "code": it guards connections, not requests, so no route matches it. A row named "database"
 that staff made themselves is left as it is.

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from resilience.breaker import BreakerConfig, Permit, Transition
-from resilience.limiter import HitResult, LimitSpec, to_micros, validate
+from resilience.engine.breaker import BreakerConfig, Permit, Transition
+from resilience.engine.limiter import HitResult, LimitSpec, to_micros, validate
 from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
@@ -99,7 +99,7 @@ class RedisAdmission:
         script = self._full if breakers else self._limits_only
         reply: list[Any] = store_call("admission", script, keys=keys, args=args)
         try:
-            decisions = RedisLimiterStore._decisions(reply, len(specs))
+            decisions = RedisLimiterStore.parse_decisions(reply, len(specs))
             hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
             at = 2 + 5 * len(specs)
             asked = int(reply[at])

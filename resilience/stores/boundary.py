@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from resilience.limiter import StoreDataError, StoreUnavailable
+from resilience.engine.limiter import StoreDataError, StoreUnavailable
 
 T = TypeVar("T")
 

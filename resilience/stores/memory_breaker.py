@@ -1,7 +1,7 @@
 """In-process breaker store: the embedded default and the fallback when Redis is down.
 
 State lives in this process only, so with N workers each one trips on its own (degraded, but every
-worker still protects itself). The semantics are those of ``resilience.breaker``; this class only adds
+worker still protects itself). The semantics are those of ``resilience.engine.breaker``; this class only adds
 the lock and the clock.
 """
 
@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from resilience.breaker import (
+from resilience.engine.breaker import (
     BreakerConfig,
     BreakerData,
     Permit,

@@ -1,6 +1,6 @@
 """Keep rate-limit state in this process: the embedded default and the fallback when Redis is down.
 
-This is the same algorithm as ``resilience/lua/limiter_lib.lua``, step for step and with the same
+This is the same algorithm as ``resilience/stores/lua/limiter_lib.lua``, step for step and with the same
 float operations, so both stores return identical decisions for identical inputs; change them
 together.
 """
@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from resilience.limiter import (
+from resilience.engine.limiter import (
     GCRA_SLACK_US,
     MICROS,
     Algorithm,

@@ -1,7 +1,7 @@
 """Keep breaker state in Redis so every worker of every instance shares one breaker.
 
 Each operation is one atomic Lua script call (``breaker_lib.lua`` + ``breaker_main.lua``) that mirrors
-the step functions of ``resilience.breaker``; the semantics are documented there. Redis ``TIME`` is the
+the step functions of ``resilience.engine.breaker``; the semantics are documented there. Redis ``TIME`` is the
 clock unless a ``now`` override is passed. Keys: ``<prefix>{<name>}`` (a hash) and
 ``<prefix>{<name>}:w`` (the rolling window), one hash tag so both live in one slot.
 """
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from resilience.breaker import (
+from resilience.engine.breaker import (
     MAX_COUNT_WINDOW,
     MAX_FAILURE_THRESHOLD,
     MAX_HALF_OPEN_CALLS,
@@ -29,8 +29,8 @@ from resilience.breaker import (
 )
 from resilience.stores.boundary import reply_error, store_call
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
-# The bounds breaker_lib.lua clamps to, taken from resilience/breaker.py.
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+# The bounds breaker_lib.lua clamps to, taken from resilience/engine/breaker.py.
 _BOUNDS = {
     "CB_MAX_THRESHOLD": MAX_FAILURE_THRESHOLD,
     "CB_MAX_COUNT_WINDOW": MAX_COUNT_WINDOW,
@@ -93,7 +93,7 @@ class RedisBreakerStore:
     def __init__(self, client: redis.Redis, prefix: str = "cb:", events_channel: str | None = None) -> None:
         self.client = client
         self.prefix = prefix
-        # force() and reset() publish here (see resilience/hints.py): they can close an open breaker
+        # force() and reset() publish here (see resilience/runtime/refusals.py): they can close an open breaker
         # before its open period is over.
         self.events_channel = events_channel if events_channel is not None else f"{prefix}events"
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from resilience.limiter import (
+from resilience.engine.limiter import (
     MAX_BURST,
     MAX_CAPACITY_SECONDS,
     MAX_LIMIT,
@@ -24,19 +24,19 @@ from resilience.limiter import (
 )
 from resilience.stores.boundary import reply_error, store_call
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR = Path(__file__).resolve().parent / "lua"
 DEFAULT_VERSION_KEY = "resilience:policy-version"
 
 
 @cache
 def load_lua(name: str) -> str:
-    """Return the source of ``resilience/lua/<name>.lua`` so scripts can be composed from parts."""
+    """Return the source of ``resilience/stores/lua/<name>.lua`` so scripts can be composed from parts."""
     return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
 def limiter_lib() -> str:
-    """Return limiter_lib.lua preceded by the bounds it clamps to, taken from resilience/limiter.py."""
+    """Return limiter_lib.lua preceded by the bounds it clamps to, taken from resilience/engine/limiter.py."""
     bounds = {
         "RL_MAX_LIMIT": MAX_LIMIT,
         "RL_MAX_PERIOD": MAX_PERIOD,
@@ -61,7 +61,7 @@ class RedisLimiterStore:
     ) -> None:
         self.client = client
         self.version_key = version_key
-        # bump_version() and reset() also publish here, when set (see resilience/hints.py).
+        # bump_version() and reset() also publish here, when set (see resilience/runtime/refusals.py).
         self.events_channel = events_channel
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
         self._script = client.register_script(limiter_lib() + "\n" + load_lua("limiter_main"))
@@ -72,7 +72,7 @@ class RedisLimiterStore:
         reply = self._run(checked, cost, now, consume=True)
         try:
             return HitResult(
-                decisions=self._decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1])
+                decisions=self.parse_decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1])
             )
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("hit", e) from e
@@ -82,7 +82,7 @@ class RedisLimiterStore:
         checked = validate(specs, 1)
         reply = self._run(checked, 1, now, consume=False)
         try:
-            return self._decisions(reply, len(checked))
+            return self.parse_decisions(reply, len(checked))
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("test", e) from e
 
@@ -96,7 +96,7 @@ class RedisLimiterStore:
         channel = self.events_channel
 
         def delete_and_announce() -> list[Any]:
-            # Workers that remember these keys refused (resilience/hints.py) forget them at once.
+            # Workers that remember these keys refused (resilience/runtime/refusals.py) forget them at once.
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(*keys)
             pipe.publish(channel, "reset")
@@ -145,7 +145,7 @@ class RedisLimiterStore:
         return store_call("rate-limit store", fn, *args, **kwargs)
 
     @staticmethod
-    def _decisions(reply: list[Any], count: int) -> list[Decision]:
+    def parse_decisions(reply: list[Any], count: int) -> list[Decision]:
         decisions = []
         for i in range(count):
             allowed, limit, remaining, reset_us, retry_us = reply[2 + 5 * i : 7 + 5 * i]

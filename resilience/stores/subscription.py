@@ -22,7 +22,7 @@ from redis.connection import AbstractConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from resilience.metrics import store_errors
+from resilience.ops.metrics import store_errors
 
 log = logging.getLogger("resilience")
 

@@ -10,7 +10,7 @@ import pytest
 
 import bookstore.settings
 
-RESILIENCE_LAYER = {"resilience.middleware.ResilienceMiddleware", "resilience.stale.StaleCopyMiddleware"}
+RESILIENCE_LAYER = {"resilience.http.middleware.ResilienceMiddleware", "resilience.http.stale.StaleCopyMiddleware"}
 
 
 @pytest.fixture

@@ -59,8 +59,9 @@ def teardown() -> None:
 
 def trial(port: int, enable: bool) -> tuple[float, float | None, dict[str, Any]]:
     """Save once; return the seconds the card alarmed, when a worker first confirmed, and the last card."""
-    from resilience import dashboard, services
+    from resilience import services
     from resilience.models import RateLimitPolicy
+    from resilience.ops import dashboard
     from tests.live import request
 
     for _ in range(6):  # both workers serve requests, and report

@@ -15,9 +15,9 @@ from pytest_django.fixtures import Settings
 
 from bookstore import health
 from resilience import services
-from resilience.breaker import State
+from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
-from resilience.policyset import compile_policies
+from resilience.runtime.policies import compile_policies
 from tests.live import HOST, LiveServer, RedisServer, database_url, request
 
 

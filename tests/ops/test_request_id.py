@@ -66,7 +66,7 @@ def test_a_rate_limited_answer_carries_the_id_and_is_logged_with_it(
 def test_rate_limited_lines_are_sampled_once_a_second_per_policy(
     db: None, json_lines: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from resilience import audit
+    from resilience.ops import audit
 
     now = [1000.0]
     monkeypatch.setattr(audit.time, "monotonic", lambda: now[0])

@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience.breaker import (
+from resilience.engine.breaker import (
     BreakerConfig,
     Permit,
     State,

@@ -2,7 +2,7 @@
 
 Its open period is no time to retry after: the breaker never turns half-open by itself. Every
 place a forced-open breaker refuses is checked, by a refusal the shared store decided and by one
-this process made from memory (resilience/hints.py): the middleware's route breakers, the
+this process made from memory (resilience/runtime/refusals.py): the middleware's route breakers, the
 ``with breaker()`` code guard (behind book search) and the database breaker, on DRF's path and on
 Django's own (handler500).
 """
@@ -19,9 +19,10 @@ from rest_framework.test import APIClient
 
 from bookstore.problems import problem_type
 from catalog.models import Book
-from resilience import database, services
-from resilience.breaker import State
-from resilience.breakers import BreakerOpen, breaker
+from resilience import services
+from resilience.db import guard as database
+from resilience.engine.breaker import State
+from resilience.http.guards import BreakerOpen, breaker
 from resilience.runtime import get_runtime
 from tests.resilience.test_breaker_known_open import known, within
 from tests.resilience.test_breaker_middleware import REDUCED_CAPACITY, SEARCH, make_breaker

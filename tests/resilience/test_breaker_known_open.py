@@ -11,12 +11,12 @@ import redis
 from rest_framework.test import APIClient
 
 from catalog.models import Book
-from resilience import metrics
-from resilience.breaker import State
-from resilience.breakers import BreakerOpen, breaker
-from resilience.hints import KnownRefusals
+from resilience.engine.breaker import State
+from resilience.http.guards import BreakerOpen, breaker
 from resilience.models import CircuitBreakerPolicy
+from resilience.ops import metrics
 from resilience.runtime import Runtime, get_runtime, reset_runtime
+from resilience.runtime.refusals import KnownRefusals
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.resilience.test_breaker_middleware import MISSING, assert_open_problem, make_breaker, rejections

@@ -24,10 +24,10 @@ from django.conf import settings
 from accounts.models import User
 from accounts.services import token_create
 from catalog.models import Book
-from resilience.breaker import State
+from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy
-from resilience.policyset import breaker_config
 from resilience.runtime import get_runtime
+from resilience.runtime.policies import breaker_config
 from tests.live import ROOT, LiveServer, Reply, request
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]

@@ -22,13 +22,13 @@ from rest_framework.test import APIClient
 from bookstore.problems import problem_type
 from catalog import selectors
 from catalog.models import Book
-from resilience import metrics
-from resilience.breaker import State
-from resilience.breakers import breaker, breaker_state_changed
-from resilience.faults import DependencyFailed
+from resilience.engine.breaker import State
+from resilience.http.guards import breaker, breaker_state_changed
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
-from resilience.policyset import breaker_config
+from resilience.ops import metrics
+from resilience.ops.faults import DependencyFailed
 from resilience.runtime import Runtime, get_runtime, reset_runtime
+from resilience.runtime.policies import breaker_config
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
 

@@ -19,10 +19,10 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from catalog.models import Book
-from resilience.breaker import State
+from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy
-from resilience.policyset import breaker_config
 from resilience.runtime import get_runtime
+from resilience.runtime.policies import breaker_config
 
 CHANGELIST = "/admin/resilience/circuitbreakerpolicy/"
 ADD = CHANGELIST + "add/"

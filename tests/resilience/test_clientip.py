@@ -10,7 +10,7 @@ from django.test import RequestFactory
 from pytest_django.fixtures import Settings
 
 from bookstore.env import env_choice
-from resilience.clientip import (
+from resilience.http.clientip import (
     Reported,
     client_address,
     client_ip,

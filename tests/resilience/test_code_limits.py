@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from accounts.models import User
-from resilience.limits import LimitRefused, limit
+from resilience.http.limits import LimitRefused, limit
 from resilience.models import RateLimitOverride, RateLimitPolicy
 from resilience.runtime import get_runtime
 from tests.resilience.test_ratelimit_admin import CHANGELIST, change_url, form_data

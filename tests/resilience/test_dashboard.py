@@ -22,9 +22,10 @@ from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from accounts.models import User
-from resilience import dashboard, services
-from resilience.breaker import State
+from resilience import services
+from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy
+from resilience.ops import dashboard
 from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, reset_runtime, workers_key
 from resilience.stores.redis_limiter import RedisLimiterStore
 
@@ -550,7 +551,7 @@ def test_admin_enable_disable_actions_log_policy_change(
 ) -> None:
     policy = make_policy(name="dash-action", pattern="/api/books", key="ip", limit=100, period=60, enabled=before)
     client = web_client(superuser)
-    caplog.set_level(logging.INFO, logger="resilience.audit")
+    caplog.set_level(logging.INFO, logger="resilience.ops.audit")
     caplog.clear()
 
     response = client.post(
@@ -560,7 +561,9 @@ def test_admin_enable_disable_actions_log_policy_change(
     assert response.status_code == 302
     policy.refresh_from_db()
     assert policy.enabled is after
-    lines = [r for r in caplog.records if r.name == "resilience.audit" and getattr(r, "event", "") == "policy_change"]
+    lines = [
+        r for r in caplog.records if r.name == "resilience.ops.audit" and getattr(r, "event", "") == "policy_change"
+    ]
     assert len(lines) == 1
     line = lines[0]
     assert line.policy == "dash-action"  # type: ignore[attr-defined]  # a log record's extra field

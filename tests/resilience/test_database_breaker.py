@@ -18,10 +18,11 @@ import pytest
 from django.db import DatabaseError, IntegrityError, OperationalError, ProgrammingError, connections
 from django.test import Client
 
-from resilience import database, services
-from resilience.breaker import Snapshot, State
-from resilience.database import NAME, DatabaseUnavailable
+from resilience import services
+from resilience.db import guard as database
+from resilience.db.guard import NAME, DatabaseUnavailable
 from resilience.db.postgresql.base import DatabaseWrapper
+from resilience.engine.breaker import Snapshot, State
 from resilience.runtime import get_runtime, reset_runtime
 from tests.live import HOST, TcpProxy
 

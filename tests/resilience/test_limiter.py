@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience.limiter import (
+from resilience.engine.limiter import (
     Algorithm,
     Decision,
     HitResult,

@@ -12,10 +12,10 @@ from types import FrameType
 import pytest
 from rest_framework.test import APIClient
 
+from resilience.engine.patterns import MAX_MATCH_PATH
 from resilience.models import RateLimitPolicy
-from resilience.patterns import MAX_MATCH_PATH
-from resilience.policyset import Matcher
 from resilience.runtime import get_runtime
+from resilience.runtime.policies import Matcher
 from tests.live import LiveServer, Reply, request
 
 # Catastrophic for a backtracking engine: each extra "a" doubles Python re's work on a path that

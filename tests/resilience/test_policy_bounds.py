@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience import metrics
-from resilience.breaker import (
+from resilience.engine.breaker import (
     MAX_COUNT_WINDOW,
     MAX_FAILURE_THRESHOLD,
     MAX_HALF_OPEN_CALLS,
@@ -35,7 +34,7 @@ from resilience.breaker import (
     BreakerConfig,
     State,
 )
-from resilience.limiter import (
+from resilience.engine.limiter import (
     MAX_BURST,
     MAX_CAPACITY_SECONDS,
     MAX_LIMIT,
@@ -46,8 +45,9 @@ from resilience.limiter import (
     Algorithm,
 )
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy, parse_status_set
-from resilience.policyset import policy_problem
+from resilience.ops import metrics
 from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.runtime.policies import policy_problem
 from resilience.stores.redis_breaker import RedisBreakerStore, config_args
 from resilience.stores.redis_limiter import RedisLimiterStore
 

@@ -15,8 +15,8 @@ from knox.models import AuthToken
 
 from accounts.models import User
 from accounts.services import token_create, token_revoke, token_revoke_all
-from resilience import principal as principal_module
-from resilience.principal import ANONYMOUS, PRINCIPAL_TTL, Principal, principal
+from resilience.http import principal as principal_module
+from resilience.http.principal import ANONYMOUS, PRINCIPAL_TTL, Principal, principal
 
 pytestmark = pytest.mark.django_db
 

@@ -10,10 +10,10 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience import metrics
-from resilience.middleware import _spec
-from resilience.policyset import compile_policies
+from resilience.http.middleware import limit_spec
+from resilience.ops import metrics
 from resilience.runtime import get_runtime, key_prefix
+from resilience.runtime.policies import compile_policies
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.resilience.test_breaker_known_open import RoundTrips, known, within
 from tests.resilience.test_ratelimit_middleware import assert_quota_exceeded, make_policy, ratelimit_policies
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("fresh_runtime")
 
 def key_of(policy_name: str, address: str) -> str:
     rule = next(r for r in compile_policies(0).ratelimits if r.name == policy_name)
-    return _spec(rule, address).key
+    return limit_spec(rule, address).key
 
 
 def limited(client: APIClient, address: str = A) -> str:

@@ -20,10 +20,11 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from catalog.models import Book
-from resilience import metrics, services
 from resilience import runtime as runtime_module
-from resilience.limiter import Algorithm
+from resilience import services
+from resilience.engine.limiter import Algorithm
 from resilience.models import RateLimitOverride, RateLimitPolicy
+from resilience.ops import metrics
 from resilience.runtime import get_runtime
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.conftest import client_for

@@ -20,7 +20,7 @@ from accounts.models import User
 from catalog.models import Book
 from orders.services import LineRequest, order_place
 from resilience import services
-from resilience.breaker import State
+from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy
 from resilience.runtime import get_runtime
 from tests.conftest import client_for

@@ -23,12 +23,13 @@ from redis.retry import Retry
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience import metrics, services
-from resilience.breaker import StoreUnavailable
-from resilience.breakers import breaker
+from resilience import services
+from resilience.engine.breaker import StoreUnavailable
+from resilience.http.guards import breaker
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
-from resilience.policyset import breaker_config
+from resilience.ops import metrics
 from resilience.runtime import Runtime, events_channel, get_runtime, key_prefix, reset_runtime
+from resilience.runtime.policies import breaker_config
 from resilience.stores.boundary import store_call
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore

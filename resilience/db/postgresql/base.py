@@ -1,21 +1,7 @@
 """PostgreSQL as settings.py configures it (django-prometheus's instrumented backend, Django's pool),
-with every connection taken through the database circuit breaker (resilience/database.py).
+with every connection taken through the database circuit breaker (resilience/db/guard.py).
 
-- Taking a connection asks the breaker first: while it is open, DatabaseUnavailable is raised at
-  once and the pool is not waited on. A connection PostgreSQL refuses or does not give in time
-  (PoolTimeout included) is reported as a failure.
-- A half-open trial connects on its own rather than through the pool, whose background
-  reconnection may be backing off after the outage; it keeps that connection for the request and
-  closes it at the end.
-- A connection found broken after an error (the server went away under a query, a commit or a
-  transaction) is reported as a failure once. Errors on a live connection (IntegrityError, a
-  statement timeout, a bad query) are not reported.
-- A connection handed back intact is a success (sampled, see resilience/database.py).
-- The pool's idle connections are dropped at the first sign of an outage in a process (a failure,
-  or the breaker refusing), and when the breaker's generation moved since the process last asked
-  (it opened and closed meanwhile, or was reset): they may be to a server that went away, and
-  each would otherwise fail one request once the breaker lets requests through, and could trip
-  it again.
+The contract in full: docs/resilience.md#the-postgresql-backend-behind-the-database-breaker.
 """
 
 from __future__ import annotations
@@ -72,7 +58,7 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]  # django_pro
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not self._guarded():
             return super().get_new_connection(conn_params)
-        from resilience.database import DatabaseUnavailable, guard
+        from resilience.db.guard import DatabaseUnavailable, guard
 
         try:
             ticket = guard.acquire()
@@ -105,7 +91,7 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]  # django_pro
         ticket, connection = self._ticket, self.connection
         if ticket is None or connection is None or not getattr(connection, "broken", False):
             return
-        from resilience.database import guard
+        from resilience.db.guard import guard
 
         self._ticket = None
         guard.failed(ticket)
@@ -150,7 +136,7 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]  # django_pro
             self.report_if_lost()
         ticket, self._ticket = self._ticket, None
         if ticket is not None:
-            from resilience.database import guard
+            from resilience.db.guard import guard
 
             guard.succeeded(ticket)
         try:

@@ -14,7 +14,7 @@ import json
 from django.core.management.base import CommandError, CommandParser
 
 from resilience import services
-from resilience.breaker import State, StoreUnavailable
+from resilience.engine.breaker import State, StoreUnavailable
 from resilience.management.base import OperatorCommand
 from resilience.models import CircuitBreakerPolicy
 

@@ -18,12 +18,12 @@ from django.dispatch import Signal
 from django.http import Http404
 
 from bookstore.exceptions import ApplicationError
-from resilience.breaker import Permit, State, StoreUnavailable, Transition
-from resilience.metrics import breaker_rejections, breaker_transitions
-from resilience.policyset import BREAKER, BreakerRule
+from resilience.engine.breaker import Permit, State, StoreUnavailable, Transition
+from resilience.ops.metrics import breaker_rejections, breaker_transitions
 from resilience.runtime import Runtime, get_runtime
+from resilience.runtime.policies import BREAKER, BreakerRule
 
-log = logging.getLogger("resilience.breakers")
+log = logging.getLogger("resilience.http.guards")
 
 # Sent once per transition, by whichever process applied it (gobreaker's OnStateChange).
 # kwargs: name, from_state, to_state, generation, at

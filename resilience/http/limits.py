@@ -28,18 +28,18 @@ from typing import Any, TypeVar
 
 from django.http import HttpRequest, HttpResponse
 
-from resilience.middleware import (
+from resilience.http.middleware import (
     SHOWN,
+    RequestFacts,
     Started,
-    _Request,
-    _spec,
     current_request,
     decide_limits,
     known_limited,
+    limit_spec,
 )
 from resilience.models import code_key_value, hash_key_value
-from resilience.policyset import RATELIMIT, RateLimitRule
 from resilience.runtime import get_runtime
+from resilience.runtime.policies import RATELIMIT, RateLimitRule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +57,7 @@ class LimitRefused(Exception):  # noqa: N818 - reads as what happened: the limit
         return int(self.response.get("Retry-After", "1"))
 
 
-def _value(rule: RateLimitRule, key: str | None, facts: _Request | None) -> str | None:
+def _value(rule: RateLimitRule, key: str | None, facts: RequestFacts | None) -> str | None:
     """Return what the code policy counts this call by, or None when it cannot apply to this call."""
     if rule.key == "global":
         return "all"
@@ -80,14 +80,14 @@ def limit_check(name: str, key: str | None = None, request: HttpRequest | None =
     if not rules:
         return
     request = request if request is not None else current_request.get()
-    facts = _Request(request) if request is not None else None
+    facts = RequestFacts(request) if request is not None else None
     applied = []
     for rule in rules:
         if rule.exempt_staff and facts is not None and facts.principal.is_staff:
             continue
         value = _value(rule, key, facts)
         if value is not None:
-            applied.append((rule, _spec(rule, value)))
+            applied.append((rule, limit_spec(rule, value)))
     if not applied:
         return
     refused = known_limited(request, runtime, applied, started)  # type: ignore[arg-type]

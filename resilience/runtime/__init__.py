@@ -28,19 +28,19 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.sentinel import SentinelConnectionPool
 
-from resilience.breaker import BreakerConfig, BreakerStore
-from resilience.hints import KnownRefusals
-from resilience.limiter import LimitSpec, StoreDataError, StoreUnavailable
-from resilience.metrics import store_errors
+from resilience.engine.breaker import BreakerConfig, BreakerStore
+from resilience.engine.limiter import LimitSpec, StoreDataError, StoreUnavailable
 from resilience.models import PolicyVersion
-from resilience.policy_errors import PolicyErrorLog
-from resilience.policyset import PolicyError, PolicySet, compile_policies
-from resilience.sentinel import FailoverWatch
+from resilience.ops.metrics import store_errors
+from resilience.runtime.errors import PolicyErrorLog
+from resilience.runtime.policies import PolicyError, PolicySet, compile_policies
+from resilience.runtime.refusals import KnownRefusals
+from resilience.runtime.tally import LimitedTally
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
-from resilience.tally import LimitedTally
+from resilience.stores.sentinel import FailoverWatch
 
 log = logging.getLogger("resilience")
 

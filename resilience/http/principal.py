@@ -112,7 +112,7 @@ def _forget_token(sender: type, instance: Any, **kwargs: Any) -> None:
         _cache.pop("t:" + instance.digest, None)
 
 
-post_delete.connect(_forget_token, sender="knox.AuthToken", dispatch_uid="resilience.principal.forget_token")
+post_delete.connect(_forget_token, sender="knox.AuthToken", dispatch_uid="resilience.http.principal.forget_token")
 
 
 def clear() -> None:

@@ -1,6 +1,6 @@
 -- Circuit-breaker core: only local functions and constants, so any script can be composed as
 --   limiter_lib .. breaker_lib .. some_main
--- It mirrors resilience/breaker.py step for step (the tests run both and compare every reply);
+-- It mirrors resilience/engine/breaker.py step for step (the tests run both and compare every reply);
 -- the semantics are documented in that module's docstring.
 --
 -- State of one breaker: hash KEY with fields
@@ -16,7 +16,7 @@
 -- Floats go in and out as strings (Redis truncates Lua numbers in replies); '%.17g' round-trips them.
 --
 -- Bounds: CB_MAX_THRESHOLD, CB_MAX_COUNT_WINDOW, CB_MAX_TIME_WINDOW, CB_MAX_MINIMUM_CALLS,
--- CB_MAX_OPEN_SECONDS and CB_MAX_HALF_OPEN are defined ahead of this file from resilience/breaker.py
+-- CB_MAX_OPEN_SECONDS and CB_MAX_HALF_OPEN are defined ahead of this file from resilience/engine/breaker.py
 -- (stores/redis_breaker.py, BREAKER_LIB_LUA). A config number outside them is clamped to the
 -- nearest bound and a value that is not a number is refused with an error reply; a state field
 -- that cannot be read (written by hand) reads as a closed breaker's.

@@ -1,38 +1,6 @@
 """The database breaker: once PostgreSQL is known down, a request that needs it fails at once.
 
-A built-in circuit breaker named "database" guards every connection the app takes from PostgreSQL
-(resilience/db/postgresql/base.py). Its state lives where every breaker's does (Redis, or this
-process while Redis is down), so the whole fleet agrees, and the admin, ``manage.py breakers``,
-/health/breakers and /metrics show it. What it counts:
-
-- a failure: a connection PostgreSQL refused or did not give in time (connect timeout, or no
-  pooled connection within DB_POOL_TIMEOUT), or lost while in use (the server died under a query
-  or a transaction);
-- a success: a connection handed back intact, or a half-open trial's fresh connection. An error
-  the server reports on a live connection (a constraint, a statement timeout, a bad query) says
-  that it is up, and counts for nothing.
-
-While it is open, taking a connection raises DatabaseUnavailable (an OperationalError) at once,
-with no pool wait, and the request answers 503 with Retry-After = the time to half-open (none
-while an operator holds it forced open: it has no such time). The
-half-open trial opens a connection of its own instead of waiting on the pool (whose background
-reconnection may be backing off), so PostgreSQL is found back as soon as it answers.
-
-Its configuration is built in (DEFAULT_CONFIG) because it must work when its policy row cannot be
-read; the enabled "database" CircuitBreakerPolicy row (match type "code") tunes it once the
-policies are loaded. A disabled or missing row leaves the built-in configuration in force: an
-operator switches the breaker off by forcing it closed (``manage.py breakers close database``).
-
-Cost: most requests take a connection, so asking Redis each time would add two round trips to
-nearly every request. A worker that Redis told "closed" trusts that for SYNC_SECONDS; it reports
-successes at most once per SYNC_SECONDS, but the first one after a failure of its own at once
-(its streak ends as soon as the database answers again); failures and trial outcomes are
-reported at once, and an open breaker is refused from memory (resilience/hints.py). Tradeoffs
-accepted: a trip made by another worker reaches this one up to SYNC_SECONDS late (or at its own
-next failure, which learns it from the reply), and "N consecutive failures" means N failures with
-no success reported in between, so failures from several workers within SYNC_SECONDS of each
-other can trip it while other requests succeed. That is what we want here: connections fail
-together or not at all, and a false trip costs one open period (a second by default).
+The contract in full: docs/resilience.md#the-database-breaker.
 """
 
 from __future__ import annotations
@@ -43,9 +11,9 @@ from typing import NamedTuple
 
 from django.db import OperationalError
 
-from resilience.breaker import BreakerConfig, Permit, State, StoreUnavailable, Transition
-from resilience.breakers import announce, client_retry_after, known_open, remember_refusal
-from resilience.metrics import breaker_rejections
+from resilience.engine.breaker import BreakerConfig, Permit, State, StoreUnavailable, Transition
+from resilience.http.guards import announce, client_retry_after, known_open, remember_refusal
+from resilience.ops.metrics import breaker_rejections
 from resilience.runtime import Runtime, get_runtime
 
 NAME = "database"

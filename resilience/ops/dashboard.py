@@ -19,11 +19,11 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.urls import reverse
 
 from resilience import services
-from resilience.breaker import StoreUnavailable
-from resilience.limiter import Algorithm
+from resilience.engine.breaker import StoreUnavailable
+from resilience.engine.limiter import Algorithm
 from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy
-from resilience.policyset import BREAKER, RATELIMIT, policy_problem
 from resilience.runtime import HEARTBEAT_INTERVAL, POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, workers_key
+from resilience.runtime.policies import BREAKER, RATELIMIT, policy_problem
 from resilience.stores.boundary import store_call
 
 MINUTES = 15

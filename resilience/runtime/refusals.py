@@ -1,32 +1,6 @@
 """Refusals a worker may repeat without asking Redis, and how it hears they no longer hold.
 
-An open breaker stays open until its open period ends (then the next call finds it half-open),
-unless an operator resets or forces it, or staff change the policies. Those three publish on one
-Redis channel, in the same atomic step as the change (breaker_main.lua, RedisLimiterStore.
-bump_version). A worker that Redis told "open, for R more seconds" remembers it until then; a
-thread of its own listens on that channel and forgets everything at the first message.
-
-So a refusal while open costs no round trip and no system call: the request thread never lets go
-of the GIL, and does not wait for the worker's other threads to hand it back, which is what a
-refusal's time is made of when the cores are busy. A reset from any process reaches every worker
-within about a millisecond: before the operator's command has even returned, in practice.
-
-What is remembered is only used while the subscription is known to be live, and only if it was
-learnt after the subscription began and after the last message heard: a reset published between
-the question and the remembering is then either heard first (nothing is remembered) or heard
-after (everything is forgotten). When the connection fails, everything is forgotten and the
-listener subscribes again after RESILIENCE_STORE_RETRY_SECONDS; meanwhile every call asks Redis.
-A subscription is trusted only while it is heard from (stores/subscription.py): past a second of
-silence (a hung primary, a cut cable, a starved listener) what is remembered is not used. When
-Redis Sentinel names a new primary (sentinel.py), restart() forgets everything and subscribes
-again at once, on the new primary.
-Half-open refusals are never remembered: a trial can close the breaker at any time.
-
-Rate limits work the same way. When Redis refuses a key ("retry in R seconds"), nothing can admit
-that key sooner but a reset of its counters or a policy change, because a refused request consumes
-nothing and other requests only consume more. Both publish on the same channel (RedisLimiterStore.
-reset, bump_version). So the worker refuses that key from memory until R has passed, counted from
-before it asked: never longer than Redis would. A crawler's flood of 429s then costs no round trip.
+The contract in full: docs/resilience.md#refusals-remembered-in-process.
 """
 
 from __future__ import annotations

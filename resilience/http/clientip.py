@@ -1,18 +1,6 @@
 """The client a request comes from, as far as the configured proxies can be trusted.
 
-Each trusted proxy appends the address it received the request from, in X-Forwarded-For
-(``203.0.113.7``, ``203.0.113.7:5123``, ``[2001:db8::1]:443``, ``2001:db8::1``) or in RFC 7239's
-Forwarded (``for=203.0.113.7``, ``for="[2001:db8::1]:443"``, ``for=unknown``, ``for=_hidden``),
-whichever TRUSTED_PROXY_HEADER names. With N trusted proxies the Nth entry from the right is the
-first one a client could not have forged; entries further left are the client's own claims and
-are never read.
-
-What the outermost trusted proxy reports is believed only when it is an address. When it cannot
-say (``unknown``), says something we cannot parse, or hides the client behind an obfuscated
-identifier that may be new on every request (RFC 7239 section 6.3), the request counts against
-the proxy that forwarded it: a client can neither pick its own key nor land in a bucket other
-clients share. Obfuscated identifiers count as clients of their own only when the operator says
-the proxies keep one per client (TRUSTED_PROXY_OBFUSCATED_IDS=per-client).
+The contract in full: docs/resilience.md#client-addresses-behind-proxies.
 """
 
 from __future__ import annotations

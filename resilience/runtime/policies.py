@@ -17,11 +17,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db.models import Model
 
-from resilience.breaker import BreakerConfig
-from resilience.limiter import Algorithm, LimitSpec, validate
-from resilience.metrics import ratelimit_decisions
+from resilience.engine.breaker import BreakerConfig
+from resilience.engine.limiter import Algorithm, LimitSpec, validate
+from resilience.engine.patterns import PatternError, compile_pattern, path_matches
 from resilience.models import CircuitBreakerPolicy, Match, RateLimitPolicy, code_key_value, parse_status_set
-from resilience.patterns import PatternError, compile_pattern, path_matches
+from resilience.ops.metrics import ratelimit_decisions
 
 RouteInfo = tuple[str, frozenset[str]]  # (url route name, view tags)
 
@@ -48,7 +48,7 @@ class Matcher:
     methods: frozenset[str]
     kind: str
     pattern: str
-    regex: Any = None  # an RE2 program (resilience/patterns.py)
+    regex: Any = None  # an RE2 program (resilience/engine/patterns.py)
 
     @classmethod
     def build(cls, methods: Iterable[str], kind: str, pattern: str) -> Matcher:

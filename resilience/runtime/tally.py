@@ -2,7 +2,7 @@
 
 A refusal decided by Redis is counted by the admission script in the same round trip
 (admit_main.lua: the per-minute "<label>:l" counter and the policy's sorted set of limited keys).
-A refusal repeated from memory (resilience/hints.py) makes no round trip, so it is added here and
+A refusal repeated from memory (resilience/runtime/refusals.py) makes no round trip, so it is added here and
 written with the same commands, at most once per FLUSH_SECONDS per worker and when the worker
 exits. The dashboard's counts are then exact, up to FLUSH_SECONDS late. If Redis cannot take a
 batch, the batch is dropped and counted in bookstore_resilience_store_errors_total{operation="stats"}:
@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import redis
 
-from resilience.limiter import StoreUnavailable
-from resilience.metrics import store_errors
+from resilience.engine.limiter import StoreUnavailable
+from resilience.ops.metrics import store_errors
 from resilience.stores.admission import counted_value
 from resilience.stores.boundary import store_call
 

@@ -12,7 +12,7 @@
 --
 -- force and reset publish the breaker's name on the events channel ('' = do not), in the same
 -- atomic step as the change: workers that refuse calls to a breaker they saw open, without asking
--- Redis, drain that channel before they trust what they saw (resilience/hints.py).
+-- Redis, drain that channel before they trust what they saw (resilience/runtime/refusals.py).
 
 local op = ARGV[1]
 local now = cb_clock(ARGV[2])

@@ -1,62 +1,6 @@
 """Decide rate limits: the contract, the rate grammar and the types every limiter store shares.
 
-A store (``stores.memory_limiter`` in process, ``stores.redis_limiter`` in one Lua round trip) holds
-the state; this module says what a hit means, and both stores implement exactly this:
-
-Clock and units
-    Every store works in whole microseconds (``now`` rounded to the nearest microsecond; the Redis
-    store reads Redis ``TIME`` unless a ``now`` override is passed). ``reset_after`` and
-    ``retry_after`` are whole microseconds rounded up, reported in float seconds, so waiting exactly
-    ``retry_after`` on the same clock always lands on an admitting instant.
-
-hit(specs, cost=1, now=None) -> HitResult
-    Every spec is decided against the same instant. The request is admitted iff every *enforcing*
-    spec admits (``HitResult.allowed``). All-or-nothing: a rejected request consumes nothing in any
-    spec, dry-run ones included. An admitted request consumes ``cost`` in each spec that itself
-    admits; a dry-run spec that would deny consumes nothing and reports ``allowed=False``.
-    ``remaining`` and ``reset_after`` describe the state *after* the hit (they include the cost only
-    where it was consumed); ``retry_after`` is 0.0 for an admitting spec, else the wait until a
-    request of the same cost would be admitted by that spec. Keys must be distinct within one hit.
-
-test(specs, now=None) -> list[Decision]
-    The decisions a hit of cost 1 would get, per spec, consuming nothing.
-
-reset(keys) -> int, bump_version() -> int, version() -> int
-    Delete state; increment / read the policy-version counter that every hit also returns, so
-    callers learn of a policy change with no extra round trip. The counter never expires.
-
-Algorithms (``limit == 0`` always denies with ``retry_after == reset_after == period``; a ``cost``
-above the capacity can never be admitted and also reports ``retry_after == period``):
-
-TOKEN_BUCKET
-    GCRA. Emission interval ``T = period / limit``, capacity ``burst`` (default ``limit``),
-    ``tau = burst * T``. State is one theoretical arrival time (TAT), stored as integer microseconds
-    plus a fraction so that epoch magnitudes never round the schedule, and tagged with its write time
-    ``w``. With ``d = clamp(min(TAT, w + tau) - now, 0, tau)`` the request is admitted iff
-    ``d + cost * T <= tau`` (plus ``GCRA_SLACK_US``, a nanosecond that absorbs float noise and is
-    below the clock's resolution). ``remaining = floor((tau - d') / T)``, ``reset_after = d'``,
-    ``retry_after = d + cost * T - tau``. Capping the TAT at ``w + tau`` applies a shrunken capacity
-    as if it had been in force at the last admission: after a policy edit nobody waits longer than
-    the new capacity takes to refill. ``Decision.limit`` is the burst. ``tau`` is at most
-    ``MAX_CAPACITY_SECONDS`` (``capacity_fits``).
-SLIDING_WINDOW
-    Exact sliding log: one timestamp per admitted unit of cost; the window at ``now`` is the
-    half-open span ``(now - period, now]``. Admitted iff ``count + cost <= limit``, so no half-open
-    span of length ``period`` ever holds more than ``limit`` admissions (no 2x burst at a boundary).
-    ``retry_after`` is when enough of the oldest entries leave the window; ``reset_after`` is when
-    the newest one does. A changed limit is simply compared against the log. Memory is one entry per
-    admitted request, so a sliding-window limit is at most ``SLIDING_LOG_MAX``.
-FIXED_WINDOW
-    Windows aligned to multiples of ``period`` since the Unix epoch; one counter per key that
-    remembers its window start. ``reset_after`` and ``retry_after`` run to the window's end. A
-    changed limit keeps the count; a changed period starts counting afresh in the new window.
-
-Every key a store writes expires once its state could no longer affect a decision.
-
-Bounds: ``validate`` refuses any number outside the bounds below (``MAX_LIMIT``, ``MAX_PERIOD``,
-``MAX_BURST``, ``SLIDING_LOG_MAX``, ``MAX_CAPACITY_SECONDS``) with ValueError. The Lua scripts get
-the same bounds and clamp a number outside them rather than fail, so even a caller that skipped
-``validate`` never makes a script error.
+The contract in full: docs/resilience.md#rate-limits-the-contract-every-limiter-store-implements.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from prometheus_client.core import GaugeMetricFamily
 from bookstore.disclosure import details_for_insiders, may_see_internals
 from bookstore.problems import problem_response
 from resilience import services
-from resilience.breaker import StoreUnavailable
-from resilience.dashboard import dashboard_data
+from resilience.engine.breaker import StoreUnavailable
+from resilience.ops.dashboard import dashboard_data
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

@@ -1,62 +1,6 @@
 """Circuit-breaker engine: states, config, the state machine and the store contract.
 
-The design follows sony/gobreaker (lazy transitions, generations, two-step allow/done) with the state
-kept in a store so every worker of every instance sees one breaker. Both stores
-(``resilience.stores.memory_breaker`` and ``resilience.stores.redis_breaker``) implement the contract
-below identically; the memory store runs the step functions of this module under one lock, the Redis
-store runs their Lua mirror (``resilience/lua/breaker_lib.lua``) as one atomic script call. No lock is
-ever held around the protected call: admission and recording are two separate atomic steps.
-
-Store contract (``now`` defaults to the store's clock: ``time.time`` in memory, Redis ``TIME``):
-
-``allow(cfg, now=None) -> (Permit, transitions)``
-    CLOSED and FORCED_CLOSED admit (``trial=False``) and write nothing. FORCED_OPEN rejects with
-    ``retry_after=cfg.open_seconds`` (only how long a worker may go without asking again: it holds
-    until released, so clients are told no time, see ``breakers.client_retry_after``). OPEN rejects with
-    ``retry_after`` = seconds left of the open period; once the period is over the store switches to
-    HALF_OPEN (new generation) on this call and carries on as HALF_OPEN. HALF_OPEN admits while fewer
-    than ``half_open_max_calls`` (K) trial permits of the current generation were handed out
-    (``trial=True``), so exactly K permits are issued across the whole cluster; beyond K it rejects with
-    ``retry_after`` = seconds until the trial lease (below) runs out.
-
-``record(cfg, generation, success, now=None) -> (state after, transitions)``
-    Report the outcome of a call admitted with ``permit.generation``; call it only for allowed permits,
-    exactly once. An outcome whose generation differs from the current one is ignored (it belongs to
-    an earlier state). CLOSED: a success zeroes the consecutive-failure count, a failure increments it;
-    both go into the rolling window; when ``ready_to_trip`` fires the breaker goes OPEN (new
-    generation, ``opened_at=now``, open until ``now + open_seconds``). HALF_OPEN: any failure re-opens
-    with a fresh open period; the K-th success closes. FORCED states ignore outcomes.
-
-``force(name, state, now=None) -> transitions``
-    ``State.FORCED_OPEN`` / ``State.FORCED_CLOSED`` hold until released with ``None``; releasing goes to
-    CLOSED. Forcing the state it is already in, or releasing a breaker that is not forced, is a no-op.
-
-``reset(name, now=None) -> transitions``
-    Back to CLOSED from anywhere (also from a forced state), counters cleared, new generation.
-
-``snapshot(cfg, now=None) -> Snapshot`` / ``snapshots(cfgs, now=None) -> list[Snapshot]``
-    Read-only view with the pending lazy steps applied to a copy: an OPEN breaker whose period is over
-    reports HALF_OPEN (and the generation it will get), nothing is written.
-
-Rules shared by every operation:
-
-- Every state change bumps the generation and clears all counters and the window. Each mutating
-  operation first applies the lazy OPEN -> HALF_OPEN step, so the transition list is a faithful log:
-  it is returned by whichever call applied it, once across the cluster.
-- The open period is fixed when the breaker trips (``open_until``, like gobreaker's ``expiry``): an edit
-  of ``open_seconds`` applies from the next trip on; ``reset`` ends a running period at once.
-- Trial lease: a trial whose worker dies never reports, which would wedge HALF_OPEN for good. The first
-  trial permit of a batch starts a lease of ``trial_lease_seconds(cfg)`` = ``max(open_seconds, 10)``;
-  once it has run out, the next call starts a fresh batch (new generation, K slots again, no
-  transition since the state stays HALF_OPEN). Tradeoff accepted: a trial slower than the lease is
-  treated as abandoned and its late outcome is ignored, and for up to one lease the breaker may be
-  stuck rejecting everything after a worker died mid-trial.
-- Rolling window, ``window_kind="count"``: the last ``window_size`` calls. ``"time"``: one-second buckets,
-  the window holds buckets ``floor(now) - window_size + 1 .. floor(now)``. A change of kind or size
-  clears the window. The rate rule needs at least ``minimum_calls`` calls in the window (for count
-  windows capped at ``window_size``, as resilience4j does, so a too-large minimum cannot disable it).
-- Clocks are assumed monotonic enough: a time-window call that is older than the window's lowest
-  bucket is counted in that bucket rather than lost.
+The contract in full: docs/resilience.md#circuit-breakers-the-contract-every-breaker-store-implements.
 """
 
 from __future__ import annotations
@@ -69,8 +13,8 @@ from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 # One error type for every store, so callers apply a single fail-open / fail-closed rule.
-from resilience.limiter import StoreDataError as StoreDataError
-from resilience.limiter import StoreUnavailable as StoreUnavailable
+from resilience.engine.limiter import StoreDataError as StoreDataError
+from resilience.engine.limiter import StoreUnavailable as StoreUnavailable
 
 # A lease never shorter than 10 s: a short open period must not expire trials still in flight.
 TRIAL_LEASE_FLOOR = 10.0

@@ -14,8 +14,10 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
 from bookstore.problems import problem_response
-from resilience import audit, stale
-from resilience.breakers import (
+from resilience.engine.limiter import Algorithm, Decision, LimitSpec, refill_seconds
+from resilience.http import stale
+from resilience.http.clientip import client_ip, ip_key
+from resilience.http.guards import (
     PUBLIC_STATE,
     Call,
     announce,
@@ -25,17 +27,16 @@ from resilience.breakers import (
     open_problem,
     remember_refusal,
 )
-from resilience.clientip import client_ip, ip_key
-from resilience.limiter import Algorithm, Decision, LimitSpec, refill_seconds
-from resilience.metrics import breaker_rejections
-from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
-from resilience.principal import Principal, principal
+from resilience.http.principal import Principal, principal
+from resilience.ops import audit
+from resilience.ops.metrics import breaker_rejections
 from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.runtime.policies import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
 from resilience.stores.admission import Admission
 
 _NO_ROUTE: RouteInfo = ("", frozenset())
 
-# The request being served, for limit() in code (resilience/limits.py): its client address, who
+# The request being served, for limit() in code (resilience/http/limits.py): its client address, who
 # sends it, and where the RateLimit fields of the limits it passed are collected.
 current_request: ContextVar[HttpRequest | None] = ContextVar("resilience_current_request", default=None)
 # Request attribute: the enforcing policies that admitted the request (list[Shown]), by the
@@ -55,7 +56,7 @@ def route_info(path: str) -> RouteInfo:
     return (match.url_name or "", tags)
 
 
-class _Request:
+class RequestFacts:
     """Per-request facts computed at most once."""
 
     __slots__ = ("request", "_ip", "_principal")
@@ -78,7 +79,7 @@ class _Request:
         return self._principal
 
 
-def _key_value(rule: RateLimitRule, facts: _Request) -> str | None:
+def _key_value(rule: RateLimitRule, facts: RequestFacts) -> str | None:
     """Return what the rule counts this request by, or None when the rule does not apply."""
     if rule.key == "ip":
         return facts.ip
@@ -94,7 +95,7 @@ def _key_value(rule: RateLimitRule, facts: _Request) -> str | None:
     return hash_key_value(value) if value else None
 
 
-def _spec(rule: RateLimitRule, value: str) -> LimitSpec:
+def limit_spec(rule: RateLimitRule, value: str) -> LimitSpec:
     override = rule.overrides.get(value)
     return LimitSpec(
         key=f"{key_prefix()}rl:{{{rule.id}.{rule.epoch}:{value}}}",
@@ -256,7 +257,7 @@ def decide_limits(
     known = runtime.known_refusals() if remember else None
     if known is not None:
         for spec, d, detail in violated:
-            # Counted from before asking: never refused longer than Redis would (resilience/hints.py).
+            # Counted from before asking: never refused longer than Redis would (resilience/runtime/refusals.py).
             known.note_limited(spec.key, d.retry_after, asked_at=started[0], detail=detail)
     headers = rate_limit_headers([*(admitted_before or ()), *shown])
     return _too_many(request, [detail for _, _, detail in violated], headers)
@@ -268,7 +269,7 @@ class ResilienceMiddleware:
     One shared-store round trip decides every matched limit and breaker before any view work;
     a breaker-protected request makes a second one after the response, to record the outcome.
     A call to a breaker this process knows is open, or from a client whose key Redis refused for a
-    while yet, is refused with none (resilience/hints.py).
+    while yet, is refused with none (resilience/runtime/refusals.py).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -289,7 +290,7 @@ class ResilienceMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """Answer a limit() refusal raised in a view that did not answer it itself."""
-        from resilience.limits import LimitRefused
+        from resilience.http.limits import LimitRefused
 
         return exception.response if isinstance(exception, LimitRefused) else None
 
@@ -320,13 +321,13 @@ class ResilienceMiddleware:
             runtime.policy_errors.report(failed)
         applied: list[tuple[RateLimitRule, LimitSpec]] = []
         if rules:
-            facts = _Request(request)
+            facts = RequestFacts(request)
             for rule in rules:
                 if rule.exempt_staff and facts.principal.is_staff:
                     continue
                 value = _key_value(rule, facts)
                 if value is not None:
-                    applied.append((rule, _spec(rule, value)))
+                    applied.append((rule, limit_spec(rule, value)))
         if not applied and not breakers:
             return self.get_response(request)
         if applied:

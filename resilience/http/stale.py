@@ -1,20 +1,6 @@
 """Stale copies for breakers with the stale fallback: what is kept, and who may be served it.
 
-A stale copy is served to clients other than the one it was made for, so it is only ever a public
-response, judged as Django's cache middleware judges one (django/middleware/cache.py
-UpdateCacheMiddleware.process_response, django/utils/cache.py learn_cache_key):
-
-- kept only from a GET whose request carried no credentials (no Authorization header, no session
-  cookie) and whose response sets no cookie, is not Cache-Control private or no-store, and does
-  not Vary on * (nor on Cookie or Authorization when the request sent that header: the variant
-  of a request without them is the one every anonymous client gets);
-- kept under the full path with its query string and the request's values of every header the
-  response Varies on (Accept: a JSON copy is never served to a client that asked for HTML);
-- served only to a request that carries no credentials: any other gets the breaker's 503.
-
-The resilience middleware only asks for a copy; StaleCopyMiddleware keeps it once the response is
-as the client gets it, outside the session and CSRF middleware whose cookies and Vary: Cookie
-decide whether it is public (UpdateCacheMiddleware sits first for the same reason).
+The contract in full: docs/resilience.md#stale-copies-who-may-be-served-one.
 """
 
 from __future__ import annotations
@@ -29,9 +15,9 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from resilience.limiter import StoreDataError, StoreUnavailable
-from resilience.policyset import BREAKER, BreakerRule
+from resilience.engine.limiter import StoreDataError, StoreUnavailable
 from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.runtime.policies import BREAKER, BreakerRule
 from resilience.stores.boundary import store_call
 
 # Splits a comma-separated header value, as django/utils/cache.py does.

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsShopStaff
-from resilience import faults
+from resilience.ops import faults
 
 
 class FaultInput(serializers.Serializer[Any]):

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import SentinelConnectionPool
 
-from resilience.metrics import store_errors
+from resilience.ops.metrics import store_errors
 
 log = logging.getLogger("resilience")
 

@@ -1,7 +1,7 @@
 """Policies that cannot be used: skipped, never a 500, and reported where staff look.
 
 A policy is left out of the snapshot when it cannot be compiled (stage "compile": a row out of
-bounds, a pattern RE2 refuses; see resilience/policyset.py), and out of one request when it cannot
+bounds, a pattern RE2 refuses; see resilience/runtime/policies.py), and out of one request when it cannot
 be decided for it (stage "match": matching raised; "admit": the store refused the admission
 script; "record": the store refused a breaker outcome; "stale": the store refused a stale copy).
 Each occurrence increments bookstore_resilience_policy_errors_total{policy,stage}. A log line
@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any
 
-from resilience.breaker import StoreUnavailable
-from resilience.metrics import policy_errors
-from resilience.policyset import PolicyError
+from resilience.engine.breaker import StoreUnavailable
+from resilience.ops.metrics import policy_errors
+from resilience.runtime.policies import PolicyError
 from resilience.stores.boundary import store_call
 
 log = logging.getLogger("resilience")

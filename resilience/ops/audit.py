@@ -22,7 +22,7 @@ from django.dispatch import receiver
 from bookstore.request_id import get_request
 from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
 
-log = logging.getLogger("resilience.audit")
+log = logging.getLogger("resilience.ops.audit")
 
 AUDITED = (RateLimitPolicy, RateLimitOverride, CircuitBreakerPolicy)
 # Bookkeeping columns that change on every save and say nothing about the policy itself.

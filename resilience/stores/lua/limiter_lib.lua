@@ -2,7 +2,7 @@
 --
 -- Only `local function`s and local constants live here, so that another library and a main chunk
 -- can be concatenated after this file into one script (limiter_lib .. breaker_lib .. main).
--- The contract is written down in resilience/limiter.py; resilience/stores/memory_limiter.py is
+-- The contract is written down in resilience/engine/limiter.py; resilience/stores/memory_limiter.py is
 -- the same algorithm in Python and must stay in step with this file, line for line.
 --
 -- Units: `now` and every time below are microseconds since the epoch. Lua numbers are doubles,
@@ -10,7 +10,7 @@
 -- are formatted here, because Redis would print large numbers in exponent notation.
 --
 -- Bounds: RL_MAX_LIMIT, RL_MAX_PERIOD, RL_MAX_BURST, RL_SLIDING_LOG_MAX and RL_MAX_CAPACITY are
--- defined ahead of this file from resilience/limiter.py (stores/redis_limiter.py, limiter_lib()).
+-- defined ahead of this file from resilience/engine/limiter.py (stores/redis_limiter.py, limiter_lib()).
 -- A spec number outside them is clamped to the nearest bound and a value that is not a number is
 -- refused with an error reply: nothing a caller passes makes the script fail half-way.
 
@@ -281,7 +281,7 @@ end
 
 -- Read n specs from argv: five values per spec (algorithm, limit, period, burst ('' = limit),
 -- enforce '1'/'0'), the first spec's right after argv[offset]; keys[i] is spec i's state key.
--- Numbers out of bounds are clamped as resilience.limiter.validate() would refuse them: limit to
+-- Numbers out of bounds are clamped as resilience.engine.limiter.validate() would refuse them: limit to
 -- [0, RL_MAX_LIMIT] (a sliding window's to RL_SLIDING_LOG_MAX), period to [1, RL_MAX_PERIOD],
 -- burst to [1, RL_MAX_BURST] and to what refills within RL_MAX_CAPACITY seconds.
 local function rl_parse_specs(keys, argv, n, offset)

@@ -1,0 +1,1 @@
+"""Pure engines: rate-limit algorithms, the circuit breaker state machine, staff patterns. No Django."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: middleware, code guards, client address and principal, stale copies."""

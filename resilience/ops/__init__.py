@@ -1,0 +1,1 @@
+"""What operators and staff use: dashboard, JSON API, fault injection, audit log, metrics."""
