@@ -24,10 +24,19 @@ from resilience.breakers import (
     open_problem,
     remember_refusal,
 )
+from resilience.bulkheads import ConcurrencyLimited, Slot, acquire_all, release_all
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec, refill_seconds
 from resilience.metrics import breaker_rejections
-from resilience.policyset import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
+from resilience.policyset import (
+    BREAKER,
+    RATELIMIT,
+    BreakerRule,
+    ConcurrencyRule,
+    PolicyError,
+    RateLimitRule,
+    RouteInfo,
+)
 from resilience.principal import Principal, principal
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.stores.admission import Admission
@@ -70,7 +79,7 @@ class _Request:
         return self._principal
 
 
-def _key_value(rule: RateLimitRule, facts: _Request) -> str | None:
+def _key_value(rule: RateLimitRule | ConcurrencyRule, facts: _Request) -> str | None:
     """Return what the rule counts this request by, or None when the rule does not apply."""
     if rule.key == "ip":
         return facts.ip
@@ -195,7 +204,7 @@ class ResilienceMiddleware:
         started = (time.perf_counter(), time.thread_time())
         runtime = get_runtime()
         snapshot = runtime.snapshot()
-        if not snapshot.ratelimits and not snapshot.breakers:
+        if not snapshot.ratelimits and not snapshot.breakers and not snapshot.concurrency:
             return self.get_response(request)
         path = request.path_info
         method = request.method or "GET"
@@ -214,25 +223,57 @@ class ResilienceMiddleware:
             if refused is not None:
                 return refused
         rules = snapshot.match_ratelimits(method, path, route, failed) if snapshot.ratelimits else []
+        bulkheads = snapshot.match_concurrency(method, path, route, failed) if snapshot.concurrency else []
         if failed:
             runtime.policy_errors.report(failed)
         applied: list[tuple[RateLimitRule, LimitSpec]] = []
-        if rules:
-            facts = _Request(request)
-            for rule in rules:
-                if rule.exempt_staff and facts.principal.is_staff:
-                    continue
-                value = _key_value(rule, facts)
-                if value is not None:
-                    applied.append((rule, _spec(rule, value)))
+        facts = _Request(request)
+        for rule in rules:
+            if rule.exempt_staff and facts.principal.is_staff:
+                continue
+            value = _key_value(rule, facts)
+            if value is not None:
+                applied.append((rule, _spec(rule, value)))
+        bounded: list[tuple[ConcurrencyRule, str]] = []
+        for bulkhead_rule in bulkheads:
+            value = _key_value(bulkhead_rule, facts)
+            if value is not None:
+                bounded.append((bulkhead_rule, value))
         if not applied and not breakers:
-            return self.get_response(request)
+            if not bounded:
+                return self.get_response(request)
+            slots = self._slots(request, runtime, bounded, started)
+            if isinstance(slots, HttpResponse):
+                return slots
+            try:
+                return self.get_response(request)
+            finally:
+                release_all(slots)
         if applied:
             refused = self._known_limited(request, runtime, applied, started)
             if refused is not None:
                 return refused
 
-        return self._decide(request, runtime, applied, breakers, started, snapshot.version)
+        return self._decide(request, runtime, applied, breakers, started, snapshot.version, bounded)
+
+    def _slots(
+        self, request: HttpRequest, runtime: Runtime, bounded: list[tuple[ConcurrencyRule, str]], started: Started
+    ) -> list[Slot] | HttpResponse:
+        """Take a slot of every matched concurrency policy (waiting as each allows), or return the 503."""
+        try:
+            return acquire_all(runtime, bounded)
+        except ConcurrencyLimited as e:
+            problem = problem_response(
+                request,
+                quiet=True,
+                status=e.status_code,
+                slug=e.slug,
+                title=e.title,
+                detail=e.detail,
+                headers=e.headers,
+                **e.extra,
+            )
+            return _timed(problem, started, "refused")
 
     def _known_open(
         self, request: HttpRequest, runtime: Runtime, breakers: list[BreakerRule], started: Started
@@ -281,6 +322,7 @@ class ResilienceMiddleware:
         breakers: list[BreakerRule],
         started: Started,
         version: int,
+        bounded: list[tuple[ConcurrencyRule, str]],
     ) -> HttpResponse:
         admission, from_fallback = runtime.admit(
             [spec for _, spec in applied],
@@ -297,12 +339,22 @@ class ResilienceMiddleware:
             if isinstance(outcome, HttpResponse):
                 return _timed(outcome, started, "refused")  # no view work, no database query
             headers = outcome
+        # Slots last: a request a limit refuses never takes (or waits for) one. A breaker's
+        # half-open trial slot taken for a request refused here is left to its lease (see _guarded).
+        slots = self._slots(request, runtime, bounded, started) if bounded else []
+        if isinstance(slots, HttpResponse):
+            for name, value in headers.items():
+                slots[name] = value
+            return slots
         # What deciding cost this request, for Server-Timing (the view's own time is not in it).
         timing = _timing(started, "admitted")
-        if not breakers:
-            response = self.get_response(request)
-        else:
-            response = self._guarded(request, runtime, breakers, admission, from_fallback, started, remember)
+        try:
+            if not breakers:
+                response = self.get_response(request)
+            else:
+                response = self._guarded(request, runtime, breakers, admission, from_fallback, started, remember)
+        finally:
+            release_all(slots)
         for name, value in headers.items():
             response[name] = value
         # An open breaker's refusal already carries its own, complete timing: keep it.

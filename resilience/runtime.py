@@ -36,7 +36,9 @@ from resilience.policyset import PolicyError, PolicySet, compile_policies
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
+from resilience.stores.memory_concurrency import MemoryConcurrencyStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
+from resilience.stores.redis_concurrency import RedisConcurrencyStore
 from resilience.tally import LimitedTally
 
 log = logging.getLogger("resilience")
@@ -128,6 +130,9 @@ class Runtime:
         self.breaker_fallback = MemoryBreakerStore()
         self.breaker_shared = self._make_breaker_store()
         self.fallback_admission = MemoryAdmission(self.fallback, self.breaker_fallback)
+        # Bulkhead slots (resilience/bulkheads.py): leases in Redis, or counted in process.
+        self.concurrency_fallback = MemoryConcurrencyStore()
+        self.concurrency_shared = self._make_concurrency_store()
         self._shared_admission: RedisAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
         # The fleet's live workers, from their reports; divides limits while Redis is unreachable.
@@ -180,6 +185,13 @@ class Runtime:
         return RedisBreakerStore(
             get_redis_connection("default"), prefix=f"{key_prefix()}cb:", events_channel=events_channel()
         )
+
+    def _make_concurrency_store(self) -> RedisConcurrencyStore | None:
+        if not settings.REDIS_URL:
+            return None
+        from django_redis import get_redis_connection
+
+        return RedisConcurrencyStore(get_redis_connection("default"))
 
     def known_refusals(self) -> KnownRefusals | None:
         """Return what this process knows Redis refuses (open breakers, limited keys), or None without Redis."""

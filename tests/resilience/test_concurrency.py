@@ -1,0 +1,348 @@
+"""Concurrency policies (bulkheads): slots in Redis as leases, waiting in arrival order, refusals, fallbacks.
+
+Slots other workers hold are taken straight from the shared store (as their requests would take
+them), so each test knows exactly how many are held; the request under test goes through the
+middleware or the `bulkhead()` guard against the test run's real Redis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.test import Client
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from resilience import metrics
+from resilience.bulkheads import ConcurrencyLimited, bulkhead, slots_base
+from resilience.models import ConcurrencyPolicy, PolicyVersion
+from resilience.policyset import compile_concurrency
+from resilience.runtime import Runtime, get_runtime, reset_runtime
+from resilience.stores.redis_concurrency import RedisConcurrencyStore
+from tests.live import HOST, free_port
+
+SEARCH = "/api/books/search?q=tolkien"
+CONCURRENCY_LIMIT = "https://bookstore.example/problems/concurrency-limit"
+
+
+def make_policy(**fields: Any) -> ConcurrencyPolicy:
+    fields.setdefault("name", "search-slots")
+    fields.setdefault("match_type", "prefix")
+    fields.setdefault("pattern", "/api/books/search")
+    fields.setdefault("key", "global")
+    policy = ConcurrencyPolicy(**fields)
+    policy.full_clean()
+    policy.save()
+    get_runtime().invalidate()
+    return policy
+
+
+def store() -> RedisConcurrencyStore:
+    shared = get_runtime().concurrency_shared
+    assert shared is not None, "these tests run against Redis (TEST_REDIS_URL)"
+    return shared
+
+
+def base(policy: ConcurrencyPolicy, value: str = "all") -> str:
+    return slots_base(compile_concurrency(policy), value)
+
+
+def hold(policy: ConcurrencyPolicy, count: int, value: str = "all") -> list[str]:
+    """Take count slots as other workers' requests would; return their lease ids."""
+    leases = []
+    for _ in range(count):
+        lease = uuid.uuid4().hex
+        attempt = store().acquire(base(policy, value), lease, policy.max_in_flight, policy.lease_seconds, 0)
+        assert attempt.acquired
+        leases.append(lease)
+    return leases
+
+
+def in_flight(policy: ConcurrencyPolicy, value: str = "all") -> int:
+    return store().status(base(policy, value))[0]
+
+
+def decisions(policy: ConcurrencyPolicy, outcome: str) -> float:
+    return metrics.concurrency_decisions.labels(policy.name, outcome)._value.get()
+
+
+def problem(reply: Any) -> dict[str, Any]:
+    assert reply["Content-Type"] == "application/problem+json", reply.content[:200]
+    return json.loads(reply.content)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def _clean_slots(db: None) -> Iterator[None]:
+    yield
+    for policy in ConcurrencyPolicy.objects.all():
+        call_command("concurrency", "reset", policy.name, stdout=io.StringIO())
+
+
+# --- the middleware ---------------------------------------------------------------------------
+
+
+def test_a_full_limit_refuses_at_once_with_a_503_problem(anon_client: APIClient) -> None:
+    policy = make_policy(max_in_flight=2)
+    hold(policy, 2)
+    began = time.perf_counter()
+    reply = anon_client.get(SEARCH)
+    assert reply.status_code == 503
+    body = problem(reply)
+    assert body["type"] == CONCURRENCY_LIMIT
+    assert body["policy"] == "search-slots"
+    assert reply["Retry-After"] == "1"
+    assert time.perf_counter() - began < 1.0  # max_wait_ms 0: no waiting
+    assert in_flight(policy) == 2  # the refused request took nothing
+
+
+def test_an_admitted_request_gives_its_slot_back_on_the_way_out(anon_client: APIClient) -> None:
+    policy = make_policy(max_in_flight=1)
+    for _ in range(3):  # one slot serves one request after another
+        assert anon_client.get(SEARCH).status_code == 200
+    assert in_flight(policy) == 0
+    assert decisions(policy, "admitted") >= 3
+
+
+def test_a_code_block_gives_its_slot_back_when_it_raises(db: None) -> None:
+    policy = make_policy(name="search-db", match_type="code", pattern="search-db", max_in_flight=1)
+    seen: list[int] = []
+
+    @bulkhead("search-db")
+    def failing() -> None:
+        seen.append(in_flight(policy))
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        failing()
+    assert seen == [1]  # it ran holding the slot
+    assert in_flight(policy) == 0
+    # and the slot is usable again: one holder, then a refusal
+    with bulkhead("search-db"), pytest.raises(ConcurrencyLimited), bulkhead("search-db"):
+        pass
+    assert in_flight(policy) == 0
+
+
+def test_a_waiting_request_is_admitted_when_a_slot_frees_within_its_wait(anon_client: APIClient) -> None:
+    policy = make_policy(max_in_flight=1, max_wait_ms=3000)
+    (lease,) = hold(policy, 1)
+    freed = threading.Timer(0.3, lambda: store().release(base(policy), lease))
+    freed.start()
+    began = time.perf_counter()
+    reply = anon_client.get(SEARCH)
+    waited = time.perf_counter() - began
+    freed.join()
+    assert reply.status_code == 200, reply.content[:200]
+    assert waited >= 0.25  # it waited for the slot rather than being refused
+    assert in_flight(policy) == 0
+    assert decisions(policy, "admitted_after_wait") >= 1
+
+
+def test_a_request_still_waiting_at_its_deadline_is_refused_and_leaves_no_place_in_the_queue(
+    anon_client: APIClient,
+) -> None:
+    policy = make_policy(max_in_flight=1, max_wait_ms=200)
+    hold(policy, 1)
+    began = time.perf_counter()
+    reply = anon_client.get(SEARCH)
+    assert reply.status_code == 503
+    assert time.perf_counter() - began >= 0.2
+    assert "stayed taken for" in problem(reply)["detail"]
+    assert store().status(base(policy)) == (1, 0)  # its ticket is gone: no one queues behind a ghost
+
+
+def test_a_dry_run_counts_what_it_would_refuse_and_refuses_nothing(anon_client: APIClient) -> None:
+    policy = make_policy(max_in_flight=1, mode="dry_run", max_wait_ms=5000)
+    hold(policy, 1)
+    before = decisions(policy, "dry_run_would_refuse")
+    began = time.perf_counter()
+    reply = anon_client.get(SEARCH)
+    assert reply.status_code == 200
+    assert time.perf_counter() - began < 2.0  # nor does it wait
+    assert decisions(policy, "dry_run_would_refuse") == before + 1
+    assert in_flight(policy) == 1  # its own counted slot is back
+
+
+def test_slots_are_counted_per_client_with_an_ip_key(anon_client: APIClient) -> None:
+    policy = make_policy(max_in_flight=1, key="ip")
+    hold(policy, 1, value="127.0.0.1")
+    assert anon_client.get(SEARCH, REMOTE_ADDR="127.0.0.1").status_code == 503
+    assert anon_client.get(SEARCH, REMOTE_ADDR="127.0.0.2").status_code == 200
+
+
+def test_the_in_flight_gauge_counts_held_slots(db: None) -> None:
+    make_policy(name="gauge", match_type="code", pattern="gauge", max_in_flight=3)
+    gauge = metrics.concurrency_in_flight.labels("gauge")
+    start = gauge._value.get()
+    with bulkhead("gauge"), bulkhead("gauge"):
+        assert gauge._value.get() == start + 2
+    assert gauge._value.get() == start
+
+
+# --- the lease store --------------------------------------------------------------------------
+
+
+def test_slots_go_to_waiters_in_arrival_order(db: None) -> None:
+    policy = make_policy(max_in_flight=1)
+    key = base(policy)
+    (first,) = hold(policy, 1)
+    early, late = "early", "late"
+    assert store().acquire(key, early, 1, 30, 5000).ahead == 0
+    assert store().acquire(key, late, 1, 30, 5000).ahead == 1
+    store().release(key, first)
+    assert not store().acquire(key, late, 1, 30, 5000).acquired  # the earlier waiter is ahead
+    assert store().acquire(key, early, 1, 30, 5000).acquired
+    store().release(key, early)
+    assert store().acquire(key, late, 1, 30, 5000).acquired
+    assert store().status(key) == (1, 0)
+
+
+def test_a_lease_nobody_gives_back_expires_after_lease_seconds(db: None) -> None:
+    policy = make_policy(max_in_flight=1, lease_seconds=1)
+    hold(policy, 1)  # a worker that will never release it
+    taken_at = time.monotonic()
+    assert not store().acquire(base(policy), "next", 1, 1, 0).acquired
+    while not store().acquire(base(policy), "next", 1, 1, 0).acquired:
+        assert time.monotonic() - taken_at < 3, "the lease never expired"
+        time.sleep(0.02)
+    assert 0.9 <= time.monotonic() - taken_at < 3
+
+
+# --- Redis unreachable ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dead_redis(db: None) -> Iterator[Runtime]:
+    """This process's runtime with its slot store on a port where nothing listens."""
+    reset_runtime()
+    runtime = get_runtime()
+    client = redis.Redis(host=HOST, port=free_port(), socket_timeout=0.25, socket_connect_timeout=0.25)
+    runtime.concurrency_shared = RedisConcurrencyStore(client)
+    yield runtime
+    client.close()
+    reset_runtime()
+
+
+def test_allow_keeps_each_worker_to_its_share_of_the_slots_while_redis_is_down(dead_redis: Runtime) -> None:
+    make_policy(name="search-db", match_type="code", pattern="search-db", max_in_flight=8)
+    dead_redis.snapshot()  # its first report to the dashboard counts the fleet: only this process
+    dead_redis.fleet_workers = 4  # the fleet's live workers: this one holds 8 / 4 = 2
+    with bulkhead("search-db"), bulkhead("search-db"), pytest.raises(ConcurrencyLimited), bulkhead("search-db"):
+        pass
+    with bulkhead("search-db"), bulkhead("search-db"):  # both given back
+        pass
+
+
+def test_deny_answers_503_while_redis_is_down(dead_redis: Runtime, anon_client: APIClient) -> None:
+    make_policy(max_in_flight=8, on_store_failure="deny")
+    reply = anon_client.get(SEARCH)
+    assert reply.status_code == 503
+    assert "unreachable" in problem(reply)["detail"]
+    assert reply["Retry-After"] == "1"
+
+
+# --- staff: admin, command, defaults ----------------------------------------------------------
+
+CHANGELIST = "/admin/resilience/concurrencypolicy/"
+
+
+@pytest.fixture
+def admin_client(db: None) -> Client:
+    superuser = User.objects.create_superuser(username="root", email="root@example.com", password="x-horse-battery")
+    client = Client()
+    client.force_login(superuser)
+    return client
+
+
+def form(**fields: str) -> dict[str, str]:
+    data = {
+        "name": "search-slots",
+        "enabled": "on",
+        "mode": "enforce",
+        "methods": "",
+        "match_type": "tag",
+        "pattern": "search",
+        "key": "global",
+        "header_name": "",
+        "max_in_flight": "8",
+        "max_wait_ms": "0",
+        "lease_seconds": "30",
+        "on_store_failure": "allow",
+    }
+    data.update(fields)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_in_flight", "0"),
+        ("max_in_flight", "10001"),
+        ("max_wait_ms", "10001"),
+        ("max_wait_ms", "-1"),
+        ("lease_seconds", "0"),
+        ("lease_seconds", "3601"),
+        ("max_in_flight", "99999999999999999999"),
+    ],
+)
+def test_the_admin_refuses_numbers_out_of_bounds_with_a_form_error(
+    admin_client: Client, field: str, value: str
+) -> None:
+    reply = admin_client.post(CHANGELIST + "add/", form(**{field: value}))
+    assert reply.status_code == 200  # the form again, not a 500 and not a save
+    assert field in reply.context["adminform"].form.errors
+    assert not ConcurrencyPolicy.objects.exists()
+
+
+def test_the_admin_refuses_a_code_bulkhead_keyed_by_client(admin_client: Client) -> None:
+    reply = admin_client.post(CHANGELIST + "add/", form(match_type="code", pattern="x", key="ip"))
+    assert reply.status_code == 200
+    assert "key" in reply.context["adminform"].form.errors
+
+
+def test_a_save_in_the_admin_is_in_force_at_once(
+    admin_client: Client, anon_client: APIClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    version = PolicyVersion.current()
+    assert anon_client.get(SEARCH).status_code == 200  # the worker has loaded the policies before the save
+    with django_capture_on_commit_callbacks(execute=True):  # the commit tells the workers
+        reply = admin_client.post(CHANGELIST + "add/", form(max_in_flight="1"))
+    assert reply.status_code == 302, reply.content[:500]
+    assert PolicyVersion.current() == version + 1
+    policy = ConcurrencyPolicy.objects.get(name="search-slots")
+    hold(policy, 1)
+    assert anon_client.get(SEARCH).status_code == 503
+    listing = admin_client.get(CHANGELIST)
+    assert listing.status_code == 200
+    assert re.search(rb">1</td>", listing.content)  # the live "in flight now" column
+
+
+def test_the_command_shows_held_slots_and_gives_them_back(db: None) -> None:
+    policy = make_policy(max_in_flight=4)
+    hold(policy, 3)
+    out = io.StringIO()
+    call_command("concurrency", "status", stdout=out)
+    assert "search-slots" in out.getvalue()
+    assert "in flight 3 of 4" in out.getvalue()
+    call_command("concurrency", "reset", "search-slots", stdout=io.StringIO())
+    assert in_flight(policy) == 0
+
+
+@pytest.mark.default_policies
+def test_search_has_a_default_bulkhead_of_twice_the_pool(db: None) -> None:
+    from django.conf import settings
+
+    policy = ConcurrencyPolicy.objects.get(name="search")
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {}).get("max_size", 8)
+    assert policy.max_in_flight == 2 * pool
+    assert (policy.match_type, policy.pattern, policy.key) == ("tag", "search", "global")
+    assert compile_concurrency(policy).matcher.matches("GET", "/api/books/search", lambda: ("x", frozenset({"search"})))
