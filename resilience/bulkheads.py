@@ -22,6 +22,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import ContextDecorator
 from typing import Any
 
@@ -30,6 +31,7 @@ from resilience.limiter import StoreUnavailable
 from resilience.metrics import concurrency_decisions, concurrency_in_flight, concurrency_wait_seconds
 from resilience.policyset import CONCURRENCY, ConcurrencyRule
 from resilience.runtime import Runtime, get_runtime, key_prefix
+from resilience.stores.redis_concurrency import Attempt, SlotRequest
 
 # What a refused client is told to wait: slots turn over as fast as requests finish.
 RETRY_AFTER_SECONDS = 1
@@ -114,26 +116,44 @@ def _count(rule: ConcurrencyRule, outcome: str) -> None:
     concurrency_decisions.labels(rule.name, outcome).inc()
 
 
-def acquire(runtime: Runtime, rule: ConcurrencyRule, value: str) -> Slot:
-    """Take a slot of ``rule`` for counted ``value``, waiting up to max_wait_ms; raise ConcurrencyLimited if none."""
-    base = slots_base(rule, value)
-    lease_id = uuid.uuid4().hex
+def slot_request(rule: ConcurrencyRule, value: str) -> SlotRequest:
+    """Return the first try for a slot of ``rule`` for counted ``value`` (made in the admission round trip)."""
+    return SlotRequest(
+        base=slots_base(rule, value),
+        lease_id=uuid.uuid4().hex,
+        limit=rule.max_in_flight,
+        lease_seconds=rule.lease_seconds,
+        # A dry run only counts: it never waits and always gets its (counted) slot.
+        wait_ms=rule.max_wait_ms if rule.enforce else 0,
+        force=not rule.enforce,
+    )
+
+
+def acquire(
+    runtime: Runtime, rule: ConcurrencyRule, value: str, first: tuple[SlotRequest, Attempt | None] | None = None
+) -> Slot:
+    """Take a slot of ``rule`` for counted ``value``, waiting up to max_wait_ms; raise ConcurrencyLimited if none.
+
+    ``first`` is a try already made (its request, and its answer or None), in the admission round trip.
+    """
+    request, attempt = first if first is not None else (slot_request(rule, value), None)
+    base, lease_id = request.base, request.lease_id
     started = time.monotonic()
-    # A dry run only counts: it never waits and always gets its (counted) slot.
-    deadline = started + (rule.max_wait_ms / 1000 if rule.enforce else 0.0)
+    deadline = started + request.wait_ms / 1000
     waited = False
     store = runtime.concurrency_shared
-    while store is not None and runtime.store_available():
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        try:
-            attempt = store.acquire(
-                base, lease_id, rule.max_in_flight, rule.lease_seconds, left_ms, force=not rule.enforce
-            )
-        except StoreUnavailable as e:
-            runtime.store_failed("concurrency", e, "admit", [(CONCURRENCY, rule.name)])
-            if waited:
-                _release_quietly(runtime, base, lease_id)
-            break
+    while store is not None and (attempt is not None or runtime.store_available()):
+        if attempt is None:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            try:
+                attempt = store.acquire(
+                    base, lease_id, rule.max_in_flight, rule.lease_seconds, left_ms, force=request.force
+                )
+            except StoreUnavailable as e:
+                runtime.store_failed("concurrency", e, "admit", [(CONCURRENCY, rule.name)])
+                if waited:
+                    _release_quietly(runtime, base, lease_id)
+                break
         if attempt.acquired:
             return _admitted(runtime, rule, base, lease_id, True, attempt.full, started, waited)
         if attempt.ahead < 0 or time.monotonic() >= deadline:
@@ -143,6 +163,7 @@ def acquire(runtime: Runtime, rule: ConcurrencyRule, value: str) -> Slot:
         waited = True
         pause = min(POLL_MAX_SECONDS, POLL_FIRST_SECONDS + POLL_PER_WAITER_SECONDS * attempt.ahead)
         time.sleep(max(0.0, min(deadline - time.monotonic(), pause * random.uniform(0.8, 1.2))))  # noqa: S311 - jitter
+        attempt = None
     if runtime.uses_redis and not rule.fail_open:
         _count(rule, "store_error")
         raise ConcurrencyLimited(rule.name, store_down=True)
@@ -195,12 +216,22 @@ def _release_quietly(runtime: Runtime, base: str, lease_id: str) -> None:
         store.release(base, lease_id)
 
 
-def acquire_all(runtime: Runtime, rules: list[tuple[ConcurrencyRule, str]]) -> list[Slot]:
-    """Take a slot of every rule, in order; on a refusal give back those already taken and raise."""
+def acquire_all(
+    runtime: Runtime,
+    rules: Sequence[tuple[ConcurrencyRule, str]],
+    requests: Sequence[SlotRequest] = (),
+    attempts: Sequence[Attempt] = (),
+) -> list[Slot]:
+    """Take a slot of every rule, in order; on a refusal give back those already taken and raise.
+
+    ``requests`` (one per rule) and their ``attempts`` are the first tries the admission round trip
+    made (fewer attempts than requests when it stopped early): each is carried on, not repeated.
+    """
     slots: list[Slot] = []
     try:
-        for rule, value in rules:
-            slots.append(acquire(runtime, rule, value))
+        for i, (rule, value) in enumerate(rules):
+            first = (requests[i], attempts[i] if i < len(attempts) else None) if i < len(requests) else None
+            slots.append(acquire(runtime, rule, value, first))
     except BaseException:
         release_all(slots)
         raise

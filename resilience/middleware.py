@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -24,12 +24,13 @@ from resilience.breakers import (
     open_problem,
     remember_refusal,
 )
-from resilience.bulkheads import ConcurrencyLimited, Slot, acquire_all, release_all
+from resilience.bulkheads import ConcurrencyLimited, Slot, acquire_all, release_all, slot_request
 from resilience.clientip import client_ip, ip_key
 from resilience.limiter import Algorithm, Decision, LimitSpec, refill_seconds
 from resilience.metrics import breaker_rejections
 from resilience.policyset import (
     BREAKER,
+    CONCURRENCY,
     RATELIMIT,
     BreakerRule,
     ConcurrencyRule,
@@ -40,6 +41,7 @@ from resilience.policyset import (
 from resilience.principal import Principal, principal
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.stores.admission import Admission
+from resilience.stores.redis_concurrency import Attempt, SlotRequest
 
 _NO_ROUTE: RouteInfo = ("", frozenset())
 
@@ -257,11 +259,20 @@ class ResilienceMiddleware:
         return self._decide(request, runtime, applied, breakers, started, snapshot.version, bounded)
 
     def _slots(
-        self, request: HttpRequest, runtime: Runtime, bounded: list[tuple[ConcurrencyRule, str]], started: Started
+        self,
+        request: HttpRequest,
+        runtime: Runtime,
+        bounded: list[tuple[ConcurrencyRule, str]],
+        started: Started,
+        requests: Sequence[SlotRequest] = (),
+        attempts: Sequence[Attempt] = (),
     ) -> list[Slot] | HttpResponse:
-        """Take a slot of every matched concurrency policy (waiting as each allows), or return the 503."""
+        """Take a slot of every matched concurrency policy (waiting as each allows), or return the 503.
+
+        ``requests`` and ``attempts`` are the first tries the admission round trip made, if it made them.
+        """
         try:
-            return acquire_all(runtime, bounded)
+            return acquire_all(runtime, bounded, requests, attempts)
         except ConcurrencyLimited as e:
             problem = problem_response(
                 request,
@@ -324,11 +335,18 @@ class ResilienceMiddleware:
         version: int,
         bounded: list[tuple[ConcurrencyRule, str]],
     ) -> HttpResponse:
+        # Each bulkhead's first try for a slot rides on the same round trip, after the limits and breakers.
+        requests = [slot_request(rule, value) for rule, value in bounded]
         admission, from_fallback = runtime.admit(
             [spec for _, spec in applied],
             [b.config for b in breakers],
             labels=[rule.label for rule, _ in applied],
-            policies=[*((RATELIMIT, rule.name) for rule, _ in applied), *((BREAKER, b.name) for b in breakers)],
+            policies=[
+                *((RATELIMIT, rule.name) for rule, _ in applied),
+                *((BREAKER, b.name) for b in breakers),
+                *((CONCURRENCY, rule.name) for rule, _ in bounded),
+            ],
+            slots=requests,
         )
         # A refusal is worth remembering only if Redis decided it under the policies this request
         # was matched against: after a change, the next request is matched against the new ones.
@@ -341,7 +359,11 @@ class ResilienceMiddleware:
             headers = outcome
         # Slots last: a request a limit refuses never takes (or waits for) one. A breaker's
         # half-open trial slot taken for a request refused here is left to its lease (see _guarded).
-        slots = self._slots(request, runtime, bounded, started) if bounded else []
+        # A request a breaker refuses (answered in _guarded) takes no slot either.
+        breaker_refused = any(not permit.allowed for permit, _ in admission.permits)
+        slots: list[Slot] | HttpResponse = []
+        if bounded and not breaker_refused:
+            slots = self._slots(request, runtime, bounded, started, requests, admission.slots)
         if isinstance(slots, HttpResponse):
             for name, value in headers.items():
                 slots[name] = value

@@ -38,7 +38,7 @@ from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_concurrency import MemoryConcurrencyStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
-from resilience.stores.redis_concurrency import RedisConcurrencyStore
+from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.tally import LimitedTally
 
 log = logging.getLogger("resilience")
@@ -423,6 +423,7 @@ class Runtime:
         breakers: Sequence[BreakerConfig],
         labels: Sequence[str] | None = None,
         policies: Sequence[tuple[str, str]] = (),
+        slots: Sequence[SlotRequest] = (),
     ) -> tuple[Admission, bool]:
         """Decide limits and breakers; return (admission, from_fallback).
 
@@ -430,10 +431,11 @@ class Runtime:
         stores answer instead (from_fallback=True) and the caller applies each policy's rule
         for store failures. So does a round trip the store refused (a script or data error):
         for this request only, reported against ``policies`` ((kind, name) of each one asked).
+        ``slots`` get a first try in the same round trip (Redis only; see resilience/bulkheads.py).
         """
         if self.store_available() or not self.uses_redis:
             try:
-                admission = self._admission().admit(specs, breakers, labels=labels)
+                admission = self._admission().admit(specs, breakers, labels=labels, slots=slots)
             except StoreUnavailable as e:
                 self.store_failed("admit", e, "admit", policies)
             else:

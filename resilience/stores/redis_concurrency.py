@@ -13,14 +13,14 @@ from resilience.stores.redis_limiter import load_lua
 
 
 @cache
-def concurrency_lua() -> str:
-    """Return lua/concurrency.lua preceded by the bounds it clamps to (resilience/concurrency_bounds.py)."""
+def concurrency_lib() -> str:
+    """Return lua/concurrency_lib.lua preceded by the bounds it clamps to (resilience/concurrency_bounds.py)."""
     bounds = {
         "CC_MAX_IN_FLIGHT": MAX_IN_FLIGHT,
         "CC_MAX_WAIT_MS": MAX_WAIT_MS,
         "CC_MAX_LEASE_MS": MAX_LEASE_SECONDS * 1000,
     }
-    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("concurrency")])
+    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("concurrency_lib")])
 
 
 class Attempt(NamedTuple):
@@ -30,6 +30,29 @@ class Attempt(NamedTuple):
     in_flight: int  # slots held after this try
     ahead: int  # waiters queued ahead of this caller; -1 when it is not queued
     full: bool  # no slot was free for it (a dry run's slot was taken anyway)
+
+    @classmethod
+    def parse(cls, reply: Any) -> Attempt:
+        """Read a cc_acquire reply; raise StoreDataError when it cannot be read."""
+        try:
+            return cls(bool(reply[0]), int(reply[1]), int(reply[2]), bool(reply[3]))
+        except (TypeError, ValueError, IndexError) as e:
+            raise reply_error("concurrency", e) from e
+
+
+class SlotRequest(NamedTuple):
+    """A first try for a slot, made in the middleware's admission round trip (stores/admission.py)."""
+
+    base: str  # the (policy, key) stem of slot_keys()
+    lease_id: str
+    limit: int
+    lease_seconds: int
+    wait_ms: int
+    force: bool
+
+    def args(self) -> list[str]:
+        return [self.lease_id, str(self.limit), str(self.lease_seconds * 1000), str(max(0, self.wait_ms)),
+                "1" if self.force else "0"]  # fmt: skip
 
 
 def slot_keys(base: str) -> list[str]:
@@ -43,18 +66,14 @@ class RedisConcurrencyStore:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(concurrency_lua())
+        self._script = client.register_script(concurrency_lib() + "\n" + load_lua("concurrency_main"))
 
     def acquire(
         self, base: str, lease_id: str, limit: int, lease_seconds: int, wait_ms: int, *, force: bool = False
     ) -> Attempt:
         """Take a slot for lease_id if one is free to it; with wait_ms > 0, queue it (in arrival order) if not."""
         args = ["acquire", lease_id, str(limit), str(lease_seconds * 1000), str(max(0, wait_ms)), "1" if force else "0"]
-        reply: list[Any] = store_call("concurrency", self._script, keys=slot_keys(base), args=args)
-        try:
-            return Attempt(bool(reply[0]), int(reply[1]), int(reply[2]), bool(reply[3]))
-        except (TypeError, ValueError, IndexError) as e:
-            raise reply_error("concurrency", e) from e
+        return Attempt.parse(store_call("concurrency", self._script, keys=slot_keys(base), args=args))
 
     def release(self, base: str, lease_id: str) -> int:
         """Give the slot (or the place in the queue) back; return the slots still held."""

@@ -25,11 +25,11 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from resilience import metrics
 from resilience.bulkheads import ConcurrencyLimited, bulkhead, slots_base
-from resilience.models import ConcurrencyPolicy, PolicyVersion
+from resilience.models import ConcurrencyPolicy, PolicyVersion, RateLimitPolicy
 from resilience.policyset import compile_concurrency
 from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.stores.redis_concurrency import RedisConcurrencyStore
-from tests.live import HOST, free_port
+from tests.live import HOST, RedisServer, free_port
 
 SEARCH = "/api/books/search?q=tolkien"
 CONCURRENCY_LIMIT = "https://bookstore.example/problems/concurrency-limit"
@@ -177,6 +177,39 @@ def test_slots_are_counted_per_client_with_an_ip_key(anon_client: APIClient) -> 
     hold(policy, 1, value="127.0.0.1")
     assert anon_client.get(SEARCH, REMOTE_ADDR="127.0.0.1").status_code == 503
     assert anon_client.get(SEARCH, REMOTE_ADDR="127.0.0.2").status_code == 200
+
+
+@pytest.fixture
+def private_redis(redis_server: RedisServer, settings: Any) -> Iterator[RedisServer]:
+    """Point this process at a Redis of its own, whose command counts no other test run adds to."""
+    settings.REDIS_URL = redis_server.url
+    settings.CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_server.url}}
+    reset_runtime()
+    yield redis_server
+    reset_runtime()
+
+
+def evalsha_calls() -> int:
+    stats = store().client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_the_first_try_for_a_slot_rides_on_the_rate_limit_round_trip(
+    private_redis: RedisServer, anon_client: APIClient
+) -> None:
+    policy = make_policy(max_in_flight=4)
+    limit = RateLimitPolicy(name="search-ip", pattern="/api/books/search", limit=1000, period=60)
+    limit.full_clean()
+    limit.save()
+    get_runtime().invalidate()
+    assert anon_client.get(SEARCH).status_code == 200  # loads the policies and the scripts
+    before = evalsha_calls()
+    reply = anon_client.get(SEARCH)
+    assert reply.status_code == 200
+    assert "RateLimit" in reply
+    # One script decides the limit and takes the slot, one gives the slot back: no third round trip.
+    assert evalsha_calls() - before == 2
+    assert in_flight(policy) == 0
 
 
 def test_the_in_flight_gauge_counts_held_slots(db: None) -> None:
