@@ -7,6 +7,7 @@ middleware or the `bulkhead()` guard against the test run's real Redis.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
@@ -357,6 +358,23 @@ def test_a_save_in_the_admin_is_in_force_at_once(
     listing = admin_client.get(CHANGELIST)
     assert listing.status_code == 200
     assert re.search(rb">1</td>", listing.content)  # the live "in flight now" column
+
+
+def test_shop_staff_edit_concurrency_policies_in_the_admin(make_user: Any) -> None:
+    from django.apps import apps
+    from django.db import connection
+
+    # The group as the migrations make it (a transactional test before this one flushed it).
+    with connection.schema_editor() as editor:
+        importlib.import_module("accounts.migrations.0003_shop_staff_group").create_group(apps, editor)
+        importlib.import_module("accounts.migrations.0005_shop_staff_concurrency").grant(apps, editor)
+    member = make_user(role=User.Role.STAFF, password="x-horse-battery")
+    client = Client()
+    assert client.login(username=member.username, password="x-horse-battery")
+    assert client.get(CHANGELIST).status_code == 200
+    reply = client.post(CHANGELIST + "add/", form())
+    assert reply.status_code == 302, reply.content[:300]
+    assert ConcurrencyPolicy.objects.filter(name="search-slots").exists()
 
 
 def test_the_command_shows_held_slots_and_gives_them_back(db: None) -> None:
