@@ -257,6 +257,10 @@ class bulkhead(ContextDecorator):  # noqa: N801 - reads as a keyword: `with bulk
     def __enter__(self) -> bulkhead:
         runtime = get_runtime()
         rule = runtime.snapshot().concurrency_by_name.get(self.name)
+        # Only a "code" policy: one that matches requests already holds this request's slot, and
+        # asking again would count the request twice (and, at a limit of 1, refuse it to itself).
+        if rule is not None and rule.matcher.kind != "code":
+            rule = None
         self._slots.append(acquire(runtime, rule, "all") if rule is not None else None)
         return self
 

@@ -133,6 +133,30 @@ def test_a_code_block_gives_its_slot_back_when_it_raises(db: None) -> None:
     assert in_flight(policy) == 0
 
 
+def test_a_guard_naming_a_request_policy_does_not_take_a_second_slot(anon_client: APIClient) -> None:
+    policy = make_policy(name="search", match_type="tag", pattern="search", max_in_flight=1)
+    # Book search runs inside the "search" breaker guard; a bulkhead guard of the same name inside
+    # the view would find the request's own slot taken.
+    with bulkhead("search"):
+        assert in_flight(policy) == 0
+    assert anon_client.get(SEARCH).status_code == 200
+
+
+def test_without_redis_the_slots_are_counted_in_process(settings: Any) -> None:
+    settings.REDIS_URL = ""
+    reset_runtime()
+    try:
+        make_policy(name="search-db", match_type="code", pattern="search-db", max_in_flight=2)
+        runtime = get_runtime()
+        assert runtime.concurrency_shared is None
+        with bulkhead("search-db"), bulkhead("search-db"), pytest.raises(ConcurrencyLimited), bulkhead("search-db"):
+            pass
+        with bulkhead("search-db"), bulkhead("search-db"):  # the whole limit: one process is the fleet
+            pass
+    finally:
+        reset_runtime()
+
+
 def test_a_waiting_request_is_admitted_when_a_slot_frees_within_its_wait(anon_client: APIClient) -> None:
     policy = make_policy(max_in_flight=1, max_wait_ms=3000)
     (lease,) = hold(policy, 1)
