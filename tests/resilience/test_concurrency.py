@@ -401,6 +401,16 @@ def test_shop_staff_edit_concurrency_policies_in_the_admin(make_user: Any) -> No
     assert ConcurrencyPolicy.objects.filter(name="search-slots").exists()
 
 
+def test_the_dashboard_shows_the_slots_held_now(admin_client: Client) -> None:
+    policy = make_policy(max_in_flight=4, max_wait_ms=200)
+    hold(policy, 3)
+    data = admin_client.get("/admin/resilience/dashboard/data.json").json()
+    (row,) = data["concurrency"]
+    assert (row["name"], row["in_flight"], row["max_in_flight"], row["waiting"]) == ("search-slots", 3, 4, 0)
+    assert row["change_url"] == f"{CHANGELIST}{policy.pk}/change/"
+    assert b'id="rs-concurrency"' in admin_client.get("/admin/resilience/dashboard/").content
+
+
 def test_the_command_shows_held_slots_and_gives_them_back(db: None) -> None:
     policy = make_policy(max_in_flight=4)
     hold(policy, 3)
