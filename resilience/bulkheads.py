@@ -62,7 +62,11 @@ class ConcurrencyLimited(ApplicationError):
 
 def slots_base(rule: ConcurrencyRule, value: str) -> str:
     """Return the Redis key stem of one counted value of a policy (its three keys share the hash tag)."""
-    return f"{key_prefix()}cc:{{{rule.id}:{value}}}"
+    return policy_base(rule.id, value)
+
+
+def policy_base(policy_id: int, value: str) -> str:
+    return f"{key_prefix()}cc:{{{policy_id}:{value}}}"
 
 
 def counted_value(base: str) -> str:

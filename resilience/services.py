@@ -253,14 +253,21 @@ def concurrency_status(*, policies: Iterable[ConcurrencyPolicy]) -> list[dict[st
     Without Redis the slots are in each process and none can be read from here ("store": "process").
     Raises StoreUnavailable when Redis is configured and fails.
     """
-    from resilience.bulkheads import counted_value, policy_pattern
+    from resilience.bulkheads import counted_value, policy_base, policy_pattern
 
     store = get_runtime().concurrency_shared
     rows: list[dict[str, object]] = []
     for policy in policies:
         keys: list[dict[str, object]] = []
-        for base in store.bases(policy_pattern(policy.pk)) if store is not None else []:
-            in_flight, waiting = store.status(base)  # type: ignore[union-attr]  # not None in this loop
+        if store is None:
+            bases = []
+        elif policy.key == ConcurrencyPolicy.Key.GLOBAL:
+            # Its one key is known: no SCAN of the keyspace on every dashboard refresh.
+            bases = [policy_base(policy.pk, "all")]
+        else:
+            bases = store.bases(policy_pattern(policy.pk))
+        for base in bases:
+            in_flight, waiting = store.status(base)  # type: ignore[union-attr]  # bases is empty without a store
             if in_flight or waiting:
                 keys.append({"key": counted_value(base), "in_flight": in_flight, "waiting": waiting})
         rows.append(

@@ -202,6 +202,9 @@ def test_slots_are_counted_per_client_with_an_ip_key(anon_client: APIClient) -> 
     hold(policy, 1, value="127.0.0.1")
     assert anon_client.get(SEARCH, REMOTE_ADDR="127.0.0.1").status_code == 503
     assert anon_client.get(SEARCH, REMOTE_ADDR="127.0.0.2").status_code == 200
+    out = io.StringIO()
+    call_command("concurrency", "status", "search-slots", stdout=out)
+    assert re.search(r"127\.0\.0\.1 +in flight 1, waiting 0", out.getvalue()), out.getvalue()
 
 
 @pytest.fixture
