@@ -24,9 +24,10 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience import metrics
+from resilience import metrics, services
+from resilience.breaker import State
 from resilience.bulkheads import ConcurrencyLimited, bulkhead, slots_base
-from resilience.models import ConcurrencyPolicy, PolicyVersion, RateLimitPolicy
+from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, PolicyVersion, RateLimitPolicy
 from resilience.policyset import compile_concurrency
 from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.stores.redis_concurrency import RedisConcurrencyStore
@@ -131,6 +132,29 @@ def test_a_code_block_gives_its_slot_back_when_it_raises(db: None) -> None:
     with bulkhead("search-db"), pytest.raises(ConcurrencyLimited), bulkhead("search-db"):
         pass
     assert in_flight(policy) == 0
+
+
+def test_a_request_a_limit_or_breaker_refuses_takes_no_slot(anon_client: APIClient) -> None:
+    policy = make_policy(max_in_flight=1, max_wait_ms=5000)
+    shut = RateLimitPolicy(name="search-shut", pattern="/api/books/search", limit=0, period=60)
+    shut.full_clean()
+    shut.save()
+    get_runtime().invalidate()
+    began = time.perf_counter()
+    assert anon_client.get(SEARCH).status_code == 429
+    shut.delete()
+    breaker = CircuitBreakerPolicy(name="search-cb", match_type="prefix", pattern="/api/books/search")
+    breaker.full_clean()
+    breaker.save()
+    services.breaker_force(names=["search-cb"], state=State.FORCED_OPEN)
+    get_runtime().invalidate()
+    hold(policy, 1)  # a full limit would make a request that asked for a slot wait 5 s
+    reply = anon_client.get(SEARCH)
+    assert reply.status_code == 503
+    assert reply.json()["breaker"] == "search-cb"
+    assert time.perf_counter() - began < 4
+    assert store().status(base(policy)) == (1, 0)  # neither took a slot or a place in the queue
+    services.breaker_force(names=["search-cb"], state=None)
 
 
 def test_a_guard_naming_a_request_policy_does_not_take_a_second_slot(anon_client: APIClient) -> None:
@@ -301,6 +325,28 @@ def test_allow_keeps_each_worker_to_its_share_of_the_slots_while_redis_is_down(d
         pass
     with bulkhead("search-db"), bulkhead("search-db"):  # both given back
         pass
+
+
+def test_while_redis_is_down_a_waiting_call_gets_the_slot_another_gives_back(dead_redis: Runtime) -> None:
+    make_policy(name="search-db", match_type="code", pattern="search-db", max_in_flight=8, max_wait_ms=3000)
+    dead_redis.snapshot()
+    dead_redis.fleet_workers = 8  # one slot in this process
+    holding, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with bulkhead("search-db"):
+            holding.set()
+            done.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert holding.wait(5)
+    threading.Timer(0.3, done.set).start()
+    began = time.perf_counter()
+    with bulkhead("search-db"):
+        waited = time.perf_counter() - began
+    thread.join()
+    assert 0.25 <= waited < 3
 
 
 def test_deny_answers_503_while_redis_is_down(dead_redis: Runtime, anon_client: APIClient) -> None:
