@@ -110,10 +110,14 @@ class Slot:
             self.runtime.concurrency_fallback.release(self.base)
             return
         try:
-            self.runtime.concurrency_shared.release(self.base, self.lease_id)  # type: ignore[union-attr]  # shared: set
+            _, held = self.runtime.concurrency_shared.release(self.base, self.lease_id)  # type: ignore[union-attr]  # shared: set
         except StoreUnavailable as e:
             # The lease expires by itself within lease_seconds.
             self.runtime.store_failed("concurrency_release", e, "release", [(CONCURRENCY, self.rule.name)])
+            return
+        if not held:
+            # The call outlived its lease: another was let in meanwhile. Staff raise lease_seconds.
+            _count(self.rule, "lease_expired")
 
 
 def _count(rule: ConcurrencyRule, outcome: str) -> None:

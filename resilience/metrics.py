@@ -45,6 +45,7 @@ CONCURRENCY_OUTCOMES = (
     "refused_after_wait",
     "dry_run_would_refuse",
     "store_error",
+    "lease_expired",  # on release: the call outlived its lease, so another was let in meanwhile
 )
 
 # Slots held now, summed over the live processes (a killed worker's slots leave the sum with it;

@@ -30,11 +30,13 @@ local function cc_sweep(now, slots, queue, deadlines)
   return redis.call('ZCARD', slots)
 end
 
+-- Give a slot (or a place in the queue) back: {in flight after, 1 if the slot was still held}.
+-- 0 for a held slot means its lease ran out (or an operator reset the slots) while it was in use.
 local function cc_release(slots, queue, deadlines, id)
-  redis.call('ZREM', slots, id)
+  local held = redis.call('ZREM', slots, id)
   redis.call('ZREM', queue, id)
   redis.call('ZREM', deadlines, id)
-  return redis.call('ZCARD', slots)
+  return {redis.call('ZCARD', slots), held}
 end
 
 -- Try for a slot: {acquired, in flight after, waiters ahead (-1: not queued), was full}, or nil and

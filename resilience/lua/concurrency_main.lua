@@ -7,7 +7,7 @@
 -- release:   ARGV[2] lease id
 --
 -- Reply: acquire {acquired, in flight after, waiters ahead (-1: not queued), was full};
---        release {in flight after}; status {in flight, waiting}.
+--        release {in flight after, 1 if the slot was still held}; status {in flight, waiting}.
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -15,7 +15,7 @@ local slots, queue, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 
 if op == 'release' then
-  return {cc_release(slots, queue, deadlines, ARGV[2])}
+  return cc_release(slots, queue, deadlines, ARGV[2])
 end
 if op == 'status' then
   local in_flight = cc_sweep(now, slots, queue, deadlines)

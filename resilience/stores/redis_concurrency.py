@@ -75,11 +75,14 @@ class RedisConcurrencyStore:
         args = ["acquire", lease_id, str(limit), str(lease_seconds * 1000), str(max(0, wait_ms)), "1" if force else "0"]
         return Attempt.parse(store_call("concurrency", self._script, keys=slot_keys(base), args=args))
 
-    def release(self, base: str, lease_id: str) -> int:
-        """Give the slot (or the place in the queue) back; return the slots still held."""
+    def release(self, base: str, lease_id: str) -> tuple[int, bool]:
+        """Give the slot (or the place in the queue) back; return the slots still held, and whether it was held.
+
+        A slot no longer held had its lease run out while in use (or an operator reset the slots).
+        """
         reply: list[Any] = store_call("concurrency", self._script, keys=slot_keys(base), args=["release", lease_id])
         try:
-            return int(reply[0])
+            return int(reply[0]), bool(reply[1])
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("concurrency", e) from e
 

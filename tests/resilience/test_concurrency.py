@@ -291,6 +291,15 @@ def test_slots_go_to_waiters_in_arrival_order(db: None) -> None:
     assert store().status(key) == (1, 0)
 
 
+def test_a_call_that_outlives_its_lease_is_counted_for_staff(db: None) -> None:
+    policy = make_policy(name="search-db", match_type="code", pattern="search-db", max_in_flight=1)
+    before = decisions(policy, "lease_expired")
+    with bulkhead("search-db"):
+        # Its lease runs out meanwhile (here: an operator gives back every slot).
+        call_command("concurrency", "reset", "search-db", stdout=io.StringIO())
+    assert decisions(policy, "lease_expired") == before + 1
+
+
 def test_a_lease_nobody_gives_back_expires_after_lease_seconds(db: None) -> None:
     policy = make_policy(max_in_flight=1, lease_seconds=1)
     hold(policy, 1)  # a worker that will never release it

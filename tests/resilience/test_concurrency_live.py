@@ -116,6 +116,36 @@ def test_sixty_four_slow_searches_over_two_instances_never_run_more_than_eight_a
     assert in_flight(policy) == 0  # every slot was given back
 
 
+def test_searches_that_may_wait_all_get_in_eight_at_a_time_across_instances(
+    live_servers: Callable[..., LiveServer], staff: User
+) -> None:
+    policy = make_policy(max_in_flight=8, max_wait_ms=8000)
+    servers = [start(live_servers), start(live_servers)]
+    fault = Fault(servers[0], staff)
+    fault.slow(300)
+    stranded = fault.state()["in_progress"]
+    gate = threading.Barrier(24)
+
+    def one(i: int) -> Reply:
+        gate.wait(timeout=30)
+        return request(servers[i % 2].port, SEARCH, timeout=60)
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        replies = list(pool.map(one, range(24)))
+    took = time.monotonic() - began
+
+    state = fault.state()
+    print(
+        f"24 searches that may wait: peak {state['peak']}, statuses {Counter(r.status for r in replies)}, {took:.2f} s"
+    )
+    assert [r.status for r in replies] == [200] * 24  # each waited its turn instead of being refused
+    assert state["peak"] == 8
+    assert took >= 3 * 0.3  # three rounds of eight at least: they did wait
+    assert state["in_progress"] == stranded
+    assert in_flight(policy) == 0
+
+
 def test_slots_a_killed_worker_held_come_back_within_the_lease(
     live_servers: Callable[..., LiveServer], staff: User
 ) -> None:
