@@ -114,6 +114,22 @@ def test_sixty_four_slow_searches_over_two_instances_never_run_more_than_eight_a
     assert {r.port for r in refused} == {servers[0].port, servers[1].port}  # both instances refused
     assert state["in_progress"] == stranded
     assert in_flight(policy) == 0  # every slot was given back
+    # What the fleet's metrics say (each instance's workers summed by its /metrics).
+    refused_sample = 'bookstore_concurrency_decisions_total{outcome="refused",policy="search-slots"}'
+    refusals = sum(metric(s, refused_sample) for s in servers)
+    assert refusals == len(refused)
+    assert all(metric(s, 'bookstore_concurrency_in_flight{policy="search-slots"}') == 0 for s in servers)
+
+
+def metric(server: LiveServer, sample: str) -> float:
+    """Return one sample of a server's /metrics (0 when absent)."""
+    reply = request(server.port, "/metrics")
+    assert reply.status == 200
+    for line in reply.body.decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return 0.0
 
 
 def test_searches_that_may_wait_all_get_in_eight_at_a_time_across_instances(
