@@ -133,7 +133,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
             "0002_default_policies",
             "0004_default_breakers",
             "0008_database_breaker",
-            "0010_default_concurrency",
+            "0011_default_concurrency",
         ):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()

@@ -43,7 +43,7 @@ def revoke(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0004_username_skeleton"),
-        ("resilience", "0009_concurrency_policies"),
+        ("resilience", "0010_concurrency_policies"),
     ]
 
     operations = [migrations.RunPython(grant, revoke)]

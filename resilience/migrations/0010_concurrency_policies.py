@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('resilience', '0008_database_breaker'),
+        ('resilience', '0009_login_limits'),
     ]
 
     operations = [

@@ -45,5 +45,5 @@ def delete(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("resilience", "0009_concurrency_policies")]
+    dependencies = [("resilience", "0010_concurrency_policies")]
     operations = [migrations.RunPython(create, delete)]
