@@ -115,8 +115,9 @@ _DESCRIPTIONS = {
     "422": "Idempotency-Key reused with a different request body, or an order total above what one order may hold.",
     "429": "Rate limited: a policy's quota is spent; `violated-policies` names it. Retry after Retry-After seconds.",
     "503": (
-        "Temporarily unavailable: a circuit breaker is open, the database is unreachable, or a fail-closed "
-        "rate limit cannot reach its store. Nothing was written; retry after Retry-After seconds. A breaker "
+        "Temporarily unavailable: a circuit breaker is open, the database is unreachable, every slot of a "
+        "concurrency limit is taken, or a fail-closed limit cannot reach its store. Nothing was written; retry "
+        "after Retry-After seconds. A breaker "
         "an operator holds open (`forced`: true) sends no Retry-After: it holds until released."
     ),
 }

@@ -24,9 +24,9 @@ from resilience import services
 from resilience.db import guard as database
 from resilience.engine.breaker import State, StoreUnavailable
 from resilience.engine.limiter import parse_rate
-from resilience.models import CircuitBreakerPolicy, RateLimitOverride, RateLimitPolicy
+from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitOverride, RateLimitPolicy
 from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime
-from resilience.runtime.policies import BREAKER, RATELIMIT, policy_problem
+from resilience.runtime.policies import BREAKER, CONCURRENCY, RATELIMIT, policy_problem
 
 if TYPE_CHECKING:
     # What the mixins are mixed into, so that their super() calls type-check; plain mixins at run time.
@@ -51,7 +51,9 @@ class BoundsShownMixin(_AdminBase):
 
 
 def _in_force(
-    obj: RateLimitPolicy | CircuitBreakerPolicy, kind: str, recent: dict[tuple[str, str], dict[str, Any]]
+    obj: RateLimitPolicy | CircuitBreakerPolicy | ConcurrencyPolicy,
+    kind: str,
+    recent: dict[tuple[str, str], dict[str, Any]],
 ) -> str:
     """Return the "in force" cell: red when the policy is skipped, or failed requests lately; else "yes"."""
     problem = policy_problem(obj)
@@ -437,3 +439,94 @@ class CircuitBreakerPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.
         if n is not None:
             _log(self, request, queryset, "Breaker released")
             self.message_user(request, f"{n} breaker(s) released")
+
+
+@admin.register(ConcurrencyPolicy)
+class ConcurrencyPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.ModelAdmin[ConcurrencyPolicy]):
+    list_display = [
+        "name",
+        "enabled",
+        "in_force",
+        "mode",
+        "max_in_flight",
+        "live_in_flight",
+        "max_wait_ms",
+        "lease_seconds",
+        "key_display",
+        "match_display",
+        "on_store_failure",
+    ]
+    list_filter = ["enabled", "mode", "key", "match_type", "on_store_failure"]
+    search_fields = ["name", "pattern", "header_name"]
+    actions = ["enable", "disable", "dry_run", "enforce", "reset_slots"]
+    fieldsets = (
+        (None, {"fields": ("name", "enabled", "mode")}),
+        ("Which requests", {"fields": ("methods", "match_type", "pattern")}),
+        ("Counted by", {"fields": ("key", "header_name")}),
+        ("Limit", {"fields": ("max_in_flight", "max_wait_ms", "lease_seconds")}),
+        ("Behaviour", {"fields": ("on_store_failure",)}),
+    )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # One read of the live slots for the whole page, kept per thread (see CircuitBreakerPolicyAdmin).
+        try:
+            rows = services.concurrency_status(policies=ConcurrencyPolicy.objects.all())
+        except StoreUnavailable:
+            rows = []
+        _page.slots = {row["name"]: row for row in rows}
+        _page.errors = get_runtime().policy_errors.recent()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="in force")
+    def in_force(self, obj: ConcurrencyPolicy) -> str:
+        return _in_force(obj, CONCURRENCY, getattr(_page, "errors", {}))
+
+    @admin.display(description="in flight now")
+    def live_in_flight(self, obj: ConcurrencyPolicy) -> str:
+        row = getattr(_page, "slots", {}).get(obj.name)
+        if row is None or row["store"] != "shared":
+            return "unavailable"
+        waiting = f", {row['waiting']} waiting" if row["waiting"] else ""
+        return f"{row['in_flight']}{waiting}"
+
+    @admin.display(description="key", ordering="key")
+    def key_display(self, obj: ConcurrencyPolicy) -> str:
+        return f"header {obj.header_name}" if obj.key == ConcurrencyPolicy.Key.HEADER else obj.key
+
+    @admin.display(description="applies to")
+    def match_display(self, obj: ConcurrencyPolicy) -> str:
+        if obj.match_type == "code":
+            return f'code: bulkhead("{obj.name}")'
+        return f"{obj.methods or 'any'} {obj.match_type}: {obj.pattern}"
+
+    def _update(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy], what: str, **fields: Any) -> None:
+        n = services.concurrency_update(policies=queryset, **fields)
+        _log(self, request, queryset, what)
+        self.message_user(request, f"{n} policy(ies): {what.lower()}")
+
+    @admin.action(description="Enable selected policies")
+    def enable(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy]) -> None:
+        self._update(request, queryset, "Enabled", enabled=True)
+
+    @admin.action(description="Disable selected policies")
+    def disable(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy]) -> None:
+        self._update(request, queryset, "Disabled", enabled=False)
+
+    @admin.action(description="Switch selected policies to dry run")
+    def dry_run(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy]) -> None:
+        self._update(request, queryset, "Switched to dry run", mode=ConcurrencyPolicy.Mode.DRY_RUN)
+
+    @admin.action(description="Enforce selected policies")
+    def enforce(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy]) -> None:
+        self._update(request, queryset, "Enforced", mode=ConcurrencyPolicy.Mode.ENFORCE)
+
+    @admin.action(description="Give back every slot of selected policies")
+    def reset_slots(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy]) -> None:
+        try:
+            n = services.concurrency_reset(policies=queryset)
+        except StoreUnavailable as e:
+            get_runtime().store_failed("admin_action", e)
+            self.message_user(request, f"The slot store failed; some slots may be held: {e}", level=messages.ERROR)
+            return
+        _log(self, request, queryset, "Slots reset")
+        self.message_user(request, f"{n} policy(ies): slots given back", level=messages.SUCCESS)

@@ -24,6 +24,7 @@ from resilience.engine.breaker import (
     MAX_TIME_WINDOW,
     MIN_FAILURE_STATUS,
 )
+from resilience.engine.concurrency import MAX_IN_FLIGHT, MAX_LEASE_SECONDS, MAX_WAIT_MS
 from resilience.engine.limiter import (
     MAX_BURST,
     MAX_CAPACITY_SECONDS,
@@ -550,6 +551,105 @@ class CircuitBreakerPolicy(PolicyBase):
         time_window = self.window_kind == self.WindowKind.TIME
         if time_window and self.window_size is not None and self.window_size > MAX_TIME_WINDOW:
             errors["window_size"] = f"A time window is at most {MAX_TIME_WINDOW} seconds."
+        if errors:
+            raise ValidationError(errors)
+
+
+class ConcurrencyPolicy(PolicyBase):
+    """A bulkhead: at most N matched requests (or code blocks) in flight at once, across the whole fleet."""
+
+    class Key(models.TextChoices):
+        IP = "ip", "Client IP (IPv6 by /64)"
+        USER = "user", "User (token or session; anonymous clients by IP)"
+        HEADER = "header", "Request header (hashed)"
+        GLOBAL = "global", "Everyone together"
+
+    class Mode(models.TextChoices):
+        ENFORCE = "enforce", "Enforce"
+        DRY_RUN = "dry_run", "Dry run (count, never refuse)"
+
+    class OnStoreFailure(models.TextChoices):
+        ALLOW = "allow", "Allow: limit per worker in process"
+        DENY = "deny", "Deny: answer 503"
+
+    key = models.CharField(
+        max_length=8, choices=Key.choices, default=Key.GLOBAL, help_text="Whose requests share the slots."
+    )
+    header_name = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="With key=header: the header to count by, e.g. X-App-Id.",
+    )
+    max_in_flight = models.PositiveIntegerField(
+        validators=between(1, MAX_IN_FLIGHT),
+        help_text=f"Matched requests in flight at once per key, across every worker, 1 to {MAX_IN_FLIGHT:,}.",
+    )
+    max_wait_ms = models.PositiveIntegerField(
+        default=0,
+        validators=between(0, MAX_WAIT_MS),
+        help_text=f"How long a request that finds every slot taken waits for one, in arrival order, 0 to "
+        f"{MAX_WAIT_MS:,} ms (default 0: refused at once).",
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=30,
+        validators=between(1, MAX_LEASE_SECONDS),
+        help_text=f"A slot held longer than this (a killed worker's) is given back, 1 to {MAX_LEASE_SECONDS:,} s "
+        "(default 30); keep it above the slowest request.",
+    )
+    mode = models.CharField(
+        max_length=8,
+        choices=Mode.choices,
+        default=Mode.ENFORCE,
+        help_text="enforce (default): refuse with 503; dry run: count what would be refused, refuse nothing.",
+    )
+    on_store_failure = models.CharField(
+        max_length=8,
+        choices=OnStoreFailure.choices,
+        default=OnStoreFailure.ALLOW,
+        help_text="When Redis is unreachable: allow (each worker its share of the slots, in process) or deny (503).",
+    )
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "concurrency policy"
+        verbose_name_plural = "concurrency policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(max_in_flight__gte=1, max_in_flight__lte=MAX_IN_FLIGHT),
+                name="concurrency_max_in_flight_bounded",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_wait_ms__gte=0, max_wait_ms__lte=MAX_WAIT_MS),
+                name="concurrency_max_wait_bounded",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(lease_seconds__gte=1, lease_seconds__lte=MAX_LEASE_SECONDS),
+                name="concurrency_lease_bounded",
+            ),
+            models.CheckConstraint(condition=models.Q(name__regex=NAME_REGEX), name="concurrency_name_slug"),
+            models.CheckConstraint(
+                condition=models.Q(match_type__in=[m.value for m in Match]), name="concurrency_match_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(on_store_failure__in=["allow", "deny"]), name="concurrency_on_store_failure_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(key__in=["ip", "user", "header", "global"]), name="concurrency_key_valid"
+            ),
+            models.CheckConstraint(condition=models.Q(mode__in=["enforce", "dry_run"]), name="concurrency_mode_valid"),
+        ]
+
+    def clean(self) -> None:
+        # All at once: a bad pattern must not hide a bad number (the form shows every error).
+        errors = self.base_errors()
+        if self.key == self.Key.HEADER and not HEADER_NAME_RE.fullmatch(self.header_name or ""):
+            errors["header_name"] = "Give the header name, e.g. X-App-Id."
+        if self.key != self.Key.HEADER:
+            self.header_name = ""
+        if self.match_type == Match.CODE and self.key != self.Key.GLOBAL:
+            # Code that names a bulkhead has no request to take a client from.
+            errors["key"] = "A bulkhead used by name in code counts everyone together: choose that key."
         if errors:
             raise ValidationError(errors)
 

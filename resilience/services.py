@@ -21,6 +21,7 @@ from resilience.http.clientip import ip_key
 from resilience.http.guards import PUBLIC_STATE, announce
 from resilience.models import (
     CircuitBreakerPolicy,
+    ConcurrencyPolicy,
     Match,
     PolicyVersion,
     RateLimitPolicy,
@@ -240,3 +241,69 @@ def breaker_summary(state: State, retry_after: float) -> str:
         held = "open" if state is State.FORCED_OPEN else "closed"
         return f"forced {held}: held until an operator releases it"
     return str(state)
+
+
+# --- concurrency policies (bulkheads) ---------------------------------------------------------
+
+
+@transaction.atomic
+def concurrency_update(*, policies: Iterable[ConcurrencyPolicy], **fields: object) -> int:
+    """Set fields (enabled, mode) on concurrency policies; return how many changed."""
+    ids = [p.pk for p in policies]
+    before = list(ConcurrencyPolicy.objects.filter(pk__in=ids))
+    count = ConcurrencyPolicy.objects.filter(pk__in=ids).update(**fields)
+    log_bulk_update(before, fields)
+    policies_changed()
+    return count
+
+
+def concurrency_status(*, policies: Iterable[ConcurrencyPolicy]) -> list[dict[str, object]]:
+    """Return each policy's slots held and requests waiting, per counted key, read from Redis.
+
+    Without Redis the slots are in each process and none can be read from here ("store": "process").
+    Raises StoreUnavailable when Redis is configured and fails.
+    """
+    from resilience.http.bulkheads import counted_value, policy_base, policy_pattern
+
+    store = get_runtime().concurrency_shared
+    rows: list[dict[str, object]] = []
+    for policy in policies:
+        keys: list[dict[str, object]] = []
+        if store is None:
+            bases = []
+        elif policy.key == ConcurrencyPolicy.Key.GLOBAL:
+            # Its one key is known: no SCAN of the keyspace on every dashboard refresh.
+            bases = [policy_base(policy.pk, "all")]
+        else:
+            bases = store.bases(policy_pattern(policy.pk))
+        for base in bases:
+            in_flight, waiting = store.status(base)  # type: ignore[union-attr]  # bases is empty without a store
+            if in_flight or waiting:
+                keys.append({"key": counted_value(base), "in_flight": in_flight, "waiting": waiting})
+        rows.append(
+            {
+                "name": policy.name,
+                "enabled": policy.enabled,
+                "mode": policy.mode,
+                "max_in_flight": policy.max_in_flight,
+                "in_flight": sum(int(str(k["in_flight"])) for k in keys),
+                "waiting": sum(int(str(k["waiting"])) for k in keys),
+                "keys": keys,
+                "store": "shared" if store is not None else "process",
+            }
+        )
+    return rows
+
+
+def concurrency_reset(*, policies: Iterable[ConcurrencyPolicy]) -> int:
+    """Give back every slot and queue place of the policies (held requests then release into nothing)."""
+    from resilience.http.bulkheads import policy_pattern
+
+    runtime = get_runtime()
+    count = 0
+    for policy in policies:
+        if runtime.concurrency_shared is not None:
+            runtime.concurrency_shared.reset(policy_pattern(policy.pk).removesuffix(":s") + ":*")
+        runtime.concurrency_fallback.reset(f"{key_prefix()}cc:{{{policy.pk}:")
+        count += 1
+    return count

@@ -134,10 +134,11 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     uses_db = transactional or marker is not None or "db" in request.fixturenames
     if uses_db and request.node.get_closest_marker("default_policies") is None:
         request.getfixturevalue("transactional_db" if transactional else "db")
-        from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+        from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
         RateLimitPolicy.objects.all().delete()
         CircuitBreakerPolicy.objects.all().delete()
+        ConcurrencyPolicy.objects.all().delete()
     elif uses_db:
         # A transactional test before this one flushed the rows the data migrations made.
         request.getfixturevalue("transactional_db" if transactional else "db")
@@ -148,6 +149,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
             "0004_default_breakers",
             "0008_database_breaker",
             "0009_login_limits",
+            "0011_default_concurrency",
         ):
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()

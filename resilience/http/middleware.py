@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import NamedTuple
@@ -16,6 +16,7 @@ from django.urls import Resolver404, resolve
 from bookstore.problems import problem_response
 from resilience.engine.limiter import Algorithm, Decision, LimitSpec, refill_seconds
 from resilience.http import stale
+from resilience.http.bulkheads import ConcurrencyLimited, Slot, acquire_all, release_all, slot_request
 from resilience.http.clientip import client_ip, ip_key
 from resilience.http.guards import (
     PUBLIC_STATE,
@@ -31,8 +32,18 @@ from resilience.http.principal import Principal, principal
 from resilience.ops import audit
 from resilience.ops.metrics import breaker_rejections
 from resilience.runtime import Runtime, get_runtime, key_prefix
-from resilience.runtime.policies import BREAKER, RATELIMIT, BreakerRule, PolicyError, RateLimitRule, RouteInfo
+from resilience.runtime.policies import (
+    BREAKER,
+    CONCURRENCY,
+    RATELIMIT,
+    BreakerRule,
+    ConcurrencyRule,
+    PolicyError,
+    RateLimitRule,
+    RouteInfo,
+)
 from resilience.stores.admission import Admission
+from resilience.stores.redis_concurrency import Attempt, SlotRequest
 
 _NO_ROUTE: RouteInfo = ("", frozenset())
 
@@ -79,7 +90,7 @@ class RequestFacts:
         return self._principal
 
 
-def _key_value(rule: RateLimitRule, facts: RequestFacts) -> str | None:
+def _key_value(rule: RateLimitRule | ConcurrencyRule, facts: RequestFacts) -> str | None:
     """Return what the rule counts this request by, or None when the rule does not apply."""
     if rule.key == "ip":
         return facts.ip
@@ -298,7 +309,7 @@ class ResilienceMiddleware:
         started = (time.perf_counter(), time.thread_time())
         runtime = get_runtime()
         snapshot = runtime.snapshot()
-        if not snapshot.ratelimits and not snapshot.breakers:
+        if not snapshot.ratelimits and not snapshot.breakers and not snapshot.concurrency:
             return self.get_response(request)
         path = request.path_info
         method = request.method or "GET"
@@ -317,10 +328,12 @@ class ResilienceMiddleware:
             if refused is not None:
                 return refused
         rules = snapshot.match_ratelimits(method, path, route, failed) if snapshot.ratelimits else []
+        bulkheads = snapshot.match_concurrency(method, path, route, failed) if snapshot.concurrency else []
         if failed:
             runtime.policy_errors.report(failed)
         applied: list[tuple[RateLimitRule, LimitSpec]] = []
-        if rules:
+        bounded: list[tuple[ConcurrencyRule, str]] = []
+        if rules or bulkheads:
             facts = RequestFacts(request)
             for rule in rules:
                 if rule.exempt_staff and facts.principal.is_staff:
@@ -328,14 +341,54 @@ class ResilienceMiddleware:
                 value = _key_value(rule, facts)
                 if value is not None:
                     applied.append((rule, limit_spec(rule, value)))
+            for bulkhead_rule in bulkheads:
+                value = _key_value(bulkhead_rule, facts)
+                if value is not None:
+                    bounded.append((bulkhead_rule, value))
         if not applied and not breakers:
-            return self.get_response(request)
+            if not bounded:
+                return self.get_response(request)
+            slots = self._slots(request, runtime, bounded, started)
+            if isinstance(slots, HttpResponse):
+                return slots
+            try:
+                return self.get_response(request)
+            finally:
+                release_all(slots)
         if applied:
             refused = known_limited(request, runtime, applied, started)
             if refused is not None:
                 return refused
 
-        return self._decide(request, runtime, applied, breakers, started, snapshot.version)
+        return self._decide(request, runtime, applied, breakers, started, snapshot.version, bounded)
+
+    def _slots(
+        self,
+        request: HttpRequest,
+        runtime: Runtime,
+        bounded: list[tuple[ConcurrencyRule, str]],
+        started: Started,
+        requests: Sequence[SlotRequest] = (),
+        attempts: Sequence[Attempt] = (),
+    ) -> list[Slot] | HttpResponse:
+        """Take a slot of every matched concurrency policy (waiting as each allows), or return the 503.
+
+        ``requests`` and ``attempts`` are the first tries the admission round trip made, if it made them.
+        """
+        try:
+            return acquire_all(runtime, bounded, requests, attempts)
+        except ConcurrencyLimited as e:
+            problem = problem_response(
+                request,
+                quiet=True,
+                status=e.status_code,
+                slug=e.slug,
+                title=e.title,
+                detail=e.detail,
+                headers=e.headers,
+                **e.extra,
+            )
+            return _timed(problem, started, "refused")
 
     def _known_open(
         self, request: HttpRequest, runtime: Runtime, breakers: list[BreakerRule], started: Started
@@ -359,12 +412,20 @@ class ResilienceMiddleware:
         breakers: list[BreakerRule],
         started: Started,
         version: int,
+        bounded: list[tuple[ConcurrencyRule, str]],
     ) -> HttpResponse:
+        # Each bulkhead's first try for a slot rides on the same round trip, after the limits and breakers.
+        requests = [slot_request(rule, value) for rule, value in bounded]
         admission, from_fallback = runtime.admit(
             [spec for _, spec in applied],
             [b.config for b in breakers],
             labels=[rule.label for rule, _ in applied],
-            policies=[*((RATELIMIT, rule.name) for rule, _ in applied), *((BREAKER, b.name) for b in breakers)],
+            policies=[
+                *((RATELIMIT, rule.name) for rule, _ in applied),
+                *((BREAKER, b.name) for b in breakers),
+                *((CONCURRENCY, rule.name) for rule, _ in bounded),
+            ],
+            slots=requests,
         )
         # A refusal is worth remembering only if Redis decided it under the policies this request
         # was matched against: after a change, the next request is matched against the new ones.
@@ -375,12 +436,24 @@ class ResilienceMiddleware:
                 return _timed(outcome, started, "refused")  # no view work, no database query
             # Written once the response is made (__call__), with those of limit() in the view.
             setattr(request, SHOWN, outcome)
+        # Slots last: a request a limit refuses never takes (or waits for) one. A breaker's
+        # half-open trial slot taken for a request refused here is left to its lease (see _guarded).
+        # A request a breaker refuses (answered in _guarded) takes no slot either.
+        breaker_refused = any(not permit.allowed for permit, _ in admission.permits)
+        slots: list[Slot] | HttpResponse = []
+        if bounded and not breaker_refused:
+            slots = self._slots(request, runtime, bounded, started, requests, admission.slots)
+        if isinstance(slots, HttpResponse):
+            return slots
         # What deciding cost this request, for Server-Timing (the view's own time is not in it).
         timing = _timing(started, "admitted")
-        if not breakers:
-            response = self.get_response(request)
-        else:
-            response = self._guarded(request, runtime, breakers, admission, from_fallback, started, remember)
+        try:
+            if not breakers:
+                response = self.get_response(request)
+            else:
+                response = self._guarded(request, runtime, breakers, admission, from_fallback, started, remember)
+        finally:
+            release_all(slots)
         # An open breaker's refusal already carries its own, complete timing: keep it.
         response.setdefault("Server-Timing", timing)
         return response

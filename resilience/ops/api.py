@@ -25,6 +25,8 @@ class FaultOutput(serializers.Serializer[Any]):
     name = serializers.CharField()
     active = serializers.DictField(allow_null=True)
     calls = serializers.IntegerField()
+    in_progress = serializers.IntegerField(help_text="Calls inside the slow fault now.")
+    peak = serializers.IntegerField(help_text="The most calls inside it at once since the fault was set.")
 
 
 class FaultApi(APIView):

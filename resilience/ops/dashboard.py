@@ -21,9 +21,9 @@ from django.urls import reverse
 from resilience import services
 from resilience.engine.breaker import StoreUnavailable
 from resilience.engine.limiter import Algorithm
-from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy
+from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, PolicyVersion, RateLimitPolicy
 from resilience.runtime import HEARTBEAT_INTERVAL, POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, workers_key
-from resilience.runtime.policies import BREAKER, RATELIMIT, policy_problem
+from resilience.runtime.policies import BREAKER, CONCURRENCY, RATELIMIT, policy_problem
 from resilience.stores.boundary import store_call
 
 MINUTES = 15
@@ -248,7 +248,10 @@ def _workers(now: float) -> dict[str, Any]:
 
 
 def _policy_errors(
-    now: float, ratelimits: list[RateLimitPolicy], breakers: list[CircuitBreakerPolicy]
+    now: float,
+    ratelimits: list[RateLimitPolicy],
+    breakers: list[CircuitBreakerPolicy],
+    bulkheads: list[ConcurrencyPolicy] | None = None,
 ) -> list[dict[str, Any]]:
     """Return the policies that are skipped (cannot be used as saved) or failed requests lately, worst first."""
     recent = get_runtime().policy_errors.recent(now)
@@ -256,6 +259,7 @@ def _policy_errors(
     for kind, label, admin_name, policies in (
         (RATELIMIT, "rate limit", "ratelimitpolicy", ratelimits),
         (BREAKER, "breaker", "circuitbreakerpolicy", breakers),
+        (CONCURRENCY, "concurrency limit", "concurrencypolicy", bulkheads or []),
     ):
         for policy in policies:
             url = reverse(f"admin:resilience_{admin_name}_change", args=[policy.pk])
@@ -272,13 +276,29 @@ def _policy_errors(
     return sorted(rows, key=lambda r: (r["stage"] != "compile", r["kind"], r["name"]))
 
 
+def _concurrency(policies: list[ConcurrencyPolicy]) -> tuple[list[dict[str, Any]], str]:
+    """Return each concurrency policy with the slots held now and requests waiting, and any store error."""
+    try:
+        rows = services.concurrency_status(policies=policies)
+    except StoreUnavailable as e:
+        return [], str(e)[:200]
+    by_name = {p.name: p for p in policies}
+    for row in rows:
+        policy = by_name[str(row["name"])]
+        row["change_url"] = reverse("admin:resilience_concurrencypolicy_change", args=[policy.pk])
+        row["max_wait_ms"] = policy.max_wait_ms
+        row["key"] = policy.key if policy.key != "header" else f"header {policy.header_name}"
+    return rows, ""
+
+
 def dashboard_data() -> dict[str, Any]:
     """Return everything the dashboard page shows, as JSON-ready data."""
     now = time.time()
     first, last = _minutes(now)
     policies = list(RateLimitPolicy.objects.prefetch_related("overrides"))
     breaker_policies = list(CircuitBreakerPolicy.objects.all())
-    policy_errors = _policy_errors(now, policies, breaker_policies)
+    concurrency_policies = list(ConcurrencyPolicy.objects.all())
+    policy_errors = _policy_errors(now, policies, breaker_policies, concurrency_policies)
     failing = {row["name"]: row for row in policy_errors if row["kind"] == "rate limit"}
     names = {str(p.pk): p.name for p in policies}
     counts, top, source = _read_minutes(first, last, names)
@@ -323,8 +343,11 @@ def dashboard_data() -> dict[str, Any]:
     ids = {b.name: b.pk for b in breaker_policies}
     for row in breakers:
         row["change_url"] = reverse("admin:resilience_circuitbreakerpolicy_change", args=[ids[str(row["name"])]])
+    concurrency, concurrency_error = _concurrency(concurrency_policies)
     return {
         "generated_at": now,
+        "concurrency": concurrency,
+        "concurrency_error": concurrency_error,
         "minutes": [m * 60 for m in range(first, last + 1)],
         "source": source,
         "policies": rows,

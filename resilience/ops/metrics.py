@@ -7,7 +7,7 @@ the /metrics view sums, so counters are correct across workers.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 RATELIMIT_OUTCOMES = ("allowed", "limited", "dry_run_would_limit", "store_error")
 
@@ -36,4 +36,34 @@ policy_errors = Counter(
     "Policies left out because they could not be compiled (stage=compile, every reload) or decided for a "
     "request (stage=match, admit, record, stale), by policy and stage.",
     ["policy", "stage"],
+)
+
+CONCURRENCY_OUTCOMES = (
+    "admitted",
+    "admitted_after_wait",
+    "refused",
+    "refused_after_wait",
+    "dry_run_would_refuse",
+    "store_error",
+    "lease_expired",  # on release: the call outlived its lease, so another was let in meanwhile
+)
+
+# Slots held now, summed over the live processes (a killed worker's slots leave the sum with it;
+# in Redis they last until their lease expires).
+concurrency_in_flight = Gauge(
+    "bookstore_concurrency_in_flight",
+    "Requests or code blocks holding a concurrency-policy slot now, by policy.",
+    ["policy"],
+    multiprocess_mode="livesum",
+)
+concurrency_decisions = Counter(
+    "bookstore_concurrency_decisions",
+    "Concurrency-policy (bulkhead) decisions by policy and outcome.",
+    ["policy", "outcome"],
+)
+concurrency_wait_seconds = Histogram(
+    "bookstore_concurrency_wait_seconds",
+    "How long requests that found every slot taken waited, admitted or not, by policy.",
+    ["policy"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

@@ -39,7 +39,9 @@ from resilience.runtime.tally import LimitedTally
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
+from resilience.stores.memory_concurrency import MemoryConcurrencyStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
+from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.stores.sentinel import FailoverWatch
 
 log = logging.getLogger("resilience")
@@ -136,6 +138,9 @@ class Runtime:
         self.breaker_fallback = MemoryBreakerStore()
         self.breaker_shared = self._make_breaker_store()
         self.fallback_admission = MemoryAdmission(self.fallback, self.breaker_fallback)
+        # Bulkhead slots (resilience/http/bulkheads.py): leases in Redis, or counted in process.
+        self.concurrency_fallback = MemoryConcurrencyStore()
+        self.concurrency_shared = self._make_concurrency_store()
         self._shared_admission: RedisAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
         # The fleet's live workers, from their reports; divides limits while Redis is unreachable.
@@ -197,6 +202,13 @@ class Runtime:
         return RedisBreakerStore(
             get_redis_connection("default"), prefix=f"{key_prefix()}cb:", events_channel=events_channel()
         )
+
+    def _make_concurrency_store(self) -> RedisConcurrencyStore | None:
+        if not settings.REDIS_URL:
+            return None
+        from django_redis import get_redis_connection
+
+        return RedisConcurrencyStore(get_redis_connection("default"))
 
     def known_refusals(self) -> KnownRefusals | None:
         """Return what this process knows Redis refuses (open breakers, limited keys), or None without Redis."""
@@ -438,6 +450,7 @@ class Runtime:
         breakers: Sequence[BreakerConfig],
         labels: Sequence[str] | None = None,
         policies: Sequence[tuple[str, str]] = (),
+        slots: Sequence[SlotRequest] = (),
     ) -> tuple[Admission, bool]:
         """Decide limits and breakers; return (admission, from_fallback).
 
@@ -445,6 +458,7 @@ class Runtime:
         stores answer instead (from_fallback=True) and the caller applies each policy's rule
         for store failures. So does a round trip the store refused (a script or data error):
         for this request only, reported against ``policies`` ((kind, name) of each one asked).
+        ``slots`` get a first try in the same round trip (Redis only; see resilience/http/bulkheads.py).
         """
         if self.store_available() or not self.uses_redis:
             watch = self._failover_watch
@@ -452,7 +466,7 @@ class Runtime:
                 watch.wait_for_primary()  # a count made during a promotion would be lost
             while True:
                 try:
-                    admission = self._admission().admit(specs, breakers, labels=labels)
+                    admission = self._admission().admit(specs, breakers, labels=labels, slots=slots)
                 except StoreUnavailable as e:
                     if watch is not None and watch.settling(e):
                         continue  # the new primary's replica is catching up: tens of milliseconds

@@ -20,13 +20,21 @@ from django.db.models import Model
 from resilience.engine.breaker import BreakerConfig
 from resilience.engine.limiter import Algorithm, LimitSpec, validate
 from resilience.engine.patterns import PatternError, compile_pattern, path_matches
-from resilience.models import CircuitBreakerPolicy, Match, RateLimitPolicy, code_key_value, parse_status_set
+from resilience.models import (
+    CircuitBreakerPolicy,
+    ConcurrencyPolicy,
+    Match,
+    RateLimitPolicy,
+    code_key_value,
+    parse_status_set,
+)
 from resilience.ops.metrics import ratelimit_decisions
 
 RouteInfo = tuple[str, frozenset[str]]  # (url route name, view tags)
 
 RATELIMIT = "ratelimit"
 BREAKER = "breaker"
+CONCURRENCY = "concurrency"
 
 
 class PolicyError(Exception):
@@ -34,7 +42,7 @@ class PolicyError(Exception):
 
     def __init__(self, kind: str, name: str, stage: str, reason: str, policy_id: int | None = None) -> None:
         super().__init__(f"{kind} policy {name!r} ({stage}): {reason}")
-        self.kind = kind  # RATELIMIT or BREAKER
+        self.kind = kind  # RATELIMIT, BREAKER or CONCURRENCY
         self.name = name
         self.stage = stage
         self.reason = reason
@@ -132,6 +140,22 @@ class BreakerRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ConcurrencyRule:
+    """One enabled concurrency policy (bulkhead), compiled."""
+
+    id: int
+    name: str
+    matcher: Matcher
+    key: str  # ip | user | header | global
+    header_meta: str
+    max_in_flight: int
+    max_wait_ms: int
+    lease_seconds: int
+    enforce: bool
+    fail_open: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySet:
     """Every enabled policy at one version of the policy tables."""
 
@@ -142,10 +166,25 @@ class PolicySet:
     # Rate limits of match type "code", by the name code asks for (their pattern): limit("admin-login").
     code_limits: dict[str, tuple[RateLimitRule, ...]] = field(default_factory=dict)
     errors: tuple[PolicyError, ...] = ()  # enabled policies left out: they cannot be used as saved
+    concurrency: tuple[ConcurrencyRule, ...] = ()
+    concurrency_by_name: dict[str, ConcurrencyRule] = field(default_factory=dict)
 
     @property
     def needs_route(self) -> bool:
-        return any(r.matcher.needs_route for r in self.ratelimits) or any(b.matcher.needs_route for b in self.breakers)
+        return (
+            any(r.matcher.needs_route for r in self.ratelimits)
+            or any(b.matcher.needs_route for b in self.breakers)
+            or any(c.matcher.needs_route for c in self.concurrency)
+        )
+
+    def match_concurrency(
+        self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
+    ) -> list[ConcurrencyRule]:
+        """Return the bulkheads matching the request; a rule whose matching raises is left out and added to failed."""
+        try:
+            return [rule for rule in self.concurrency if rule.matcher.matches(method, path, route)]
+        except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
+            return _match_each(self.concurrency, CONCURRENCY, method, path, route, failed)
 
     def match_ratelimits(
         self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
@@ -213,6 +252,12 @@ def compile_policies(version: int) -> PolicySet:
             breakers.append(compile_breaker(b))
         except PolicyError as e:
             errors.append(e)
+    bulkheads = []
+    for c in ConcurrencyPolicy.objects.filter(enabled=True):
+        try:
+            bulkheads.append(compile_concurrency(c))
+        except PolicyError as e:
+            errors.append(e)
     return PolicySet(
         version=version,
         ratelimits=tuple(rule for rule in rules if rule.matcher.kind != "code"),
@@ -220,6 +265,8 @@ def compile_policies(version: int) -> PolicySet:
         breakers_by_name={b.name: b for b in breakers},
         code_limits=code_limits,
         errors=tuple(errors),
+        concurrency=tuple(bulkheads),
+        concurrency_by_name={c.name: c for c in bulkheads},
     )
 
 
@@ -366,11 +413,42 @@ def compile_breaker(policy: CircuitBreakerPolicy) -> BreakerRule:
     )
 
 
-def policy_problem(policy: RateLimitPolicy | CircuitBreakerPolicy) -> str | None:
+def compile_concurrency(policy: ConcurrencyPolicy) -> ConcurrencyRule:
+    """Compile one concurrency policy; raise PolicyError when it cannot be used."""
+
+    def refuse(reason: str) -> PolicyError:
+        return PolicyError(CONCURRENCY, policy.name, "compile", reason, policy.pk)
+
+    problem = _field_errors(policy)
+    if problem is not None:
+        raise refuse(problem)
+    if policy.key == ConcurrencyPolicy.Key.HEADER and not policy.header_name:
+        raise refuse("header_name: a header policy names its header")
+    try:
+        matcher = Matcher.build(policy.method_set(), policy.match_type, policy.pattern)
+    except PatternError as e:
+        raise refuse(f"pattern: {e.reason}") from None
+    return ConcurrencyRule(
+        id=policy.pk,
+        name=policy.name,
+        matcher=matcher,
+        key=policy.key,
+        header_meta=header_meta_name(policy.header_name) if policy.header_name else "",
+        max_in_flight=policy.max_in_flight,
+        max_wait_ms=policy.max_wait_ms,
+        lease_seconds=policy.lease_seconds,
+        enforce=policy.mode == ConcurrencyPolicy.Mode.ENFORCE,
+        fail_open=policy.on_store_failure == ConcurrencyPolicy.OnStoreFailure.ALLOW,
+    )
+
+
+def policy_problem(policy: RateLimitPolicy | CircuitBreakerPolicy | ConcurrencyPolicy) -> str | None:
     """Return why a policy row cannot be used as saved (it is skipped everywhere), or None if it can."""
     try:
         if isinstance(policy, RateLimitPolicy):
             compile_ratelimit(policy)
+        elif isinstance(policy, ConcurrencyPolicy):
+            compile_concurrency(policy)
         else:
             compile_breaker(policy)
     except PolicyError as e:

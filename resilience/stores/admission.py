@@ -20,6 +20,7 @@ from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.stores.redis_breaker import BREAKER_LIB_LUA, RedisBreakerStore, config_args, parse_permit
+from resilience.stores.redis_concurrency import Attempt, SlotRequest, concurrency_lib, slot_keys
 from resilience.stores.redis_limiter import RedisLimiterStore, limiter_lib, load_lua
 
 
@@ -28,6 +29,9 @@ class Admission(NamedTuple):
     # One (permit, transitions) per breaker asked, in order; fewer than given when the limits
     # refused (none asked) or a breaker refused (the walk stops there).
     permits: list[tuple[Permit, list[Transition]]]
+    # One first try per bulkhead asked, in order; fewer than given when the limits or a breaker
+    # refused (none tried), a try found no slot (the walk stops there), or the store has no slots.
+    slots: Sequence[Attempt] = ()
 
 
 _SPEC_ARGS: dict[tuple[Any, ...], tuple[str, ...]] = {}
@@ -69,8 +73,9 @@ class RedisAdmission:
         self.breakers = breakers
         self.stats_prefix = stats_prefix
         client = limiter.client
-        self._limits_only = client.register_script("\n".join((limiter_lib(), load_lua("admit_main"))))
-        self._full = client.register_script("\n".join((limiter_lib(), BREAKER_LIB_LUA, load_lua("admit_main"))))
+        main = (concurrency_lib(), load_lua("admit_main"))
+        self._limits_only = client.register_script("\n".join((limiter_lib(), *main)))
+        self._full = client.register_script("\n".join((limiter_lib(), BREAKER_LIB_LUA, *main)))
 
     def admit(
         self,
@@ -78,8 +83,9 @@ class RedisAdmission:
         breakers: Sequence[BreakerConfig],
         now: float | None = None,
         labels: Sequence[str] | None = None,
+        slots: Sequence[SlotRequest] = (),
     ) -> Admission:
-        """Decide specs and breakers; with labels (one per spec), count outcomes per minute too."""
+        """Decide specs and breakers, then try for slots; with labels (one per spec), count outcomes per minute too."""
         keys = [spec.key for spec in specs]
         if len(set(keys)) != len(keys):
             raise ValueError("a key appears twice in one admission")
@@ -96,6 +102,10 @@ class RedisAdmission:
             args += labels
         else:
             args.append("")
+        args.append(str(len(slots)))
+        for slot in slots:
+            keys += slot_keys(slot.base)
+            args += slot.args()
         script = self._full if breakers else self._limits_only
         reply: list[Any] = store_call("admission", script, keys=keys, args=args)
         try:
@@ -104,9 +114,11 @@ class RedisAdmission:
             at = 2 + 5 * len(specs)
             asked = int(reply[at])
             permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
+            at += 1 + asked
+            tried = [Attempt.parse(reply[at + 1 + i]) for i in range(int(reply[at]))]
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("admission", e) from e
-        return Admission(hit=hit, permits=permits)
+        return Admission(hit=hit, permits=permits, slots=tried)
 
 
 class MemoryAdmission:
@@ -123,8 +135,12 @@ class MemoryAdmission:
         breakers: Sequence[BreakerConfig],
         now: float | None = None,
         labels: Sequence[str] | None = None,
+        slots: Sequence[SlotRequest] = (),
     ) -> Admission:
-        """Decide specs and breakers in process; with labels, count outcomes per minute too."""
+        """Decide specs and breakers in process; with labels, count outcomes per minute too.
+
+        Slots are not tried here: bulkheads take their in-process slots themselves (resilience/http/bulkheads.py).
+        """
         hit = (
             self.limiter.hit(specs, now=now)
             if specs

@@ -1,14 +1,18 @@
--- The middleware's one round trip: rate limits and breaker admission in one atomic step.
--- Loaded as limiter_lib .. breaker_lib .. admit_main.
+-- The middleware's one round trip: rate limits, breaker admission and a first try for each
+-- bulkhead's slot in one atomic step.
+-- Loaded as limiter_lib .. [breaker_lib ..] concurrency_lib .. admit_main.
 --
 -- KEYS[1..n]          one state key per limit spec
 -- KEYS[n + 1]         the policy-version counter
 -- KEYS[n + 2 ..]      two per breaker: state hash, window key
+-- then                three per bulkhead: slots, queue, deadlines (concurrency_lib)
 -- ARGV[1]             now in integer microseconds, or '' for Redis TIME
 -- ARGV[2]             n, the number of limit specs
 -- ARGV[3 .. 2 + 5n]   five per spec: algorithm, limit, period, burst ('' = limit), enforce
 -- then                m, the number of breakers, and seven config values per breaker
--- then                the stats prefix ('' = keep no stats) and one stats label per spec
+-- then                the stats prefix ('' = keep no stats) and one stats label per spec (none without a prefix)
+-- then                c, the number of bulkheads (absent = 0), and five values per bulkhead: lease id,
+--                     max in flight, lease ms, ms it may wait, force ('1': dry run)
 --
 -- Stats for the staff dashboard ride on this same round trip: per minute, a hash of
 -- "<label>:<outcome>" counters (a = allowed, l = limited, d = dry run would limit) and a sorted
@@ -21,8 +25,13 @@
 -- walk: a trial slot taken by an earlier breaker of the same request is then left to its lease
 -- (accepted: one route rarely sits under two breakers).
 --
+-- Bulkheads are tried only when the limits and every breaker admit, so a refused request never
+-- takes a slot; in order, stopping at the first that has no slot free (the caller waits for that
+-- one, if it may, and tries the rest on its own).
+--
 -- Reply: {admitted, version, 5 integers per spec (as limiter_main), m_asked, then per asked
--- breaker: permit, transitions (as breaker_main's allow)}.
+-- breaker: permit, transitions (as breaker_main's allow), c_asked, then per asked bulkhead the
+-- four integers of cc_acquire}.
 
 local n = tonumber(ARGV[2])
 local now_us
@@ -74,16 +83,40 @@ if stats_prefix ~= nil and stats_prefix ~= '' and n > 0 then
   redis.call('EXPIRE', counts, 1200)
 end
 local asked = {}
+local permitted = admitted
 if admitted then
   local now_s = now_us / 1000000
   for j = 1, m do
     local permit, trans = cb_allow(now_s, KEYS[n + 1 + (j - 1) * 2 + 1], cb_config(ARGV, m_at + 1 + (j - 1) * 7))
     asked[#asked + 1] = {permit, trans}
-    if permit[1] == 0 then break end
+    if permit[1] == 0 then
+      permitted = false
+      break
+    end
   end
 end
 reply[#reply + 1] = #asked
 for _, a in ipairs(asked) do
   reply[#reply + 1] = a
+end
+
+local c_at = stats_at + 1
+if stats_prefix ~= nil and stats_prefix ~= '' then c_at = c_at + n end
+local c = tonumber(ARGV[c_at]) or 0
+local slots = {}
+if permitted then
+  local k0 = n + 1 + m * 2
+  for j = 1, c do
+    local k, a = k0 + (j - 1) * 3, c_at + 1 + (j - 1) * 5
+    local got, err = cc_acquire(now_us, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a], ARGV[a + 1], ARGV[a + 2],
+      ARGV[a + 3], ARGV[a + 4] == '1')
+    if got == nil then return redis.error_reply(err) end
+    slots[#slots + 1] = got
+    if got[1] == 0 then break end
+  end
+end
+reply[#reply + 1] = #slots
+for _, got in ipairs(slots) do
+  reply[#reply + 1] = got
 end
 return reply
