@@ -5,17 +5,19 @@ from __future__ import annotations
 import importlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.http import HttpResponse
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.services import token_create, user_create
 from catalog.models import Book
 from catalog.services import book_create
+from tests.live import LiveServer, stop_all
 
 _counter = itertools.count(1)
 
@@ -85,6 +87,20 @@ def client_for(user: User) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=user).token}")
     return client
+
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: HttpResponse, status: int) -> dict[str, Any]:
+    """Assert ``response`` is a problem+json answer with ``status``, a type and a title; return its body."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == PROBLEM
+    body: dict[str, Any] = response.json()  # type: ignore[attr-defined]
+    assert body["status"] == status
+    assert body["type"]
+    assert body["title"]
+    return body
 
 
 @pytest.fixture
@@ -166,3 +182,23 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
         runtime.fleet_workers = settings.RESILIENCE_FALLBACK_WORKERS
         if runtime.uses_redis:
             runtime.shared.client.delete(workers_key())
+
+
+@pytest.fixture
+def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
+    """Return a factory that starts gunicorn (LiveServer arguments; probe=True boots on /health/live).
+
+    Every server stops at teardown. It needs transactional_db: the workers are other processes, so
+    they see only committed data.
+    """
+    servers: list[LiveServer] = []
+
+    def start(*, probe: bool = False, **kwargs: Any) -> LiveServer:
+        if probe:
+            kwargs.setdefault("ready_path", "/health/live")
+        server = LiveServer(**kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    stop_all(reversed(servers))

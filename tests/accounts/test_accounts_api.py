@@ -12,23 +12,14 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from tests.conftest import client_for
+from tests.conftest import assert_problem, client_for
 
 REGISTER = "/api/accounts/register"
 TOKEN = "/api/accounts/token"
 ME = "/api/accounts/me"
-PROBLEM = "application/problem+json"
 PASSWORD = "correct-horse-battery"
 
 pytestmark = pytest.mark.django_db
-
-
-def _problem(response: HttpResponse, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    return body
 
 
 def _fields(body: dict) -> set[str]:
@@ -120,7 +111,7 @@ def test_accounts_login_endpoints_ignore_a_stale_token_header(anon_client: APICl
 def test_accounts_me_requires_authentication(anon_client: APIClient) -> None:
     response = anon_client.get(ME)
 
-    assert _problem(response, 401)["type"].endswith("/not-authenticated")
+    assert assert_problem(response, 401)["type"].endswith("/not-authenticated")
     assert response["WWW-Authenticate"] == "Token"
 
 
@@ -129,7 +120,7 @@ def test_accounts_me_rejects_unknown_token(anon_client: APIClient) -> None:
 
     response = anon_client.get(ME)
 
-    _problem(response, 401)
+    assert_problem(response, 401)
     assert response["WWW-Authenticate"] == "Token"
 
 
@@ -160,7 +151,7 @@ def test_accounts_me_for_suspended_customer(suspended: User, suspended_client: A
 def test_accounts_me_is_read_only(customer_client: APIClient, method: str) -> None:
     response = getattr(customer_client, method)(ME, {"role": "staff"}, format="json")
 
-    _problem(response, 405)
+    assert_problem(response, 405)
     assert User.objects.get(pk=customer_client.get(ME).json()["id"]).role == "customer"
 
 
@@ -214,7 +205,7 @@ def test_accounts_register_leaves_a_taken_email_alone_and_does_not_say_so(
 def test_accounts_register_rejects_invalid_fields(anon_client: APIClient, overrides: dict, field: str) -> None:
     response = _register(anon_client, **overrides)
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert body["type"].endswith("/validation-error")
     assert _fields(body) == {field}
     assert not User.objects.exists()
@@ -223,7 +214,7 @@ def test_accounts_register_rejects_invalid_fields(anon_client: APIClient, overri
 def test_accounts_register_names_every_missing_field(anon_client: APIClient) -> None:
     response = anon_client.post(REGISTER, {}, format="json")
 
-    assert _fields(_problem(response, 400)) == {"username", "email", "password"}
+    assert _fields(assert_problem(response, 400)) == {"username", "email", "password"}
     assert all(error["code"] == "required" for error in response.json()["errors"])
 
 
@@ -233,7 +224,7 @@ def test_accounts_register_names_every_missing_field(anon_client: APIClient) -> 
 def test_accounts_token_rejects_wrong_password(anon_client: APIClient, customer: User) -> None:
     response = anon_client.post(TOKEN, {"username": customer.username, "password": "wrong-password"}, format="json")
 
-    _problem(response, 401)
+    assert_problem(response, 401)
     assert "WWW-Authenticate" in response
     assert not AuthToken.objects.filter(user=customer).exists()
 
@@ -241,13 +232,13 @@ def test_accounts_token_rejects_wrong_password(anon_client: APIClient, customer:
 def test_accounts_token_rejects_unknown_user(anon_client: APIClient) -> None:
     for login in ("nobody", "nobody@example.com"):
         response = anon_client.post(TOKEN, {"username": login, "password": PASSWORD}, format="json")
-        _problem(response, 401)
+        assert_problem(response, 401)
 
 
 def test_accounts_token_refuses_suspended_account(anon_client: APIClient, suspended: User) -> None:
     response = anon_client.post(TOKEN, {"username": suspended.username, "password": PASSWORD}, format="json")
 
-    assert _problem(response, 403)["type"].endswith("/account-suspended")
+    assert assert_problem(response, 403)["type"].endswith("/account-suspended")
     assert not AuthToken.objects.filter(user=suspended).exists()
 
 
@@ -256,7 +247,7 @@ def test_accounts_token_for_inactive_user_is_refused(anon_client: APIClient, cus
 
     response = anon_client.post(TOKEN, {"username": customer.username, "password": PASSWORD}, format="json")
 
-    _problem(response, 401)
+    assert_problem(response, 401)
 
 
 @pytest.mark.parametrize(
@@ -275,7 +266,7 @@ def test_accounts_token_for_inactive_user_is_refused(anon_client: APIClient, cus
 def test_accounts_token_rejects_invalid_fields(anon_client: APIClient, payload: dict, fields: set[str]) -> None:
     response = anon_client.post(TOKEN, payload, format="json")
 
-    assert _fields(_problem(response, 400)) == fields
+    assert _fields(assert_problem(response, 400)) == fields
     assert not AuthToken.objects.exists()
 
 
@@ -300,7 +291,7 @@ WRITE_ENDPOINTS = [REGISTER, TOKEN]
 def test_accounts_api_rejects_malformed_json(anon_client: APIClient, path: str, raw: str | bytes) -> None:
     response = anon_client.post(path, raw, content_type="application/json")
 
-    assert _problem(response, 400)["type"].endswith("/malformed-request")
+    assert assert_problem(response, 400)["type"].endswith("/malformed-request")
     assert not User.objects.exists()
 
 
@@ -309,7 +300,7 @@ def test_accounts_api_rejects_malformed_json(anon_client: APIClient, path: str, 
 def test_accounts_api_rejects_non_object_body(anon_client: APIClient, path: str, raw: str) -> None:
     response = anon_client.post(path, raw, content_type="application/json")
 
-    assert _problem(response, 400)["errors"]
+    assert assert_problem(response, 400)["errors"]
     assert not User.objects.exists()
 
 
@@ -319,7 +310,7 @@ def test_accounts_api_rejects_text_plain(anon_client: APIClient, path: str) -> N
 
     response = anon_client.post(path, raw, content_type="text/plain")
 
-    assert _problem(response, 415)["type"].endswith("/unsupported-media-type")
+    assert assert_problem(response, 415)["type"].endswith("/unsupported-media-type")
     assert not User.objects.exists()
 
 
@@ -330,7 +321,7 @@ def test_accounts_api_rejects_oversize_body(anon_client: APIClient, path: str) -
 
     response = anon_client.post(path, raw, content_type="application/json")
 
-    assert _problem(response, 413)["type"].endswith("/payload-too-large")
+    assert assert_problem(response, 413)["type"].endswith("/payload-too-large")
     assert not User.objects.exists()
 
 
@@ -362,7 +353,7 @@ def test_accounts_old_pbkdf2_password_still_logs_in_and_is_rehashed_with_argon2(
     wrong = anon_client.post(TOKEN, {"username": customer.username, "password": "not-it"}, format="json")
     right = anon_client.post(TOKEN, {"username": customer.username, "password": PASSWORD}, format="json")
 
-    _problem(wrong, 401)
+    assert_problem(wrong, 401)
     assert right.status_code == 200, right.content
     customer.refresh_from_db()
     assert identify_hasher(customer.password).algorithm == "argon2"

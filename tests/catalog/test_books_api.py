@@ -17,7 +17,7 @@ from catalog.models import Author, Book
 from catalog.services import book_update, catalogue_changed
 from orders.models import Order
 from orders.services import LineRequest, order_place
-from tests.conftest import client_for
+from tests.conftest import assert_problem, client_for
 
 BOOKS = "/api/books"
 SEARCH = "/api/books/search"
@@ -29,16 +29,6 @@ OTHER_ISBN13 = "9780804429573"
 
 def _detail(book_id: int) -> str:
     return f"{BOOKS}/{book_id}"
-
-
-def _problem(response: HttpResponse, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"]
-    assert body["title"]
-    return body
 
 
 def _fields(body: dict) -> set[str]:
@@ -165,7 +155,7 @@ def test_book_list_combines_filters(anon_client: APIClient, make_book: Callable[
 
 
 def test_book_list_rejects_min_price_above_max_price(anon_client: APIClient, db: None) -> None:
-    body = _problem(anon_client.get(BOOKS, {"min_price": "10", "max_price": "5"}), 400)
+    body = assert_problem(anon_client.get(BOOKS, {"min_price": "10", "max_price": "5"}), 400)
 
     assert _fields(body) == {"min_price"}
 
@@ -260,7 +250,7 @@ def test_book_list_answers_404_problem_for_a_page_that_does_not_exist(
 ) -> None:
     make_book()
 
-    _problem(anon_client.get(BOOKS, {"page": page}), 404)
+    assert_problem(anon_client.get(BOOKS, {"page": page}), 404)
 
 
 # --- detail -----------------------------------------------------------------------------------
@@ -284,14 +274,14 @@ def test_book_detail_returns_the_book(anon_client: APIClient, make_book: Callabl
 
 @pytest.mark.parametrize("book_id", ["999999", "0", str(2**63), "99999999999999999999999999"])
 def test_book_detail_unknown_id_is_404_problem(anon_client: APIClient, db: None, book_id: str) -> None:
-    body = _problem(anon_client.get(f"{BOOKS}/{book_id}"), 404)
+    body = assert_problem(anon_client.get(f"{BOOKS}/{book_id}"), 404)
 
     assert body["instance"] == f"{BOOKS}/{book_id}"
 
 
 @pytest.mark.parametrize("path", [f"{BOOKS}/abc", f"{BOOKS}/-1", f"{BOOKS}/1/extra", "/api/bookz"])
 def test_book_unknown_url_is_404_problem(anon_client: APIClient, db: None, path: str) -> None:
-    _problem(anon_client.get(path), 404)
+    assert_problem(anon_client.get(path), 404)
 
 
 # --- staff writes -----------------------------------------------------------------------------
@@ -346,7 +336,7 @@ def test_book_create_duplicate_isbn_is_409(staff_client: APIClient, make_book: C
     make_book(isbn=ISBN13, title="First")
 
     # The ISBN-10 spelling of the same book is the same book.
-    body = _problem(staff_client.post(BOOKS, _payload(isbn=ISBN10, title="Second"), format="json"), 409)
+    body = assert_problem(staff_client.post(BOOKS, _payload(isbn=ISBN10, title="Second"), format="json"), 409)
 
     assert ISBN13 in body["detail"]
     assert list(Book.objects.values_list("title", flat=True)) == ["First"]
@@ -376,7 +366,7 @@ def test_book_update_replaces_every_field(staff_client: APIClient, make_book: Ca
 def test_book_update_requires_the_required_fields(staff_client: APIClient, make_book: Callable[..., Book]) -> None:
     book = make_book(title="Keep")
 
-    body = _problem(staff_client.put(_detail(book.pk), {"title": "Only title"}, format="json"), 400)
+    body = assert_problem(staff_client.put(_detail(book.pk), {"title": "Only title"}, format="json"), 400)
 
     assert _fields(body) == {"isbn", "price", "authors", "description", "stock", "published_on"}
     assert {error["code"] for error in body["errors"]} == {"required"}
@@ -401,7 +391,7 @@ def test_book_update_refuses_a_field_left_out_and_empties_one_sent_empty(
     payload = _payload(title="Changed")
     del payload[field]
 
-    body = _problem(staff_client.put(_detail(book.pk), payload, format="json"), 400)
+    body = assert_problem(staff_client.put(_detail(book.pk), payload, format="json"), 400)
 
     assert [(error["field"], error["code"]) for error in body["errors"]] == [(field, "required")]
     book.refresh_from_db()
@@ -423,7 +413,7 @@ def test_book_update_with_form_data_needs_every_field_too(
     book = make_book(title="Keep", stock=9)
     form = {"isbn": ISBN13, "title": "Form", "price": "3.50"}
 
-    body = _problem(staff_client.put(_detail(book.pk), form, format="multipart"), 400)
+    body = assert_problem(staff_client.put(_detail(book.pk), form, format="multipart"), 400)
 
     assert _fields(body) == {"authors", "description", "stock", "published_on"}
     book.refresh_from_db()
@@ -470,16 +460,16 @@ def test_book_partial_update_to_a_taken_isbn_is_409(staff_client: APIClient, mak
     make_book(isbn=ISBN13)
     book = make_book(isbn=OTHER_ISBN13)
 
-    _problem(staff_client.patch(_detail(book.pk), {"isbn": ISBN10}, format="json"), 409)
+    assert_problem(staff_client.patch(_detail(book.pk), {"isbn": ISBN10}, format="json"), 409)
 
     book.refresh_from_db()
     assert book.isbn == OTHER_ISBN13
 
 
 def test_book_update_unknown_id_is_404(staff_client: APIClient) -> None:
-    _problem(staff_client.put(_detail(999999), _payload(), format="json"), 404)
-    _problem(staff_client.patch(_detail(999999), {"title": "x"}, format="json"), 404)
-    _problem(staff_client.delete(_detail(999999)), 404)
+    assert_problem(staff_client.put(_detail(999999), _payload(), format="json"), 404)
+    assert_problem(staff_client.patch(_detail(999999), {"title": "x"}, format="json"), 404)
+    assert_problem(staff_client.delete(_detail(999999)), 404)
     assert not Book.objects.exists()
 
 
@@ -491,7 +481,7 @@ def test_book_delete_removes_the_book(staff_client: APIClient, make_book: Callab
     assert response.status_code == 204
     assert response.content == b""
     assert not Book.objects.filter(pk=book.pk).exists()
-    _problem(staff_client.get(_detail(book.pk)), 404)
+    assert_problem(staff_client.get(_detail(book.pk)), 404)
 
 
 def test_book_delete_of_an_ordered_book_is_409(
@@ -500,7 +490,7 @@ def test_book_delete_of_an_ordered_book_is_409(
     book = make_book(stock=5)
     order_place(user=customer, lines=[LineRequest(book_id=book.pk, quantity=1)])
 
-    body = _problem(staff_client.delete(_detail(book.pk)), 409)
+    body = assert_problem(staff_client.delete(_detail(book.pk)), 409)
 
     assert body["type"].endswith("protected")
     assert Book.objects.filter(pk=book.pk).exists()
@@ -546,7 +536,7 @@ def test_book_writes_need_authentication(anon_client: APIClient, make_book: Call
 
     response = _write(anon_client, method, book)
 
-    _problem(response, 401)
+    assert_problem(response, 401)
     assert response["WWW-Authenticate"].startswith("Token")
     assert list(Book.objects.values_list("title", flat=True)) == ["Untouched"]
 
@@ -559,7 +549,7 @@ def test_book_writes_are_forbidden_to_customers(
     book = make_book(title="Untouched")
     client: APIClient = request.getfixturevalue(client_name)
 
-    _problem(_write(client, method, book), 403)
+    assert_problem(_write(client, method, book), 403)
 
     assert list(Book.objects.values_list("title", flat=True)) == ["Untouched"]
 
@@ -580,7 +570,7 @@ def test_book_writes_with_a_bad_token_are_401(make_book: Callable[..., Book]) ->
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
 
-    _problem(client.patch(_detail(book.pk), {"title": "Changed"}, format="json"), 401)
+    assert_problem(client.patch(_detail(book.pk), {"title": "Changed"}, format="json"), 401)
 
     book.refresh_from_db()
     assert book.title == "Untouched"
@@ -675,7 +665,7 @@ def test_book_write_rejects_bad_field_with_problem_naming_it(
     book = make_book(isbn=OTHER_ISBN13, title="Untouched")
     payload = override if method == "patch" else _payload(**override)
 
-    body = _problem(_bad_write(staff_client, method, book, payload, format="json"), 400)
+    body = assert_problem(_bad_write(staff_client, method, book, payload, format="json"), 400)
 
     assert field in _fields(body), body
     assert body["detail"]
@@ -708,7 +698,7 @@ def test_book_write_rejects_malformed_json(
 
     response = _bad_write(staff_client, method, book, raw, content_type="application/json")
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert body["type"].endswith("malformed-request")
     book.refresh_from_db()
     assert book.title == "Untouched"
@@ -738,7 +728,7 @@ def test_book_write_rejects_lone_surrogates(
     raw = json.dumps(_payload()).replace('"authors"', '"ignored"')
     raw = raw[:-1] + f', "{field}": {value}}}'
 
-    body = _problem(_bad_write(staff_client, method, book, raw, content_type="application/json"), 400)
+    body = assert_problem(_bad_write(staff_client, method, book, raw, content_type="application/json"), 400)
 
     assert any(name.startswith(field) for name in _fields(body)), body
     book.refresh_from_db()
@@ -757,7 +747,7 @@ def test_book_write_names_every_missing_required_field(
 ) -> None:
     book = make_book(isbn=OTHER_ISBN13)
 
-    body = _problem(_bad_write(staff_client, method, book, {}, format="json"), 400)
+    body = assert_problem(_bad_write(staff_client, method, book, {}, format="json"), 400)
 
     assert _fields(body) == required
     assert {error["code"] for error in body["errors"]} == {"required"}
@@ -772,7 +762,7 @@ def test_book_write_rejects_oversize_body_with_413(
 
     response = _bad_write(staff_client, method, book, payload, content_type="application/json")
 
-    _problem(response, 413)
+    assert_problem(response, 413)
     book.refresh_from_db()
     assert book.title == "Untouched"
     assert Book.objects.count() == 1
@@ -787,7 +777,7 @@ def test_book_write_rejects_unsupported_media_type_with_415(
 
     response = _bad_write(staff_client, method, book, json.dumps(_payload()), content_type=content_type)
 
-    _problem(response, 415)
+    assert_problem(response, 415)
     assert Book.objects.count() == 1
 
 
@@ -821,7 +811,7 @@ def test_book_write_rejects_unsupported_media_type_with_415(
 def test_book_reads_reject_bad_query_params(
     anon_client: APIClient, db: None, url: str, params: dict, field: str
 ) -> None:
-    body = _problem(anon_client.get(url, params), 400)
+    body = assert_problem(anon_client.get(url, params), 400)
 
     assert field in _fields(body)
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
@@ -24,7 +24,7 @@ from pytest_django.fixtures import Settings
 from accounts.models import User
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.runtime import get_runtime, workers_key
-from tests.live import ROOT, LiveServer, stop_all
+from tests.live import ROOT, LiveServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
@@ -50,20 +50,6 @@ PROPAGATION_SECONDS = 1.0
 REFRESH_WAIT_MS = 8_000
 # How long any single page step may take before the test fails (ms).
 STEP_MS = 10_000
-
-
-@pytest.fixture
-def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
-    """Return a factory that starts gunicorn (LiveServer arguments); every server stops at teardown."""
-    servers: list[LiveServer] = []
-
-    def start(**kwargs: Any) -> LiveServer:
-        server = LiveServer(**kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    stop_all(reversed(servers))
 
 
 def make_login(role: str, username: str, *, superuser: bool = False) -> User:

@@ -11,24 +11,7 @@ from typing import Any
 import pytest
 
 from bookstore.logging import JsonFormatter
-from tests.live import LiveServer, stop_all
 from tests.ops.nginx import NginxServer
-
-
-@pytest.fixture
-def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
-    """Return a factory that starts gunicorn (LiveServer arguments, probe=True to boot on /health/live)."""
-    servers: list[LiveServer] = []
-
-    def start(*, probe: bool = False, **kwargs: Any) -> LiveServer:
-        if probe:
-            kwargs.setdefault("ready_path", "/health/live")
-        server = LiveServer(**kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    stop_all(reversed(servers))
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from django.http import HttpResponse
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -13,15 +12,7 @@ from catalog.models import Book
 from orders.exceptions import OrderNotCancellable
 from orders.models import Order
 from orders.services import LineRequest, order_cancel, order_place
-from tests.conftest import client_for
-
-PROBLEM = "application/problem+json"
-
-
-def _problem(response: HttpResponse, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    return response.json()
+from tests.conftest import assert_problem, client_for
 
 
 def _stock(book: Book) -> int:
@@ -63,7 +54,7 @@ def test_order_cancel_twice_is_conflict_and_restores_once(
 
     response = customer_client.post(f"/api/orders/{order.pk}/cancel")
 
-    body = _problem(response, 409)
+    body = assert_problem(response, 409)
     assert body["type"].endswith("/order-not-cancellable")
     assert body["order_id"] == order.pk
     assert _stock(book) == 5
@@ -90,7 +81,7 @@ def test_order_cancel_of_another_customers_order_is_not_found(
 
     response = client_for(other).post(f"/api/orders/{order.pk}/cancel")
 
-    body = _problem(response, 404)
+    body = assert_problem(response, 404)
     assert body["type"].endswith("/not-found")
     order.refresh_from_db()
     assert order.status == Order.Status.PLACED
@@ -114,7 +105,7 @@ def test_order_cancel_by_staff_of_any_order(
 def test_order_cancel_of_unknown_order_is_not_found(customer_client: APIClient) -> None:
     response = customer_client.post("/api/orders/999999/cancel")
 
-    _problem(response, 404)
+    assert_problem(response, 404)
 
 
 def test_order_cancel_by_suspended_owner_is_refused(
@@ -127,7 +118,7 @@ def test_order_cancel_by_suspended_owner_is_refused(
 
     response = client_for(owner).post(f"/api/orders/{order.pk}/cancel")
 
-    body = _problem(response, 403)
+    body = assert_problem(response, 403)
     assert body["type"].endswith("/account-suspended")
     order.refresh_from_db()
     assert order.status == Order.Status.PLACED

@@ -14,10 +14,9 @@ from catalog.models import Book
 from orders.exceptions import InsufficientStock, OrderTotalTooLarge, UnknownBooks
 from orders.models import MAX_ORDER_TOTAL, Order, OrderLine
 from orders.services import LineRequest, order_place
-from tests.conftest import client_for
+from tests.conftest import assert_problem, client_for
 
 ORDERS = "/api/orders"
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(autouse=True, params=["sql", "orm"])
@@ -25,14 +24,6 @@ def _statements(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Run every test here with PostgreSQL's written-out statements and with the ORM's (other databases)."""
     if request.param == "orm":
         monkeypatch.setattr("orders.statements.use_sql", lambda: False)
-
-
-def _problem(response: HttpResponse, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    return body
 
 
 def _stock(book: Book) -> int:
@@ -106,7 +97,7 @@ def test_order_place_rejects_when_stock_short(customer_client: APIClient, make_b
         ],
     )
 
-    body = _problem(response, 409)
+    body = assert_problem(response, 409)
     assert body["type"].endswith("/insufficient-stock")
     assert sorted(body["short_lines"], key=lambda line: line["book_id"]) == sorted(
         [
@@ -154,7 +145,7 @@ def test_order_place_rejects_unknown_books_naming_them(
         ],
     )
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert body["type"].endswith("/unknown-books")
     assert body["book_ids"] == sorted(missing)
     assert _stock(book) == 5
@@ -174,7 +165,7 @@ def test_order_place_rejects_duplicate_book_lines(customer_client: APIClient, ma
 
     response = _post(customer_client, [{"book_id": book.pk, "quantity": 1}, {"book_id": book.pk, "quantity": 2}])
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines", "duplicate_book")]
     assert _stock(book) == 5
     assert Order.objects.count() == 0
@@ -200,7 +191,7 @@ def test_order_place_rejects_a_line_that_alone_totals_too_much_naming_it(
 
     response = _post(customer_client, [{"book_id": cheap.pk, "quantity": 1}, {"book_id": dear.pk, "quantity": 1000}])
 
-    body = _problem(response, 422)
+    body = assert_problem(response, 422)
     assert body["type"].endswith("/order-total-too-large")
     assert body["max_total"] == str(MAX_ORDER_TOTAL) == "9999999999.99"
     assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines[1].quantity", "max_total")]
@@ -216,7 +207,7 @@ def test_order_place_rejects_lines_that_together_total_too_much_naming_the_lines
     # 60 copies of each come to 5,999,999,999.40: each line fits, the two together do not.
     response = _post(customer_client, [{"book_id": first.pk, "quantity": 60}, {"book_id": second.pk, "quantity": 60}])
 
-    body = _problem(response, 422)
+    body = assert_problem(response, 422)
     assert [(error["field"], error["code"]) for error in body["errors"]] == [("lines", "max_total")]
     assert "11999999998.80" in body["errors"][0]["message"]
     _nothing_written((first, 100), (second, 100))
@@ -230,7 +221,7 @@ def test_order_place_refuses_the_largest_request_naming_every_line(
 
     response = _post(customer_client, [{"book_id": book.pk, "quantity": 1000} for book in books])
 
-    body = _problem(response, 422)
+    body = assert_problem(response, 422)
     assert [error["field"] for error in body["errors"]] == [f"lines[{i}].quantity" for i in range(100)]
     assert not Order.objects.exists()
 
@@ -252,7 +243,7 @@ def test_order_place_takes_a_total_of_exactly_the_limit_and_refuses_a_cent_more(
     assert taken.status_code == 201, taken.content
     assert taken.json()["total"] == "9999999999.99"
     assert Order.objects.get().total == MAX_ORDER_TOTAL
-    body = _problem(refused, 422)
+    body = assert_problem(refused, 422)
     assert [error["field"] for error in body["errors"]] == ["lines"]
     assert (_stock(dear), _stock(cheap), _stock(cent_dearer)) == (100, 0, 1)
     assert Order.objects.count() == 1
@@ -264,7 +255,7 @@ def test_order_place_too_large_total_is_not_remembered_for_the_idempotency_key(
     book = make_book(stock=1000, price=DEAREST)
 
     for _ in range(2):
-        _problem(_post(customer_client, [{"book_id": book.pk, "quantity": 101}], key="too-much"), 422)
+        assert_problem(_post(customer_client, [{"book_id": book.pk, "quantity": 101}], key="too-much"), 422)
     response = _post(customer_client, [{"book_id": book.pk, "quantity": 100}], key="too-much")
 
     assert response.status_code == 201, response.content
@@ -322,7 +313,7 @@ def test_order_place_rejects_key_reused_with_different_body(
 
     response = _post(customer_client, [{"book_id": book.pk, "quantity": 2}], key="k")
 
-    body = _problem(response, 422)
+    body = assert_problem(response, 422)
     assert body["type"].endswith("/idempotency-key-reused")
     assert _stock(book) == 4
     assert Order.objects.count() == 1
@@ -387,7 +378,7 @@ def test_order_place_rejects_invalid_idempotency_key(
 
     response = _post(customer_client, [{"book_id": book.pk, "quantity": 1}], key=key)
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert [error["field"] for error in body["errors"]] == ["Idempotency-Key"]
     assert _stock(book) == 5
     assert Order.objects.count() == 0

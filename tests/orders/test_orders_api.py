@@ -15,20 +15,9 @@ from accounts.models import User
 from catalog.models import Book
 from orders.models import Order, OrderLine
 from orders.services import LineRequest, order_place
-from tests.conftest import client_for
+from tests.conftest import assert_problem, client_for
 
 ORDERS = "/api/orders"
-PROBLEM = "application/problem+json"
-
-
-def _problem(response: HttpResponse, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"]
-    assert body["title"]
-    return body
 
 
 def _place(user: User, book: Book, quantity: int = 1) -> Order:
@@ -69,7 +58,7 @@ def test_orders_api_requires_authentication(
 
     response = getattr(anon_client, method)(path.format(pk=order.pk), body, format="json")
 
-    problem = _problem(response, 401)
+    problem = assert_problem(response, 401)
     assert problem["type"].endswith("/not-authenticated")
     assert response["WWW-Authenticate"] == "Token"
     assert Order.objects.count() == 1
@@ -82,7 +71,7 @@ def test_orders_api_rejects_unknown_token(anon_client: APIClient, book: Book) ->
 
     response = anon_client.post(ORDERS, {"lines": [{"book_id": book.pk, "quantity": 1}]}, format="json")
 
-    _problem(response, 401)
+    assert_problem(response, 401)
     assert "WWW-Authenticate" in response
     assert Order.objects.count() == 0
 
@@ -114,7 +103,7 @@ def test_orders_api_customer_reads_own_order(customer_client: APIClient, order: 
 def test_orders_api_customer_cannot_read_others_order(make_user: Callable[..., User], order: Order) -> None:
     response = client_for(make_user()).get(f"/api/orders/{order.pk}")
 
-    assert _problem(response, 404)["type"].endswith("/not-found")
+    assert assert_problem(response, 404)["type"].endswith("/not-found")
 
 
 def test_orders_api_staff_reads_any_order(staff_client: APIClient, order: Order) -> None:
@@ -126,8 +115,8 @@ def test_orders_api_staff_reads_any_order(staff_client: APIClient, order: Order)
 
 @pytest.mark.parametrize("path", ["/api/orders/abc", "/api/orders/99999999999999999999999"])
 def test_orders_api_answers_bad_order_ids_with_not_found(customer_client: APIClient, path: str) -> None:
-    _problem(customer_client.get(path), 404)
-    _problem(customer_client.post(path + "/cancel"), 404)
+    assert_problem(customer_client.get(path), 404)
+    assert_problem(customer_client.post(path + "/cancel"), 404)
 
 
 def test_orders_api_staff_may_place_orders(staff_client: APIClient, book: Book) -> None:
@@ -142,7 +131,7 @@ def test_orders_api_staff_may_place_orders(staff_client: APIClient, book: Book) 
 def test_orders_api_suspended_customer_cannot_place(suspended_client: APIClient, book: Book) -> None:
     response = suspended_client.post(ORDERS, {"lines": [{"book_id": book.pk, "quantity": 1}]}, format="json")
 
-    assert _problem(response, 403)["type"].endswith("/account-suspended")
+    assert assert_problem(response, 403)["type"].endswith("/account-suspended")
     assert Order.objects.count() == 0
     book.refresh_from_db()
     assert book.stock == 50
@@ -153,7 +142,7 @@ def test_orders_api_suspended_customer_cannot_cancel(suspended: User, suspended_
 
     response = suspended_client.post(f"/api/orders/{order.pk}/cancel")
 
-    assert _problem(response, 403)["type"].endswith("/account-suspended")
+    assert assert_problem(response, 403)["type"].endswith("/account-suspended")
     order.refresh_from_db()
     assert order.status == Order.Status.PLACED
 
@@ -209,7 +198,7 @@ def test_orders_api_rejects_invalid_order_body(
 
     response = customer_client.post(ORDERS, raw, content_type="application/json")
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert body["type"].endswith("/validation-error")
     assert field in {error["field"] for error in body["errors"]}
     assert all(error["code"] and error["message"] for error in body["errors"])
@@ -233,7 +222,7 @@ def test_orders_api_rejects_invalid_order_body(
 def test_orders_api_rejects_non_object_body(customer_client: APIClient, raw: str) -> None:
     response = customer_client.post(ORDERS, raw, content_type="application/json")
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert body["errors"]
     assert Order.objects.count() == 0
 
@@ -252,7 +241,7 @@ def test_orders_api_rejects_non_object_body(customer_client: APIClient, raw: str
 def test_orders_api_rejects_malformed_json(customer_client: APIClient, raw: str | bytes) -> None:
     response = customer_client.post(ORDERS, raw, content_type="application/json")
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert body["type"].endswith("/malformed-request")
     assert Order.objects.count() == 0
 
@@ -260,7 +249,7 @@ def test_orders_api_rejects_malformed_json(customer_client: APIClient, raw: str 
 def test_orders_api_treats_empty_body_as_missing_lines(customer_client: APIClient) -> None:
     response = customer_client.post(ORDERS, "", content_type="application/json")
 
-    body = _problem(response, 400)
+    body = assert_problem(response, 400)
     assert [error["field"] for error in body["errors"]] == ["lines"]
 
 
@@ -270,7 +259,7 @@ def test_orders_api_rejects_unsupported_content_type(customer_client: APIClient,
 
     response = customer_client.post(ORDERS, raw, content_type=content_type)
 
-    assert _problem(response, 415)["type"].endswith("/unsupported-media-type")
+    assert assert_problem(response, 415)["type"].endswith("/unsupported-media-type")
     assert Order.objects.count() == 0
 
 
@@ -291,7 +280,7 @@ def test_orders_api_takes_json_only(customer_client: APIClient, book: Book, raw:
     """Lines are a list of objects: form encodings cannot carry them, so they are refused unread (415)."""
     response = customer_client.post(ORDERS, raw.replace("{book}", str(book.pk)), content_type=content_type)
 
-    assert _problem(response, 415)["type"].endswith("/unsupported-media-type")
+    assert assert_problem(response, 415)["type"].endswith("/unsupported-media-type")
     assert Order.objects.count() == 0
     book.refresh_from_db()
     assert book.stock == 50
@@ -305,7 +294,7 @@ def test_orders_api_rejects_oversize_body(customer_client: APIClient, book: Book
 
     response = customer_client.post(ORDERS, raw, content_type="application/json")
 
-    assert _problem(response, 413)["type"].endswith("/payload-too-large")
+    assert assert_problem(response, 413)["type"].endswith("/payload-too-large")
     assert Order.objects.count() == 0
     book.refresh_from_db()
     assert book.stock == 50
@@ -332,5 +321,5 @@ def test_orders_api_cancel_ignores_a_body(customer_client: APIClient, order: Ord
 def test_orders_api_refuses_other_methods(customer_client: APIClient, order: Order, method: str) -> None:
     response = getattr(customer_client, method)(f"/api/orders/{order.pk}", {}, format="json")
 
-    _problem(response, 405)
+    assert_problem(response, 405)
     assert Order.objects.filter(pk=order.pk).exists()

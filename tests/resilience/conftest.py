@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
 from django.conf import settings
 
 from resilience.runtime import reset_runtime
-from tests.live import LiveServer, RedisServer, stop_all
-
-
-@pytest.fixture
-def live_servers(transactional_db: None) -> Iterator[Callable[..., LiveServer]]:
-    """Return a factory that starts gunicorn (LiveServer arguments); every server stops at teardown.
-
-    It needs transactional_db: the workers are other processes, so they see only committed data.
-    """
-    servers: list[LiveServer] = []
-
-    def start(**kwargs: Any) -> LiveServer:
-        server = LiveServer(**kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    stop_all(reversed(servers))
+from tests.live import RedisServer
 
 
 @pytest.fixture
