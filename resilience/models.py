@@ -558,19 +558,13 @@ class CircuitBreakerPolicy(PolicyBase):
 class ConcurrencyPolicy(PolicyBase):
     """A bulkhead: at most N matched requests (or code blocks) in flight at once, across the whole fleet."""
 
-    class Key(models.TextChoices):
-        IP = "ip", "Client IP (IPv6 by /64)"
-        USER = "user", "User (token or session; anonymous clients by IP)"
-        HEADER = "header", "Request header (hashed)"
-        GLOBAL = "global", "Everyone together"
+    # Keyed and failing over as rate limits are.
+    Key = RateLimitPolicy.Key
+    OnStoreFailure = RateLimitPolicy.OnStoreFailure
 
     class Mode(models.TextChoices):
         ENFORCE = "enforce", "Enforce"
         DRY_RUN = "dry_run", "Dry run (count, never refuse)"
-
-    class OnStoreFailure(models.TextChoices):
-        ALLOW = "allow", "Allow: limit per worker in process"
-        DENY = "deny", "Deny: answer 503"
 
     key = models.CharField(
         max_length=8, choices=Key.choices, default=Key.GLOBAL, help_text="Whose requests share the slots."

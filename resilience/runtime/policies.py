@@ -8,10 +8,10 @@ and listed in ``PolicySet.errors``: one bad row never stops the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -180,29 +180,38 @@ class PolicySet:
     def match_concurrency(
         self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
     ) -> list[ConcurrencyRule]:
-        """Return the bulkheads matching the request; a rule whose matching raises is left out and added to failed."""
-        try:
-            return [rule for rule in self.concurrency if rule.matcher.matches(method, path, route)]
-        except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
-            return _match_each(self.concurrency, CONCURRENCY, method, path, route, failed)
+        """Return the bulkheads matching the request (see _matching)."""
+        return _matching(self.concurrency, CONCURRENCY, method, path, route, failed)
 
     def match_ratelimits(
         self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
     ) -> list[RateLimitRule]:
-        """Return the rules matching the request; a rule whose matching raises is left out and added to failed."""
-        try:
-            return [rule for rule in self.ratelimits if rule.matcher.matches(method, path, route)]
-        except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
-            return _match_each(self.ratelimits, RATELIMIT, method, path, route, failed)
+        """Return the rules matching the request (see _matching)."""
+        return _matching(self.ratelimits, RATELIMIT, method, path, route, failed)
 
     def match_breakers(
         self, method: str, path: str, route: Callable[[], RouteInfo], failed: list[PolicyError] | None = None
     ) -> list[BreakerRule]:
-        """Return the breakers matching the request; a rule whose matching raises is left out and added to failed."""
-        try:
-            return [rule for rule in self.breakers if rule.matcher.matches(method, path, route)]
-        except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
-            return _match_each(self.breakers, BREAKER, method, path, route, failed)
+        """Return the breakers matching the request (see _matching)."""
+        return _matching(self.breakers, BREAKER, method, path, route, failed)
+
+
+R = TypeVar("R", RateLimitRule, BreakerRule, ConcurrencyRule)
+
+
+def _matching(
+    rules: Sequence[R],
+    kind: str,
+    method: str,
+    path: str,
+    route: Callable[[], RouteInfo],
+    failed: list[PolicyError] | None,
+) -> list[R]:
+    """Return the rules matching the request; a rule whose matching raises is left out and added to failed."""
+    try:
+        return [rule for rule in rules if rule.matcher.matches(method, path, route)]
+    except Exception:  # noqa: BLE001 - rare: redo it rule by rule to find the one at fault
+        return _match_each(rules, kind, method, path, route, failed)
 
 
 def _match_each(
