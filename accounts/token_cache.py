@@ -148,7 +148,7 @@ class TokenCache:
                     )
         self._subscription.start()
 
-    def _revoked(self, data: Any) -> None:
+    def _revoked(self, channel: str, data: Any) -> None:
         try:
             user_id: int | None = int(data)
         except (TypeError, ValueError):

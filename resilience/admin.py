@@ -500,7 +500,7 @@ class ConcurrencyPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Mod
         return f"{obj.methods or 'any'} {obj.match_type}: {obj.pattern}"
 
     def _update(self, request: HttpRequest, queryset: QuerySet[ConcurrencyPolicy], what: str, **fields: Any) -> None:
-        n = services.concurrency_update(policies=queryset, **fields)
+        n = services.policy_update(policies=queryset, **fields)
         _log(self, request, queryset, what)
         self.message_user(request, f"{n} policy(ies): {what.lower()}")
 

@@ -79,11 +79,13 @@ def policies_changed() -> None:
 
 
 @transaction.atomic
-def policy_update(*, policies: Iterable[RateLimitPolicy], **fields: object) -> int:
-    """Set fields (enabled, mode, ...) on policies; return how many changed."""
-    ids = [p.pk for p in policies]
-    before = list(RateLimitPolicy.objects.filter(pk__in=ids))
-    count = RateLimitPolicy.objects.filter(pk__in=ids).update(**fields)
+def policy_update(*, policies: Iterable[RateLimitPolicy | ConcurrencyPolicy], **fields: object) -> int:
+    """Set fields (enabled, mode, ...) on rate-limit or concurrency policies (of one kind); return how many changed."""
+    chosen = list(policies)
+    model = type(chosen[0]) if chosen else RateLimitPolicy
+    ids = [p.pk for p in chosen]
+    before = list(model.objects.filter(pk__in=ids))
+    count = model.objects.filter(pk__in=ids).update(**fields)
     log_bulk_update(before, fields)
     policies_changed()
     return count
@@ -244,17 +246,6 @@ def breaker_summary(state: State, retry_after: float) -> str:
 
 
 # --- concurrency policies (bulkheads) ---------------------------------------------------------
-
-
-@transaction.atomic
-def concurrency_update(*, policies: Iterable[ConcurrencyPolicy], **fields: object) -> int:
-    """Set fields (enabled, mode) on concurrency policies; return how many changed."""
-    ids = [p.pk for p in policies]
-    before = list(ConcurrencyPolicy.objects.filter(pk__in=ids))
-    count = ConcurrencyPolicy.objects.filter(pk__in=ids).update(**fields)
-    log_bulk_update(before, fields)
-    policies_changed()
-    return count
 
 
 def concurrency_status(*, policies: Iterable[ConcurrencyPolicy]) -> list[dict[str, object]]:

@@ -439,9 +439,8 @@ class ResilienceMiddleware:
         # Slots last: a request a limit refuses never takes (or waits for) one. A breaker's
         # half-open trial slot taken for a request refused here is left to its lease (see _guarded).
         # A request a breaker refuses (answered in _guarded) takes no slot either.
-        breaker_refused = any(not permit.allowed for permit, _ in admission.permits)
         slots: list[Slot] | HttpResponse = []
-        if bounded and not breaker_refused:
+        if bounded and all(permit.allowed for permit, _ in admission.permits):
             slots = self._slots(request, runtime, bounded, started, requests, admission.slots)
         if isinstance(slots, HttpResponse):
             return slots

@@ -250,7 +250,7 @@ class Runtime:
         HEARTBEAT_INTERVAL, and at once when a reload loads a version. So "at" is a moment this
         worker served a request under "version" (the PostgreSQL policy version, which every change
         bumps, even one whose Redis signal was lost), and "loaded_at" is when it first enforced it.
-        Hearing a change announced on the events channel (hints.py) is no reason to report: the
+        Hearing a change announced on the events channel (refusals.py) is no reason to report: the
         worker has not loaded it yet, and loads it before its next request anyway.
         """
         self._beat_at = time.monotonic()

@@ -31,7 +31,7 @@ class KnownRefusals:
             connect,
             channel,
             retry_seconds=retry_seconds,
-            on_message=lambda data: self._heard(),
+            on_message=lambda channel, data: self._heard(),
             on_lost=self._heard,
             what="breaker changes",
         )

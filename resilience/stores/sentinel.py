@@ -1,7 +1,7 @@
 """Hear Redis Sentinel name a new primary, and move this process there at once.
 
 redis-py asks the sentinels for the primary only when it opens a connection. Pooled connections,
-and the events subscription (hints.py), stay on the old primary after a failover until it drops
+and the events subscription (runtime/refusals.py), stay on the old primary after a failover until it drops
 them or refuses a write, about 10 s later: every write meanwhile is discarded when the old primary
 becomes a replica (admissions forgotten, resets and policy changes unheard).
 
@@ -32,14 +32,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
+from functools import partial
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 from redis.sentinel import SentinelConnectionPool
 
-from resilience.ops.metrics import store_errors
+from resilience.stores.subscription import Subscription
 
 log = logging.getLogger("resilience")
 
@@ -86,11 +85,12 @@ class FailoverWatch:
         self._applied: Address | None = None  # the primary last moved to (or found at the start)
         self._pid = 0
         self._closed = threading.Event()
-        self._conns: set[Any] = set()
         self.switches = 0  # primaries moved to in this process
         self._moved = threading.Condition()
         self._held_until = 0.0  # monotonic(): admissions wait until then, or until the switch
         self._switched_at = -HOLD_SECONDS  # monotonic() of the last switch
+        # One per sentinel: any of them may be down, and any may announce first.
+        self._subscriptions = [self._subscription(sentinel) for sentinel in list(self._manager.sentinels)]
 
     def ensure(self) -> None:
         """Start the watching threads in this process, once (threads do not survive fork())."""
@@ -101,8 +101,8 @@ class FailoverWatch:
                 return
             self._pid = os.getpid()
             self._applied = None
-            for sentinel in list(self._manager.sentinels):
-                threading.Thread(target=self._watch, args=(sentinel,), name="redis-sentinel-watch", daemon=True).start()
+        for subscription in self._subscriptions:
+            subscription.start()
 
     def wait_for_primary(self) -> None:
         """Return once no promotion is under way (at most HOLD_SECONDS after it began)."""
@@ -141,9 +141,8 @@ class FailoverWatch:
         """Stop watching and drop the sentinel connections."""
         self._closed.set()
         self._release()
-        for conn in list(self._conns):
-            with suppress(RedisError, OSError):
-                conn.disconnect()
+        for subscription in self._subscriptions:
+            subscription.close()
 
     def switch(self, address: Address, announced_by: Any = None) -> bool:
         """Move this process to primary ``address``; return False if it was there already."""
@@ -172,56 +171,33 @@ class FailoverWatch:
         self._release()
         return True
 
-    # --- one thread per sentinel -------------------------------------------------------------
-    def _watch(self, sentinel: Any) -> None:
-        while not self._closed.is_set():
-            try:
-                self._subscribed(sentinel)
-            except Exception as e:  # noqa: BLE001 - whatever the client raised, the watch must outlive it
-                if self._closed.is_set():
-                    return
-                store_errors.labels("sentinel_subscribe").inc()
-                log.warning(
-                    "lost the subscription to a sentinel",
-                    extra={"event": "store_error", "operation": "sentinel_subscribe", "error": repr(e)},
-                )
-            self._closed.wait(self._retry_seconds)
-
-    def _subscribed(self, sentinel: Any) -> None:
+    # --- one subscription per sentinel ---------------------------------------------------------
+    def _subscription(self, sentinel: Any) -> Subscription:
         pool = sentinel.connection_pool
-        conn = pool.connection_class(**pool.connection_kwargs)
-        self._conns.add(conn)
-        try:
-            conn.connect()
-            conn.send_command("SUBSCRIBE", SWITCHED, PROMOTING)
-            for _ in range(2):
-                conn.read_response(push_request=True)
-            # Subscribed: from here nothing is missed. Catch up on what was, while not subscribed.
-            found = sentinel.sentinel_get_master_addr_by_name(self.service)
-            if found:
-                host = found[0].decode() if isinstance(found[0], bytes) else found[0]
-                self.switch((host, int(found[1])), sentinel)
-            pinged = False
-            while not self._closed.is_set():
-                try:
-                    reply = conn.read_response(push_request=True, timeout=IDLE_CHECK_SECONDS, disconnect_on_error=False)
-                except RedisTimeoutError:
-                    if pinged:
-                        raise
-                    conn.send_command("PING")
-                    pinged = True
-                    continue
-                pinged = False
-                if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"message", "message"):
-                    channel = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
-                    if channel == PROMOTING:
-                        if parse_promoting(reply[2]) == self.service:
-                            self.hold()
-                        continue
-                    parsed = parse_switch(reply[2])
-                    if parsed is not None and parsed[0] == self.service:
-                        self.switch(parsed[1], sentinel)
-        finally:
-            self._conns.discard(conn)
-            with suppress(RedisError, OSError):
-                conn.disconnect()
+        return Subscription(
+            partial(pool.connection_class, **pool.connection_kwargs),
+            (SWITCHED, PROMOTING),
+            retry_seconds=self._retry_seconds,
+            on_message=lambda channel, data: self._heard(channel, data, sentinel),
+            on_lost=lambda: None,  # nothing is remembered on its strength
+            on_subscribed=lambda: self._catch_up(sentinel),
+            what="a sentinel",
+            operation="sentinel_subscribe",
+            idle_check_seconds=IDLE_CHECK_SECONDS,
+        )
+
+    def _catch_up(self, sentinel: Any) -> None:
+        """Subscribed: from here nothing is missed. Catch up on what was, while not subscribed."""
+        found = sentinel.sentinel_get_master_addr_by_name(self.service)
+        if found:
+            host = found[0].decode() if isinstance(found[0], bytes) else found[0]
+            self.switch((host, int(found[1])), sentinel)
+
+    def _heard(self, channel: str, data: Any, sentinel: Any) -> None:
+        if channel == PROMOTING:
+            if parse_promoting(data) == self.service:
+                self.hold()
+            return
+        parsed = parse_switch(data)
+        if parsed is not None and parsed[0] == self.service:
+            self.switch(parsed[1], sentinel)

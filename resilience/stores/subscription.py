@@ -1,4 +1,4 @@
-"""One Redis channel, heard by a thread of this process on a connection of its own.
+"""Redis channels, heard by a thread of this process on a connection of its own.
 
 What a process remembers on the strength of a subscription (refusals, tokens) is only safe while the
 subscription is live: subscribed, in this process (threads do not survive fork()), and heard from
@@ -35,21 +35,30 @@ SILENCE_LIMIT_SECONDS = 1.0
 
 
 class Subscription:
-    """Call ``on_message(data)`` for each message on ``channel``, and ``on_lost()`` whenever the subscription ends."""
+    """Call ``on_message(channel, data)`` for each message, and ``on_lost()`` whenever the subscription ends.
+
+    ``on_subscribed()``, if given, runs once each subscription is confirmed and before any message:
+    the place to catch up on what was missed while not subscribed.
+    """
 
     def __init__(
         self,
         connect: Callable[[], AbstractConnection],
-        channel: str,
+        channels: str | tuple[str, ...],
         *,
         retry_seconds: float,
-        on_message: Callable[[Any], None],
+        on_message: Callable[[str, Any], None],
         on_lost: Callable[[], None],
         what: str,
         operation: str = "subscribe",
+        on_subscribed: Callable[[], None] | None = None,
+        idle_check_seconds: float = IDLE_CHECK_SECONDS,
     ) -> None:
         self._connect = connect
-        self.channel = channel
+        self.channels = (channels,) if isinstance(channels, str) else channels
+        self.channel = self.channels[0]
+        self._on_subscribed = on_subscribed
+        self._idle_check = idle_check_seconds
         self._retry_seconds = retry_seconds
         self._on_message = on_message
         self._on_lost = on_lost
@@ -130,15 +139,18 @@ class Subscription:
             if self._closed.is_set():
                 return
             conn.connect()
-            conn.send_command("SUBSCRIBE", self.channel)
-            conn.read_response(push_request=True)  # the confirmation: from here on, every message reaches us
+            conn.send_command("SUBSCRIBE", *self.channels)
+            for _ in self.channels:
+                conn.read_response(push_request=True)  # the confirmations: from here on, every message reaches us
             if self._closed.is_set() or self._restart.is_set():
                 return  # a restart asked meanwhile: this may be the old server
+            if self._on_subscribed is not None:
+                self._on_subscribed()
             self._alive_at = self.since = time.perf_counter()
             pinged = False
             while True:
                 try:
-                    reply = conn.read_response(push_request=True, timeout=IDLE_CHECK_SECONDS, disconnect_on_error=False)
+                    reply = conn.read_response(push_request=True, timeout=self._idle_check, disconnect_on_error=False)
                 except RedisTimeoutError:
                     if pinged:
                         raise  # not even the PING came back: the connection is dead
@@ -148,7 +160,8 @@ class Subscription:
                 pinged = False
                 self._alive_at = time.perf_counter()
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"message", "message"):
-                    self._on_message(reply[2])
+                    channel = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+                    self._on_message(channel, reply[2])
         finally:
             self._conn = None
             self.since = None
