@@ -43,6 +43,7 @@ from resilience.runtime.policies import (
     RouteInfo,
 )
 from resilience.stores.admission import Admission
+from resilience.stores.keys import limit_key
 from resilience.stores.redis_concurrency import Attempt, SlotRequest
 
 _NO_ROUTE: RouteInfo = ("", frozenset())
@@ -109,7 +110,7 @@ def _key_value(rule: RateLimitRule | ConcurrencyRule, facts: RequestFacts) -> st
 def limit_spec(rule: RateLimitRule, value: str) -> LimitSpec:
     override = rule.overrides.get(value)
     return LimitSpec(
-        key=f"{key_prefix()}rl:{{{rule.id}.{rule.epoch}:{value}}}",
+        key=limit_key(key_prefix(), rule.id, rule.epoch, value),
         algorithm=rule.algorithm,
         limit=rule.limit if override is None else override,
         period=rule.period,

@@ -25,6 +25,7 @@ from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, PolicyVer
 from resilience.runtime import HEARTBEAT_INTERVAL, POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, workers_key
 from resilience.runtime.policies import BREAKER, CONCURRENCY, RATELIMIT, policy_problem
 from resilience.stores.boundary import store_call
+from resilience.stores.keys import stats_key, top_key, top_sum_key
 
 MINUTES = 15
 TOP_KEYS = 10  # limited keys listed
@@ -58,10 +59,11 @@ def _read_minutes(
         def read() -> list[Any]:
             pipe = client.pipeline(transaction=True)
             for minute in range(first, last + 1):
-                pipe.hgetall(f"{key_prefix()}stats:{minute}")
-            scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
+                pipe.hgetall(stats_key(key_prefix(), minute))
             for label in labels:
-                pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
+                # The scratch key shares the slot of the policy's minutes (stores/keys.py).
+                scratch = top_sum_key(key_prefix(), label, uuid.uuid4().hex)
+                pipe.zunionstore(scratch, [top_key(key_prefix(), minute, label) for minute in range(first, last + 1)])
                 pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
                 pipe.unlink(scratch)
             replies: list[Any] = pipe.execute()

@@ -36,6 +36,7 @@ from resilience.runtime.errors import PolicyErrorLog
 from resilience.runtime.policies import PolicyError, PolicySet, compile_policies
 from resilience.runtime.refusals import KnownRefusals
 from resilience.runtime.tally import LimitedTally
+from resilience.stores import keys as keyspace
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
@@ -75,12 +76,12 @@ def redis_configured() -> bool:
 
 
 def key_prefix() -> str:
-    return getattr(settings, "RESILIENCE_KEY_PREFIX", "")
+    return keyspace.check_prefix(getattr(settings, "RESILIENCE_KEY_PREFIX", ""))
 
 
 def events_channel() -> str:
     """Return the channel breaker resets, forced states, rate-limit resets and policy changes are published on."""
-    return f"{key_prefix()}cb:events"
+    return keyspace.events_channel(key_prefix())
 
 
 def live_workers(reports: Iterable[bytes | str], now: float) -> int:
@@ -115,7 +116,7 @@ def fleet_shares(specs: Sequence[LimitSpec], workers: int) -> list[LimitSpec] | 
 
 def workers_key() -> str:
     """Return the Redis hash where each worker reports what it serves requests under (Runtime.heartbeat)."""
-    return f"{key_prefix()}workers"
+    return keyspace.workers_key(key_prefix())
 
 
 class Runtime:
@@ -188,7 +189,7 @@ class Runtime:
 
         return RedisLimiterStore(  # type: ignore[return-value]  # answers every call the memory store does
             get_redis_connection("default"),
-            version_key=f"{key_prefix()}resilience:policy-version",
+            version_key=keyspace.version_key(key_prefix()),
             events_channel=events_channel(),
         )
 
@@ -200,7 +201,9 @@ class Runtime:
         from resilience.stores.redis_breaker import RedisBreakerStore
 
         return RedisBreakerStore(
-            get_redis_connection("default"), prefix=f"{key_prefix()}cb:", events_channel=events_channel()
+            get_redis_connection("default"),
+            prefix=keyspace.breaker_prefix(key_prefix()),
+            events_channel=events_channel(),
         )
 
     def _make_concurrency_store(self) -> RedisConcurrencyStore | None:

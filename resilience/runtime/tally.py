@@ -23,8 +23,8 @@ import redis
 
 from resilience.engine.limiter import StoreUnavailable
 from resilience.ops.metrics import store_errors
-from resilience.stores.admission import counted_value
 from resilience.stores.boundary import store_call
+from resilience.stores.keys import counted_value, stats_key, top_key
 
 log = logging.getLogger("resilience")
 
@@ -59,8 +59,8 @@ class LimitedTally:
         def write() -> None:
             pipe = self._client().pipeline(transaction=False)
             for (minute, label, value), n in pending.items():
-                counts = f"{self.prefix}stats:{minute}"
-                top = f"{self.prefix}top:{minute}:{label}"
+                counts = stats_key(self.prefix, minute)
+                top = top_key(self.prefix, minute, label)
                 pipe.hincrby(counts, f"{label}:l", n)
                 pipe.expire(counts, STATS_TTL_SECONDS)
                 pipe.zincrby(top, n, value)

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 from resilience.engine.breaker import BreakerConfig, Permit, Transition
 from resilience.engine.limiter import HitResult, LimitSpec, to_micros, validate
 from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.keys import counted_value, slot_keys, stats_key, top_key
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.stores.redis_breaker import BREAKER_LIB_LUA, RedisBreakerStore, config_args, parse_permit
-from resilience.stores.redis_concurrency import Attempt, SlotRequest, concurrency_lib, slot_keys
+from resilience.stores.redis_concurrency import Attempt, SlotRequest, concurrency_lib
 from resilience.stores.redis_limiter import RedisLimiterStore, limiter_lib, load_lua
 
 
@@ -97,15 +98,21 @@ class RedisAdmission:
         for cfg in breakers:
             keys += self.breakers.keys_for(cfg.name)
             args += _breaker_args(cfg)
-        if labels is not None and self.stats_prefix:
-            args.append(self.stats_prefix)
-            args += labels
+        stat_labels = list(labels) if labels is not None and self.stats_prefix else None
+        if stat_labels is not None:
+            args.append("1")
+            args += stat_labels
         else:
             args.append("")
         args.append(str(len(slots)))
         for slot in slots:
             keys += slot_keys(slot.base)
             args += slot.args()
+        if stat_labels is not None:
+            # Stats minutes by this clock, not Redis's: a count a second off its minute is harmless.
+            minute = int((time.time() if now is None else now) // 60)
+            keys.append(stats_key(self.stats_prefix, minute))
+            keys += [top_key(self.stats_prefix, minute, label) for label in stat_labels]
         script = self._full if breakers else self._limits_only
         reply: list[Any] = store_call("admission", script, keys=keys, args=args)
         try:
@@ -156,11 +163,6 @@ class MemoryAdmission:
                 if not permit.allowed:
                     break
         return Admission(hit=hit, permits=permits)
-
-
-def counted_value(key: str) -> str:
-    """Return what a limit key counts by: what follows the policy part of "...rl:{<id>.<epoch>:<value>}"."""
-    return key[key.index(":", key.index("{")) + 1 : -1]
 
 
 class MemoryStats:

@@ -28,6 +28,7 @@ from resilience.engine.breaker import (
     Transition,
 )
 from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.keys import breaker_keys
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # The bounds breaker_lib.lua clamps to, taken from resilience/engine/breaker.py.
@@ -101,8 +102,7 @@ class RedisBreakerStore:
 
     def keys_for(self, name: str) -> list[str]:
         """Return the state key and the window key of breaker ``name``."""
-        key = f"{self.prefix}{{{name}}}"
-        return [key, f"{key}:w"]
+        return breaker_keys(self.prefix, name)
 
     def allow(self, cfg: BreakerConfig, now: float | None = None) -> tuple[Permit, list[Transition]]:
         """Admit or reject one call; return the permit and any transitions applied."""

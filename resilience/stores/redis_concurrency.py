@@ -9,6 +9,7 @@ import redis
 
 from resilience.engine.concurrency import MAX_IN_FLIGHT, MAX_LEASE_SECONDS, MAX_WAIT_MS
 from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.keys import slot_keys
 from resilience.stores.redis_limiter import load_lua
 
 
@@ -53,11 +54,6 @@ class SlotRequest(NamedTuple):
     def args(self) -> list[str]:
         return [self.lease_id, str(self.limit), str(self.lease_seconds * 1000), str(max(0, self.wait_ms)),
                 "1" if self.force else "0"]  # fmt: skip
-
-
-def slot_keys(base: str) -> list[str]:
-    """Return the slots, queue and deadline keys of one (policy, key): one hash tag, one cluster slot."""
-    return [f"{base}:s", f"{base}:q", f"{base}:d"]
 
 
 class RedisConcurrencyStore:

@@ -23,9 +23,10 @@ from resilience.engine.limiter import (
     validate,
 )
 from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.keys import version_key
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-DEFAULT_VERSION_KEY = "resilience:policy-version"
+DEFAULT_VERSION_KEY = version_key("")
 
 
 @cache
