@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.urls import reverse
+from redis.cluster import RedisCluster
 
 from resilience import services
 from resilience.engine.breaker import StoreUnavailable
@@ -57,7 +58,8 @@ def _read_minutes(
         client = runtime.shared.client  # type: ignore[attr-defined]  # uses_redis: the Redis store
 
         def read() -> list[Any]:
-            pipe = client.pipeline(transaction=True)
+            # One transaction on one Redis; on a cluster the keys span slots, so one pipeline.
+            pipe = client.pipeline(transaction=not isinstance(client, RedisCluster))
             for minute in range(first, last + 1):
                 pipe.hgetall(stats_key(key_prefix(), minute))
             for label in labels:

@@ -36,12 +36,13 @@ def calls_key(name: str) -> str:
     return f"fault:{name}:calls"
 
 
+# One hash tag for the two: _TRACK_LUA writes both, on one Redis Cluster slot.
 def _active_key(name: str) -> str:
-    return f"fault:{name}:active"
+    return f"fault:{{{name}}}:active"
 
 
 def _peak_key(name: str) -> str:
-    return f"fault:{name}:peak"
+    return f"fault:{{{name}}}:peak"
 
 
 # Calls inside a slow fault point now, and the most there ever were at once: how tests see that a
@@ -58,7 +59,7 @@ _track_lock = threading.Lock()
 
 
 def _track(name: str, delta: int) -> None:
-    if settings.REDIS_URL:
+    if settings.REDIS_URL or settings.REDIS_CLUSTER_NODES:
         from django_redis import get_redis_connection
 
         keys = [cache.make_key(_active_key(name)), cache.make_key(_peak_key(name))]

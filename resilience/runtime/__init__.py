@@ -1,11 +1,11 @@
 """Per-process state of the resilience layer: the policy snapshot and the stores behind it.
 
-One Runtime per worker process. The shared store is Redis (through django-redis's connection,
-whose timeouts bound every call) when REDIS_URL or REDIS_SENTINELS is set, else an in-process
-store. Behind Sentinel, the runtime follows each failover at once (sentinel.py). When Redis
-fails, the runtime answers from an in-process fallback store and stays off Redis for
-RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis costs one timeout per worker per interval, not one
-per request.
+One Runtime per worker process. The shared store is Redis (through django-redis's connection, whose
+timeouts bound every call) when REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES is set, else an
+in-process store. On a cluster, admissions go through stores/cluster.py. Behind Sentinel, the
+runtime follows each failover at once (sentinel.py). When Redis fails, the runtime answers from an
+in-process fallback store and stays off Redis for RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis
+costs one timeout per worker per interval, not one per request.
 
 A worker learns of policy changes from Redis's version counter (each admission returns it) and,
 as a backstop that does not depend on Redis, from PolicyVersion in PostgreSQL, compared every
@@ -26,6 +26,7 @@ from time import time as wall_clock
 
 from django.conf import settings
 from django.db import DatabaseError
+from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
 
 from resilience.engine.breaker import BreakerConfig, BreakerStore
@@ -39,6 +40,7 @@ from resilience.runtime.tally import LimitedTally
 from resilience.stores import keys as keyspace
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
+from resilience.stores.cluster import ClusterAdmission
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_concurrency import MemoryConcurrencyStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
@@ -71,8 +73,12 @@ LIVE_WORKER_SECONDS = 60.0
 
 
 def redis_configured() -> bool:
-    """Return whether a Redis is configured (a URL, or sentinels to ask for the primary)."""
-    return bool(settings.REDIS_URL or getattr(settings, "REDIS_SENTINELS", None))
+    """Return whether a Redis is configured (a URL, sentinels to ask for the primary, or cluster nodes)."""
+    return bool(
+        settings.REDIS_URL
+        or getattr(settings, "REDIS_SENTINELS", None)
+        or getattr(settings, "REDIS_CLUSTER_NODES", None)
+    )
 
 
 def key_prefix() -> str:
@@ -142,7 +148,7 @@ class Runtime:
         # Bulkhead slots (resilience/http/bulkheads.py): leases in Redis, or counted in process.
         self.concurrency_fallback = MemoryConcurrencyStore()
         self.concurrency_shared = self._make_concurrency_store()
-        self._shared_admission: RedisAdmission | MemoryAdmission | None = None
+        self._shared_admission: RedisAdmission | ClusterAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
         # The fleet's live workers, from their reports; divides limits while Redis is unreachable.
         self.fleet_workers: int = settings.RESILIENCE_FALLBACK_WORKERS
@@ -207,7 +213,7 @@ class Runtime:
         )
 
     def _make_concurrency_store(self) -> RedisConcurrencyStore | None:
-        if not settings.REDIS_URL:
+        if not (settings.REDIS_URL or settings.REDIS_CLUSTER_NODES):
             return None
         from django_redis import get_redis_connection
 
@@ -432,10 +438,19 @@ class Runtime:
             self.forget_refusals()
 
     # --- limits ----------------------------------------------------------------------------
-    def _admission(self) -> RedisAdmission | MemoryAdmission:
+    def shared_admission(self) -> RedisAdmission | ClusterAdmission | MemoryAdmission:
+        """Return the admission of the shared store (the in-process one without Redis)."""
         current = self._shared_admission
         if current is None or current.limiter is not self.shared or current.breakers is not self.breaker_shared:
-            if self.uses_redis:
+            client = getattr(self.shared, "client", None)
+            if isinstance(client, RedisCluster):
+                current = ClusterAdmission(
+                    self.shared,  # type: ignore[arg-type]  # a cluster client: the Redis stores
+                    self.breaker_shared,  # type: ignore[arg-type]  # likewise
+                    self.concurrency_shared,
+                    count=self.tally.add_outcomes if self.tally is not None else None,
+                )
+            elif self.uses_redis:
                 current = RedisAdmission(
                     self.shared,  # type: ignore[arg-type]  # uses_redis: the Redis stores
                     self.breaker_shared,  # type: ignore[arg-type]  # likewise
@@ -469,7 +484,7 @@ class Runtime:
                 watch.wait_for_primary()  # a count made during a promotion would be lost
             while True:
                 try:
-                    admission = self._admission().admit(specs, breakers, labels=labels, slots=slots)
+                    admission = self.shared_admission().admit(specs, breakers, labels=labels, slots=slots)
                 except StoreUnavailable as e:
                     if watch is not None and watch.settling(e):
                         continue  # the new primary's replica is catching up: tens of milliseconds

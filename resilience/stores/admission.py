@@ -38,7 +38,7 @@ class Admission(NamedTuple):
 _SPEC_ARGS: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
 
-def _spec_args(spec: LimitSpec) -> tuple[str, ...]:
+def spec_args(spec: LimitSpec) -> tuple[str, ...]:
     """Return the five script arguments of a spec, validating each distinct policy shape once."""
     shape = tuple(spec[1:])
     args = _SPEC_ARGS.get(shape)
@@ -93,7 +93,7 @@ class RedisAdmission:
         keys.append(self.limiter.version_key)
         args: list[str] = ["" if now is None else str(to_micros(now)), str(len(specs))]
         for spec in specs:
-            args += _spec_args(spec)
+            args += spec_args(spec)
         args.append(str(len(breakers)))
         for cfg in breakers:
             keys += self.breakers.keys_for(cfg.name)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from resilience.engine.limiter import (
     MAX_BURST,
@@ -64,6 +65,9 @@ class RedisLimiterStore:
         self.version_key = version_key
         # bump_version() and reset() also publish here, when set (see resilience/runtime/refusals.py).
         self.events_channel = events_channel
+        # A cluster client runs no transaction across slots and pipelines no PUBLISH: there, a
+        # change is written first and announced after, so a subscriber never hears of it too soon.
+        self.clustered = isinstance(client, RedisCluster)
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
         self._script = client.register_script(limiter_lib() + "\n" + load_lua("limiter_main"))
 
@@ -95,6 +99,10 @@ class RedisLimiterStore:
         if self.events_channel is None:
             return int(self._call(self.client.delete, *keys))
         channel = self.events_channel
+        if self.clustered:
+            deleted = sum(int(self._call(self.client.delete, key)) for key in keys)
+            self._call(self.client.publish, channel, "reset")
+            return deleted
 
         def delete_and_announce() -> list[Any]:
             # Workers that remember these keys refused (resilience/runtime/refusals.py) forget them at once.
@@ -110,6 +118,10 @@ class RedisLimiterStore:
         if self.events_channel is None:
             return int(self._call(self.client.incr, self.version_key))
         channel = self.events_channel
+        if self.clustered:
+            version = int(self._call(self.client.incr, self.version_key))
+            self._call(self.client.publish, channel, self.version_key)
+            return version
 
         def bump_and_announce() -> list[Any]:
             pipe = self.client.pipeline(transaction=True)
