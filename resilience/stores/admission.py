@@ -16,13 +16,14 @@ from typing import Any, NamedTuple
 
 from resilience.engine.breaker import BreakerConfig, Permit, Transition
 from resilience.engine.limiter import HitResult, LimitSpec, to_micros, validate
+from resilience.stores import scripts
 from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.keys import counted_value, slot_keys, stats_key, top_key
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
-from resilience.stores.redis_breaker import BREAKER_LIB_LUA, RedisBreakerStore, config_args, parse_permit
-from resilience.stores.redis_concurrency import Attempt, SlotRequest, concurrency_lib
-from resilience.stores.redis_limiter import RedisLimiterStore, limiter_lib, load_lua
+from resilience.stores.redis_breaker import RedisBreakerStore, config_args, parse_permit
+from resilience.stores.redis_concurrency import Attempt, SlotRequest
+from resilience.stores.redis_limiter import RedisLimiterStore
 
 
 class Admission(NamedTuple):
@@ -74,9 +75,8 @@ class RedisAdmission:
         self.breakers = breakers
         self.stats_prefix = stats_prefix
         client = limiter.client
-        main = (concurrency_lib(), load_lua("admit_main"))
-        self._limits_only = client.register_script("\n".join((limiter_lib(), *main)))
-        self._full = client.register_script("\n".join((limiter_lib(), BREAKER_LIB_LUA, *main)))
+        self._limits_only = client.register_script(scripts.script("admit_main", "limiter", "concurrency"))
+        self._full = client.register_script(scripts.script("admit_main", "limiter", "breaker", "concurrency"))
 
     def admit(
         self,
@@ -117,8 +117,10 @@ class RedisAdmission:
         reply: list[Any] = store_call("admission", script, keys=keys, args=args)
         try:
             decisions = RedisLimiterStore.parse_decisions(reply, len(specs))
-            hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
-            at = 2 + 5 * len(specs)
+            hit = HitResult(
+                decisions=decisions, allowed=bool(reply[scripts.ADMITTED]), version=int(reply[scripts.VERSION])
+            )
+            at = scripts.after_decisions(scripts.DECISIONS, len(specs))
             asked = int(reply[at])
             permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
             at += 1 + asked

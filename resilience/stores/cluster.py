@@ -25,12 +25,13 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from resilience.engine.breaker import BreakerConfig, Permit, Transition
 from resilience.engine.limiter import Decision, HitResult, LimitSpec, decision_from_micros, to_micros
+from resilience.stores import scripts
 from resilience.stores.admission import Admission, spec_args
 from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.keys import key_slot
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_concurrency import Attempt, RedisConcurrencyStore, SlotRequest
-from resilience.stores.redis_limiter import RedisLimiterStore, limiter_lib, load_lua
+from resilience.stores.redis_limiter import RedisLimiterStore
 
 # Called with the specs, the outcome and one label per spec, after every decided admission.
 CountOutcomes = Callable[[Sequence[LimitSpec], HitResult, Sequence[str]], None]
@@ -59,7 +60,7 @@ class ClusterAdmission:
         self.concurrency = concurrency
         self.count = count
         self.client: RedisCluster = limiter.client  # type: ignore[assignment]  # built on a cluster client
-        self._script = self.client.register_script(limiter_lib() + "\n" + load_lua("cluster_main"))
+        self._script = self.client.register_script(scripts.script("cluster_main", "limiter"))
 
     def admit(
         self,
@@ -120,11 +121,14 @@ class ClusterAdmission:
         admitted = True
         try:
             for (indexes, _, _), reply in zip(calls, replies, strict=False):
-                admitted = admitted and bool(reply[0])
+                admitted = admitted and bool(reply[scripts.SLOT_ADMITTED])
+                receipts_at = scripts.after_decisions(scripts.SLOT_DECISIONS, len(indexes))
                 for j, i in enumerate(indexes):
-                    allowed, limit, remaining, reset_us, retry_us = reply[1 + 5 * j : 6 + 5 * j]
+                    allowed, limit, remaining, reset_us, retry_us = reply[
+                        scripts.decision_at(scripts.SLOT_DECISIONS, j)
+                    ]
                     decisions[i] = decision_from_micros(bool(allowed), limit, remaining, reset_us, retry_us)
-                    raw = reply[1 + 5 * len(indexes) + j]
+                    raw = reply[receipts_at + j]
                     receipts[i] = raw.decode() if isinstance(raw, bytes) else str(raw)
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("admission", e) from e

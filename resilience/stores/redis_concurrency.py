@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, NamedTuple
 
 import redis
 
-from resilience.engine.concurrency import MAX_IN_FLIGHT, MAX_LEASE_SECONDS, MAX_WAIT_MS
+from resilience.stores import scripts
 from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.keys import slot_keys
-from resilience.stores.redis_limiter import load_lua
-
-
-@cache
-def concurrency_lib() -> str:
-    """Return lua/concurrency_lib.lua preceded by the bounds it clamps to (resilience/engine/concurrency.py)."""
-    bounds = {
-        "CC_MAX_IN_FLIGHT": MAX_IN_FLIGHT,
-        "CC_MAX_WAIT_MS": MAX_WAIT_MS,
-        "CC_MAX_LEASE_MS": MAX_LEASE_SECONDS * 1000,
-    }
-    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("concurrency_lib")])
 
 
 class Attempt(NamedTuple):
@@ -62,7 +49,7 @@ class RedisConcurrencyStore:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(concurrency_lib() + "\n" + load_lua("concurrency_main"))
+        self._script = client.register_script(scripts.script("concurrency_main", "concurrency"))
 
     def acquire(
         self, base: str, lease_id: str, limit: int, lease_seconds: int, wait_ms: int, *, force: bool = False

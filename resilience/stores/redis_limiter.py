@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from resilience.engine.limiter import (
-    MAX_BURST,
-    MAX_CAPACITY_SECONDS,
-    MAX_LIMIT,
-    MAX_PERIOD,
-    SLIDING_LOG_MAX,
     Decision,
     HitResult,
     LimitSpec,
@@ -23,30 +16,11 @@ from resilience.engine.limiter import (
     to_micros,
     validate,
 )
+from resilience.stores import scripts
 from resilience.stores.boundary import reply_error, store_call
 from resilience.stores.keys import version_key
 
-LUA_DIR = Path(__file__).resolve().parent / "lua"
 DEFAULT_VERSION_KEY = version_key("")
-
-
-@cache
-def load_lua(name: str) -> str:
-    """Return the source of ``resilience/stores/lua/<name>.lua`` so scripts can be composed from parts."""
-    return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
-
-
-@cache
-def limiter_lib() -> str:
-    """Return limiter_lib.lua preceded by the bounds it clamps to, taken from resilience/engine/limiter.py."""
-    bounds = {
-        "RL_MAX_LIMIT": MAX_LIMIT,
-        "RL_MAX_PERIOD": MAX_PERIOD,
-        "RL_MAX_BURST": MAX_BURST,
-        "RL_SLIDING_LOG_MAX": SLIDING_LOG_MAX,
-        "RL_MAX_CAPACITY": MAX_CAPACITY_SECONDS,
-    }
-    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("limiter_lib")])
 
 
 class RedisLimiterStore:
@@ -69,7 +43,7 @@ class RedisLimiterStore:
         # change is written first and announced after, so a subscriber never hears of it too soon.
         self.clustered = isinstance(client, RedisCluster)
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(limiter_lib() + "\n" + load_lua("limiter_main"))
+        self._script = client.register_script(scripts.script("limiter_main", "limiter"))
 
     def hit(self, specs: Sequence[LimitSpec], cost: int = 1, now: float | None = None) -> HitResult:
         """Decide ``specs`` atomically and consume ``cost`` if the request is admitted."""
@@ -77,7 +51,9 @@ class RedisLimiterStore:
         reply = self._run(checked, cost, now, consume=True)
         try:
             return HitResult(
-                decisions=self.parse_decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1])
+                decisions=self.parse_decisions(reply, len(checked)),
+                allowed=bool(reply[scripts.ADMITTED]),
+                version=int(reply[scripts.VERSION]),
             )
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("hit", e) from e
@@ -161,6 +137,6 @@ class RedisLimiterStore:
     def parse_decisions(reply: list[Any], count: int) -> list[Decision]:
         decisions = []
         for i in range(count):
-            allowed, limit, remaining, reset_us, retry_us = reply[2 + 5 * i : 7 + 5 * i]
+            allowed, limit, remaining, reset_us, retry_us = reply[scripts.decision_at(scripts.DECISIONS, i)]
             decisions.append(decision_from_micros(bool(allowed), limit, remaining, reset_us, retry_us))
         return decisions
