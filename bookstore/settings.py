@@ -347,6 +347,9 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # --- Resilience -----------------------------------------------------------------------------
 # Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).
 RESILIENCE_KEY_PREFIX = env_str("RESILIENCE_KEY_PREFIX", "bookstore:") or ""
+if "{" in RESILIENCE_KEY_PREFIX or "}" in RESILIENCE_KEY_PREFIX:
+    # A brace would become every key's hash tag: one cluster slot for the whole layer (stores/keys.py).
+    raise ImproperlyConfigured("RESILIENCE_KEY_PREFIX holds no braces")
 # After a Redis error, stay on the in-process fallback this long before trying Redis again (s).
 RESILIENCE_STORE_RETRY_SECONDS = env_float("RESILIENCE_STORE_RETRY_SECONDS", 1.0)
 # While Redis is unreachable each worker enforces its share of a limit: the limit divided by the

@@ -82,7 +82,7 @@ def redis_configured() -> bool:
 
 
 def key_prefix() -> str:
-    return keyspace.check_prefix(getattr(settings, "RESILIENCE_KEY_PREFIX", ""))
+    return getattr(settings, "RESILIENCE_KEY_PREFIX", "")
 
 
 def events_channel() -> str:

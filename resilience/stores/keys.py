@@ -5,20 +5,13 @@ the next "}"), and one script may only touch keys of one slot. So each key names
 a slot with it in its tag: one limit key per (policy, counted value), one breaker's state and
 window, one bulkhead's slots, queue and deadlines, one policy's minutes of limited keys. Keys that
 no script combines with others (the version counter, the workers hash, the per-minute counts)
-carry no tag and spread by name. The prefix (RESILIENCE_KEY_PREFIX) must hold no "{": it would
-become every key's tag. docs/resilience.md, "Redis Cluster", says how a request's keys are grouped.
+carry no tag and spread by name. The prefix (RESILIENCE_KEY_PREFIX) must hold no brace: it would
+become every key's tag (settings refuse one). docs/resilience.md, "Redis Cluster", has the table.
 """
 
 from __future__ import annotations
 
 import binascii
-
-
-def check_prefix(prefix: str) -> str:
-    """Return ``prefix``, refusing one with a brace (it would put every key in one slot)."""
-    if "{" in prefix or "}" in prefix:
-        raise ValueError(f"a resilience key prefix holds no braces: {prefix!r}")
-    return prefix
 
 
 # --- rate limits -----------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from resilience.engine.breaker import State
 from resilience.engine.limiter import Algorithm, LimitSpec
 from resilience.runtime.policies import breaker_config
 from resilience.stores.cluster import ClusterAdmission
-from resilience.stores.keys import breaker_prefix, events_channel, key_slot, limit_key, version_key
+from resilience.stores.keys import breaker_prefix, events_channel, key_slot, limit_key, slots_base, version_key
 from resilience.stores.redis_breaker import RedisBreakerStore
+from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.live import LiveServer, LocalRedisCluster
 from tests.resilience.test_breaker_live import SEARCH, Ops, kinds, search_breaker
@@ -43,13 +44,6 @@ from tests.resilience.test_ratelimit_live import (
 )
 
 pytestmark = [pytest.mark.live, pytest.mark.redis]
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[LocalRedisCluster]:
-    """Start a 6-node cluster once for these tests; its servers are stopped by PID at the end."""
-    with LocalRedisCluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture
@@ -210,3 +204,25 @@ def test_limits_are_exact_and_refunded_under_concurrency_on_a_cluster(cluster_cl
 
     assert outcomes.count(True) == 50
     assert cluster_client.zcard(loose.key) == 50
+
+
+def test_bulkhead_slots_on_a_cluster_go_only_to_admitted_requests(cluster_client: Any) -> None:
+    run = f"{prefix()}slots-{time.monotonic_ns()}:"
+    concurrency = RedisConcurrencyStore(cluster_client)
+    admission = ClusterAdmission(
+        RedisLimiterStore(cluster_client, version_key=version_key(run)),
+        RedisBreakerStore(cluster_client, prefix=breaker_prefix(run)),
+        concurrency,
+    )
+    base = slots_base(run, 1, "all")
+    closed = LimitSpec(limit_key(run, 2, 0, "x"), Algorithm.FIXED_WINDOW, 0, 60)  # a limit of 0 refuses all
+
+    def slot(lease: str) -> SlotRequest:
+        return SlotRequest(base, lease, limit=1, lease_seconds=30, wait_ms=0, force=False)
+
+    assert admission.admit([closed], [], slots=[slot("refused")]).slots == []
+    assert concurrency.status(base) == (0, 0)
+    assert [a.acquired for a in admission.admit([], [], slots=[slot("first")]).slots] == [True]
+    assert [a.acquired for a in admission.admit([], [], slots=[slot("second")]).slots] == [False]
+    concurrency.release(base, "first")
+    assert [a.acquired for a in admission.admit([], [], slots=[slot("second")]).slots] == [True]
