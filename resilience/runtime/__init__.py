@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from functools import partial
 from time import time as wall_clock
 
 from django.conf import settings
@@ -46,6 +45,7 @@ from resilience.stores.memory_concurrency import MemoryConcurrencyStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.stores.sentinel import FailoverWatch
+from resilience.stores.subscription import connection_factory
 
 log = logging.getLogger("resilience")
 
@@ -227,19 +227,17 @@ class Runtime:
             return None
         current = self._known_refusals
         if current is None:
-            # A subscription needs a plain connection; a client without a pool of them (a cluster
-            # client) gets no memory of refusals: every call asks the store, as before.
-            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]  # Redis store
-            if pool is None:
+            # A client that cannot open a connection of its own gets no memory of refusals:
+            # every call asks the store.
+            connect = connection_factory(self.shared.client)  # type: ignore[attr-defined]  # Redis store
+            if connect is None:
                 return None
             with self._hints_lock:
                 if self._known_refusals is None:
                     # Its own connection, outside the pool: the pool counts every connection it
                     # makes, so taking one from it per reconnect would leak a slot each time.
-                    # Behind Sentinel the pool's kwargs carry its sentinel proxy, so this
-                    # connection too asks the sentinels for the primary when it connects.
                     self._known_refusals = KnownRefusals(
-                        partial(pool.connection_class, **pool.connection_kwargs),
+                        connect,
                         events_channel(),
                         settings.RESILIENCE_STORE_RETRY_SECONDS,
                     )

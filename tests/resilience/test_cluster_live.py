@@ -21,6 +21,7 @@ from accounts.models import User
 from catalog.models import Book
 from resilience.engine.breaker import State
 from resilience.engine.limiter import Algorithm, LimitSpec
+from resilience.runtime import Runtime
 from resilience.runtime.policies import breaker_config
 from resilience.stores.cluster import ClusterAdmission
 from resilience.stores.keys import breaker_prefix, events_channel, key_slot, limit_key, slots_base, version_key
@@ -28,6 +29,7 @@ from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.live import LiveServer, LocalRedisCluster
+from tests.resilience.test_breaker_known_open import heard, opened
 from tests.resilience.test_breaker_live import SEARCH, Ops, kinds, search_breaker
 from tests.resilience.test_breaker_live import fire as fire_together
 from tests.resilience.test_ratelimit_live import (
@@ -226,3 +228,18 @@ def test_bulkhead_slots_on_a_cluster_go_only_to_admitted_requests(cluster_client
     assert [a.acquired for a in admission.admit([], [], slots=[slot("second")]).slots] == [False]
     concurrency.release(base, "first")
     assert [a.acquired for a in admission.admit([], [], slots=[slot("second")]).slots] == [True]
+
+
+def test_a_breaker_seen_open_is_remembered_and_a_reset_elsewhere_heard_on_a_cluster(
+    runtime_on_cluster: Runtime, redis_cluster: LocalRedisCluster, make_book: Callable[..., Book]
+) -> None:
+    """PUBLISH on a cluster reaches every node: the subscription on one master hears a reset made on another."""
+    policy, page, client = opened(make_book, open_seconds=30)
+    other = redis_cluster.client()
+    try:
+        store = RedisBreakerStore(other, prefix=breaker_prefix(prefix()), events_channel=events_channel(prefix()))
+        store.reset(policy.name)
+        assert heard(policy.name) < 1
+    finally:
+        other.close()
+    assert client.get(page).status_code == 200
