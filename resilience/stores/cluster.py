@@ -98,15 +98,17 @@ class ClusterAdmission:
         groups = group_by_slot(specs)
         at = "" if now is None else str(to_micros(now))
         calls = [
-            (indexes, [specs[i].key for i in indexes], self._hit_args(specs, indexes, at))
-            for indexes in groups.values()
+            (indexes, [specs[i].key for i in indexes], self._hit_args(specs, indexes, at), slot)
+            for slot, indexes in groups.items()
         ]
         pipe = self.client.pipeline()
-        for _, keys, args in calls:
-            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-        pipe.get(self.limiter.version_key)
+        for _, keys, args, slot in calls:
+            self._evalsha(pipe, slot, keys, args)
+        pipe.execute_command(
+            "GET", self.limiter.version_key, target_nodes=self._node(key_slot(self.limiter.version_key))
+        )
         replies = pipe.execute(raise_on_error=False)
-        for n, ((_, keys, args), reply) in enumerate(zip(calls, replies, strict=False)):
+        for n, ((_, keys, args, _), reply) in enumerate(zip(calls, replies, strict=False)):
             if isinstance(reply, NoScriptError):  # a node restarted or was promoted: load there, once
                 replies[n] = self._script(keys=keys, args=args)
         for reply in replies:
@@ -120,7 +122,7 @@ class ClusterAdmission:
         receipts: list[str] = [""] * len(specs)
         admitted = True
         try:
-            for (indexes, _, _), reply in zip(calls, replies, strict=False):
+            for (indexes, _, _, _), reply in zip(calls, replies, strict=False):
                 admitted = admitted and bool(reply[scripts.SLOT_ADMITTED])
                 receipts_at = scripts.after_decisions(scripts.SLOT_DECISIONS, len(indexes))
                 for j, i in enumerate(indexes):
@@ -148,20 +150,28 @@ class ClusterAdmission:
             args += spec_args(specs[i])
         return args
 
+    def _node(self, slot: int) -> Any:
+        """Return the master of ``slot`` as the client's slot map has it (a MOVED reply updates the map)."""
+        return self.client.nodes_manager.get_node_from_slot(slot)
+
+    def _evalsha(self, pipe: Any, slot: int, keys: list[str], args: list[str]) -> None:
+        # The node given, not found from the keys: redis-py would otherwise parse EVALSHA's keys per call.
+        pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args, target_nodes=self._node(slot))
+
     def _refund(
-        self, specs: Sequence[LimitSpec], calls: list[tuple[list[int], list[str], list[str]]], receipts: list[str]
+        self, specs: Sequence[LimitSpec], calls: list[tuple[list[int], list[str], list[str], int]], receipts: list[str]
     ) -> None:
         """Give back what the admitting slots consumed, one script per slot, pipelined."""
         pipe = self.client.pipeline()
         queued: list[tuple[list[str], list[str]]] = []
-        for indexes, keys, _ in calls:
+        for indexes, keys, _, slot in calls:
             if not any(receipts[i] for i in indexes):
                 continue
             args = ["refund", str(len(indexes))]
             for i in indexes:
                 args += [*spec_args(specs[i]), receipts[i]]
             queued.append((keys, args))
-            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            self._evalsha(pipe, slot, keys, args)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         for (keys, args), reply in zip(queued, replies, strict=True):
             if isinstance(reply, NoScriptError):
