@@ -100,6 +100,11 @@ def stale_copy_key(prefix: str, rule: str, digest: str) -> str:
     return f"{prefix}stale:{{{rule}}}:{digest}"
 
 
+def health_probe_key(prefix: str) -> str:
+    """Return the key /health/ready runs the admission script on (a dry-run limit no probe rate reaches)."""
+    return f"{prefix}health:{{ready}}"
+
+
 def workers_key(prefix: str) -> str:
     """Return the hash where each worker reports the policy version it serves under."""
     return f"{prefix}workers"
