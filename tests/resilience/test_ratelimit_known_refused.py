@@ -10,7 +10,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience.http.middleware import limit_spec
+from resilience.http.decision import limit_spec
 from resilience.ops import metrics
 from resilience.runtime import get_runtime, key_prefix
 from resilience.runtime.policies import compile_policies
