@@ -32,6 +32,7 @@ from resilience.ops import metrics
 from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.runtime.policies import compile_concurrency
 from resilience.stores.redis_concurrency import RedisConcurrencyStore
+from tests.conftest import make_concurrency
 from tests.live import HOST, RedisServer, free_port
 
 SEARCH = "/api/books/search?q=tolkien"
@@ -39,15 +40,12 @@ CONCURRENCY_LIMIT = "https://bookstore.example/problems/concurrency-limit"
 
 
 def make_policy(**fields: Any) -> ConcurrencyPolicy:
+    """Create slots on the book search, shared by everyone, unless told otherwise."""
     fields.setdefault("name", "search-slots")
     fields.setdefault("match_type", "prefix")
     fields.setdefault("pattern", "/api/books/search")
     fields.setdefault("key", "global")
-    policy = ConcurrencyPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    get_runtime().invalidate()
-    return policy
+    return make_concurrency(**fields)
 
 
 def store() -> RedisConcurrencyStore:

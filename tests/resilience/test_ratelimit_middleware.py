@@ -23,11 +23,11 @@ from catalog.models import Book
 from resilience import runtime as runtime_module
 from resilience import services
 from resilience.engine.limiter import Algorithm
-from resilience.models import RateLimitOverride, RateLimitPolicy
+from resilience.models import RateLimitPolicy
 from resilience.ops import metrics
 from resilience.runtime import get_runtime
 from resilience.stores.redis_limiter import RedisLimiterStore
-from tests.conftest import client_for
+from tests.conftest import client_for, make_policy
 
 ALL_ALGORITHMS = [a.value for a in Algorithm]
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
@@ -96,20 +96,6 @@ def assert_quota_exceeded(response: HttpResponse, violated: list[str]) -> dict[s
     assert int(response["Retry-After"]) == max(params[name]["t"] for name in violated)
     assert int(response["Retry-After"]) >= 1
     return params[violated[0]]
-
-
-def make_policy(*, overrides: dict[str, int] | None = None, **fields: object) -> RateLimitPolicy:
-    """Create a validated policy (and overrides) and make the running workers see it."""
-    fields.setdefault("name", f"rl-{next(_names)}")
-    fields.setdefault("pattern", "/api/books")
-    fields.setdefault("period", HOUR)
-    policy = RateLimitPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    for key_value, limit in (overrides or {}).items():
-        RateLimitOverride.objects.create(policy=policy, key_value=key_value, limit=limit)
-    get_runtime().invalidate()
-    return policy
 
 
 def decisions(policy: str, outcome: str) -> float:
