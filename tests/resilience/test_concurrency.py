@@ -95,14 +95,17 @@ def _clean_slots(db: None) -> Iterator[None]:
 def test_a_full_limit_refuses_at_once_with_a_503_problem(anon_client: APIClient) -> None:
     policy = make_policy(max_in_flight=2)
     hold(policy, 2)
-    began = time.perf_counter()
+    before = {outcome: decisions(policy, outcome) for outcome in ("refused", "refused_after_wait")}
     reply = anon_client.get(SEARCH)
     assert reply.status_code == 503
     body = problem(reply)
     assert body["type"] == CONCURRENCY_LIMIT
     assert body["policy"] == "search-slots"
     assert reply["Retry-After"] == "1"
-    assert time.perf_counter() - began < 1.0  # max_wait_ms 0: no waiting
+    # max_wait_ms 0: refused without waiting, which a request that waited would say and be counted as.
+    assert body["detail"] == "Every slot of search-slots is taken; retry in 1 s."
+    assert decisions(policy, "refused") == before["refused"] + 1
+    assert decisions(policy, "refused_after_wait") == before["refused_after_wait"]
     assert in_flight(policy) == 2  # the refused request took nothing
 
 
