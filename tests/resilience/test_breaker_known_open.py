@@ -61,7 +61,7 @@ def opened(make_book: Callable[..., Book], **fields: Any) -> tuple[CircuitBreake
     assert client.get(MISSING).status_code == 404  # trips it
     # The first refusal starts the subscription; the first answer after it is remembered.
     assert client.get(page).status_code == 503
-    within(2, known().live)
+    within(10, known().live)
     assert client.get(page).status_code == 503
     assert known().seconds_left(policy.name) is not None
     return policy, page, client
@@ -126,7 +126,7 @@ def test_forced_open_is_refused_without_a_round_trip_until_released(
     store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]  # the Redis store here
     store.force(policy.name, State.FORCED_OPEN)
     assert client.get(page).status_code == 503
-    within(2, known().live)
+    within(10, known().live)
     assert client.get(page).status_code == 503
     trips = RoundTrips(monkeypatch, get_runtime())
 
@@ -190,7 +190,7 @@ def test_listener_subscribes_again_after_a_lost_connection(
     errors = metrics.store_errors.labels("subscribe")._value.get()
     assert other.client_kill_filter(_type="pubsub") >= 1
     heard(policy.name)
-    within(1, lambda: metrics.store_errors.labels("subscribe")._value.get() == errors + 1)  # counted, for alerts
+    within(10, lambda: metrics.store_errors.labels("subscribe")._value.get() == errors + 1)  # counted, for alerts
 
     # Back within the retry interval: the breaker is still open, and is remembered again.
     within(settings.RESILIENCE_STORE_RETRY_SECONDS + 2, known().live)
@@ -233,10 +233,10 @@ def test_a_dropped_runtime_lets_go_of_its_subscription(make_book: Callable[..., 
     dropped = known()
     reset_runtime()
 
-    within(2, lambda: subscribers() == 0)
+    within(10, lambda: subscribers() == 0)
     assert not dropped.live()
     assert client.get(page).status_code == 503
-    within(2, known().live)  # the runtime that replaced it subscribes on its own
+    within(10, known().live)  # the runtime that replaced it subscribes on its own
     assert subscribers() == 1
 
 
@@ -277,7 +277,7 @@ def test_code_guard_refuses_from_memory_too(monkeypatch: pytest.MonkeyPatch) -> 
         raise RuntimeError("the dependency failed")  # trips it
     with pytest.raises(BreakerOpen):
         call()
-    within(2, known().live)
+    within(10, known().live)
     with pytest.raises(BreakerOpen):
         call()
     store = get_runtime().breaker_shared
