@@ -218,7 +218,7 @@ class Runtime:
         )
 
     def _make_concurrency_store(self) -> RedisConcurrencyStore | None:
-        if not settings.REDIS_URL:
+        if not redis_configured():
             return None
         from django_redis import get_redis_connection
 

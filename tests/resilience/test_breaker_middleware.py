@@ -31,6 +31,7 @@ from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.runtime.policies import breaker_config
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
+from tests.conftest import make_breaker as shared_make_breaker
 
 REDUCED_CAPACITY = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
 DEPENDENCY_UNAVAILABLE = problem_type("dependency-unavailable")
@@ -42,18 +43,12 @@ _names = itertools.count(1)
 
 
 def make_breaker(**fields: Any) -> CircuitBreakerPolicy:
-    """Create a validated breaker policy and make this process see it at once."""
+    """Create a breaker on book pages that counts a 404 as a failure, unless told otherwise."""
     fields.setdefault("name", f"cb-{next(_names)}")
     fields.setdefault("match_type", "regex")
     fields.setdefault("pattern", DETAIL if fields["match_type"] == "regex" else fields["name"])
     fields.setdefault("failure_statuses", "404")
-    fields.setdefault("failure_rate", 0)
-    fields.setdefault("open_seconds", 30)
-    policy = CircuitBreakerPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    get_runtime().invalidate()
-    return policy
+    return shared_make_breaker(**fields)
 
 
 def state_of(policy: CircuitBreakerPolicy) -> State:

@@ -33,6 +33,7 @@ from resilience.runtime.policies import breaker_config
 from resilience.stores.boundary import store_call
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
+from tests.conftest import make_policy
 from tests.live import HOST, RedisServer, free_port
 
 REDUCED_CAPACITY = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
@@ -76,15 +77,6 @@ def cluster_runtime(db: None, cluster_server: RedisServer) -> Iterator[Runtime]:
 
 def store_errors(operation: str) -> float:
     return metrics.store_errors.labels(operation)._value.get()
-
-
-def make_policy(**fields: Any) -> RateLimitPolicy:
-    fields.setdefault("pattern", "/api/books")
-    policy = RateLimitPolicy(period=3600, **fields)
-    policy.full_clean()
-    policy.save()
-    get_runtime().invalidate()
-    return policy
 
 
 def test_cluster_client_raises_what_is_not_a_redis_error(cluster_runtime: Runtime) -> None:
