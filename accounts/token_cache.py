@@ -33,6 +33,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from resilience.ops.metrics import store_errors
+from resilience.runtime import redis_configured
 from resilience.stores.subscription import Subscription
 
 log = logging.getLogger("accounts")
@@ -128,7 +129,7 @@ class TokenCache:
 
     def _listening(self) -> None:
         """Subscribe to revocations in this process, once (a no-op without Redis or when turned off)."""
-        if self._closed or self.seconds <= 0 or not settings.REDIS_URL:
+        if self._closed or self.seconds <= 0 or not redis_configured():
             return
         if self._subscription is None:
             from django_redis import get_redis_connection
@@ -187,7 +188,7 @@ def reset() -> None:
 
 # --- revocations -------------------------------------------------------------------------------
 def _publish(user_id: int) -> None:
-    if not settings.REDIS_URL:
+    if not redis_configured():
         return
     from django_redis import get_redis_connection
 
