@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.live import LiveServer, RedisServer
+from tests.live import LiveServer, RedisServer, request
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -239,6 +239,15 @@ def machine(redis: Any) -> dict[str, Any]:
         "postgresql": pg.split()[0], "synchronous_commit": sync, "redis": redis.info("server")["redis_version"],
         "gunicorn": gunicorn.__version__,
     }  # fmt: skip
+
+
+def metrics(port: int, *prefixes: str) -> dict[str, float]:
+    """Return the series of /metrics whose names start with one of the prefixes, summed over the workers."""
+    lines = [x.rpartition(" ") for x in request(port, "/metrics").body.decode().splitlines() if x.startswith(prefixes)]
+    out: Counter[str] = Counter()
+    for name, _, value in lines:
+        out[name] += float(value)
+    return dict(out)
 
 
 def listing(counts: dict[str, Any]) -> str:
