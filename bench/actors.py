@@ -150,14 +150,20 @@ async def spike(load: Load, index: int, at: float) -> None:
 
 
 async def staff(load: Load) -> None:
-    """Switch the search dependency's fault on, and off again, through the ops API at the scheduled times."""
+    """Make the search dependency fail, then crawl, through the ops API at the scheduled times; read the slow
+    fault's peak of calls in flight just before it is switched off."""
     pool, spec, json_ = load.pool(), load.spec, {"Content-Type": "application/json"}
     headers = {"Authorization": f"Token {spec['staff_token']}", "X-Forwarded-For": address(8, 0), **json_}
-    switches = (("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204))
-    for event, method, body, ok in switches:
-        await load.until(spec[event])
+    slow = {"mode": "slow", "delay_ms": spec["slow_ms"], "ttl": 600}
+    switches = [("fault_on", "fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "fault_off",
+                "DELETE", None, 204), ("slow_on", "slow_on", "PUT", slow, 200), ("slow_off", "slow_peak", "GET",
+                None, 200), ("slow_off", "slow_off", "DELETE", None, 204)]  # fmt: skip
+    for at, event, method, body, ok in switches:
+        await load.until(spec[at])
         r, record = await load.call(pool, "staff", event, method, "/api/ops/faults/search", headers, body)
         load.events[event] = record[2:4] if r is not None and r.status == ok else None
+        if event == "slow_peak" and r is not None and r.status == ok:
+            load.events[event] = json.loads(r.body)["peak"]
 
 
 async def sampler(load: Load) -> None:

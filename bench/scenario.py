@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,16 @@ HOT_STOCK = 80  # per hot book: legitimate orders and the first spike sell most 
 # have left during the attack. A bigger spike is a capacity question, whatever the resilience layer does.
 SPIKE_CUSTOMERS = 60
 # Seconds after the start. The first seconds warm the server up and are left out of the latency figures.
-TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 118], "fault_on": 58, "fault_off": 88}
-TIMELINE |= {"spikes": [38, 103], "end": 128, "spike_seconds": 2.0}
+TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_on": 58, "fault_off": 88}
+TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
+# The slowdown: every search waits this long, under the search breaker's slow-call threshold (2 s), so only the
+# bulkhead stands between slow searches and every worker thread. Its slots: a quarter of the fleet's threads.
+SLOW_MS, SEARCH_SLOTS = 1000, WORKERS
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
+METRICS = ("bookstore_ratelimit_decisions_total", "bookstore_breaker_transitions_total", "bookstore_breaker_rej")
+METRICS += ("bookstore_concurrency_decisions_total",)
 SHAPES_KEPT = 5  # runs kept per server shape in bench/results/scenario-shapes.json
 LIMIT_FIELDS = "name methods pattern key algorithm limit period burst mode"  # what the report and the checks read
 BREAKER_FIELDS = "name failure_threshold failure_rate window_size minimum_calls slow_call_ms open_seconds"
@@ -43,19 +47,22 @@ def seed() -> dict[str, Any]:
     from accounts.models import User
     from accounts.services import token_create
     from catalog.models import Book
-    from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+    from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
     call_command("demo_data", books=BOOKS, seed=11, verbosity=0)
     ids = list(Book.objects.order_by("pk").values_list("pk", flat=True))
     Book.objects.filter(pk__in=ids[10 : 10 + HOT_BOOKS]).update(stock=HOT_STOCK)
     limits = RateLimitPolicy.objects.filter(enabled=True).values(*LIMIT_FIELDS.split())
     breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*BREAKER_FIELDS.split())
+    ConcurrencyPolicy.objects.filter(name="search").update(max_in_flight=SEARCH_SLOTS)  # the data migration's
+    bulkheads = ConcurrencyPolicy.objects.filter(enabled=True).values("name", "pattern", "max_in_flight", "max_wait_ms")
     out = {"book_ids": ids, "hot_ids": ids[10 : 10 + HOT_BOOKS], "list_pages": len(ids) // 20}
     in_stock = Book.objects.filter(stock__gte=10).exclude(pk__in=out["hot_ids"])
     out |= {"in_stock_ids": list(in_stock.values_list("pk", flat=True)), "tokens": lib.customers(CUSTOMERS, "customer")}
     out["initial_stock"] = dict(Book.objects.values_list("pk", "stock"))
     out["staff_token"] = token_create(user=User.objects.get(username="staff")).token
     out["policies"] = {"ratelimits": {p["name"]: p for p in limits}, "breakers": {b["name"]: b for b in breakers}}
+    out["policies"]["bulkheads"] = {b["name"]: b for b in bulkheads}
     for b in out["policies"]["breakers"].values():
         b["failure_rate"] = float(b["failure_rate"])
     return out
@@ -103,18 +110,6 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
             last = ticks
 
 
-def metrics(port: int) -> dict[str, float]:
-    """Return the rate-limit decisions and breaker counters from /metrics, summed over the workers."""
-    from tests.live import request
-
-    wanted = ("bookstore_ratelimit_decisions_total", "bookstore_breaker_transitions_total", "bookstore_breaker_rej")
-    lines = [x.rpartition(" ") for x in request(port, "/metrics").body.decode().splitlines() if x.startswith(wanted)]
-    out: Counter[str] = Counter()
-    for name, _, value in lines:
-        out[name] += float(value)
-    return dict(out)
-
-
 def hash_cost() -> tuple[str, float]:
     """Return the app's password hasher and the CPU seconds one check costs here (unknown users pay it too)."""
     import importlib
@@ -139,7 +134,7 @@ def run() -> dict[str, Any]:
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
             t0, output = time.monotonic() + 1.5, lib.RESULTS / f"{NAME}.load.json"  # 1.5 s: the actors start up
             spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126, "output": str(output)}
-            spec |= {**timeline, **RATES, "words": WORDS.split()}
+            spec |= {**timeline, **RATES, "words": WORDS.split(), "slow_ms": SLOW_MS}
             spec["users"] = [[t, address(1, n)] for n, t in enumerate(s["tokens"])]
             spec |= {k: s[k] for k in ("book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
             crowd = range(SPIKE_CUSTOMERS)
@@ -155,7 +150,7 @@ def run() -> dict[str, Any]:
             sampler.join()
             if proc.returncode:
                 raise RuntimeError(f"the scenario's actors failed ({proc.returncode})")
-            counted = metrics(server.port)
+            counted = lib.metrics(server.port, *METRICS)
             timings = {f[3]: [int(f[1]), int(f[2])] for f in server.access_lines() if f[3].startswith("sc")}
         load = json.loads(output.read_text())
         output.unlink()  # the records go to scenario.records.json, as judged
@@ -168,7 +163,7 @@ def run() -> dict[str, Any]:
     out |= {"redis_script_calls": sum(spent["redis_calls"].get(k, 0) for k in lib.SCRIPTS)}
     out["hasher"], out["hash_seconds"] = hash_cost()
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
-    config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK}
+    config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
     config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
     config["policies"] = s["policies"]
     config["server"] = f"gunicorn -c deploy/gunicorn.conf.py bookstore.wsgi, {WORKERS} gthread workers × {threads} "

@@ -10,10 +10,11 @@ from typing import Any
 
 from bench.lib import check, percentile, table
 
-OUTCOMES = ("2xx", "409 out of stock", "401", "429", "503 breaker open", "503 dependency failed", "other", "5xx")
-OUTCOMES += ("error",)
+OUTCOMES = ("2xx", "409 out of stock", "401", "429", "503 breaker open", "503 dependency failed", "503 bulkhead full")
+OUTCOMES += ("other", "5xx", "error")
 DESIGNED = {(409, "insufficient-stock"): "409 out of stock", (503, "temporary-reduced-capacity"): "503 breaker open"}
 DESIGNED[(503, "dependency-unavailable")] = "503 dependency failed"  # the failing search's own answer
+DESIGNED[(503, "concurrency-limit")] = "503 bulkhead full"
 REJECT_P99_MS, OPEN_WITHIN_S, CLOSE_SLACK_S = 5.0, 1.0, 5.0
 Record = dict[str, Any]
 
@@ -70,6 +71,9 @@ class Facts:
         # send, and the breaker's opening is timed from it too (the stricter choice).
         self.fault_on, self.fault_on_answered = events.get("fault_on") or [self.tl["fault_on"]] * 2
         self.fault_off, self.fault_off_received = events.get("fault_off") or [self.tl["fault_off"]] * 2
+        # Searches sent from the slow fault's PUT until its DELETE was answered may crawl or meet a full bulkhead.
+        self.slowdown = ((events.get("slow_on") or [self.tl["slow_on"]])[0],
+                         (events.get("slow_off") or [0, self.tl["slow_off"]])[1])  # fmt: skip
         self.transitions = [s for n, s in enumerate(samples) if not n or s[2:4] != samples[n - 1][2:4]]
         opened = [s for s in samples if s[1] >= self.fault_on and s[2] == "open"]
         self.rejected = [r for r in self.records if r["outcome"] == "503 breaker open"]
@@ -88,6 +92,10 @@ class Facts:
 
     def in_failure(self, r: Record) -> bool:
         return self.failure[0] <= r["sent"] < self.failure[1]
+
+    def excused(self, r: Record) -> bool:
+        """Return True for a search made while search was failing or crawling."""
+        return r["endpoint"] == "search" and (self.in_failure(r) or self.slowdown[0] <= r["sent"] < self.slowdown[1])
 
     def legit_ms(self, keep: Callable[[Record], bool]) -> list[float]:
         return [latency_ms(r) for r in self.legit if keep(r)]
@@ -163,7 +171,7 @@ def legit_success(f: Facts) -> Judged:
             return r["status"] == 201 and len(x) == 5 and x[3] == x[2] and x[4] is True
         return r["outcome"] == "2xx" or (r["endpoint"] == "order" and r["outcome"] == "409 out of stock")
 
-    judged = [r for r in f.legit if not (r["endpoint"] == "search" and f.in_failure(r))]
+    judged = [r for r in f.legit if not f.excused(r)]
     failed = Counter(f"{r['endpoint']} {r['status']} {r['problem']}".strip() for r in judged if not ok(r))
     good = len(judged) - sum(failed.values())
     rate = good / len(judged) if judged else 0.0
@@ -175,15 +183,30 @@ def legit_success(f: Facts) -> Judged:
 def legit_p99(f: Facts) -> Judged:
     warm, attack = f.tl["warmup"][1], f.tl["attack"][0]
     base = percentile(f.legit_ms(lambda r: warm <= r["sent"] < attack), 99)
-    outside = percentile(f.legit_ms(lambda r: r["sent"] >= warm and not f.in_failure(r)), 99)
+    outside = percentile(f.legit_ms(lambda r: r["sent"] >= warm and not f.in_failure(r) and not f.excused(r)), 99)
     windows = []  # 2 s windows outside the failure: [start, requests, p50, p99, CPU busy, stolen, busiest]
     for lo in range(int(warm), int(f.tl["end"]), 2):
-        lat = f.legit_ms(lambda r, lo=lo: lo <= r["sent"] < lo + 2 and not f.in_failure(r))
+        lat = f.legit_ms(lambda r, lo=lo: lo <= r["sent"] < lo + 2 and not f.in_failure(r) and not f.excused(r))
         windows += [[lo, len(lat), *pcts(lat, 50, 99).values(), *f.cpu(lo, lo + 2)]] if len(lat) >= 10 else []
     worst = sorted(windows, key=lambda w: -w[3])[:8]
     figures = {"baseline_ms": round(base, 1), "outside_ms": round(outside, 1), "worst_2s_windows": worst}
     measured = f"{outside:.1f} ms vs {base:.1f} ms (x{outside / base if base else 0:.2f})"
     return outside <= 2 * base, measured, "≤ 2x baseline", figures
+
+
+@named("list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead")
+def slowdown_p99(f: Facts) -> Judged:
+    (warm, attack), (lo, hi) = (f.tl["warmup"][1], f.tl["attack"][0]), f.slowdown
+    base = percentile(f.legit_ms(lambda r: warm <= r["sent"] < attack and r["endpoint"] != "search"), 99)
+    slow = percentile(f.legit_ms(lambda r: lo <= r["sent"] < hi and r["endpoint"] != "search"), 99)
+    peak, slots = f.results["load"]["events"].get("slow_peak"), f.cfg["policies"]["bulkheads"]["search"]
+    searches = [r for r in f.legit if r["endpoint"] == "search" and lo <= r["sent"] < hi]
+    figures = {"baseline_ms": round(base, 1), "slowdown_ms": round(slow, 1), "peak": peak, "bulkhead": slots}
+    figures |= {"legit_searches": dict(Counter(r["outcome"] for r in searches))}
+    figures["legit_search_ms"] = pcts((latency_ms(r) for r in searches if r["outcome"] == "2xx"), 50, 99)
+    measured = f"{slow:.1f} ms vs {base:.1f} ms (x{slow / base if base else 0:.2f}); at most {peak} slow at once"
+    ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
+    return ok, measured, f"≤ 2x baseline; ≤ {slots['max_in_flight']}", figures
 
 
 @named("search breaker opens after the failure starts")
@@ -231,7 +254,10 @@ def no_unexpected(f: Facts) -> Judged:
             return True
         # The failing dependency's own 503 may only answer a search made while the fault was on.
         in_fault = r["received"] >= f.fault_on and r["sent"] <= f.fault_off_received
-        return r["outcome"] == "503 dependency failed" and not in_fault
+        in_slowdown = f.slowdown[0] <= r["sent"] < f.slowdown[1]
+        return (r["outcome"] == "503 dependency failed" and not in_fault) or (
+            r["outcome"] == "503 bulkhead full" and not in_slowdown
+        )
 
     bad = [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in f.records if unexpected(r)]
     return not bad, str(len(bad)), "0", {"first": bad[:20]}
@@ -275,8 +301,8 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     checks = [check(CHECKS[name][0], *x[:3], **x[3]) for name, x in by.items()]
     warm, (start, end) = f.tl["warmup"][1], f.tl["attack"]
     phases = {"warm-up (not judged)": (0, warm), "baseline": (warm, start), "attack, before the failure": (start,
-              f.failure[0]), "failure window": f.failure, "attack, after recovery": (f.failure[1], end),
-              "cool-down": (end, f.tl["end"] + 60)}  # fmt: skip
+              f.failure[0]), "failure window": f.failure, "attack, after recovery": (f.failure[1], f.slowdown[0]),
+              "search slowdown, bulkhead on": (f.slowdown[0], end), "cool-down": (end, f.tl["end"] + 60)}  # fmt: skip
     kinds = {"all": None, "search": {"search"}, "orders": {"order", "order-replay", "cancel"}}
     rows = []
     for label, (lo, hi) in phases.items():
@@ -295,6 +321,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     p99 = {r[0]: r[5] for r in rows if r[1] == "all"}
     shape = {"baseline_p99_ms": by["legit_p99"][3]["baseline_ms"], "outside_p99_ms": by["legit_p99"][3]["outside_ms"]}
     shape |= {f"{k}_p99_ms": p99[p] for k, p in zip(("attack", "failure", "after"), list(phases)[2:5], strict=True)}
+    shape["slowdown_p99_ms"] = by["slowdown_p99"][3]["slowdown_ms"]
     shape["db_max_connections"] = by["db_connections"][3]["max"]
     moments = "fault_on fault_on_answered fault_off opened_store first_open_sample first_503 closed_at".split()
     fault = {k: getattr(f, k) for k in moments} | {"rejections": len(f.rejected)}
@@ -302,7 +329,8 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     timing = {f"{k}_decision": pcts((r["timing"][0] for r in rs if r["timing"]), 50, 99) for k, rs in timed.items()}
     timing |= {f"{k}_served": pcts(f.served_ms(rs), 50, 99) for k, rs in timed.items()}
     report = {
-        **{k: x[3] for k, x in by.items()}, "window": f.failure, "requests": len(f.records), "fault": fault,
+        **{k: x[3] for k, x in by.items()}, "window": f.failure, "slowdown": f.slowdown, "fault": fault,
+        "requests": len(f.records),
         "scripts_per_request": round(results["redis_script_calls"] / max(len(f.records), 1), 2),
         "timing": {k: " / ".join(map(str, v.values())) for k, v in timing.items()},
         "outcomes": outcome_table("actor", f.by_actor), "endpoints": outcome_table("endpoint", by_endpoint),
