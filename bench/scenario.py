@@ -27,8 +27,8 @@ SPIKE_CUSTOMERS = 60
 TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_on": 58, "fault_off": 88}
 TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
 # The slowdown: every search waits this long, under the search breaker's slow-call threshold (2 s), so only the
-# bulkhead stands between slow searches and every worker thread. Its slots: a quarter of the fleet's threads.
-SLOW_MS, SEARCH_SLOTS = 1000, WORKERS
+# bulkhead stands between slow searches and every worker thread.
+SLOW_MS = 1000
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
@@ -40,8 +40,9 @@ BREAKER_FIELDS = "name failure_threshold failure_rate window_size minimum_calls 
 BREAKER_FIELDS += " half_open_max_calls"
 
 
-def seed() -> dict[str, Any]:
-    """Create the catalogue, hot books, customers and staff; return what the actors and the checks need."""
+def seed(threads: int) -> dict[str, Any]:
+    """Create the catalogue, hot books, customers and staff, size the search bulkhead; return what the actors and
+    the checks need."""
     from django.core.management import call_command
 
     from accounts.models import User
@@ -54,7 +55,9 @@ def seed() -> dict[str, Any]:
     Book.objects.filter(pk__in=ids[10 : 10 + HOT_BOOKS]).update(stock=HOT_STOCK)
     limits = RateLimitPolicy.objects.filter(enabled=True).values(*LIMIT_FIELDS.split())
     breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*BREAKER_FIELDS.split())
-    ConcurrencyPolicy.objects.filter(name="search").update(max_in_flight=SEARCH_SLOTS)  # the data migration's
+    # The data migration's bulkhead, sized so that no worker is ever all slow searches: its slots are fleet-wide
+    # (all may land on one worker), so fewer than a worker's threads, and no wait (a waiter holds a thread too).
+    ConcurrencyPolicy.objects.filter(name="search").update(max_in_flight=max(1, threads - 1), max_wait_ms=0)
     bulkheads = ConcurrencyPolicy.objects.filter(enabled=True).values("name", "pattern", "max_in_flight", "max_wait_ms")
     out = {"book_ids": ids, "hot_ids": ids[10 : 10 + HOT_BOOKS], "list_pages": len(ids) // 20}
     in_stock = Book.objects.filter(stock__gte=10).exclude(pk__in=out["hot_ids"])
@@ -128,7 +131,7 @@ def run() -> dict[str, Any]:
     threads, pool, timeline = cfg["scenario_threads"], cfg["scenario_pool"], TIMELINE
     with lib.prepared(NAME) as (url, redis):
         db, began = url.rsplit("/", 1)[1], time.monotonic()
-        s = seed()
+        s = seed(threads)
         seed_seconds, machine = round(time.monotonic() - began, 1), lib.machine(redis)
         env = {"FAULT_INJECTION": "true", "TRUSTED_PROXY_COUNT": "1", "DB_POOL_MIN": "1", "DB_POOL_MAX": str(pool)}
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
