@@ -1,6 +1,5 @@
-"""The scenario's actors on one clock, in a process of their own: `python -m bench.actors` reads its spec on
-stdin and writes every request's record to the file the spec names. Each simulated client has its own address
-in X-Forwarded-For (one trusted proxy)."""
+"""The scenario's actors on one clock, in a process of their own (`python -m bench.actors`: spec on stdin, records
+to the file it names), each simulated client with its own address in X-Forwarded-For (one trusted proxy)."""
 
 from __future__ import annotations
 
@@ -213,12 +212,8 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Play the spec read on stdin and write the records to the file it names.
-
-    The generator shares the cores with the server, so its own pauses must stay out of the latencies: no cyclic
-    garbage collector (the records hold no cycles), and nice -5 (needs CAP_SYS_NICE) to rank it ahead of the bench's
-    own threads. Not a session of its own: with autogroup scheduling that made one run's p99 five times worse."""
-    gc.disable()
+    """Play the spec read on stdin and write the records to the file it names."""
+    gc.disable()  # the records hold no cycles: no collector pauses inside the latencies (docs/benchmarks.md.in)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)
     spec = json.load(sys.stdin)

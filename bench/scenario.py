@@ -1,7 +1,5 @@
-"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing dependency
-hit the shop. Seed, serve with the default policies, play the actors (bench/actors.py) while sampling PostgreSQL
-and the CPU, check the orders in the database, judge (bench/verdict.py). How and why: docs/benchmarks.md.in.
-`python -m bench.scenario judge` judges the last run again."""
+"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing, then crawling,
+search hit the shop (docs/benchmarks.md.in). `python -m bench.scenario judge` judges the last run again."""
 
 from __future__ import annotations
 
@@ -115,11 +113,11 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
 
 def hash_cost() -> tuple[str, float]:
     """Return the app's password hasher and the CPU seconds one check costs here (unknown users pay it too)."""
-    import importlib
-
     from django.contrib.auth.hashers import import_string
 
-    hasher = import_string(importlib.import_module("bookstore.settings").PASSWORD_HASHERS[0])()
+    from bookstore import settings as product  # this process's settings use a fast hasher
+
+    hasher = import_string(product.PASSWORD_HASHERS[0])()
     encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
     hasher.verify("wrong-password", encoded)
     return hasher.algorithm, round(time.process_time() - began, 3)
@@ -178,14 +176,11 @@ def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict
     """Keep this run's key figures with the last few of its server shape (BENCH_SCENARIO_THREADS and _POOL), for
     the report to compare; return every kept run, this one first."""
     path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
-    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"]}
-    mine |= {"finished_at": results["finished_at"], **judged["shape_figures"]}
-    mine["server_cpu_s"] = results["server_cpu_seconds"]
-    mine |= {"cpu_probe_ms": results["machine"]["cpu_probe_ms"]}
-    mine["failed"] = ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"
-    runs = [
-        r for r in (json.loads(path.read_text()) if path.exists() else []) if r["finished_at"] != mine["finished_at"]
-    ]
+    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
+            "finished_at": results["finished_at"], **judged["shape_figures"],
+            "server_cpu_s": results["server_cpu_seconds"], "cpu_probe_ms": results["machine"]["cpu_probe_ms"],
+            "failed": ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"}  # fmt: skip
+    runs = [r for r in json.loads(path.read_text()) if r["finished_at"] != mine["finished_at"]] if path.exists() else []
     kept = [r for r in runs if r["shape"] != mine["shape"]]
     kept += [r for r in runs if r["shape"] == mine["shape"]][-(SHAPES_KEPT - 1) :] + [mine]
     path.write_text(json.dumps(kept, indent=1) + "\n")
