@@ -48,9 +48,8 @@ def status() -> dict[str, Any]:
 
 def failed(redis: Any) -> int:
     """Return the Redis commands that failed so far (INFO commandstats; a NOSCRIPT retry counts)."""
-    return sum(
-        int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in redis.info("commandstats").values()
-    )
+    stats = redis.info("commandstats").values()
+    return sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats)
 
 
 def responses(run: dict[str, Any]) -> list[tuple[str, list[str], int]]:
@@ -60,10 +59,9 @@ def responses(run: dict[str, Any]) -> list[tuple[str, list[str], int]]:
 
 def closed_ok(run: dict[str, Any], state: str, previous: str) -> bool:
     """Every response a plain 200 with this config's breaker field; the previous config's only in warm-up."""
-    allowed = {"measured": {state}, "warmup": {state, previous}}
-    return not run["errors"] and all(
-        f[0] == "200" and not f[1].startswith(PROBLEM) and not f[2] and f[3] in allowed[p] for p, f, _ in responses(run)
-    )
+    allowed, answers = {"measured": {state}, "warmup": {state, previous}}, responses(run)
+    ok = all(f[0] == "200" and not f[1].startswith(PROBLEM) and not f[2] and f[3] in allowed[p] for p, f, _ in answers)
+    return ok and not run["errors"]
 
 
 def measure(server: lib.LiveServer, clients: list[dict[str, Any]], redis: Any, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -134,11 +132,9 @@ def main() -> int:
     # at most once per SYNC_SECONDS while it is closed, and as often for a success.
     per_window = 2 * cfg["workers"] * cfg["threads"]
     db = [(r["scripts"] - 2 * r["closed"], per_window * math.ceil(r["seconds"] / SYNC_SECONDS)) for r in ab]
-    refused = not opened["errors"] and all(
-        # Forced open: held until released, so no time to retry is given (client_retry_after).
-        f[0] == "503" and f[1].startswith(PROBLEM) and not f[2] and f[3] == "open"
-        for _, f, _ in responses(opened)
-    )
+    # Forced open: held until released, so no time to retry is given (client_retry_after).
+    refused = all(f[0] == "503" and f[1].startswith(PROBLEM) and not f[2] and f[3] == "open"
+                  for _, f, _ in responses(opened)) and not opened["errors"]  # fmt: skip
     stayed = {k: after_b[k] for k in ("state", "forced", "consecutive_failures", "generation")}
     states = f"{forced['detail_state']}, {released['detail_state']}, then {probe_released.header(TALLY[2])}"
     body = json.loads(probe_open.body or b"{}")
@@ -167,7 +163,5 @@ def main() -> int:
                   "…#temporary-reduced-capacity"),
     ]  # fmt: skip
     seen = {"before": before, "after_B": after_b, "forced": forced, "released": released}
-    results = {"machine": machine, "config": {"path": path, **cfg, "breaker": BREAKER}, "columns": lib.COLUMNS}
-    return lib.finish(
-        NAME, results | {"rows": rows, "figures": figures, "runs": runs, "states": seen, "checks": checks}
-    )
+    return lib.finish(NAME, machine=machine, config={"path": path, **cfg, "breaker": BREAKER}, columns=lib.COLUMNS,
+                      rows=rows, figures=figures, runs=runs, states=seen, checks=checks)  # fmt: skip

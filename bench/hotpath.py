@@ -101,9 +101,6 @@ def main() -> int:
                   f"b {slots['b'].get(ADMITTED, 0):.0f} admitted for {measured} measured; series: "
                   f"b {len(slots['b'])}, a {len(slots['a'])}, c {len(slots['c'])}", "all admitted; 1, 0, 0"),
     ]  # fmt: skip
-    results = {
-        "machine": machine,
-        "config": {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER, "bulkhead": BULKHEAD},
-    }
-    return lib.finish(NAME, results | {"columns": lib.COLUMNS, "rows": rows, "figures": figures, "checks": checks,
-                                       "runs": runs})  # fmt: skip
+    config = {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER, "bulkhead": BULKHEAD}
+    return lib.finish(NAME, machine=machine, config=config, columns=lib.COLUMNS, rows=rows, figures=figures,
+                      checks=checks, runs=runs)  # fmt: skip

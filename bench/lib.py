@@ -263,13 +263,11 @@ def render(results: dict[str, Any]) -> str:
     """Return a benchmark's results as Markdown: its table, its figures and its checks."""
     parts = [table(results["columns"], results["rows"])] if results.get("rows") else []
     parts += [table(["figure", "value"], results["figures"])] if results.get("figures") else []
-    checks = [
-        ("PASS" if c["ok"] else "**FAIL**", c["name"], c["measured"], c["limit"]) for c in results.get("checks", [])
-    ]
+    checks = [("PASS" if c["ok"] else "**FAIL**", c["name"], c["measured"], c["limit"]) for c in results["checks"]]
     return "\n\n".join([*parts, table(["", "check", "measured", "limit"], checks)])
 
 
-def finish(name: str, results: dict[str, Any]) -> int:
+def finish(name: str, **results: Any) -> int:
     """Print the results, write bench/results/<name>.json; return 0 if every check held."""
     ok = all(c["ok"] for c in results["checks"])
     results = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **results, "ok": ok}

@@ -74,5 +74,5 @@ def main() -> int:
         lib.check("one order written per 201", orders == created, orders, created),
     ]  # fmt: skip
     columns = ["path", "orders/s", "mean ms", "p50 ms", "p99 ms", "measured", "CPU ms/order", "Redis RT/order"]
-    results = {"machine": machine, "config": {**cfg, "statements": " ".join(SQL.split())}, "columns": columns}
-    return lib.finish(NAME, results | {"rows": rows, "figures": figures, "runs": runs, "checks": checks})
+    return lib.finish(NAME, machine=machine, config={**cfg, "statements": " ".join(SQL.split())}, columns=columns,
+                      rows=rows, figures=figures, runs=runs, checks=checks)  # fmt: skip

@@ -124,5 +124,5 @@ def main() -> int:
         ["/health/breakers and /metrics answers", lib.listing(f["ops_statuses"])],
         ["first success after PostgreSQL's return", f"{f['first_success_after_return_s']} s"],
     ]
-    results = {"machine": machine, "config": cfg, "columns": columns, "rows": rows, "figures": figures}
-    return lib.finish(NAME, results | {"outage": f, "checks": checks(f)})
+    return lib.finish(NAME, machine=machine, config=cfg, columns=columns, rows=rows, figures=figures, outage=f,
+                      checks=checks(f))  # fmt: skip

@@ -198,7 +198,7 @@ def main() -> int:
     judged = verdict.judge(results)
     for k in ("records", "samples", "server_timings"):
         del results[k]
-    return lib.finish(NAME, results | judged | {"shapes": remember_shape(results, judged)})
+    return lib.finish(NAME, **(results | judged | {"shapes": remember_shape(results, judged)}))
 
 
 if __name__ == "__main__":
