@@ -153,16 +153,14 @@ async def staff(load: Load) -> None:
     fault's peak of calls in flight just before it is switched off."""
     pool, spec, json_ = load.pool(), load.spec, {"Content-Type": "application/json"}
     headers = {"Authorization": f"Token {spec['staff_token']}", "X-Forwarded-For": address(8, 0), **json_}
-    slow = {"mode": "slow", "delay_ms": spec["slow_ms"], "ttl": 600}
-    switches = [("fault_on", "fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "fault_off",
-                "DELETE", None, 204), ("slow_on", "slow_on", "PUT", slow, 200), ("slow_off", "slow_peak", "GET",
-                None, 200), ("slow_off", "slow_off", "DELETE", None, 204)]  # fmt: skip
-    for at, event, method, body, ok in switches:
-        await load.until(spec[at])
+    switches = [("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204),
+                ("slow_on", "PUT", {"mode": "slow", "delay_ms": spec["slow_ms"], "ttl": 600}, 200),
+                ("slow_peak", "GET", None, 200), ("slow_off", "DELETE", None, 204)]  # fmt: skip
+    for event, method, body, ok in switches:
+        await load.until(spec.get(event, spec["slow_off"]))  # the peak: read just before the slow fault goes
         r, record = await load.call(pool, "staff", event, method, "/api/ops/faults/search", headers, body)
-        load.events[event] = record[2:4] if r is not None and r.status == ok else None
-        if event == "slow_peak" and r is not None and r.status == ok:
-            load.events[event] = json.loads(r.body)["peak"]
+        answered = r is not None and r.status == ok
+        load.events[event] = (json.loads(r.body)["peak"] if event == "slow_peak" else record[2:4]) if answered else None
 
 
 async def sampler(load: Load) -> None:

@@ -10,8 +10,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.lib import percentile
 
@@ -22,8 +21,7 @@ class Transport(Exception):
     """The request got no complete response (connection refused, reset, closed, or timed out)."""
 
 
-@dataclass(slots=True)
-class Response:
+class Response(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes

@@ -1,6 +1,5 @@
 """orders: orders per second on one hot book through POST /api/orders, a bare select_for_update view
-(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in. 32 clients on 2 x 4 threads: enough
-requests in flight to cover the waits on the lock, few enough that its holder does not queue for the GIL."""
+(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
