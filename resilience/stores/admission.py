@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from resilience.engine.breaker import BreakerConfig, Permit, Transition
 from resilience.engine.limiter import HitResult, LimitSpec, to_micros, validate
-from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.boundary import DirectScript, reply_error, store_call
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.stores.redis_breaker import BREAKER_LIB_LUA, RedisBreakerStore, config_args, parse_permit
@@ -74,8 +74,8 @@ class RedisAdmission:
         self.stats_prefix = stats_prefix
         client = limiter.client
         main = (concurrency_lib(), load_lua("admit_main"))
-        self._limits_only = client.register_script("\n".join((limiter_lib(), *main)))
-        self._full = client.register_script("\n".join((limiter_lib(), BREAKER_LIB_LUA, *main)))
+        self._limits_only = DirectScript(client, "\n".join((limiter_lib(), *main)))
+        self._full = DirectScript(client, "\n".join((limiter_lib(), BREAKER_LIB_LUA, *main)))
 
     def admit(
         self,
@@ -107,7 +107,7 @@ class RedisAdmission:
             keys += slot_keys(slot.base)
             args += slot.args()
         script = self._full if breakers else self._limits_only
-        reply: list[Any] = store_call("admission", script, keys=keys, args=args)
+        reply: list[Any] = store_call("admission", script, keys, args)
         try:
             decisions = RedisLimiterStore.parse_decisions(reply, len(specs))
             hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))

@@ -238,6 +238,29 @@ def test_failure_rate_trips_only_at_the_rate_with_minimum_calls(
         assert_open_problem(client.get(good), policy.open_seconds)
 
 
+def test_successes_reach_the_shared_breaker_in_a_batch_and_before_the_next_failure(
+    db: None, make_book: Callable[..., Book]
+) -> None:
+    """Successes are reported in batches: a failure is still judged as if each had been recorded at once."""
+    # In order, [S, S, F, F] is 2 failures of 4 calls (under 60 %); with the failures judged before the
+    # successes, [F, F, S] would be 2 of 3 and trip.
+    policy = make_breaker(failure_threshold=0, failure_rate=60, window_size=10, minimum_calls=3)
+    good = f"/api/books/{make_book().pk}"
+    client = APIClient()
+    store, _ = get_runtime().breaker_store()
+    cfg = breaker_config(policy)
+
+    statuses = [client.get(url).status_code for url in (good, good, MISSING, MISSING, good)]
+
+    assert statuses == [200, 200, 404, 404, 200]
+    # No request follows the last success: its batch is reported by itself.
+    deadline = time.monotonic() + 5
+    while (snapshot := store.snapshot(cfg)).window_calls < 5:
+        assert time.monotonic() < deadline, "the last success never reached the shared store"
+        time.sleep(0.01)
+    assert (snapshot.state, snapshot.window_calls, snapshot.window_failures) == (State.CLOSED, 5, 2)
+
+
 @pytest.mark.parametrize("match_type", ["prefix", "code"])
 def test_slow_calls_count_as_failures(db: None, faults: Faults, match_type: str) -> None:
     """A search slower than slow_call_ms fails, though it answered 200; the route and the code guard agree."""
