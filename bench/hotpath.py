@@ -86,7 +86,8 @@ def main() -> int:
         ["requests/s b / a (goal ≥ 0.90)", lib.ratios(runs["b"], runs["a"])],
         ["requests/s a / c", lib.ratio(a["per_second"], c["per_second"])],
         ["server CPU per request b / a", lib.ratio(b["cpu_ms"], a["cpu_ms"])],
-        ["Redis round trips per request in b (admission with the slot, breaker outcome, slot release)", b["redis_rt"]],
+        ["Redis round trips per request in b (admission with the slot, slot release; breaker outcomes batched)",
+         b["redis_rt"]],
         ["Redis calls per request in b, by command", lib.listing(runs["b"][-1]["by_command"])],
     ]  # fmt: skip
     checks = [

@@ -70,9 +70,10 @@ class Facts:
         # send, and the breaker's opening is timed from it too (the stricter choice).
         self.fault_on, self.fault_on_answered = events.get("fault_on") or [self.tl["fault_on"]] * 2
         self.fault_off, self.fault_off_received = events.get("fault_off") or [self.tl["fault_off"]] * 2
-        # Searches sent from the slow fault's PUT until its DELETE was answered may crawl or meet a full bulkhead.
-        self.slowdown = ((events.get("slow_on") or [self.tl["slow_on"]])[0],
-                         (events.get("slow_off") or [0, self.tl["slow_off"]])[1])  # fmt: skip
+        # Searches sent from the slow fault's PUT until its DELETE was answered may crawl, and until the last slow
+        # call ends after that may meet a full bulkhead.
+        slow_off = (events.get("slow_off") or [0, self.tl["slow_off"]])[1] + self.cfg["slow_ms"] / 1000
+        self.slowdown = ((events.get("slow_on") or [self.tl["slow_on"]])[0], slow_off)
         self.transitions = [s for n, s in enumerate(samples) if not n or s[2:4] != samples[n - 1][2:4]]
         opened = [s for s in samples if s[1] >= self.fault_on and s[2] == "open"]
         self.rejected = [r for r in self.records if r["outcome"] == "503 breaker open"]

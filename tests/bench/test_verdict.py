@@ -47,7 +47,7 @@ def facts(records: list[dict[str, Any]], peak: int | None = None) -> Facts:
     policies["bulkheads"] = {"search": {"max_in_flight": 4}}
     timeline = {"warmup": [0, 8], "attack": [28, 136], "fault_on": 50, "fault_off": 60, "slow_on": 118, "slow_off": 135}
     load = {"events": {"slow_peak": peak}, "wall_t0": 0.0}
-    config = {"timeline": timeline, "policies": policies}
+    config = {"timeline": timeline, "policies": policies, "slow_ms": 1000}
     return Facts({"records": records, "config": config, "load": load, "samples": [], "server_timings": {}})
 
 
