@@ -99,8 +99,8 @@ def main() -> int:
                   and state["b"] == "closed", f"{shown['b']}, breaker {state['b']}", "3 limits, closed"),
         lib.check("b: every request took a bulkhead slot; a and c none", [*slots["b"]] == [ADMITTED] and
                   slots["b"][ADMITTED] >= measured and not slots["a"] and not slots["c"],
-                  f"b {slots['b'].get(ADMITTED, 0):.0f} admitted for {measured} measured; series: "
-                  f"b {len(slots['b'])}, a {len(slots['a'])}, c {len(slots['c'])}", "all admitted; 1, 0, 0"),
+                  f"b {lib.listing({k.removeprefix(DECISIONS): v for k, v in slots['b'].items()})} for {measured} "
+                  f"measured; a {len(slots['a'])}, c {len(slots['c'])} series", "all admitted; none"),
     ]  # fmt: skip
     config = {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER, "bulkhead": BULKHEAD}
     return lib.finish(NAME, machine=machine, config=config, columns=lib.COLUMNS, rows=rows, figures=figures,

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bench.lib import check, percentile, table
+from bench.lib import check, listing, percentile, table
 
 OUTCOMES = ("2xx", "409 out of stock", "401", "429", "503 breaker open", "503 dependency failed", "503 bulkhead full")
 OUTCOMES += ("other", "5xx", "error")
@@ -204,7 +204,7 @@ def slowdown_p99(f: Facts) -> Judged:
     peak, slots = f.results["load"]["events"].get("slow_peak"), f.cfg["policies"]["bulkheads"]["search"]
     searches = [r for r in f.legit if r["endpoint"] == "search" and lo <= r["sent"] < hi]
     figures = {"baseline_ms": round(base, 1), "slowdown_ms": round(slow, 1), "peak": peak, "bulkhead": slots}
-    figures |= {"legit_searches": dict(Counter(r["outcome"] for r in searches))}
+    figures |= {"legit_searches": listing(Counter(r["outcome"] for r in searches))}
     figures["legit_search_ms"] = pcts((latency_ms(r) for r in searches if r["outcome"] == "2xx"), 50, 99)
     measured = f"{slow:.1f} ms vs {base:.1f} ms (x{slow / base if base else 0:.2f}); at most {peak} slow at once"
     ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
