@@ -33,7 +33,8 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from resilience.ops.metrics import store_errors
-from resilience.stores.subscription import Subscription
+from resilience.runtime import redis_configured
+from resilience.stores.subscription import Subscription, connection_factory
 
 log = logging.getLogger("accounts")
 
@@ -128,17 +129,20 @@ class TokenCache:
 
     def _listening(self) -> None:
         """Subscribe to revocations in this process, once (a no-op without Redis or when turned off)."""
-        if self._closed or self.seconds <= 0 or not settings.REDIS_URL:
+        if self._closed or self.seconds <= 0 or not redis_configured():
             return
         if self._subscription is None:
             from django_redis import get_redis_connection
 
             with self._lock:
                 if self._subscription is None:
-                    pool = get_redis_connection("default").connection_pool
+                    # Its own connection, outside the pool: a pooled one would be held for good. On
+                    # a Redis Cluster, one on any master: a PUBLISH reaches every node.
+                    connect = connection_factory(get_redis_connection("default"))
+                    if connect is None:
+                        return
                     self._subscription = Subscription(
-                        # Its own connection, outside the pool: a pooled one would be held for good.
-                        partial(pool.connection_class, **pool.connection_kwargs),
+                        connect,
                         channel(),
                         retry_seconds=settings.RESILIENCE_STORE_RETRY_SECONDS,
                         on_message=self._revoked,
@@ -187,7 +191,7 @@ def reset() -> None:
 
 # --- revocations -------------------------------------------------------------------------------
 def _publish(user_id: int) -> None:
-    if not settings.REDIS_URL:
+    if not redis_configured():
         return
     from django_redis import get_redis_connection
 

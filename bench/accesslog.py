@@ -1,6 +1,5 @@
-"""A lean gunicorn access log for benchmark servers: "<pid> <status> <service µs> <request id>" per line. gunicorn's
-own builds a dict of every atom and goes through logging: 0.3 ms of CPU per request, a fifth of a 429. This is one
-short append-mode write (atomic, so workers share the file)."""
+"""A lean gunicorn access log, "<pid> <status> <service µs> <request id>" per line, in one append-mode write (atomic,
+so workers share the file): gunicorn's own costs 0.3 ms of CPU a request (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The scenario's actors on one clock, in a process of their own: `python -m bench.actors` reads its spec on
-stdin and writes every request's record to the file the spec names. Each simulated client has its own address
-in X-Forwarded-For (one trusted proxy)."""
+"""The scenario's actors on one clock, in a process of their own (`python -m bench.actors`: spec on stdin, records
+to the file it names), each simulated client with its own address in X-Forwarded-For (one trusted proxy)."""
 
 from __future__ import annotations
 
@@ -150,14 +149,18 @@ async def spike(load: Load, index: int, at: float) -> None:
 
 
 async def staff(load: Load) -> None:
-    """Switch the search dependency's fault on, and off again, through the ops API at the scheduled times."""
+    """Make the search dependency fail, then crawl, through the ops API at the scheduled times; read the slow
+    fault's peak of calls in flight just before it is switched off."""
     pool, spec, json_ = load.pool(), load.spec, {"Content-Type": "application/json"}
     headers = {"Authorization": f"Token {spec['staff_token']}", "X-Forwarded-For": address(8, 0), **json_}
-    switches = (("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204))
+    switches = [("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204),
+                ("slow_on", "PUT", {"mode": "slow", "delay_ms": spec["slow_ms"], "ttl": 600}, 200),
+                ("slow_peak", "GET", None, 200), ("slow_off", "DELETE", None, 204)]  # fmt: skip
     for event, method, body, ok in switches:
-        await load.until(spec[event])
+        await load.until(spec.get(event, spec["slow_off"]))  # the peak: read just before the slow fault goes
         r, record = await load.call(pool, "staff", event, method, "/api/ops/faults/search", headers, body)
-        load.events[event] = record[2:4] if r is not None and r.status == ok else None
+        answered = r is not None and r.status == ok
+        load.events[event] = (json.loads(r.body)["peak"] if event == "slow_peak" else record[2:4]) if answered else None
 
 
 async def sampler(load: Load) -> None:
@@ -207,12 +210,8 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Play the spec read on stdin and write the records to the file it names.
-
-    The generator shares the cores with the server, so its own pauses must stay out of the latencies: no cyclic
-    garbage collector (the records hold no cycles), and nice -5 (needs CAP_SYS_NICE) to rank it ahead of the bench's
-    own threads. Not a session of its own: with autogroup scheduling that made one run's p99 five times worse."""
-    gc.disable()
+    """Play the spec read on stdin and write the records to the file it names."""
+    gc.disable()  # the records hold no cycles: no collector pauses inside the latencies (docs/benchmarks.md.in)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)
     spec = json.load(sys.stdin)

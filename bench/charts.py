@@ -10,9 +10,9 @@ from bench import lib
 from bench.verdict import OUTCOMES, latency_ms, limiter_admitted, outcome, pcts
 
 ACTORS = ("legit", "crawler", "bot", "spike")
-PALETTE = "#2e7d32 #9e9d24 #6d4c41 #f9a825 #1565c0 #c62828 #8e24aa #000000 #616161"  # in the order of OUTCOMES
+PALETTE = "#2e7d32 #9e9d24 #6d4c41 #f9a825 #1565c0 #c62828 #00838f #8e24aa #000000 #616161"  # in the order of OUTCOMES
 COLOURS = dict(zip(OUTCOMES, PALETTE.split(), strict=True))
-NOTE = "light red: attack; darker: search dependency failing"
+NOTE = "light red: attack; darker: search dependency failing; blue: search crawling"
 
 
 def main() -> int:
@@ -37,6 +37,7 @@ def main() -> int:
         for ax in axes:  # shaded behind the data, so that bar colours stay true
             ax.axvspan(*tl["attack"], color="#ffebee", lw=0, zorder=0)
             ax.axvspan(fault["fault_on"], fault["fault_off"], color="#f8bbd0", lw=0, zorder=0)
+            ax.axvspan(*results["report"]["slowdown"], color="#bbdefb", lw=0, zorder=0)
         axes[0].set_title(f"{title}\n({NOTE})")
         axes[-1].set_xlabel("seconds since start")
         fig.tight_layout()

@@ -10,8 +10,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.lib import percentile
 
@@ -22,8 +21,7 @@ class Transport(Exception):
     """The request got no complete response (connection refused, reset, closed, or timed out)."""
 
 
-@dataclass(slots=True)
-class Response:
+class Response(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
@@ -126,54 +124,44 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     duration (s), count (most measured), tally (header names), records. Those sent in [warmup, warmup + duration)
     are measured, and every request in flight at the end is waited for. records: [path, start (monotonic, before
     connecting), seconds, status (0: no answer), the problem+json body or transport error, *tallied headers]."""
-    host, port, tally = spec["host"], spec["port"], spec.get("tally", [])
+    host, port, tally = spec["host"], spec["port"], [h.lower() for h in spec.get("tally", [])]
     start = time.monotonic() + spec.get("warmup", 0)
-    end, count = start + spec.get("duration", 3600), spec.get("count", 1 << 60)
-    totals, statuses, errors, responses = Counter[str](), Counter[int](), Counter[str](), Counter[str]()
-    latencies: list[float] = []
-    keep, records, last = spec.get("records"), list[list[Any]](), [start]
+    end, count, done = start + spec.get("duration", 3600), spec.get("count", 1 << 60), list[list[Any]]()
+    measured = Counter[str]()  # requests started in the measured span, so `count` bounds them
 
     async def client(c: dict[str, Any]) -> None:
-        conn = Conn(host, port)
+        conn, every = Conn(host, port), c.get("every", 0)
         payload = encode(c["method"], c["path"], c.get("headers", {}), c.get("body", "").encode(), host)
-        every = c.get("every", 0)
-        while (now := time.monotonic()) < end and totals["measured"] < count:
-            totals["sent"] += 1
-            totals["measured"] += now >= start
+        while (now := time.monotonic()) < end and measured["n"] < count:
+            measured["n"] += now >= start
             try:
                 r, sent, received = await conn.send(payload, spec.get("timeout", 15.0))
             except Transport as e:
-                errors[str(e)] += 1
-                if keep:
-                    records.append([c["path"], now, time.monotonic() - now, 0, str(e)])
+                done.append([c["path"], now, now, time.monotonic(), 0, str(e)])
                 await asyncio.sleep(0.05)
                 continue
-            statuses[r.status] += 1
-            phase, seen = "measured" if sent >= start else "warmup", [r.headers.get(h.lower(), "") for h in tally]
-            if tally:
-                responses["|".join([phase, str(r.status), *seen])] += 1
-            if phase == "measured":
-                latencies.append(received - sent)
-                last[0] = max(last[0], received)
-            if keep:
-                problem = r.headers.get("content-type", "").startswith("application/problem+json")
-                detail = r.body.decode(errors="replace") if problem else ""
-                records.append([c["path"], now, received - now, r.status, detail, *seen])
+            problem = r.headers.get("content-type", "").startswith("application/problem+json")
+            detail = r.body.decode(errors="replace") if problem else ""
+            done.append([c["path"], now, sent, received, r.status, detail, *(r.headers.get(h, "") for h in tally)])
             if every:
                 await asyncio.sleep(max(0.0, now + every - time.monotonic()))
         conn.close()
 
     began = time.monotonic()
     await asyncio.gather(*(client(c) for c in spec["clients"]))
-    seconds = last[0] - start
+    answered = [d for d in done if d[4]]
+    latencies = [d[3] - d[2] for d in answered if d[2] >= start]
+    seconds = max((d[3] for d in answered if d[2] >= start), default=start) - start
+    phase = ("warmup", "measured")
     return {
-        "clients": len(spec["clients"]), "sent": totals["sent"], "statuses": dict(statuses), "errors": dict(errors),
-        "responses": dict(responses), "count": len(latencies), "seconds": round(seconds, 3),
+        "clients": len(spec["clients"]), "sent": len(done), "statuses": Counter(d[4] for d in answered),
+        "errors": Counter(d[5] for d in done if not d[4]), "count": len(latencies), "seconds": round(seconds, 3),
+        "responses": Counter("|".join([phase[d[2] >= start], str(d[4]), *d[6:]]) for d in answered) if tally else {},
         "per_second": round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
         "mean_ms": round(1000 * sum(latencies) / max(len(latencies), 1), 2),
         **{f"p{q}_ms": round(percentile(latencies, q) * 1000, 2) for q in (50, 99, 100)},
         "cpu_seconds": round(time.process_time(), 2), "wall_seconds": round(time.monotonic() - began, 2),
-        **({"records": records} if keep else {}),
+        **({"records": [[d[0], d[1], d[3] - d[1], *d[4:]] for d in done]} if spec.get("records") else {}),
     }  # fmt: skip
 
 

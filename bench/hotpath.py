@@ -1,5 +1,5 @@
 """hotpath: what the resilience layer adds to a trivial request. Three servers in alternated rounds: (a) the
-product's middleware without it, (b) with three limits and a closed breaker, (c) a minimal Django stack.
+product's middleware without it, (b) with every kind of policy matched, (c) a minimal Django stack.
 How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ PATH = "/api/bench/ping"
 APP_IDS = 8  # distinct X-App-Id values in the request mix
 CONFIGS = {
     "a": ("a: product middleware, no resilience layer", {"RESILIENCE_MIDDLEWARE": "false"}),
-    "b": ("b: + 3 rate limits and a closed breaker", {}),
+    "b": ("b: + 3 rate limits, a closed breaker and a bulkhead", {}),
     "c": ("c: minimal Django stack", {"BENCH_MINIMAL_STACK": "true"}),
 }
 LIMITS: list[dict[str, Any]] = [
@@ -30,16 +30,22 @@ LIMITS: list[dict[str, Any]] = [
 # defaults: the rate rule off, the default window (so recording an outcome costs what it does in use), a plain
 # 503 when open.
 BREAKER: dict[str, Any] = {"name": "bench-breaker", "failure_threshold": 10_000}
+# Never full: far more slots than connections, so every request takes one and gives it back.
+BULKHEAD: dict[str, Any] = {"name": "bench-bulkhead", "key": "global", "max_in_flight": 10_000}
+DECISIONS = "bookstore_concurrency_decisions_total"  # the bulkhead's, from /metrics
+ADMITTED = f'{DECISIONS}{{outcome="admitted",policy="{BULKHEAD["name"]}"}}'
 
 
-def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | None) -> None:
+def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | None, bulkhead: Any = None) -> None:
     """Disable every policy but the database breaker (which guards connections, not paths), then create these."""
-    from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+    from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
     RateLimitPolicy.objects.update(enabled=False)
+    ConcurrencyPolicy.objects.update(enabled=False)
     CircuitBreakerPolicy.objects.exclude(name="database").update(enabled=False)  # the "search" breaker too
-    policies = [RateLimitPolicy(**fields) for fields in limits]
+    policies: list[Any] = [RateLimitPolicy(**fields) for fields in limits]
     policies += [CircuitBreakerPolicy(**breaker)] if breaker else []
+    policies += [ConcurrencyPolicy(**bulkhead)] if bulkhead else []
     for policy in policies:
         policy.match_type, policy.pattern = "prefix", path
         policy.full_clean()
@@ -55,7 +61,7 @@ def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
     mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(APP_IDS)]
     with lib.prepared(NAME) as (_, redis), ExitStack() as stack:
-        prepare(PATH, LIMITS, BREAKER)
+        prepare(PATH, LIMITS, BREAKER, BULKHEAD)
         machine = lib.machine(redis)
         size = {"workers": cfg["workers"], "threads": cfg["threads"]}
         servers = {k: stack.enter_context(lib.server(**size, **env)) for k, (_, env) in CONFIGS.items()}
@@ -66,11 +72,13 @@ def main() -> int:
             with lib.spent(servers[label], redis) as spent:
                 r = lib.wrk(servers[label], mix, seconds=cfg["duration"], connections=cfg["clients"])
             runs[label].append({**r, **lib.per_request(spent, r["requests"])})
+        slots = {k: lib.metrics(s.port, DECISIONS) for k, s in servers.items()}
 
     (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)
     shown = {k: policies_shown(p) for k, p in probes.items()}
     state = {k: p.header("X-Circuit-Breaker-State") for k, p in probes.items()}
     bad = {k: sum(r["bad_status"] + r["socket_errors"] for r in rs) for k, rs in runs.items()}
+    measured = sum(r["requests"] for r in runs["b"])
     figures = [
         ["b over a: added server CPU per request", f"{b['cpu_ms'] - a['cpu_ms']:+.3f} ms"],
         ["b over a: added wall time per request (1 / throughput)",
@@ -78,7 +86,8 @@ def main() -> int:
         ["requests/s b / a (goal ≥ 0.90)", lib.ratios(runs["b"], runs["a"])],
         ["requests/s a / c", lib.ratio(a["per_second"], c["per_second"])],
         ["server CPU per request b / a", lib.ratio(b["cpu_ms"], a["cpu_ms"])],
-        ["Redis round trips per request in b (admission, breaker outcome)", b["redis_rt"]],
+        ["Redis round trips per request in b (admission with the slot, slot release; breaker outcomes batched)",
+         b["redis_rt"]],
         ["Redis calls per request in b, by command", lib.listing(runs["b"][-1]["by_command"])],
     ]  # fmt: skip
     checks = [
@@ -88,7 +97,11 @@ def main() -> int:
                   f"a {shown['a']} {state['a']}, c {shown['c']} {state['c']}", "none"),
         lib.check("b: the three limits and the closed breaker matched", shown["b"] == sorted(x["name"] for x in LIMITS)
                   and state["b"] == "closed", f"{shown['b']}, breaker {state['b']}", "3 limits, closed"),
+        lib.check("b: every request took a bulkhead slot; a and c none", [*slots["b"]] == [ADMITTED] and
+                  slots["b"][ADMITTED] >= measured and not slots["a"] and not slots["c"],
+                  f"b {lib.listing({k.removeprefix(DECISIONS): v for k, v in slots['b'].items()})} for {measured} "
+                  f"measured; a {len(slots['a'])}, c {len(slots['c'])} series", "all admitted; none"),
     ]  # fmt: skip
-    results = {"machine": machine, "config": {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER}}
-    return lib.finish(NAME, results | {"columns": lib.COLUMNS, "rows": rows, "figures": figures, "checks": checks,
-                                       "runs": runs})  # fmt: skip
+    config = {"path": PATH, **cfg, "limits": LIMITS, "breaker": BREAKER, "bulkhead": BULKHEAD}
+    return lib.finish(NAME, machine=machine, config=config, columns=lib.COLUMNS, rows=rows, figures=figures,
+                      checks=checks, runs=runs)  # fmt: skip

@@ -1,6 +1,5 @@
-"""What the benchmarks share: their own database (<BENCH_DB>_<name>) and redis-server, gunicorn (tests/live.py),
-the two load clients (wrk, cheap C, for a mix's throughput; bench/client.py where every response matters), the
-machine, and one layout of results: a table, figures, named checks. Loopback only; processes stopped by PID."""
+"""What the benchmarks share: database, redis-server, gunicorn (tests/live.py), the load clients (wrk and
+bench/client.py), the machine, and one layout of results. How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.live import LiveServer, RedisServer
+from tests.live import LiveServer, RedisServer, request
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -30,8 +29,7 @@ SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")  # R
 
 
 def knobs(**defaults: float) -> dict[str, Any]:
-    """Return each knob: BENCH_<NAME> from the environment (positive), or its default (of its type). A benchmark's
-    knobs are the ones its main() passes here."""
+    """Return each knob: BENCH_<NAME> from the environment (positive), or its default (of its type)."""
     out = {}
     for name, default in defaults.items():
         raw = os.environ.get(f"BENCH_{name.upper()}", "").strip()
@@ -43,13 +41,8 @@ def knobs(**defaults: float) -> dict[str, Any]:
 
 @contextmanager
 def prepared(name: str) -> Iterator[tuple[str, Any]]:
-    """Start a private redis-server and set up <BENCH_DB>_<name> on it; yield the database URL and a Redis client."""
-    with RedisServer() as redis_server:
-        yield setup(name, redis_server.url), redis_server.client()
-
-
-def setup(name: str, redis_url: str) -> str:
-    """Recreate <BENCH_DB>_<name>, point this process and its servers at it and Redis, migrate; return its URL."""
+    """Start a private redis-server, recreate <BENCH_DB>_<name>, point this process and its servers at both and
+    migrate; yield the database URL and a Redis client."""
     import psycopg
 
     # Several people may run benchmarks on one PostgreSQL: BENCH_DB gives each a prefix of their own.
@@ -57,20 +50,21 @@ def setup(name: str, redis_url: str) -> str:
     with psycopg.connect(f"{PG}postgres", autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{db}"')
-    # Forced, not inherited: a DATABASE_URL left in the shell must never point a benchmark at real data.
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="bench.settings", DEBUG="false", SECRET_KEY="bench-only-secret-key-not-for-production",
-        DATABASE_URL=f"{PG}{db}", REDIS_URL=redis_url, ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING",
-    )  # fmt: skip
-    import django
-    from django.conf import settings
-    from django.core.management import call_command
+    with RedisServer() as redis_server:
+        # Forced, not inherited: a DATABASE_URL left in the shell must never point a benchmark at real data.
+        os.environ.update(
+            DJANGO_SETTINGS_MODULE="bench.settings", DEBUG="false", LOG_LEVEL="WARNING", ALLOWED_HOSTS="127.0.0.1",
+            SECRET_KEY="bench-only-secret-key-not-for-production", DATABASE_URL=f"{PG}{db}", REDIS_URL=redis_server.url,
+        )  # fmt: skip
+        import django
+        from django.conf import settings
+        from django.core.management import call_command
 
-    django.setup()
-    # Bench accounts only ever use tokens; the production hasher would spend ~0.3 s on each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    call_command("migrate", interactive=False, verbosity=0)
-    return f"{PG}{db}"
+        django.setup()
+        # Bench accounts only ever use tokens; the production hasher would spend ~0.3 s on each.
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+        call_command("migrate", interactive=False, verbosity=0)
+        yield f"{PG}{db}", redis_server.client()
 
 
 def customers(count: int, prefix: str = "bench") -> list[str]:
@@ -121,8 +115,7 @@ def redis_calls(redis: Any) -> Counter[str]:
 
 @contextmanager
 def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds, after the block, its seconds, and the server CPU seconds and Redis calls by
-    command it spent."""
+    """Yield a dict that holds, after the block, its seconds, server CPU seconds and Redis calls by command."""
     began, cpu, calls = time.monotonic(), cpu_seconds(server), redis_calls(redis)
     out: dict[str, Any] = {}
     yield out
@@ -241,6 +234,15 @@ def machine(redis: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def metrics(port: int, *prefixes: str) -> dict[str, float]:
+    """Return the series of /metrics whose names start with one of the prefixes, summed over the workers."""
+    lines = [x.rpartition(" ") for x in request(port, "/metrics").body.decode().splitlines() if x.startswith(prefixes)]
+    out: Counter[str] = Counter()
+    for name, _, value in lines:
+        out[name] += float(value)
+    return dict(out)
+
+
 def listing(counts: dict[str, Any]) -> str:
     """Return "name value, name value, ..."."""
     return ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -261,13 +263,11 @@ def render(results: dict[str, Any]) -> str:
     """Return a benchmark's results as Markdown: its table, its figures and its checks."""
     parts = [table(results["columns"], results["rows"])] if results.get("rows") else []
     parts += [table(["figure", "value"], results["figures"])] if results.get("figures") else []
-    checks = [
-        ("PASS" if c["ok"] else "**FAIL**", c["name"], c["measured"], c["limit"]) for c in results.get("checks", [])
-    ]
+    checks = [("PASS" if c["ok"] else "**FAIL**", c["name"], c["measured"], c["limit"]) for c in results["checks"]]
     return "\n\n".join([*parts, table(["", "check", "measured", "limit"], checks)])
 
 
-def finish(name: str, results: dict[str, Any]) -> int:
+def finish(name: str, **results: Any) -> int:
     """Print the results, write bench/results/<name>.json; return 0 if every check held."""
     ok = all(c["ok"] for c in results["checks"])
     results = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **results, "ok": ok}

@@ -1,6 +1,5 @@
 """orders: orders per second on one hot book through POST /api/orders, a bare select_for_update view
-(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in. 32 clients on 2 x 4 threads: enough
-requests in flight to cover the waits on the lock, few enough that its holder does not queue for the GIL."""
+(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
@@ -74,5 +73,5 @@ def main() -> int:
         lib.check("one order written per 201", orders == created, orders, created),
     ]  # fmt: skip
     columns = ["path", "orders/s", "mean ms", "p50 ms", "p99 ms", "measured", "CPU ms/order", "Redis RT/order"]
-    results = {"machine": machine, "config": {**cfg, "statements": " ".join(SQL.split())}, "columns": columns}
-    return lib.finish(NAME, results | {"rows": rows, "figures": figures, "runs": runs, "checks": checks})
+    return lib.finish(NAME, machine=machine, config={**cfg, "statements": " ".join(SQL.split())}, columns=columns,
+                      rows=rows, figures=figures, runs=runs, checks=checks)  # fmt: skip

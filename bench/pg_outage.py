@@ -1,6 +1,5 @@
-"""pg_outage: what a PostgreSQL outage costs the API, and how soon the API serves again once it is back.
-gunicorn (sync workers) reaches its database only through a TcpProxy (tests/live.py), so the shared PostgreSQL is
-never touched; the proxy refuses it for the outage, then relays again. How and why: docs/benchmarks.md.in."""
+"""pg_outage: what a PostgreSQL outage costs the API, and how soon the API serves again once it is back, behind
+a TcpProxy (tests/live.py) that refuses PostgreSQL for the outage. How and why: docs/benchmarks.md.in."""
 
 from __future__ import annotations
 
@@ -124,5 +123,5 @@ def main() -> int:
         ["/health/breakers and /metrics answers", lib.listing(f["ops_statuses"])],
         ["first success after PostgreSQL's return", f"{f['first_success_after_return_s']} s"],
     ]
-    results = {"machine": machine, "config": cfg, "columns": columns, "rows": rows, "figures": figures}
-    return lib.finish(NAME, results | {"outage": f, "checks": checks(f)})
+    return lib.finish(NAME, machine=machine, config=cfg, columns=columns, rows=rows, figures=figures, outage=f,
+                      checks=checks(f))  # fmt: skip

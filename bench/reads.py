@@ -47,5 +47,4 @@ def main() -> int:
     columns = ["request", "server CPU ms/req", "req/s", "p50 ms", "p99 ms", "Redis RT/req", "requests"]
     rows = [[k, *(r[f] for f in fields)] for k, r in runs.items()]
     checks = [lib.check("no error status, no socket errors", not any(bad.values()), bad, "0 each")]
-    results = {"machine": machine, "config": cfg, "columns": columns, "rows": rows, "runs": runs, "checks": checks}
-    return lib.finish(NAME, results)
+    return lib.finish(NAME, machine=machine, config=cfg, columns=columns, rows=rows, runs=runs, checks=checks)

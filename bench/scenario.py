@@ -1,7 +1,5 @@
-"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing dependency
-hit the shop. Seed, serve with the default policies, play the actors (bench/actors.py) while sampling PostgreSQL
-and the CPU, check the orders in the database, judge (bench/verdict.py). How and why: docs/benchmarks.md.in.
-`python -m bench.scenario judge` judges the last run again."""
+"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing, then crawling,
+search hit the shop (docs/benchmarks.md.in). `python -m bench.scenario judge` judges the last run again."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,37 +22,48 @@ HOT_STOCK = 80  # per hot book: legitimate orders and the first spike sell most 
 # have left during the attack. A bigger spike is a capacity question, whatever the resilience layer does.
 SPIKE_CUSTOMERS = 60
 # Seconds after the start. The first seconds warm the server up and are left out of the latency figures.
-TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 118], "fault_on": 58, "fault_off": 88}
-TIMELINE |= {"spikes": [38, 103], "end": 128, "spike_seconds": 2.0}
+TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_on": 58, "fault_off": 88}
+TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
+# The slowdown: every search waits this long, under the search breaker's slow-call threshold (2 s), so only the
+# bulkhead stands between slow searches and every worker thread.
+SLOW_MS = 1000
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
+METRICS = ("bookstore_ratelimit_decisions_total", "bookstore_breaker_transitions_total", "bookstore_breaker_rej")
+METRICS += ("bookstore_concurrency_decisions_total",)
 SHAPES_KEPT = 5  # runs kept per server shape in bench/results/scenario-shapes.json
 LIMIT_FIELDS = "name methods pattern key algorithm limit period burst mode"  # what the report and the checks read
 BREAKER_FIELDS = "name failure_threshold failure_rate window_size minimum_calls slow_call_ms open_seconds"
 BREAKER_FIELDS += " half_open_max_calls"
 
 
-def seed() -> dict[str, Any]:
-    """Create the catalogue, hot books, customers and staff; return what the actors and the checks need."""
+def seed(threads: int) -> dict[str, Any]:
+    """Create the catalogue, hot books, customers and staff, size the search bulkhead; return what the actors and
+    the checks need."""
     from django.core.management import call_command
 
     from accounts.models import User
     from accounts.services import token_create
     from catalog.models import Book
-    from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+    from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
     call_command("demo_data", books=BOOKS, seed=11, verbosity=0)
     ids = list(Book.objects.order_by("pk").values_list("pk", flat=True))
     Book.objects.filter(pk__in=ids[10 : 10 + HOT_BOOKS]).update(stock=HOT_STOCK)
     limits = RateLimitPolicy.objects.filter(enabled=True).values(*LIMIT_FIELDS.split())
     breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*BREAKER_FIELDS.split())
+    # The data migration's bulkhead, sized so that no worker is ever all slow searches: its slots are fleet-wide
+    # (all may land on one worker), so fewer than a worker's threads, and no wait (a waiter holds a thread too).
+    ConcurrencyPolicy.objects.filter(name="search").update(max_in_flight=max(1, threads - 1), max_wait_ms=0)
+    bulkheads = ConcurrencyPolicy.objects.filter(enabled=True).values("name", "pattern", "max_in_flight", "max_wait_ms")
     out = {"book_ids": ids, "hot_ids": ids[10 : 10 + HOT_BOOKS], "list_pages": len(ids) // 20}
     in_stock = Book.objects.filter(stock__gte=10).exclude(pk__in=out["hot_ids"])
     out |= {"in_stock_ids": list(in_stock.values_list("pk", flat=True)), "tokens": lib.customers(CUSTOMERS, "customer")}
     out["initial_stock"] = dict(Book.objects.values_list("pk", "stock"))
     out["staff_token"] = token_create(user=User.objects.get(username="staff")).token
     out["policies"] = {"ratelimits": {p["name"]: p for p in limits}, "breakers": {b["name"]: b for b in breakers}}
+    out["policies"]["bulkheads"] = {b["name"]: b for b in bulkheads}
     for b in out["policies"]["breakers"].values():
         b["failure_rate"] = float(b["failure_rate"])
     return out
@@ -103,25 +111,13 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
             last = ticks
 
 
-def metrics(port: int) -> dict[str, float]:
-    """Return the rate-limit decisions and breaker counters from /metrics, summed over the workers."""
-    from tests.live import request
-
-    wanted = ("bookstore_ratelimit_decisions_total", "bookstore_breaker_transitions_total", "bookstore_breaker_rej")
-    lines = [x.rpartition(" ") for x in request(port, "/metrics").body.decode().splitlines() if x.startswith(wanted)]
-    out: Counter[str] = Counter()
-    for name, _, value in lines:
-        out[name] += float(value)
-    return dict(out)
-
-
 def hash_cost() -> tuple[str, float]:
     """Return the app's password hasher and the CPU seconds one check costs here (unknown users pay it too)."""
-    import importlib
-
     from django.contrib.auth.hashers import import_string
 
-    hasher = import_string(importlib.import_module("bookstore.settings").PASSWORD_HASHERS[0])()
+    from bookstore import settings as product  # this process's settings use a fast hasher
+
+    hasher = import_string(product.PASSWORD_HASHERS[0])()
     encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
     hasher.verify("wrong-password", encoded)
     return hasher.algorithm, round(time.process_time() - began, 3)
@@ -133,13 +129,13 @@ def run() -> dict[str, Any]:
     threads, pool, timeline = cfg["scenario_threads"], cfg["scenario_pool"], TIMELINE
     with lib.prepared(NAME) as (url, redis):
         db, began = url.rsplit("/", 1)[1], time.monotonic()
-        s = seed()
+        s = seed(threads)
         seed_seconds, machine = round(time.monotonic() - began, 1), lib.machine(redis)
         env = {"FAULT_INJECTION": "true", "TRUSTED_PROXY_COUNT": "1", "DB_POOL_MIN": "1", "DB_POOL_MAX": str(pool)}
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
             t0, output = time.monotonic() + 1.5, lib.RESULTS / f"{NAME}.load.json"  # 1.5 s: the actors start up
             spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126, "output": str(output)}
-            spec |= {**timeline, **RATES, "words": WORDS.split()}
+            spec |= {**timeline, **RATES, "words": WORDS.split(), "slow_ms": SLOW_MS}
             spec["users"] = [[t, address(1, n)] for n, t in enumerate(s["tokens"])]
             spec |= {k: s[k] for k in ("book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
             crowd = range(SPIKE_CUSTOMERS)
@@ -155,7 +151,7 @@ def run() -> dict[str, Any]:
             sampler.join()
             if proc.returncode:
                 raise RuntimeError(f"the scenario's actors failed ({proc.returncode})")
-            counted = metrics(server.port)
+            counted = lib.metrics(server.port, *METRICS)
             timings = {f[3]: [int(f[1]), int(f[2])] for f in server.access_lines() if f[3].startswith("sc")}
         load = json.loads(output.read_text())
         output.unlink()  # the records go to scenario.records.json, as judged
@@ -168,7 +164,7 @@ def run() -> dict[str, Any]:
     out |= {"redis_script_calls": sum(spent["redis_calls"].get(k, 0) for k in lib.SCRIPTS)}
     out["hasher"], out["hash_seconds"] = hash_cost()
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
-    config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK}
+    config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
     config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
     config["policies"] = s["policies"]
     config["server"] = f"gunicorn -c deploy/gunicorn.conf.py bookstore.wsgi, {WORKERS} gthread workers × {threads} "
@@ -180,14 +176,11 @@ def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict
     """Keep this run's key figures with the last few of its server shape (BENCH_SCENARIO_THREADS and _POOL), for
     the report to compare; return every kept run, this one first."""
     path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
-    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"]}
-    mine |= {"finished_at": results["finished_at"], **judged["shape_figures"]}
-    mine["server_cpu_s"] = results["server_cpu_seconds"]
-    mine |= {"cpu_probe_ms": results["machine"]["cpu_probe_ms"]}
-    mine["failed"] = ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"
-    runs = [
-        r for r in (json.loads(path.read_text()) if path.exists() else []) if r["finished_at"] != mine["finished_at"]
-    ]
+    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
+            "finished_at": results["finished_at"], **judged["shape_figures"],
+            "server_cpu_s": results["server_cpu_seconds"], "cpu_probe_ms": results["machine"]["cpu_probe_ms"],
+            "failed": ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"}  # fmt: skip
+    runs = [r for r in json.loads(path.read_text()) if r["finished_at"] != mine["finished_at"]] if path.exists() else []
     kept = [r for r in runs if r["shape"] != mine["shape"]]
     kept += [r for r in runs if r["shape"] == mine["shape"]][-(SHAPES_KEPT - 1) :] + [mine]
     path.write_text(json.dumps(kept, indent=1) + "\n")
@@ -205,7 +198,7 @@ def main() -> int:
     judged = verdict.judge(results)
     for k in ("records", "samples", "server_timings"):
         del results[k]
-    return lib.finish(NAME, results | judged | {"shapes": remember_shape(results, judged)})
+    return lib.finish(NAME, **(results | judged | {"shapes": remember_shape(results, judged)}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""Settings of the benchmark servers: the product's, plus bench/urls.py and two stacks to compare against.
-RESILIENCE_MIDDLEWARE=false drops the resilience layer (its middleware and the stale-copy one that feeds its
-fallback); BENCH_MINIMAL_STACK=true keeps only SecurityMiddleware and CommonMiddleware (what Django costs)."""
+"""Settings of the benchmark servers: the product's with bench/urls.py; without the resilience layer (its middleware
+and the stale copies that feed its fallback); or a minimal stack, what Django itself costs."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from django.core.paginator import Paginator
+from django.db import connection
 from django.db.models import QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -39,6 +40,20 @@ def _valid(serializer: type[Serializer], query: tuple[tuple[str, str], ...]) -> 
     params = serializer(data=dict(query))
     params.is_valid(raise_exception=True)
     return params.validated_data
+
+
+def _requested(request: Request, paginator: PageNumberPagination) -> slice | None:
+    """Return the slice of rows the request's page holds, or None if Django's paginator will not read its number."""
+    size = paginator.get_page_size(request)
+    try:
+        # int() as Paginator.validate_number reads the number; "last" and the like are left to it.
+        number = int(request.query_params.get(paginator.page_query_param) or 1)
+    except ValueError:
+        return None
+    # Past bigint, PostgreSQL would refuse the OFFSET: such a page is past the last one anyway.
+    if not size or number < 1 or number * size >= 2**63:
+        return None
+    return slice((number - 1) * size, number * size)
 
 
 class _CountedPaginator(Paginator):
@@ -120,7 +135,17 @@ class BookSearchApi(APIView):
     @http.conditional_page
     def get(self, request: Request) -> Response:
         query = _valid(BookSearchInput, _query(request))["q"]
-        return _paginated(request, self, selectors.book_search(query=query), {"q": query})
+        if connection.vendor != "postgresql":
+            return _paginated(request, self, selectors.book_search(query=query), {"q": query})
+        # DRF's paginator as for every list (its page numbers, 404s and links), over rows that bring their count.
+        paginator = PageNumberPagination()
+        rows = selectors.SearchRows(query, _requested(request, paginator))
+        page: list[dict[str, object]] | None = paginator.paginate_queryset(
+            rows,  # type: ignore[arg-type]  # it counts and slices, all the paginator asks
+            request,
+            view=self,
+        )
+        return paginator.get_paginated_response(page or [])
 
 
 class BookDetailApi(APIView):

@@ -144,7 +144,7 @@ def policy_reset(*, policies: Iterable[RateLimitPolicy], key: str | None = None)
 def policy_usage(*, policy: RateLimitPolicy, key: str) -> Decision | None:
     """Return the current decision for one key of a policy without consuming, or None if unknown."""
     from resilience.engine.limiter import StoreUnavailable
-    from resilience.http.middleware import limit_spec
+    from resilience.http.decision import limit_spec
     from resilience.runtime.policies import PolicyError, compile_ratelimit, user_ids
 
     try:

@@ -17,6 +17,7 @@ from accounts.models import User
 from accounts.services import token_create, user_create
 from catalog.models import Book
 from catalog.services import book_create
+from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitOverride, RateLimitPolicy
 from tests.live import LiveServer, stop_all
 
 _counter = itertools.count(1)
@@ -75,6 +76,48 @@ def make_book(db: None) -> Callable[..., Book]:
         )
 
     return make
+
+
+def _saved(policy: Any) -> Any:
+    """Validate and save a policy as the admin would; make this process load it at once.
+
+    Inside a test transaction nothing commits, so the reload a save triggers after commit must be asked
+    for here; running workers (live tests) hear of the save themselves.
+    """
+    from resilience.runtime import get_runtime
+
+    policy.full_clean()
+    policy.save()
+    get_runtime().invalidate()
+    return policy
+
+
+def make_policy(*, overrides: dict[str, int] | None = None, **fields: Any) -> RateLimitPolicy:
+    """Create a validated rate-limit policy (and per-key overrides); by default on /api/books, per hour.
+
+    An hour-long period means no window rolls over while a test runs.
+    """
+    fields.setdefault("name", f"rl-{next(_counter)}")
+    fields.setdefault("pattern", "/api/books")
+    fields.setdefault("period", 3600)
+    policy: RateLimitPolicy = _saved(RateLimitPolicy(**fields))
+    for key_value, limit in (overrides or {}).items():
+        RateLimitOverride.objects.create(policy=policy, key_value=key_value, limit=limit)
+    return policy
+
+
+def make_breaker(**fields: Any) -> CircuitBreakerPolicy:
+    """Create a validated circuit-breaker policy (model defaults for what is not given)."""
+    fields.setdefault("name", f"cb-{next(_counter)}")
+    breaker: CircuitBreakerPolicy = _saved(CircuitBreakerPolicy(**fields))
+    return breaker
+
+
+def make_concurrency(**fields: Any) -> ConcurrencyPolicy:
+    """Create a validated concurrency policy (model defaults for what is not given)."""
+    fields.setdefault("name", f"slots-{next(_counter)}")
+    policy: ConcurrencyPolicy = _saved(ConcurrencyPolicy(**fields))
+    return policy
 
 
 @pytest.fixture
@@ -150,8 +193,6 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     uses_db = transactional or marker is not None or "db" in request.fixturenames
     if uses_db and request.node.get_closest_marker("default_policies") is None:
         request.getfixturevalue("transactional_db" if transactional else "db")
-        from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
-
         RateLimitPolicy.objects.all().delete()
         CircuitBreakerPolicy.objects.all().delete()
         ConcurrencyPolicy.objects.all().delete()

@@ -519,6 +519,9 @@ class PgBouncer:
 
     pool_size: int = 2
     connect_query: str = ""
+    # More [pgbouncer] settings (a deployment's file): they replace the defaults below, but never
+    # the loopback address, the authentication or the log file.
+    settings: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     tmp: Path | None = field(default=None, init=False, repr=False)
@@ -538,14 +541,22 @@ class PgBouncer:
         target = urlsplit(database_url())
         query = f" connect_query='{self.connect_query}'" if self.connect_query else ""
         (self.tmp / "users.txt").write_text(f'"{target.username or "postgres"}" ""\n')
+        values = {
+            "pool_mode": "transaction",
+            "default_pool_size": str(self.pool_size),
+            "max_client_conn": "200",
+            **self.settings,
+            "listen_addr": HOST,
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": str(self.tmp / "users.txt"),
+            "logfile": str(self.tmp / "pgbouncer.log"),
+        }
         (self.tmp / "pgbouncer.ini").write_text(
             "[databases]\n"
             f"* = host={target.hostname or HOST} port={target.port or 5432}{query}\n"
-            "[pgbouncer]\n"
-            f"listen_addr = {HOST}\nlisten_port = {self.port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {self.tmp / 'users.txt'}\n"
-            f"pool_mode = transaction\ndefault_pool_size = {self.pool_size}\nmax_client_conn = 200\n"
-            f"logfile = {self.tmp / 'pgbouncer.log'}\n"
+            "[pgbouncer]\n" + "".join(f"{name} = {value}\n" for name, value in values.items())
         )
         command = [executable, str(self.tmp / "pgbouncer.ini")]
         if os.geteuid() == 0:

@@ -128,9 +128,17 @@ class Call:
 
     def done(self, *, success: bool) -> None:
         """Record the outcome in the store that admitted the call."""
-        store = self.runtime.breaker_fallback if self.fallback else self.runtime.breaker_shared
+        cfg, generation, state = self.rule.config, self.permit.generation, self.permit.state
         try:
-            _, transitions = store.record(self.rule.config, self.permit.generation, success)
+            if self.fallback:
+                _, transitions = self.runtime.breaker_fallback.record(cfg, generation, success)
+            elif state is State.FORCED_CLOSED:
+                return  # held by an operator: outcomes count for nothing
+            elif success and state is State.CLOSED:
+                self.runtime.breaker_successes.success(cfg, generation)  # reported in a batch (outcomes.py)
+                return
+            else:
+                transitions = self.runtime.breaker_successes.record(cfg, generation, success)
         except StoreUnavailable as e:
             self.runtime.store_failed("breaker_record", e, "record", [(BREAKER, self.rule.name)])
             return

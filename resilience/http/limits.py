@@ -28,18 +28,11 @@ from typing import Any, TypeVar
 
 from django.http import HttpRequest, HttpResponse
 
-from resilience.http.middleware import (
-    SHOWN,
-    RequestFacts,
-    Started,
-    current_request,
-    decide_limits,
-    known_limited,
-    limit_spec,
-)
+from resilience.http.decision import SHOWN, RequestDecision, RequestFacts, limit_spec
+from resilience.http.middleware import current_request
 from resilience.models import code_key_value, hash_key_value
 from resilience.runtime import get_runtime
-from resilience.runtime.policies import RATELIMIT, RateLimitRule
+from resilience.runtime.policies import RateLimitRule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,7 +66,7 @@ def _value(rule: RateLimitRule, key: str | None, facts: RequestFacts | None) -> 
 
 def limit_check(name: str, key: str | None = None, request: HttpRequest | None = None) -> None:
     """Count one call against the code policies named ``name``; raise LimitRefused if one refuses it."""
-    started: Started = (time.perf_counter(), time.thread_time())
+    started = (time.perf_counter(), time.thread_time())
     runtime = get_runtime()
     snapshot = runtime.snapshot()
     rules = snapshot.code_limits.get(name)
@@ -90,27 +83,14 @@ def limit_check(name: str, key: str | None = None, request: HttpRequest | None =
             applied.append((rule, limit_spec(rule, value)))
     if not applied:
         return
-    refused = known_limited(request, runtime, applied, started)  # type: ignore[arg-type]
+    # Outside a request (a management command, a task), the refusal is still a response: for the caller to read.
+    decision = RequestDecision(request, runtime, started, snapshot.version, applied)  # type: ignore[arg-type]
+    refused = decision.known_limited()
     if refused is not None:
         raise LimitRefused(name, refused)
-    admission, from_fallback = runtime.admit(
-        [spec for _, spec in applied],
-        [],
-        labels=[rule.label for rule, _ in applied],
-        policies=[(RATELIMIT, rule.name) for rule, _ in applied],
-    )
-    remember = not from_fallback and admission.hit.version == snapshot.version
+    decision.admit()
     before = getattr(request, SHOWN, None) if request is not None else None
-    outcome = decide_limits(
-        request,  # type: ignore[arg-type]
-        applied,
-        admission,
-        from_fallback,
-        runtime,
-        started,
-        remember,
-        admitted_before=before,
-    )
+    outcome = decision.judge_limits(admitted_before=before)
     if isinstance(outcome, HttpResponse):
         raise LimitRefused(name, outcome)
     if request is not None and outcome:

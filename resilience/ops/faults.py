@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from bookstore.exceptions import ApplicationError
+from resilience.runtime import redis_configured
 
 MAX_DELAY_MS = 30_000
 
@@ -59,7 +60,7 @@ _track_lock = threading.Lock()
 
 
 def _track(name: str, delta: int) -> None:
-    if settings.REDIS_URL or settings.REDIS_CLUSTER_NODES:
+    if redis_configured():
         from django_redis import get_redis_connection
 
         keys = [cache.make_key(_active_key(name)), cache.make_key(_peak_key(name))]

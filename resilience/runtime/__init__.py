@@ -28,12 +28,13 @@ from django.db import DatabaseError
 from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
 
-from resilience.engine.breaker import BreakerConfig, BreakerStore
+from resilience.engine.breaker import BreakerConfig, BreakerStore, Transition
 from resilience.engine.limiter import LimitSpec, StoreDataError, StoreUnavailable
 from resilience.models import PolicyVersion
 from resilience.ops.metrics import store_errors
 from resilience.runtime.errors import PolicyErrorLog
-from resilience.runtime.policies import PolicyError, PolicySet, compile_policies
+from resilience.runtime.outcomes import SuccessBatch
+from resilience.runtime.policies import BREAKER, PolicyError, PolicySet, compile_policies
 from resilience.runtime.refusals import KnownRefusals
 from resilience.runtime.tally import LimitedTally
 from resilience.stores import keys as keyspace
@@ -120,6 +121,12 @@ def fleet_shares(specs: Sequence[LimitSpec], workers: int) -> list[LimitSpec] | 
     ]
 
 
+def _announce(transitions: list[Transition]) -> None:
+    from resilience.http.guards import announce  # the guards' log, metrics and signal; they import this module
+
+    announce(transitions)
+
+
 def workers_key() -> str:
     """Return the Redis hash where each worker reports what it serves requests under (Runtime.heartbeat)."""
     return keyspace.workers_key(key_prefix())
@@ -167,6 +174,12 @@ class Runtime:
         self.tally: LimitedTally | None = None
         if self.uses_redis and key_prefix():
             self.tally = LimitedTally(lambda: self.shared.client, key_prefix())  # type: ignore[attr-defined]  # uses_redis: the shared store is the Redis one
+        # Successes of calls closed breakers admitted, reported in batches (outcomes.py).
+        self.breaker_successes = SuccessBatch(
+            lambda: self.breaker_shared,  # type: ignore[arg-type,return-value]  # only used with the Redis store
+            lambda operation, error, name: self.store_failed(operation, error, "record", [(BREAKER, name)]),
+            _announce,
+        )
         # Policies this worker could not use: counted, logged, and recorded for the admin and dashboard.
         self.policy_errors = PolicyErrorLog(
             (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]  # Redis store
@@ -181,6 +194,7 @@ class Runtime:
             known.close()
         if self._failover_watch is not None:
             self._failover_watch.close()
+        self.breaker_successes.close()
 
     @property
     def uses_redis(self) -> bool:
@@ -213,7 +227,7 @@ class Runtime:
         )
 
     def _make_concurrency_store(self) -> RedisConcurrencyStore | None:
-        if not (settings.REDIS_URL or settings.REDIS_CLUSTER_NODES):
+        if not redis_configured():
             return None
         from django_redis import get_redis_connection
 

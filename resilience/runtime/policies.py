@@ -106,6 +106,7 @@ class RateLimitRule:
     epoch: int
     overrides: dict[str, int] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)  # outcome -> prometheus child, resolved once
+    specs: dict[str, Any] = field(default_factory=dict)  # counted value -> LimitSpec (resilience/http/decision.py)
 
     @property
     def label(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from resilience.engine.breaker import BreakerConfig, Permit, Transition
 from resilience.engine.limiter import HitResult, LimitSpec, to_micros, validate
 from resilience.stores import scripts
-from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.boundary import DirectScript, reply_error, store_call
 from resilience.stores.keys import counted_value, slot_keys, stats_key, top_key
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
@@ -75,8 +75,8 @@ class RedisAdmission:
         self.breakers = breakers
         self.stats_prefix = stats_prefix
         client = limiter.client
-        self._limits_only = client.register_script(scripts.script("admit_main", "limiter", "concurrency"))
-        self._full = client.register_script(scripts.script("admit_main", "limiter", "breaker", "concurrency"))
+        self._limits_only = DirectScript(client, scripts.script("admit_main", "limiter", "concurrency"))
+        self._full = DirectScript(client, scripts.script("admit_main", "limiter", "breaker", "concurrency"))
 
     def admit(
         self,
@@ -114,7 +114,7 @@ class RedisAdmission:
             keys.append(stats_key(self.stats_prefix, minute))
             keys += [top_key(self.stats_prefix, minute, label) for label in stat_labels]
         script = self._full if breakers else self._limits_only
-        reply: list[Any] = store_call("admission", script, keys=keys, args=args)
+        reply: list[Any] = store_call("admission", script, keys, args)
         try:
             decisions = RedisLimiterStore.parse_decisions(reply, len(specs))
             hit = HitResult(

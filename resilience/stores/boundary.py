@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from hiredis import pack_command
+from redis.exceptions import NoScriptError
 
 from resilience.engine.limiter import StoreDataError, StoreUnavailable
 
@@ -44,3 +46,37 @@ def store_call(operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) 
 def reply_error(operation: str, error: Exception) -> StoreDataError:
     """Return the error for a reply that cannot be read (the script or its data is at fault)."""
     return StoreDataError(f"{operation}: unreadable reply: {type(error).__name__}: {error}")
+
+
+class DirectScript:
+    """A registered Lua script run with one send and one read on a connection of the client's pool.
+
+    For the request path: redis-py's command path (its retry wrapper, observability hooks and
+    per-argument checks) cost twice the round trip's own CPU there (about 70 of 100 µs). The errors
+    are the client's own, so store_call tells them apart as before. A script Redis lost (a restart, a
+    failover) is loaded again the usual way; a client with no pool (a cluster client) always goes so.
+    """
+
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self.script = client.register_script(source)
+        self.pool: redis.ConnectionPool | None = getattr(client, "connection_pool", None)
+
+    def __call__(self, keys: list[str], args: list[str]) -> Any:
+        pool = self.pool
+        if pool is None:
+            return self.script(keys=keys, args=args)
+        conn = pool.get_connection()
+        try:
+            command: tuple[str | int, ...] = ("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            conn.send_packed_command([pack_command(command)])  # type: ignore[arg-type]  # the stub types a 1-tuple
+            return conn.read_response()
+        except NoScriptError:
+            pass
+        except redis.ResponseError:
+            raise  # a whole reply was read: the connection is fine
+        except BaseException:
+            conn.disconnect()  # a reply may be on its way: never hand this connection to another call
+            raise
+        finally:
+            pool.release(conn)
+        return self.script(keys=keys, args=args)

@@ -90,11 +90,17 @@ class RedisBreakerStore:
         return _parsed("allow", parse_permit, cfg.name, reply)
 
     def record(
-        self, cfg: BreakerConfig, generation: int, success: bool, now: float | None = None
+        self, cfg: BreakerConfig, generation: int, success: bool | None, now: float | None = None, earlier: int = 0
     ) -> tuple[State, list[Transition]]:
-        """Report the outcome of a call admitted with ``generation``; return the state after."""
+        """Report the outcome of a call admitted with ``generation``; return the state after.
+
+        ``earlier`` successes of calls admitted with the same generation in the closed state are
+        counted first, as if recorded one by one (a batch: resilience/runtime/outcomes.py); with
+        ``success`` None, only they are.
+        """
         cfg.validate()
-        args = ["record", _now(now), *config_args(cfg), str(int(generation)), "1" if success else "0"]
+        outcome = "" if success is None else "1" if success else "0"
+        args = ["record", _now(now), *config_args(cfg), str(int(generation)), outcome, str(int(earlier))]
         return _parsed("record", _parse_state, cfg.name, self._run(cfg.name, args))
 
     def force(self, name: str, state: State | None, now: float | None = None) -> list[Transition]:

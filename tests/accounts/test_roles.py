@@ -16,7 +16,7 @@ from django.test import Client
 
 from accounts.models import SHOP_STAFF_GROUP, User
 from orders.models import Order
-from resilience.models import RateLimitPolicy
+from tests.conftest import make_policy
 
 PASSWORD = "correct-horse-battery"
 POLICIES = "/admin/resilience/ratelimitpolicy/"
@@ -93,15 +93,11 @@ def _set_role(root: Client, user: User, role: str) -> None:
     _admin_edit(root, f"/admin/accounts/user/{user.pk}/change/", role=role)
 
 
-def _policy() -> RateLimitPolicy:
-    return RateLimitPolicy.objects.create(name="books", pattern="/api/books", limit=100, period=60)
-
-
 # --- in the admin, with a real signed-in member of staff ------------------------------------------
 
 
 def test_new_staff_member_can_open_and_edit_rate_limit_policies(root: Client, customer: User) -> None:
-    policy = _policy()
+    policy = make_policy(name="books", limit=100, period=60)
     _set_role(root, customer, User.Role.STAFF)
     customer.refresh_from_db()
     assert customer.is_staff

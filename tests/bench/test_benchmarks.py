@@ -8,17 +8,20 @@ from typing import Any
 import pytest
 
 from bench import hotpath, pg_outage
-from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
+from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
 
 @pytest.mark.default_policies
 def test_hotpath_policies_are_valid_and_the_database_breaker_stays_on(db: None) -> None:
     assert CircuitBreakerPolicy.objects.filter(enabled=True).count() > 1  # the product's: search, database
-    hotpath.prepare(hotpath.PATH, hotpath.LIMITS, hotpath.BREAKER)
+    assert ConcurrencyPolicy.objects.filter(enabled=True, name="search").exists()
+    hotpath.prepare(hotpath.PATH, hotpath.LIMITS, hotpath.BREAKER, hotpath.BULKHEAD)
     limits = set(RateLimitPolicy.objects.filter(enabled=True).values_list("name", flat=True))
     breakers = set(CircuitBreakerPolicy.objects.filter(enabled=True).values_list("name", flat=True))
+    bulkheads = ConcurrencyPolicy.objects.filter(enabled=True).values_list("name", "pattern", "max_in_flight")
     assert limits == {"bench-ip", "bench-global", "bench-app"}
     assert breakers == {"bench-breaker", "database"}
+    assert list(bulkheads) == [("bench-bulkhead", hotpath.PATH, 10_000)]
 
 
 API = "/api/books/1"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from bench.verdict import Facts, admissible, outcome
+from bench.verdict import Facts, admissible, outcome, slowdown_p99
 from catalog.models import Book
 
 TOKEN_BUCKET = {"name": "p", "algorithm": "token_bucket", "limit": 20, "period": 600, "burst": 3}
@@ -37,14 +37,17 @@ def test_outcome_names_the_designed_answers() -> None:
     ]  # fmt: skip
     assert outcome(r(503, "temporary-reduced-capacity")) == "503 breaker open"
     assert outcome(r(503, "dependency-unavailable")) == "503 dependency failed"
+    assert outcome(r(503, "concurrency-limit")) == "503 bulkhead full"
     assert outcome(r(503, "database-unavailable")) == "5xx"
     assert outcome(r(409, "idempotency-key-reused")) == "other"
 
 
-def facts(records: list[dict[str, Any]]) -> Facts:
+def facts(records: list[dict[str, Any]], peak: int | None = None) -> Facts:
     policies = {"ratelimits": {"search-ip": SLIDING | {"limit": 2}}, "breakers": {"search": {"open_seconds": 15}}}
-    config = {"timeline": {"fault_on": 50, "fault_off": 60}, "policies": policies}
-    load = {"events": {}, "wall_t0": 0.0}
+    policies["bulkheads"] = {"search": {"max_in_flight": 4}}
+    timeline = {"warmup": [0, 8], "attack": [28, 136], "fault_on": 50, "fault_off": 60, "slow_on": 118, "slow_off": 135}
+    load = {"events": {"slow_peak": peak}, "wall_t0": 0.0}
+    config = {"timeline": timeline, "policies": policies, "slow_ms": 1000}
     return Facts({"records": records, "config": config, "load": load, "samples": [], "server_timings": {}})
 
 
@@ -61,6 +64,24 @@ def test_budget_is_violated_only_when_the_extra_requests_were_surely_decided_in_
     queued = facts([admitted(0, 1), admitted(10, 11), admitted(20, 75)]).budget("crawler", "search-ip")
     assert not queued["violation"]
     assert (queued["max_in_any_period"], queued["max_by_send"]) == (2, 3)
+
+
+def legit(endpoint: str, sent: float, ms: float, status: int = 200, problem: str = "") -> dict[str, Any]:
+    return {"actor": "legit", "endpoint": endpoint, "status": status, "problem": problem, "quota": True,
+            "sent": sent, "received": sent + ms / 1000}  # fmt: skip
+
+
+def test_slowdown_judges_the_other_requests_against_baseline_and_slow_calls_against_the_slots() -> None:
+    baseline = [legit("detail", 10 + n / 10, 20) for n in range(100)]
+    crawling = [legit("search", 120, 1000), legit("search", 121, 210, 503, "concurrency-limit")]
+    held = facts([*baseline, *crawling, *(legit("list", 119 + n / 10, 39) for n in range(100))], peak=4)
+    assert slowdown_p99(held)[0]
+    assert held.excused(crawling[1])
+    assert not held.excused(baseline[0])
+    slowed = facts([*baseline, *crawling, *(legit("order", 119 + n / 10, 41) for n in range(100))], peak=4)
+    assert not slowdown_p99(slowed)[0]  # 41 ms against 20: over twice the baseline
+    overfull = facts([*baseline, *(legit("list", 119 + n / 10, 20) for n in range(100))], peak=5)
+    assert not slowdown_p99(overfull)[0]  # five slow searches at once, four slots
 
 
 @pytest.mark.urls("bench.urls")

@@ -234,14 +234,24 @@ def test_book_list_caps_page_size_at_100(anon_client: APIClient, db: None) -> No
     assert response.json()["count"] == 101
 
 
-@pytest.mark.parametrize("page_size", ["abc", "-1", "0", "", "1e3", "99999999999999999999999"])
+@pytest.mark.parametrize("page_size", ["abc", "-1", "0", "", "1e3"])
 def test_book_list_ignores_unusable_page_size(anon_client: APIClient, db: None, page_size: str) -> None:
-    _bulk_books(3)
+    _bulk_books(21)
 
     response = anon_client.get(BOOKS, {"page_size": page_size})
 
     assert response.status_code == 200, response.content
-    assert len(response.json()["results"]) <= 100
+    assert len(_ids(response)) == 20  # the default page, as if no size had been asked for
+    assert response.json()["count"] == 21
+
+
+def test_book_list_caps_a_page_size_beyond_any_integer_type(anon_client: APIClient, db: None) -> None:
+    _bulk_books(101)
+
+    response = anon_client.get(BOOKS, {"page_size": "99999999999999999999999"})
+
+    assert response.status_code == 200, response.content
+    assert len(_ids(response)) == 100
 
 
 @pytest.mark.parametrize("page", ["0", "-1", "99", "abc", "1.5", "99999999999999999999999", "\x00"])

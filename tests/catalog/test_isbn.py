@@ -106,8 +106,9 @@ def test_normalize_isbn_accepts_an_integer() -> None:
     assert normalize_isbn(9780306406157) == "9780306406157"  # type: ignore[arg-type]  # a wrong type on purpose
 
 
-def test_invalid_isbn_is_a_value_error() -> None:
-    assert issubclass(InvalidIsbn, ValueError)
+def test_a_bad_isbn_is_caught_by_callers_that_know_only_value_error() -> None:
+    with pytest.raises(ValueError, match="check digit"):
+        normalize_isbn("9780306406158")
 
 
 def test_validate_isbn13_accepts_canonical_form() -> None:

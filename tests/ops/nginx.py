@@ -66,9 +66,10 @@ def render(template: str, values: dict[str, str]) -> str:
 
 @dataclass
 class NginxServer:
-    """nginx with deploy/nginx's server block in front of upstream ("127.0.0.1:PORT")."""
+    """nginx with deploy/nginx's server block in front of upstream ("127.0.0.1:PORT"), or of every one of upstreams."""
 
-    upstream: str
+    upstream: str = ""
+    upstreams: tuple[str, ...] = ()
     port: int = 0
     max_body_size: int = 0  # bytes; 0: the app's DATA_UPLOAD_MAX_MEMORY_SIZE
     read_timeout: str = "30s"
@@ -82,11 +83,17 @@ class NginxServer:
         assert self.prefix is not None
         return {
             "NGINX_LISTEN": f"{HOST}:{self.port}",
-            "BOOKSTORE_UPSTREAM": self.upstream,
+            "BOOKSTORE_UPSTREAM_SERVERS": " ".join(f"server {address};" for address in self.addresses()),
             "DATA_UPLOAD_MAX_MEMORY_SIZE": str(self.max_body_size or settings.DATA_UPLOAD_MAX_MEMORY_SIZE),
             "NGINX_PROXY_READ_TIMEOUT": self.read_timeout,
             "NGINX_PROBLEMS_DIR": str(self.prefix / "problems"),
         }
+
+    def addresses(self) -> tuple[str, ...]:
+        found = self.upstreams or ((self.upstream,) if self.upstream else ())
+        if not found:
+            raise ValueError("no upstream to proxy to")
+        return found
 
     def start(self) -> NginxServer:
         if self.proc is not None:

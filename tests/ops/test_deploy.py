@@ -205,7 +205,7 @@ def test_compose_publishes_nginx_only_and_keeps_its_limits_equal_to_the_apps() -
     assert nginx["ports"] == ["${BOOKSTORE_PORT:-8000}:8080"]
     assert app["expose"] == ["8000"]
     assert app["environment"]["TRUSTED_PROXY_COUNT"] == 1, "nginx is the one proxy in front"
-    assert nginx["environment"]["BOOKSTORE_UPSTREAM"] == "app:8000"
+    assert nginx["environment"]["BOOKSTORE_UPSTREAM_SERVERS"] == "server app:8000;"
     assert nginx["environment"]["NGINX_LISTEN"] == "8080"
     assert nginx["environment"]["DATA_UPLOAD_MAX_MEMORY_SIZE"] == app["environment"]["DATA_UPLOAD_MAX_MEMORY_SIZE"]
     # The image renders every variable the template uses; a missing one would stay "${...}" in nginx.conf.

@@ -452,6 +452,40 @@ def test_redis_store_matches_memory_store_step_for_step(
         assert memory.snapshot(cfg, now) == redis_store.snapshot(cfg, now)
 
 
+def test_a_batch_of_successes_counts_as_those_successes_recorded_one_by_one(
+    redis_store: RedisBreakerStore, make_cfg: Callable[..., BreakerConfig]
+) -> None:
+    """Successes of a closed breaker reach Redis in batches (runtime/outcomes.py): the breaker must not tell."""
+    rng = random.Random(20261203)
+    memory = MemoryBreakerStore(clock=lambda: T0)
+    configs = [
+        make_cfg(failure_threshold=3, open_seconds=5, half_open_max_calls=2),
+        make_cfg(failure_threshold=0, failure_rate=50, window_size=6, minimum_calls=4, open_seconds=3),
+        make_cfg(failure_threshold=0, failure_rate=40, window_size=5, window_kind="time", minimum_calls=3),
+    ]
+    now = T0
+    trips = 0
+    for _ in range(800):
+        cfg = rng.choice(configs)
+        now += rng.choice([0.0, 0.0, 0.4, 1.0, 3.0])
+        permit, _ = memory.allow(cfg, now)
+        assert redis_store.allow(cfg, now)[0] == permit
+        if not permit.allowed:
+            continue
+        earlier = rng.choice([0, 1, 2, 7, 40]) if permit.state is State.CLOSED else 0
+        outcome = rng.choice([True, False, False, None])
+        expected: list[Transition] = []
+        for _ in range(earlier):
+            expected += memory.record(cfg, permit.generation, True, now)[1]
+        if outcome is not None:
+            expected += memory.record(cfg, permit.generation, outcome, now)[1]
+        got = redis_store.record(cfg, permit.generation, outcome, now, earlier=earlier)[1]
+        assert got == expected
+        trips += sum(t.to_state is State.OPEN for t in got)
+        assert redis_store.snapshot(cfg, now) == memory.snapshot(cfg, now)
+    assert trips >= 10, "the sequence must exercise trips, not only successes"
+
+
 @pytest.mark.redis
 def test_dead_redis_raises_store_unavailable_quickly(make_cfg: Callable[..., BreakerConfig]) -> None:
     # Retries off, as the app's client should be: every operation fails at once.

@@ -61,15 +61,19 @@ def opened(make_book: Callable[..., Book], **fields: Any) -> tuple[CircuitBreake
     assert client.get(MISSING).status_code == 404  # trips it
     # The first refusal starts the subscription; the first answer after it is remembered.
     assert client.get(page).status_code == 503
-    within(2, known().live)
+    within(10, known().live)
     assert client.get(page).status_code == 503
     assert known().seconds_left(policy.name) is not None
     return policy, page, client
 
 
-def heard(name: str) -> float:
-    """Wait until this process has heard a change that makes it forget ``name``; return how long that took."""
-    return within(1, lambda: known().seconds_left(name) is None)
+def heard(name: str) -> None:
+    """Wait until this process has heard a change that makes it forget ``name``.
+
+    Only a message on the channel makes it forget sooner than the 30 s open period the tests use,
+    so forgetting within this generous deadline is proof the change was heard, however loaded the machine.
+    """
+    within(10, lambda: known().seconds_left(name) is None)
 
 
 def test_calls_to_a_breaker_seen_open_are_refused_without_a_round_trip(
@@ -94,7 +98,7 @@ def test_reset_from_another_process_is_heard_at_once(
     trips = RoundTrips(monkeypatch, get_runtime())
 
     RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix).reset(policy.name)  # type: ignore[attr-defined]  # the Redis store here
-    assert heard(policy.name) < 0.1
+    heard(policy.name)
     served = client.get(page)
 
     assert served.status_code == 200
@@ -107,7 +111,7 @@ def test_forced_close_from_another_process_is_heard_at_once(make_book: Callable[
 
     store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]  # the Redis store here
     store.force(policy.name, State.FORCED_CLOSED)
-    assert heard(policy.name) < 0.1
+    heard(policy.name)
 
     assert client.get(page).status_code == 200
     store.force(policy.name, None)
@@ -122,7 +126,7 @@ def test_forced_open_is_refused_without_a_round_trip_until_released(
     store = RedisBreakerStore(other, prefix=get_runtime().breaker_shared.prefix)  # type: ignore[attr-defined]  # the Redis store here
     store.force(policy.name, State.FORCED_OPEN)
     assert client.get(page).status_code == 503
-    within(2, known().live)
+    within(10, known().live)
     assert client.get(page).status_code == 503
     trips = RoundTrips(monkeypatch, get_runtime())
 
@@ -186,7 +190,7 @@ def test_listener_subscribes_again_after_a_lost_connection(
     errors = metrics.store_errors.labels("subscribe")._value.get()
     assert other.client_kill_filter(_type="pubsub") >= 1
     heard(policy.name)
-    within(1, lambda: metrics.store_errors.labels("subscribe")._value.get() == errors + 1)  # counted, for alerts
+    within(10, lambda: metrics.store_errors.labels("subscribe")._value.get() == errors + 1)  # counted, for alerts
 
     # Back within the retry interval: the breaker is still open, and is remembered again.
     within(settings.RESILIENCE_STORE_RETRY_SECONDS + 2, known().live)
@@ -229,10 +233,10 @@ def test_a_dropped_runtime_lets_go_of_its_subscription(make_book: Callable[..., 
     dropped = known()
     reset_runtime()
 
-    within(2, lambda: subscribers() == 0)
+    within(10, lambda: subscribers() == 0)
     assert not dropped.live()
     assert client.get(page).status_code == 503
-    within(2, known().live)  # the runtime that replaced it subscribes on its own
+    within(10, known().live)  # the runtime that replaced it subscribes on its own
     assert subscribers() == 1
 
 
@@ -244,7 +248,10 @@ def test_without_a_subscription_every_call_asks_redis(
     client = APIClient()
     runtime = get_runtime()
 
+    attempts: list[float] = []
+
     def refused() -> Any:
+        attempts.append(time.perf_counter())
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(known().subscription, "_connect", refused)
@@ -252,7 +259,7 @@ def test_without_a_subscription_every_call_asks_redis(
     trips = RoundTrips(monkeypatch, runtime)
 
     assert [client.get(page).status_code for _ in range(4)] == [503] * 4
-    time.sleep(0.05)  # the listener has had every chance to subscribe, and could not
+    within(10, lambda: bool(attempts))  # the listener tried to subscribe, and could not
     assert client.get(page).status_code == 503
     assert trips.count == 5  # nothing is remembered that no subscription could take back
     assert not known().live()
@@ -270,7 +277,7 @@ def test_code_guard_refuses_from_memory_too(monkeypatch: pytest.MonkeyPatch) -> 
         raise RuntimeError("the dependency failed")  # trips it
     with pytest.raises(BreakerOpen):
         call()
-    within(2, known().live)
+    within(10, known().live)
     with pytest.raises(BreakerOpen):
         call()
     store = get_runtime().breaker_shared

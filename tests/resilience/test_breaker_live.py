@@ -28,6 +28,7 @@ from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy
 from resilience.runtime import get_runtime
 from resilience.runtime.policies import breaker_config
+from tests.conftest import make_breaker
 from tests.live import ROOT, LiveServer, Reply, request
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -36,15 +37,6 @@ REDUCED_CAPACITY = "https://iana.org/assignments/http-problem-types#temporary-re
 DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
 SEARCH = "/api/books/search?q=tolkien"
 MISSING = "/api/books/999999"
-
-
-def make_breaker(**fields: Any) -> CircuitBreakerPolicy:
-    """Create a validated breaker policy (saving it tells every running worker)."""
-    fields.setdefault("failure_rate", 0)
-    policy = CircuitBreakerPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    return policy
 
 
 def search_breaker(**fields: Any) -> CircuitBreakerPolicy:

@@ -31,6 +31,7 @@ from resilience.runtime import Runtime, get_runtime, reset_runtime
 from resilience.runtime.policies import breaker_config
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_limiter import RedisLimiterStore
+from tests.conftest import make_breaker as shared_make_breaker
 
 REDUCED_CAPACITY = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
 DEPENDENCY_UNAVAILABLE = problem_type("dependency-unavailable")
@@ -42,18 +43,12 @@ _names = itertools.count(1)
 
 
 def make_breaker(**fields: Any) -> CircuitBreakerPolicy:
-    """Create a validated breaker policy and make this process see it at once."""
+    """Create a breaker on book pages that counts a 404 as a failure, unless told otherwise."""
     fields.setdefault("name", f"cb-{next(_names)}")
     fields.setdefault("match_type", "regex")
     fields.setdefault("pattern", DETAIL if fields["match_type"] == "regex" else fields["name"])
     fields.setdefault("failure_statuses", "404")
-    fields.setdefault("failure_rate", 0)
-    fields.setdefault("open_seconds", 30)
-    policy = CircuitBreakerPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    get_runtime().invalidate()
-    return policy
+    return shared_make_breaker(**fields)
 
 
 def state_of(policy: CircuitBreakerPolicy) -> State:
@@ -236,6 +231,29 @@ def test_failure_rate_trips_only_at_the_rate_with_minimum_calls(
     assert state_of(policy) is (State.OPEN if tripped else State.CLOSED)
     if tripped:
         assert_open_problem(client.get(good), policy.open_seconds)
+
+
+def test_successes_reach_the_shared_breaker_in_a_batch_and_before_the_next_failure(
+    db: None, make_book: Callable[..., Book]
+) -> None:
+    """Successes are reported in batches: a failure is still judged as if each had been recorded at once."""
+    # In order, [S, S, F, F] is 2 failures of 4 calls (under 60 %); with the failures judged before the
+    # successes, [F, F, S] would be 2 of 3 and trip.
+    policy = make_breaker(failure_threshold=0, failure_rate=60, window_size=10, minimum_calls=3)
+    good = f"/api/books/{make_book().pk}"
+    client = APIClient()
+    store, _ = get_runtime().breaker_store()
+    cfg = breaker_config(policy)
+
+    statuses = [client.get(url).status_code for url in (good, good, MISSING, MISSING, good)]
+
+    assert statuses == [200, 200, 404, 404, 200]
+    # No request follows the last success: its batch is reported by itself.
+    deadline = time.monotonic() + 5
+    while (snapshot := store.snapshot(cfg)).window_calls < 5:
+        assert time.monotonic() < deadline, "the last success never reached the shared store"
+        time.sleep(0.01)
+    assert (snapshot.state, snapshot.window_calls, snapshot.window_failures) == (State.CLOSED, 5, 2)
 
 
 @pytest.mark.parametrize("match_type", ["prefix", "code"])

@@ -23,6 +23,7 @@ from resilience.engine.breaker import State
 from resilience.models import CircuitBreakerPolicy
 from resilience.runtime import get_runtime
 from resilience.runtime.policies import breaker_config
+from tests.conftest import make_breaker as shared_make_breaker
 
 CHANGELIST = "/admin/resilience/circuitbreakerpolicy/"
 ADD = CHANGELIST + "add/"
@@ -39,12 +40,7 @@ def make_breaker(book: Book | None = None, **fields: Any) -> CircuitBreakerPolic
     fields.setdefault("pattern", rf"^/api/books/({missing}|{book.pk if book else missing})$")
     fields.setdefault("failure_statuses", "404")
     fields.setdefault("failure_threshold", 2)
-    fields.setdefault("failure_rate", 0)
-    fields.setdefault("open_seconds", 30)
-    policy = CircuitBreakerPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    get_runtime().invalidate()
+    policy = shared_make_breaker(**fields)
     policy.missing_path = f"/api/books/{missing}"  # type: ignore[attr-defined]  # set by the fixture
     return policy
 

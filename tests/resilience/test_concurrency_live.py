@@ -28,6 +28,7 @@ from resilience.http.bulkheads import slots_base
 from resilience.models import ConcurrencyPolicy
 from resilience.runtime import get_runtime
 from resilience.runtime.policies import compile_concurrency
+from tests.conftest import make_concurrency
 from tests.live import LiveServer, Reply, request
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -36,10 +37,8 @@ SEARCH = "/api/books/search?q=tolkien"
 
 
 def make_policy(**fields: Any) -> ConcurrencyPolicy:
-    policy = ConcurrencyPolicy(name="search-slots", match_type="tag", pattern="search", key="global", **fields)
-    policy.full_clean()
-    policy.save()
-    return policy
+    """Create the slots of the book search (its `search` tag), shared by the whole fleet."""
+    return make_concurrency(name="search-slots", match_type="tag", pattern="search", key="global", **fields)
 
 
 def in_flight(policy: ConcurrencyPolicy) -> int:

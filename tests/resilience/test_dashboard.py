@@ -24,10 +24,11 @@ from pytest_django.fixtures import Settings
 from accounts.models import User
 from resilience import services
 from resilience.engine.breaker import State
-from resilience.models import CircuitBreakerPolicy, PolicyVersion, RateLimitPolicy
+from resilience.models import PolicyVersion, RateLimitPolicy
 from resilience.ops import dashboard
 from resilience.runtime import POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, reset_runtime, workers_key
 from resilience.stores.redis_limiter import RedisLimiterStore
+from tests.conftest import make_breaker, make_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -84,23 +85,6 @@ def store(request: pytest.FixtureRequest) -> str:
             for key in client.scan_iter(match=f"{key_prefix()}{pattern}"):
                 client.delete(key)
     return request.param
-
-
-def make_policy(**fields: Any) -> RateLimitPolicy:
-    """Create a validated policy and make this process load it (no commit happens inside a test)."""
-    policy = RateLimitPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    get_runtime().invalidate()
-    return policy
-
-
-def make_breaker(name: str) -> CircuitBreakerPolicy:
-    breaker = CircuitBreakerPolicy(name=name, match_type="code", pattern=name)
-    breaker.full_clean()
-    breaker.save()
-    get_runtime().invalidate()
-    return breaker
 
 
 class _Links(HTMLParser):
@@ -290,8 +274,8 @@ def test_dashboard_counters_expire_within_twenty_minutes() -> None:
 
 @pytest.mark.redis
 def test_dashboard_lists_breakers_with_state_and_change_link(staff_web: Client) -> None:
-    quiet = make_breaker("dash-quiet")
-    tripped = make_breaker("dash-tripped")
+    quiet = make_breaker(name="dash-quiet", match_type="code", pattern="dash-quiet")
+    tripped = make_breaker(name="dash-tripped", match_type="code", pattern="dash-tripped")
     services.breaker_force(names=["dash-tripped"], state=State.FORCED_OPEN)
 
     data = staff_web.get(DATA).json()

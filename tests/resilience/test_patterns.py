@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
@@ -55,14 +54,11 @@ def no_route() -> tuple[str, frozenset[str]]:
 def test_matcher_decides_a_crafted_path_in_linear_time(deadline: Callable[[float], None], length: int) -> None:
     matcher = Matcher.build([], "regex", CRAFTED)
     path = crafted_path(length)
+    # A backtracking engine needs about 2**length steps here: over a minute at the shortest length, so it
+    # cannot beat even a generous deadline, however loaded the machine.
     deadline(5)
 
-    started = time.perf_counter()
-    matched = matcher.matches("GET", path, no_route)
-    elapsed = time.perf_counter() - started
-
-    assert matched is False
-    assert elapsed < 0.05
+    assert matcher.matches("GET", path, no_route) is False
     assert matcher.matches("GET", "/api/" + "a" * (length - 5), no_route) is True  # the same length, matching
 
 

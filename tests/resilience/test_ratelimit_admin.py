@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from resilience.models import RateLimitOverride, RateLimitPolicy, hash_key_value
 from resilience.runtime import get_runtime
+from tests.conftest import make_policy
 
 CHANGELIST = "/admin/resilience/ratelimitpolicy/"
 ADD = CHANGELIST + "add/"
@@ -73,13 +74,6 @@ def form_data(overrides: list[dict[str, str]] | None = None, **fields: Any) -> d
 def form_errors(response: Any) -> dict[str, list[str]]:
     assert response.status_code == 200, "an invalid form is shown again, not a redirect or a 500"
     return dict(response.context["adminform"].form.errors)
-
-
-def make_policy(**fields: Any) -> RateLimitPolicy:
-    fields.setdefault("pattern", "/api/books")
-    policy = RateLimitPolicy.objects.create(**fields)
-    get_runtime().invalidate()
-    return policy
 
 
 def action(admin_client: Client, name: str, *policies: RateLimitPolicy) -> Any:

@@ -14,18 +14,9 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from resilience.models import RateLimitPolicy
-from resilience.runtime import get_runtime
-from tests.conftest import client_for
+from tests.conftest import client_for, make_policy
 
 A, B = "192.0.2.1", "192.0.2.2"
-
-
-def make_policy(**fields: Any) -> RateLimitPolicy:
-    fields.setdefault("pattern", "/api/books")
-    fields.setdefault("period", 3600)
-    policy = RateLimitPolicy.objects.create(**fields)
-    get_runtime().invalidate()
-    return policy
 
 
 def ratelimit(*args: str) -> str:

@@ -10,7 +10,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from resilience.http.middleware import limit_spec
+from resilience.http.decision import limit_spec
 from resilience.ops import metrics
 from resilience.runtime import get_runtime, key_prefix
 from resilience.runtime.policies import compile_policies
@@ -32,7 +32,7 @@ def key_of(policy_name: str, address: str) -> str:
 def limited(client: APIClient, address: str = A) -> str:
     """Refuse ``address`` until this process remembers it; return its limit key."""
     assert client.get("/api/books", REMOTE_ADDR=address).status_code == 429  # also subscribes
-    within(2, known().live)
+    within(10, known().live)
     assert client.get("/api/books", REMOTE_ADDR=address).status_code == 429  # remembered from here on
     key = key_of("books-ip", address)
     assert known().limited(key) is not None
@@ -94,7 +94,7 @@ def test_a_reset_by_another_process_is_heard_at_once(other: redis.Redis) -> None
 
     # `manage.py ratelimit reset books-ip --key 192.0.2.1` on another machine.
     RedisLimiterStore(other, runtime.shared.version_key, runtime.shared.events_channel).reset([key])
-    within(0.1, lambda: known().limited(key) is None)
+    within(10, lambda: known().limited(key) is None)  # else remembered ~60 s
 
     assert client.get("/api/books", REMOTE_ADDR=A).status_code == 200
 
@@ -128,7 +128,7 @@ def test_a_raised_limit_from_another_instance_is_obeyed_at_once(
 
     type(policy).objects.filter(pk=policy.pk).update(limit=10)
     RedisLimiterStore(other, runtime.shared.version_key, runtime.shared.events_channel).bump_version()
-    within(0.1, lambda: known().limited(key) is None)
+    within(10, lambda: known().limited(key) is None)  # else remembered ~60 s
 
     client.get("/api/books", REMOTE_ADDR=A)  # learns the new version from this round trip
     assert client.get("/api/books", REMOTE_ADDR=A).status_code == 200

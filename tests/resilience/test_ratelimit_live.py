@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
-from typing import Any
 
 import pytest
 import requests
@@ -26,6 +25,7 @@ from accounts.models import User
 from catalog.models import Book
 from resilience.models import RateLimitPolicy
 from resilience.runtime import HEARTBEAT_INTERVAL
+from tests.conftest import make_policy
 from tests.live import LiveServer, RedisServer, Reply, request
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -38,14 +38,6 @@ PROPAGATION_SECONDS = 1.0
 
 def new_source() -> str:
     return next(_sources)
-
-
-def make_policy(**fields: Any) -> RateLimitPolicy:
-    """Create a validated policy, as the admin would (saving it tells every worker)."""
-    policy = RateLimitPolicy(**fields)
-    policy.full_clean()
-    policy.save()
-    return policy
 
 
 def book_path(book: Book) -> str:

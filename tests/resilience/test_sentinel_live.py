@@ -18,11 +18,19 @@ import pytest
 import redis
 from django.conf import settings
 
+from accounts import token_cache
+from accounts.models import User
+from accounts.services import token_create, token_revoke_all
 from catalog.models import Book
+from resilience.http.bulkheads import slots_base
 from resilience.models import RateLimitPolicy
 from resilience.runtime import events_channel
+from resilience.runtime.policies import compile_concurrency
 from resilience.services import key_value_for, storage_key
+from resilience.stores.redis_concurrency import RedisConcurrencyStore
 from resilience.stores.redis_limiter import RedisLimiterStore
+from tests.accounts.test_token_cache import _hits as token_hits
+from tests.conftest import make_concurrency
 from tests.live import HOST, LiveServer, RedisServer, Reply, request
 from tests.resilience.test_ratelimit_live import policy_quota
 
@@ -328,3 +336,49 @@ def test_a_hung_primary_is_not_trusted_for_more_than_a_second(
     reset_at = time.perf_counter()
     while request(server.port, path, source=client).status != 200:
         assert time.perf_counter() - reset_at < 1, "the reset was not in force within a second"
+
+
+def test_bulkheads_take_and_give_back_their_slots_through_the_sentinels(
+    clusters: Callable[..., Cluster], live_servers: Callable[..., LiveServer], make_book: Callable[..., Book]
+) -> None:
+    cluster = clusters(replicas=1)
+    path = f"/api/books/{make_book().pk}"
+    # Fail closed: a worker that cannot reach the shared slots refuses instead of counting alone.
+    policy = make_concurrency(
+        name="sentinel-slots", match_type="prefix", pattern=path, key="global", max_in_flight=2, on_store_failure="deny"
+    )
+    server = live_servers(workers=2, env_overrides=cluster.env())
+
+    replies = [request(server.port, path) for _ in range(5)]
+
+    assert [reply.status for reply in replies] == [200] * 5, [r.body[:200] for r in replies]
+    # Every slot was taken on the primary the sentinels name, and given back there.
+    primary = cluster.primary().client()
+    try:
+        assert RedisConcurrencyStore(primary).status(slots_base(compile_concurrency(policy), "all"))[0] == 0
+        assert primary.keys(f"{settings.RESILIENCE_KEY_PREFIX}*")
+    finally:
+        primary.close()
+
+
+def test_tokens_are_remembered_and_revoked_through_the_sentinels(
+    clusters: Callable[..., Cluster], live_servers: Callable[..., LiveServer], customer: User
+) -> None:
+    cluster = clusters(replicas=1)
+    server = live_servers(workers=1, env_overrides=cluster.env())
+    headers = {"Authorization": f"Token {token_create(user=customer).token}"}
+
+    # Remembered once the worker's subscription, made through the sentinels, listens.
+    deadline = time.monotonic() + 30
+    while token_hits(server) < 2:
+        assert request(server.port, "/api/accounts/me", headers=headers).status == 200
+        assert time.monotonic() < deadline, "the worker never answered the token from memory"
+    revoked_at = time.monotonic()
+    token_revoke_all(user=customer)  # this process has no sentinels: its own announcement goes elsewhere
+    primary = cluster.primary().client()
+    try:
+        primary.publish(token_cache.channel(), str(customer.pk))  # as the fleet's processes announce it
+    finally:
+        primary.close()
+    while request(server.port, "/api/accounts/me", headers=headers).status != 401:
+        assert time.monotonic() - revoked_at < 1, "the revocation was not heard within a second"

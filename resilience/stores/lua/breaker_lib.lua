@@ -201,7 +201,8 @@ local function cb_release_abandoned(now, s)
   return false
 end
 
-local function cb_window_add(now, key, s, cfg, failed)
+-- Add n outcomes (all failures or all successes) to the window.
+local function cb_window_add(now, key, s, cfg, failed, n)
   local wkey = cb_window_key(key)
   local sig = cb_signature(cfg)
   if s.wk ~= sig then
@@ -212,10 +213,15 @@ local function cb_window_add(now, key, s, cfg, failed)
     s.wlo = nil
   end
   if cfg.wkind == 'count' then
-    redis.call('RPUSH', wkey, failed and '1' or '0')
-    s.wc = s.wc + 1
+    -- More than the window holds leaves the same window as exactly as many as it holds.
+    n = math.min(n, cfg.wsize)
+    local mark = failed and '1' or '0'
+    for _ = 1, n do
+      redis.call('RPUSH', wkey, mark)
+    end
+    s.wc = s.wc + n
     if failed then
-      s.wf = s.wf + 1
+      s.wf = s.wf + n
     end
     while s.wc > cfg.wsize do
       local old = redis.call('LPOP', wkey)
@@ -254,11 +260,11 @@ local function cb_window_add(now, key, s, cfg, failed)
     s.wlo = cutoff
   end
   local bucket = math.max(second, s.wlo)
-  redis.call('HINCRBY', wkey, bucket .. 'c', 1)
-  s.wc = s.wc + 1
+  redis.call('HINCRBY', wkey, bucket .. 'c', n)
+  s.wc = s.wc + n
   if failed then
-    redis.call('HINCRBY', wkey, bucket .. 'f', 1)
-    s.wf = s.wf + 1
+    redis.call('HINCRBY', wkey, bucket .. 'f', n)
+    s.wf = s.wf + n
   end
 end
 
@@ -320,8 +326,9 @@ local function cb_allow(now, key, cfg)
   return {allowed, s.st, s.gen, cb_fmt(retry), trial}, trans
 end
 
--- Apply the outcome of a call admitted with `generation`. Returns state, transitions.
-local function cb_record(now, key, cfg, generation, success)
+-- Apply the outcome of a call admitted with `generation`, after `earlier` successes of calls admitted
+-- with it in the closed state (reported in a batch, resilience/runtime/outcomes.py). Returns state, transitions.
+local function cb_record(now, key, cfg, generation, success, earlier)
   local s = cb_load(key)
   local trans = {}
   local dirty = cb_lazy(now, s, trans)
@@ -329,13 +336,36 @@ local function cb_record(now, key, cfg, generation, success)
     dirty = true
   end
   if generation == s.gen then
-    if s.st == 'closed' then
+    if s.st == 'closed' and earlier > 0 then
+      -- As if recorded one by one: a success can trip the breaker only by bringing the window up
+      -- to its minimum calls with the failure rate still over the threshold. Once one has not,
+      -- the rest only lower the rate: they are counted in one step.
+      s.cf = 0
+      dirty = true
+      local min_calls = cfg.min_calls
+      if cfg.wkind == 'count' then
+        min_calls = math.min(min_calls, cfg.wsize)
+      end
+      while earlier > 0 and s.st == 'closed' do
+        cb_window_add(now, key, s, cfg, false, 1)  -- the first one also drops what the window left behind
+        earlier = earlier - 1
+        if cb_ready_to_trip(cfg, 0, s.wc, s.wf) then
+          cb_trip(now, s, cfg, trans)
+        elseif earlier > 0 and (cfg.rate == 0 or s.wf == 0 or s.wc >= min_calls) then
+          cb_window_add(now, key, s, cfg, false, earlier)
+          earlier = 0
+        end
+      end
+    end
+    if success == nil then
+      -- A batch of successes only.
+    elseif s.st == 'closed' then
       if success then
         s.cf = 0
       else
         s.cf = s.cf + 1
       end
-      cb_window_add(now, key, s, cfg, not success)
+      cb_window_add(now, key, s, cfg, not success, 1)
       if cb_ready_to_trip(cfg, s.cf, s.wc, s.wf) then
         cb_trip(now, s, cfg, trans)
       end

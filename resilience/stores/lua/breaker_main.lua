@@ -2,7 +2,8 @@
 -- KEYS[1] state hash, KEYS[2] window key (KEYS[1] .. ':w').
 -- ARGV[1] op, ARGV[2] now ('' = Redis TIME), then per op:
 --   allow    ARGV[3..9] config                                  -> {permit, transitions}
---   record   ARGV[3..9] config, ARGV[10] generation, ARGV[11] '1' success / '0' failure
+--   record   ARGV[3..9] config, ARGV[10] generation, ARGV[11] '1' success / '0' failure / '' none,
+--            ARGV[12] successes admitted with that generation to count first (absent = 0)
 --                                                               -> {state, transitions}
 --   force    ARGV[3] 'forced-open' | 'forced-closed' | '' (release), ARGV[4] events channel
 --                                                               -> {state, transitions}
@@ -22,7 +23,9 @@ if op == 'allow' then
   local permit, trans = cb_allow(now, key, cb_config(ARGV, 3))
   return {permit, trans}
 elseif op == 'record' then
-  local state, trans = cb_record(now, key, cb_config(ARGV, 3), tonumber(ARGV[10]), ARGV[11] == '1')
+  local success = nil
+  if ARGV[11] ~= '' then success = ARGV[11] == '1' end
+  local state, trans = cb_record(now, key, cb_config(ARGV, 3), tonumber(ARGV[10]), success, tonumber(ARGV[12]) or 0)
   return {state, trans}
 elseif op == 'force' then
   local state, trans = cb_force(now, key, ARGV[3])

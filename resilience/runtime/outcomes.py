@@ -1,0 +1,97 @@
+"""Successes of calls a closed breaker admitted, reported to Redis in batches rather than one round trip each.
+
+A worker counts them in process per breaker and generation, and reports each count in one script
+call every FLUSH_SECONDS, and at once, before the outcome, when a call fails or is a half-open trial.
+The script counts a batch exactly as it would count the same successes recorded one by one at that
+moment (a success trips a breaker only by bringing its window up to the minimum calls), so a
+failure is judged on the same window. What the fleet's other workers counted reaches Redis up to
+FLUSH_SECONDS late: a rate judged over a time window may miss that much of their successes. A
+worker that dies loses what it had not reported: successes, never failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from resilience.engine.breaker import BreakerConfig, State, StoreUnavailable, Transition
+
+log = logging.getLogger("resilience")
+
+# How long a success may wait in process before it reaches Redis (seconds).
+FLUSH_SECONDS = 0.1
+
+
+class RecordingStore(Protocol):
+    def record(
+        self, cfg: BreakerConfig, generation: int, success: bool | None, now: float | None = None, earlier: int = 0
+    ) -> tuple[State, list[Transition]]: ...
+
+
+class SuccessBatch:
+    """Count successes per (breaker, generation) and report them in the background or before a failure."""
+
+    def __init__(
+        self,
+        store: Callable[[], RecordingStore],
+        failed: Callable[[str, StoreUnavailable, str], None],
+        announce: Callable[[list[Transition]], None],
+    ) -> None:
+        self._store = store
+        self._failed = failed  # (operation, error, breaker name): the runtime's store-failure rule
+        self._announce = announce
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], tuple[BreakerConfig, int]] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def success(self, cfg: BreakerConfig, generation: int) -> None:
+        """Count one success of a call the closed breaker ``cfg`` admitted with ``generation``."""
+        key = (cfg.name, generation)
+        with self._lock:
+            _, count = self._pending.get(key, (cfg, 0))
+            self._pending[key] = (cfg, count + 1)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="breaker-successes", daemon=True)
+                self._thread.start()
+
+    def record(self, cfg: BreakerConfig, generation: int, success: bool) -> list[Transition]:
+        """Report one outcome at once, with the successes still waiting for the same breaker and generation."""
+        with self._lock:
+            _, earlier = self._pending.pop((cfg.name, generation), (cfg, 0))
+        _, transitions = self._store().record(cfg, generation, success, earlier=earlier)
+        return transitions
+
+    def flush(self) -> None:
+        """Report every waiting success now: one round trip per breaker and generation that has some."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        store = self._store()
+        for (name, generation), (cfg, count) in pending.items():
+            try:
+                _, transitions = store.record(cfg, generation, None, earlier=count)
+            except StoreUnavailable as e:
+                # Successes only: losing them can delay a trip by one batch, never cause one.
+                self._failed("breaker_record", e, name)
+                return
+            self._announce(transitions)
+
+    def close(self) -> None:
+        """Report what is waiting and stop the background thread."""
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=1.0)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # the thread must survive anything one flush meets
+                log.exception("breaker successes not reported")
