@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from resilience.ops.metrics import store_errors
 from resilience.runtime import redis_configured
-from resilience.stores.subscription import Subscription
+from resilience.stores.subscription import Subscription, connection_factory
 
 log = logging.getLogger("accounts")
 
@@ -134,12 +134,14 @@ class TokenCache:
         if self._subscription is None:
             from django_redis import get_redis_connection
 
+            connect = connection_factory(get_redis_connection("default"))
+            if connect is None:
+                return  # a client that cannot subscribe: nothing is remembered, every token is looked up
             with self._lock:
                 if self._subscription is None:
-                    pool = get_redis_connection("default").connection_pool
                     self._subscription = Subscription(
                         # Its own connection, outside the pool: a pooled one would be held for good.
-                        partial(pool.connection_class, **pool.connection_kwargs),
+                        connect,
                         channel(),
                         retry_seconds=settings.RESILIENCE_STORE_RETRY_SECONDS,
                         on_message=self._revoked,

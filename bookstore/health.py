@@ -88,13 +88,13 @@ def check_redis() -> None:
     """
     from resilience.engine.limiter import MAX_LIMIT, Algorithm, LimitSpec
     from resilience.runtime import get_runtime, key_prefix
-    from resilience.stores.admission import RedisAdmission
+    from resilience.stores.keys import health_probe_key
 
     runtime = get_runtime()
     # A dry-run limit no probe rate can reach: counted for a second, never refused, no stats.
-    probe = LimitSpec(f"{key_prefix()}health:{{ready}}", Algorithm.FIXED_WINDOW, MAX_LIMIT, 1, enforce=False)
+    probe = LimitSpec(health_probe_key(key_prefix()), Algorithm.FIXED_WINDOW, MAX_LIMIT, 1, enforce=False)
     # The store's client: django-redis applies REDIS_SOCKET_TIMEOUT / REDIS_CONNECT_TIMEOUT to it.
-    RedisAdmission(runtime.shared, runtime.breaker_shared).admit([probe], [])  # type: ignore[arg-type]  # with REDIS_URL: the Redis stores
+    runtime.shared_admission().admit([probe], [])
 
 
 def checks() -> dict[str, Callable[[], None]]:

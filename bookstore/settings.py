@@ -183,18 +183,20 @@ REDIS_SENTINELS = env_list("REDIS_SENTINELS", [])
 REDIS_SENTINEL_SERVICE = env_str("REDIS_SENTINEL_SERVICE") or "mymaster"
 REDIS_SENTINEL_DB = env_int("REDIS_SENTINEL_DB", 0, minimum=0)
 REDIS_SENTINEL_PASSWORD = env_str("REDIS_SENTINEL_PASSWORD") or ""
+# Or, with Redis Cluster: host:port of some of its nodes (the client learns the others from them).
+REDIS_CLUSTER_NODES = env_list("REDIS_CLUSTER_NODES", [])
 REDIS_PASSWORD = env_str("REDIS_PASSWORD") or ""
 # Tight timeouts: a hung Redis must cost a request milliseconds, not minutes (seconds).
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.25)
-if REDIS_URL and REDIS_SENTINELS:
-    raise ImproperlyConfigured("set REDIS_URL or REDIS_SENTINELS, not both")
+if sum(map(bool, (REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES))) > 1:
+    raise ImproperlyConfigured("set one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES")
 
 
-def _sentinel_address(entry: str) -> tuple[str, int]:
+def _sentinel_address(entry: str, setting: str = "REDIS_SENTINELS") -> tuple[str, int]:
     host, _, port = entry.rpartition(":")
     if not host or not port.isdigit():
-        raise ImproperlyConfigured(f"REDIS_SENTINELS entry {entry!r} is not host:port")
+        raise ImproperlyConfigured(f"{setting} entry {entry!r} is not host:port")
     return host.strip("[]"), int(port)
 
 
@@ -220,10 +222,18 @@ if REDIS_SENTINELS:
     # One location, the primary, for reads too: a replica may lag behind what this process just
     # wrote, and during a failover it is the one being promoted (a string would add a replica pool).
     _redis_location: str | list[str] = [f"redis://{REDIS_SENTINEL_SERVICE}/{REDIS_SENTINEL_DB}"]
+elif REDIS_CLUSTER_NODES:
+    _redis_options.update(
+        CLIENT_CLASS="django_redis.client.DefaultClient",
+        CONNECTION_FACTORY="bookstore.redis_cluster.ClusterConnectionFactory",
+        CLUSTER_NODES=[_sentinel_address(entry, "REDIS_CLUSTER_NODES") for entry in REDIS_CLUSTER_NODES],
+    )
+    # One location: the factory connects to the whole cluster from it (a list would add replicas).
+    _redis_location = f"redis://{REDIS_CLUSTER_NODES[0]}/0"
 else:
     _redis_options["CLIENT_CLASS"] = "django_redis.client.DefaultClient"
     _redis_location = REDIS_URL
-if REDIS_URL or REDIS_SENTINELS:
+if REDIS_URL or REDIS_SENTINELS or REDIS_CLUSTER_NODES:
     CACHES = {
         "default": {
             # django-redis's RedisCache with hit/miss/failure counters.
@@ -337,6 +347,9 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # --- Resilience -----------------------------------------------------------------------------
 # Prefix of every Redis key the limiter and breakers write (one Redis can serve several apps).
 RESILIENCE_KEY_PREFIX = env_str("RESILIENCE_KEY_PREFIX", "bookstore:") or ""
+if "{" in RESILIENCE_KEY_PREFIX or "}" in RESILIENCE_KEY_PREFIX:
+    # A brace would become every key's hash tag: one cluster slot for the whole layer (stores/keys.py).
+    raise ImproperlyConfigured("RESILIENCE_KEY_PREFIX holds no braces")
 # After a Redis error, stay on the in-process fallback this long before trying Redis again (s).
 RESILIENCE_STORE_RETRY_SECONDS = env_float("RESILIENCE_STORE_RETRY_SECONDS", 1.0)
 # While Redis is unreachable each worker enforces its share of a limit: the limit divided by the

@@ -31,6 +31,7 @@ from resilience.models import (
 from resilience.ops.audit import log_bulk_update
 from resilience.runtime import get_runtime, key_prefix
 from resilience.runtime.policies import breaker_config, policy_problem
+from resilience.stores.keys import limit_key, slots_stem
 
 
 @dataclass
@@ -93,7 +94,7 @@ def policy_update(*, policies: Iterable[RateLimitPolicy | ConcurrencyPolicy], **
 
 def storage_key(policy: RateLimitPolicy, value: str) -> str:
     """Return the Redis key of one counted value of a policy."""
-    return f"{key_prefix()}rl:{{{policy.pk}.{policy.epoch}:{value}}}"
+    return limit_key(key_prefix(), policy.pk, policy.epoch, value)
 
 
 def key_value_for(policy: RateLimitPolicy, key: str) -> str:
@@ -295,6 +296,6 @@ def concurrency_reset(*, policies: Iterable[ConcurrencyPolicy]) -> int:
     for policy in policies:
         if runtime.concurrency_shared is not None:
             runtime.concurrency_shared.reset(policy_pattern(policy.pk).removesuffix(":s") + ":*")
-        runtime.concurrency_fallback.reset(f"{key_prefix()}cc:{{{policy.pk}:")
+        runtime.concurrency_fallback.reset(slots_stem(key_prefix(), policy.pk))
         count += 1
     return count

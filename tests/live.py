@@ -424,6 +424,88 @@ class RedisServer:
         self.close()
 
 
+# --- A Redis Cluster on loopback ---------------------------------------------------------------------
+
+
+@dataclass
+class LocalRedisCluster:
+    """Six redis-servers on loopback made one Redis Cluster: three masters, each with a replica."""
+
+    masters: int = 3
+    boot_timeout: float = 30.0
+    servers: list[RedisServer] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def nodes(self) -> str:
+        """Return REDIS_CLUSTER_NODES for it: every node's host:port, comma-separated."""
+        return ",".join(f"{HOST}:{server.port}" for server in self.servers)
+
+    def start(self) -> LocalRedisCluster:
+        try:
+            for _ in range(self.masters * 2):
+                # The bus port on a free port of its own: the default, port + 10000, may be past 65535.
+                args = (
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-port",
+                    str(free_port()),
+                )
+                self.servers.append(RedisServer(args=args).start())
+            created = subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"{HOST}:{s.port}" for s in self.servers),
+                 "--cluster-replicas", "1", "--cluster-yes"],
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+            self._wait_until_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        """Wait until every node says the cluster is ok and knows the same masters."""
+        deadline = time.monotonic() + self.boot_timeout
+        while time.monotonic() < deadline:
+            views = []
+            for server in self.servers:
+                client = server.client(decode_responses=True)
+                try:
+                    info = client.execute_command("CLUSTER", "INFO")
+                    masters = sorted(
+                        line.split()[1] for line in client.execute_command("CLUSTER", "NODES").splitlines()
+                        if "master" in line.split()[2] and "fail" not in line.split()[2]
+                    )  # fmt: skip
+                    views.append(("cluster_state:ok" in info, tuple(masters)))
+                finally:
+                    client.close()
+            agreed = {masters for _, masters in views}
+            if all(ok for ok, _ in views) and len(agreed) == 1 and len(views[0][1]) == self.masters:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ready")
+
+    def client(self, **kwargs: Any) -> Any:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(HOST, s.port) for s in self.servers], socket_timeout=2, **kwargs)
+
+    def close(self) -> None:
+        stop_all(self.servers)
+        self.servers.clear()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 # --- A connection pooler in front of PostgreSQL -----------------------------------------------------
 
 

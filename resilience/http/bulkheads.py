@@ -31,6 +31,7 @@ from resilience.engine.limiter import StoreUnavailable
 from resilience.ops.metrics import concurrency_decisions, concurrency_in_flight, concurrency_wait_seconds
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.runtime.policies import CONCURRENCY, ConcurrencyRule
+from resilience.stores import keys as keyspace
 from resilience.stores.redis_concurrency import Attempt, SlotRequest
 
 # What a refused client is told to wait: slots turn over as fast as requests finish.
@@ -66,18 +67,17 @@ def slots_base(rule: ConcurrencyRule, value: str) -> str:
 
 
 def policy_base(policy_id: int, value: str) -> str:
-    return f"{key_prefix()}cc:{{{policy_id}:{value}}}"
+    return keyspace.slots_base(key_prefix(), policy_id, value)
 
 
 def counted_value(base: str) -> str:
     """Return what a slots base counts by: what follows the policy id in "...cc:{<id>:<value>}"."""
-    inner = base[base.rindex("cc:{") + 4 : -1]
-    return inner.split(":", 1)[1]
+    return keyspace.slots_counted_value(base)
 
 
 def policy_pattern(policy_id: int) -> str:
     """Return the SCAN pattern of every slot set of a policy."""
-    return f"{key_prefix()}cc:{{{policy_id}:*}}:s"
+    return keyspace.slots_pattern(key_prefix(), policy_id)
 
 
 def fallback_limit(runtime: Runtime, rule: ConcurrencyRule) -> int:

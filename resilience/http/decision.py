@@ -33,6 +33,7 @@ from resilience.ops.metrics import breaker_rejections
 from resilience.runtime import Runtime, key_prefix
 from resilience.runtime.policies import BREAKER, CONCURRENCY, RATELIMIT, BreakerRule, ConcurrencyRule, RateLimitRule
 from resilience.stores.admission import Admission
+from resilience.stores.keys import limit_key
 from resilience.stores.redis_concurrency import Attempt, SlotRequest
 
 # Request attribute: the enforcing policies that admitted the request (list[Shown]), by the
@@ -85,7 +86,7 @@ def limit_spec(rule: RateLimitRule, value: str) -> LimitSpec:
     if spec is None:
         override = rule.overrides.get(value)
         spec = LimitSpec(
-            key=f"{key_prefix()}rl:{{{rule.id}.{rule.epoch}:{value}}}",
+            key=limit_key(key_prefix(), rule.id, rule.epoch, value),
             algorithm=rule.algorithm,
             limit=rule.limit if override is None else override,
             period=rule.period,

@@ -19,6 +19,7 @@ from resilience.engine.limiter import StoreDataError, StoreUnavailable
 from resilience.runtime import Runtime, get_runtime, key_prefix
 from resilience.runtime.policies import BREAKER, BreakerRule
 from resilience.stores.boundary import store_call
+from resilience.stores.keys import stale_copy_key, stale_vary_key
 
 # Splits a comma-separated header value, as django/utils/cache.py does.
 _LIST = re.compile(r"\s*,\s*")
@@ -56,14 +57,14 @@ def shared_vary(request: HttpRequest, response: HttpResponse) -> list[str] | Non
 def _vary_key(rule: BreakerRule, url: str) -> str:
     """Return the Redis key of the headers a URL's copies are keyed by (learn_cache_key's header list)."""
     digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{key_prefix()}stale:{{{rule.name}}}:vary:{digest}"
+    return stale_vary_key(key_prefix(), rule.name, digest)
 
 
 def stale_key(rule: BreakerRule, url: str, request: HttpRequest, vary: list[str]) -> str:
     """Return the Redis key of a URL's copy for the request's values of the ``vary`` headers."""
     variant = "\n".join([url] + [f"{h}={request.META.get(_meta_name(h), '')}" for h in vary])
     digest = hashlib.sha256(variant.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{key_prefix()}stale:{{{rule.name}}}:{digest}"
+    return stale_copy_key(key_prefix(), rule.name, digest)
 
 
 # Minimum seconds between two stale copies of one URL variant from one worker: a hot URL is not

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.urls import reverse
+from redis.cluster import RedisCluster
 
 from resilience import services
 from resilience.engine.breaker import StoreUnavailable
@@ -25,6 +26,7 @@ from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, PolicyVer
 from resilience.runtime import HEARTBEAT_INTERVAL, POLICY_BACKSTOP_SECONDS, get_runtime, key_prefix, workers_key
 from resilience.runtime.policies import BREAKER, CONCURRENCY, RATELIMIT, policy_problem
 from resilience.stores.boundary import store_call
+from resilience.stores.keys import stats_key, top_key, top_sum_key
 
 MINUTES = 15
 TOP_KEYS = 10  # limited keys listed
@@ -56,12 +58,14 @@ def _read_minutes(
         client = runtime.shared.client  # type: ignore[attr-defined]  # uses_redis: the Redis store
 
         def read() -> list[Any]:
-            pipe = client.pipeline(transaction=True)
+            # One transaction on one Redis; on a cluster the keys span slots, so one pipeline.
+            pipe = client.pipeline(transaction=not isinstance(client, RedisCluster))
             for minute in range(first, last + 1):
-                pipe.hgetall(f"{key_prefix()}stats:{minute}")
-            scratch = f"{key_prefix()}top-sum:{uuid.uuid4().hex}"
+                pipe.hgetall(stats_key(key_prefix(), minute))
             for label in labels:
-                pipe.zunionstore(scratch, [f"{key_prefix()}top:{minute}:{label}" for minute in range(first, last + 1)])
+                # The scratch key shares the slot of the policy's minutes (stores/keys.py).
+                scratch = top_sum_key(key_prefix(), label, uuid.uuid4().hex)
+                pipe.zunionstore(scratch, [top_key(key_prefix(), minute, label) for minute in range(first, last + 1)])
                 pipe.zrevrange(scratch, 0, TOP_KEYS - 1, withscores=True)
                 pipe.unlink(scratch)
             replies: list[Any] = pipe.execute()

@@ -37,12 +37,13 @@ def calls_key(name: str) -> str:
     return f"fault:{name}:calls"
 
 
+# One hash tag for the two: _TRACK_LUA writes both, on one Redis Cluster slot.
 def _active_key(name: str) -> str:
-    return f"fault:{name}:active"
+    return f"fault:{{{name}}}:active"
 
 
 def _peak_key(name: str) -> str:
-    return f"fault:{name}:peak"
+    return f"fault:{{{name}}}:peak"
 
 
 # Calls inside a slow fault point now, and the most there ever were at once: how tests see that a

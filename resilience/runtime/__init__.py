@@ -1,11 +1,11 @@
 """Per-process state of the resilience layer: the policy snapshot and the stores behind it.
 
-One Runtime per worker process. The shared store is Redis (through django-redis's connection,
-whose timeouts bound every call) when REDIS_URL or REDIS_SENTINELS is set, else an in-process
-store. Behind Sentinel, the runtime follows each failover at once (sentinel.py). When Redis
-fails, the runtime answers from an in-process fallback store and stays off Redis for
-RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis costs one timeout per worker per interval, not one
-per request.
+One Runtime per worker process. The shared store is Redis (through django-redis's connection, whose
+timeouts bound every call) when REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES is set, else an
+in-process store. On a cluster, admissions go through stores/cluster.py. Behind Sentinel, the
+runtime follows each failover at once (sentinel.py). When Redis fails, the runtime answers from an
+in-process fallback store and stays off Redis for RESILIENCE_STORE_RETRY_SECONDS, so a dead Redis
+costs one timeout per worker per interval, not one per request.
 
 A worker learns of policy changes from Redis's version counter (each admission returns it) and,
 as a backstop that does not depend on Redis, from PolicyVersion in PostgreSQL, compared every
@@ -21,11 +21,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from functools import partial
 from time import time as wall_clock
 
 from django.conf import settings
 from django.db import DatabaseError
+from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
 
 from resilience.engine.breaker import BreakerConfig, BreakerStore, Transition
@@ -37,13 +37,16 @@ from resilience.runtime.outcomes import SuccessBatch
 from resilience.runtime.policies import BREAKER, PolicyError, PolicySet, compile_policies
 from resilience.runtime.refusals import KnownRefusals
 from resilience.runtime.tally import LimitedTally
+from resilience.stores import keys as keyspace
 from resilience.stores.admission import Admission, MemoryAdmission, RedisAdmission
 from resilience.stores.boundary import store_call
+from resilience.stores.cluster import ClusterAdmission
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_concurrency import MemoryConcurrencyStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
 from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.stores.sentinel import FailoverWatch
+from resilience.stores.subscription import connection_factory
 
 log = logging.getLogger("resilience")
 
@@ -71,8 +74,12 @@ LIVE_WORKER_SECONDS = 60.0
 
 
 def redis_configured() -> bool:
-    """Return whether a Redis is configured (a URL, or sentinels to ask for the primary)."""
-    return bool(settings.REDIS_URL or getattr(settings, "REDIS_SENTINELS", None))
+    """Return whether a Redis is configured (a URL, sentinels to ask for the primary, or cluster nodes)."""
+    return bool(
+        settings.REDIS_URL
+        or getattr(settings, "REDIS_SENTINELS", None)
+        or getattr(settings, "REDIS_CLUSTER_NODES", None)
+    )
 
 
 def key_prefix() -> str:
@@ -81,7 +88,7 @@ def key_prefix() -> str:
 
 def events_channel() -> str:
     """Return the channel breaker resets, forced states, rate-limit resets and policy changes are published on."""
-    return f"{key_prefix()}cb:events"
+    return keyspace.events_channel(key_prefix())
 
 
 def live_workers(reports: Iterable[bytes | str], now: float) -> int:
@@ -122,7 +129,7 @@ def _announce(transitions: list[Transition]) -> None:
 
 def workers_key() -> str:
     """Return the Redis hash where each worker reports what it serves requests under (Runtime.heartbeat)."""
-    return f"{key_prefix()}workers"
+    return keyspace.workers_key(key_prefix())
 
 
 class Runtime:
@@ -148,7 +155,7 @@ class Runtime:
         # Bulkhead slots (resilience/http/bulkheads.py): leases in Redis, or counted in process.
         self.concurrency_fallback = MemoryConcurrencyStore()
         self.concurrency_shared = self._make_concurrency_store()
-        self._shared_admission: RedisAdmission | MemoryAdmission | None = None
+        self._shared_admission: RedisAdmission | ClusterAdmission | MemoryAdmission | None = None
         self._beat_at = 0.0
         # The fleet's live workers, from their reports; divides limits while Redis is unreachable.
         self.fleet_workers: int = settings.RESILIENCE_FALLBACK_WORKERS
@@ -202,7 +209,7 @@ class Runtime:
 
         return RedisLimiterStore(  # type: ignore[return-value]  # answers every call the memory store does
             get_redis_connection("default"),
-            version_key=f"{key_prefix()}resilience:policy-version",
+            version_key=keyspace.version_key(key_prefix()),
             events_channel=events_channel(),
         )
 
@@ -214,7 +221,9 @@ class Runtime:
         from resilience.stores.redis_breaker import RedisBreakerStore
 
         return RedisBreakerStore(
-            get_redis_connection("default"), prefix=f"{key_prefix()}cb:", events_channel=events_channel()
+            get_redis_connection("default"),
+            prefix=keyspace.breaker_prefix(key_prefix()),
+            events_channel=events_channel(),
         )
 
     def _make_concurrency_store(self) -> RedisConcurrencyStore | None:
@@ -232,19 +241,17 @@ class Runtime:
             return None
         current = self._known_refusals
         if current is None:
-            # A subscription needs a plain connection; a client without a pool of them (a cluster
-            # client) gets no memory of refusals: every call asks the store, as before.
-            pool = getattr(self.shared.client, "connection_pool", None)  # type: ignore[attr-defined]  # Redis store
-            if pool is None:
+            # A client that cannot open a connection of its own gets no memory of refusals:
+            # every call asks the store.
+            connect = connection_factory(self.shared.client)  # type: ignore[attr-defined]  # Redis store
+            if connect is None:
                 return None
             with self._hints_lock:
                 if self._known_refusals is None:
                     # Its own connection, outside the pool: the pool counts every connection it
                     # makes, so taking one from it per reconnect would leak a slot each time.
-                    # Behind Sentinel the pool's kwargs carry its sentinel proxy, so this
-                    # connection too asks the sentinels for the primary when it connects.
                     self._known_refusals = KnownRefusals(
-                        partial(pool.connection_class, **pool.connection_kwargs),
+                        connect,
                         events_channel(),
                         settings.RESILIENCE_STORE_RETRY_SECONDS,
                     )
@@ -443,10 +450,19 @@ class Runtime:
             self.forget_refusals()
 
     # --- limits ----------------------------------------------------------------------------
-    def _admission(self) -> RedisAdmission | MemoryAdmission:
+    def shared_admission(self) -> RedisAdmission | ClusterAdmission | MemoryAdmission:
+        """Return the admission of the shared store (the in-process one without Redis)."""
         current = self._shared_admission
         if current is None or current.limiter is not self.shared or current.breakers is not self.breaker_shared:
-            if self.uses_redis:
+            client = getattr(self.shared, "client", None)
+            if isinstance(client, RedisCluster):
+                current = ClusterAdmission(
+                    self.shared,  # type: ignore[arg-type]  # a cluster client: the Redis stores
+                    self.breaker_shared,  # type: ignore[arg-type]  # likewise
+                    self.concurrency_shared,
+                    count=self.tally.add_outcomes if self.tally is not None else None,
+                )
+            elif self.uses_redis:
                 current = RedisAdmission(
                     self.shared,  # type: ignore[arg-type]  # uses_redis: the Redis stores
                     self.breaker_shared,  # type: ignore[arg-type]  # likewise
@@ -480,7 +496,7 @@ class Runtime:
                 watch.wait_for_primary()  # a count made during a promotion would be lost
             while True:
                 try:
-                    admission = self._admission().admit(specs, breakers, labels=labels, slots=slots)
+                    admission = self.shared_admission().admit(specs, breakers, labels=labels, slots=slots)
                 except StoreUnavailable as e:
                     if watch is not None and watch.settling(e):
                         continue  # the new primary's replica is catching up: tens of milliseconds

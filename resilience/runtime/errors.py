@@ -24,6 +24,7 @@ from resilience.engine.breaker import StoreUnavailable
 from resilience.ops.metrics import policy_errors
 from resilience.runtime.policies import PolicyError
 from resilience.stores.boundary import store_call
+from resilience.stores.keys import errors_key
 
 log = logging.getLogger("resilience")
 
@@ -33,11 +34,6 @@ LOG_INTERVAL = 10.0
 SHOWN_SECONDS = 900
 # The shared record outlives a quiet day, then goes.
 KEEP_SECONDS = 86_400
-
-
-def errors_key(prefix: str) -> str:
-    """Return the Redis hash of the latest error per policy: "<kind>:<name>" -> JSON {stage, reason, at}."""
-    return f"{prefix}policy-errors"
 
 
 class PolicyErrorLog:

@@ -17,14 +17,14 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
-from resilience.engine.limiter import StoreUnavailable
+from resilience.engine.limiter import HitResult, LimitSpec, StoreUnavailable
 from resilience.ops.metrics import store_errors
-from resilience.stores.admission import counted_value
 from resilience.stores.boundary import store_call
+from resilience.stores.keys import counted_value, stats_key, top_key
 
 log = logging.getLogger("resilience")
 
@@ -41,6 +41,8 @@ class LimitedTally:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._pending: Counter[tuple[int, str, str]] = Counter()  # (minute, label, value) -> refusals
+        # (minute, label, outcome) -> admissions ("a") and dry-run refusals ("d"), counted here on a cluster.
+        self._outcomes: Counter[tuple[int, str, str]] = Counter()
         self._pid = 0
 
     def add(self, label: str, key: str) -> None:
@@ -49,22 +51,40 @@ class LimitedTally:
         with self._lock:
             self._pending[(int(time.time() // 60), label, counted_value(key))] += 1
 
+    def add_outcomes(self, specs: Sequence[LimitSpec], hit: HitResult, labels: Sequence[str]) -> None:
+        """Count one admission's outcome per policy, as admit_main.lua does on one Redis (stores/cluster.py)."""
+        self._flushing()
+        minute = int(time.time() // 60)
+        with self._lock:
+            for spec, decision, label in zip(specs, hit.decisions, labels, strict=True):
+                if decision.allowed:
+                    self._outcomes[(minute, label, "a")] += 1
+                elif spec.enforce:
+                    self._pending[(minute, label, counted_value(spec.key))] += 1
+                else:
+                    self._outcomes[(minute, label, "d")] += 1
+
     def flush(self) -> None:
         """Write what was counted since the last flush (one pipeline, no transaction needed)."""
         with self._lock:
             pending, self._pending = self._pending, Counter()
-        if not pending:
+            outcomes, self._outcomes = self._outcomes, Counter()
+        if not pending and not outcomes:
             return
 
         def write() -> None:
             pipe = self._client().pipeline(transaction=False)
             for (minute, label, value), n in pending.items():
-                counts = f"{self.prefix}stats:{minute}"
-                top = f"{self.prefix}top:{minute}:{label}"
+                counts = stats_key(self.prefix, minute)
+                top = top_key(self.prefix, minute, label)
                 pipe.hincrby(counts, f"{label}:l", n)
                 pipe.expire(counts, STATS_TTL_SECONDS)
                 pipe.zincrby(top, n, value)
                 pipe.expire(top, STATS_TTL_SECONDS)
+            for (minute, label, outcome), n in outcomes.items():
+                counts = stats_key(self.prefix, minute)
+                pipe.hincrby(counts, f"{label}:{outcome}", n)
+                pipe.expire(counts, STATS_TTL_SECONDS)
             pipe.execute()
 
         try:
@@ -84,6 +104,7 @@ class LimitedTally:
             if self._pid == os.getpid():
                 return
             self._pending.clear()  # counted by the parent, which flushes its own
+            self._outcomes.clear()
             self._pid = os.getpid()
             threading.Thread(target=self._run, name="resilience-tally", daemon=True).start()
             atexit.register(self.flush)

@@ -16,12 +16,14 @@ from typing import Any, NamedTuple
 
 from resilience.engine.breaker import BreakerConfig, Permit, Transition
 from resilience.engine.limiter import HitResult, LimitSpec, to_micros, validate
+from resilience.stores import scripts
 from resilience.stores.boundary import DirectScript, reply_error, store_call
+from resilience.stores.keys import counted_value, slot_keys, stats_key, top_key
 from resilience.stores.memory_breaker import MemoryBreakerStore
 from resilience.stores.memory_limiter import MemoryLimiterStore
-from resilience.stores.redis_breaker import BREAKER_LIB_LUA, RedisBreakerStore, config_args, parse_permit
-from resilience.stores.redis_concurrency import Attempt, SlotRequest, concurrency_lib, slot_keys
-from resilience.stores.redis_limiter import RedisLimiterStore, limiter_lib, load_lua
+from resilience.stores.redis_breaker import RedisBreakerStore, config_args, parse_permit
+from resilience.stores.redis_concurrency import Attempt, SlotRequest
+from resilience.stores.redis_limiter import RedisLimiterStore
 
 
 class Admission(NamedTuple):
@@ -37,7 +39,7 @@ class Admission(NamedTuple):
 _SPEC_ARGS: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
 
-def _spec_args(spec: LimitSpec) -> tuple[str, ...]:
+def spec_args(spec: LimitSpec) -> tuple[str, ...]:
     """Return the five script arguments of a spec, validating each distinct policy shape once."""
     shape = tuple(spec[1:])
     args = _SPEC_ARGS.get(shape)
@@ -73,9 +75,8 @@ class RedisAdmission:
         self.breakers = breakers
         self.stats_prefix = stats_prefix
         client = limiter.client
-        main = (concurrency_lib(), load_lua("admit_main"))
-        self._limits_only = DirectScript(client, "\n".join((limiter_lib(), *main)))
-        self._full = DirectScript(client, "\n".join((limiter_lib(), BREAKER_LIB_LUA, *main)))
+        self._limits_only = DirectScript(client, scripts.script("admit_main", "limiter", "concurrency"))
+        self._full = DirectScript(client, scripts.script("admit_main", "limiter", "breaker", "concurrency"))
 
     def admit(
         self,
@@ -92,26 +93,34 @@ class RedisAdmission:
         keys.append(self.limiter.version_key)
         args: list[str] = ["" if now is None else str(to_micros(now)), str(len(specs))]
         for spec in specs:
-            args += _spec_args(spec)
+            args += spec_args(spec)
         args.append(str(len(breakers)))
         for cfg in breakers:
             keys += self.breakers.keys_for(cfg.name)
             args += _breaker_args(cfg)
-        if labels is not None and self.stats_prefix:
-            args.append(self.stats_prefix)
-            args += labels
+        stat_labels = list(labels) if labels is not None and self.stats_prefix else None
+        if stat_labels is not None:
+            args.append("1")
+            args += stat_labels
         else:
             args.append("")
         args.append(str(len(slots)))
         for slot in slots:
             keys += slot_keys(slot.base)
             args += slot.args()
+        if stat_labels is not None:
+            # Stats minutes by this clock, not Redis's: a count a second off its minute is harmless.
+            minute = int((time.time() if now is None else now) // 60)
+            keys.append(stats_key(self.stats_prefix, minute))
+            keys += [top_key(self.stats_prefix, minute, label) for label in stat_labels]
         script = self._full if breakers else self._limits_only
         reply: list[Any] = store_call("admission", script, keys, args)
         try:
             decisions = RedisLimiterStore.parse_decisions(reply, len(specs))
-            hit = HitResult(decisions=decisions, allowed=bool(reply[0]), version=int(reply[1]))
-            at = 2 + 5 * len(specs)
+            hit = HitResult(
+                decisions=decisions, allowed=bool(reply[scripts.ADMITTED]), version=int(reply[scripts.VERSION])
+            )
+            at = scripts.after_decisions(scripts.DECISIONS, len(specs))
             asked = int(reply[at])
             permits = [parse_permit(cfg.name, reply[at + 1 + i]) for i, cfg in enumerate(breakers[:asked])]
             at += 1 + asked
@@ -156,11 +165,6 @@ class MemoryAdmission:
                 if not permit.allowed:
                     break
         return Admission(hit=hit, permits=permits)
-
-
-def counted_value(key: str) -> str:
-    """Return what a limit key counts by: what follows the policy part of "...rl:{<id>.<epoch>:<value>}"."""
-    return key[key.index(":", key.index("{")) + 1 : -1]
 
 
 class MemoryStats:

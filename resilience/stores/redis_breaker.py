@@ -9,41 +9,21 @@ clock unless a ``now`` override is passed. Keys: ``<prefix>{<name>}`` (a hash) a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from resilience.engine.breaker import (
-    MAX_COUNT_WINDOW,
-    MAX_FAILURE_THRESHOLD,
-    MAX_HALF_OPEN_CALLS,
-    MAX_MINIMUM_CALLS,
-    MAX_OPEN_SECONDS,
-    MAX_TIME_WINDOW,
     BreakerConfig,
     Permit,
     Snapshot,
     State,
     Transition,
 )
+from resilience.stores import scripts
 from resilience.stores.boundary import reply_error, store_call
-
-LUA_DIR = Path(__file__).resolve().parent / "lua"
-# The bounds breaker_lib.lua clamps to, taken from resilience/engine/breaker.py.
-_BOUNDS = {
-    "CB_MAX_THRESHOLD": MAX_FAILURE_THRESHOLD,
-    "CB_MAX_COUNT_WINDOW": MAX_COUNT_WINDOW,
-    "CB_MAX_TIME_WINDOW": MAX_TIME_WINDOW,
-    "CB_MAX_MINIMUM_CALLS": MAX_MINIMUM_CALLS,
-    "CB_MAX_OPEN_SECONDS": MAX_OPEN_SECONDS,
-    "CB_MAX_HALF_OPEN": MAX_HALF_OPEN_CALLS,
-}
-# Kept apart so another script can be composed as limiter_lib .. BREAKER_LIB_LUA .. its own main.
-BREAKER_LIB_LUA = "\n".join(
-    [*(f"local {name} = {value}" for name, value in _BOUNDS.items()), (LUA_DIR / "breaker_lib.lua").read_text("utf-8")]
-)
-BREAKER_MAIN_LUA = (LUA_DIR / "breaker_main.lua").read_text(encoding="utf-8")
+from resilience.stores.keys import breaker_keys
 
 _T = TypeVar("_T")
 
@@ -97,12 +77,11 @@ class RedisBreakerStore:
         # before its open period is over.
         self.events_channel = events_channel if events_channel is not None else f"{prefix}events"
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(BREAKER_LIB_LUA + "\n" + BREAKER_MAIN_LUA)
+        self._script = client.register_script(scripts.script("breaker_main", "breaker"))
 
     def keys_for(self, name: str) -> list[str]:
         """Return the state key and the window key of breaker ``name``."""
-        key = f"{self.prefix}{{{name}}}"
-        return [key, f"{key}:w"]
+        return breaker_keys(self.prefix, name)
 
     def allow(self, cfg: BreakerConfig, now: float | None = None) -> tuple[Permit, list[Transition]]:
         """Admit or reject one call; return the permit and any transitions applied."""
@@ -149,6 +128,9 @@ class RedisBreakerStore:
             return []
         for cfg in cfgs:
             cfg.validate()
+        if isinstance(self.client, RedisCluster):
+            # A cluster pipeline takes no EVALSHA through Script; the breakers live on other slots anyway.
+            return [self.snapshot(cfg, now) for cfg in cfgs]
         pipe = store_call("breaker store", self.client.pipeline, transaction=False)
         for cfg in cfgs:
             args = ["snapshot", _now(now), *config_args(cfg)]

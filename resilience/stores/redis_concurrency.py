@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, NamedTuple
 
 import redis
 
-from resilience.engine.concurrency import MAX_IN_FLIGHT, MAX_LEASE_SECONDS, MAX_WAIT_MS
+from resilience.stores import scripts
 from resilience.stores.boundary import reply_error, store_call
-from resilience.stores.redis_limiter import load_lua
-
-
-@cache
-def concurrency_lib() -> str:
-    """Return lua/concurrency_lib.lua preceded by the bounds it clamps to (resilience/engine/concurrency.py)."""
-    bounds = {
-        "CC_MAX_IN_FLIGHT": MAX_IN_FLIGHT,
-        "CC_MAX_WAIT_MS": MAX_WAIT_MS,
-        "CC_MAX_LEASE_MS": MAX_LEASE_SECONDS * 1000,
-    }
-    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("concurrency_lib")])
+from resilience.stores.keys import slot_keys
 
 
 class Attempt(NamedTuple):
@@ -55,18 +43,13 @@ class SlotRequest(NamedTuple):
                 "1" if self.force else "0"]  # fmt: skip
 
 
-def slot_keys(base: str) -> list[str]:
-    """Return the slots, queue and deadline keys of one (policy, key): one hash tag, one cluster slot."""
-    return [f"{base}:s", f"{base}:q", f"{base}:d"]
-
-
 class RedisConcurrencyStore:
     """Acquire and release leases in Redis, with Redis's clock; any client error is StoreUnavailable."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(concurrency_lib() + "\n" + load_lua("concurrency_main"))
+        self._script = client.register_script(scripts.script("concurrency_main", "concurrency"))
 
     def acquire(
         self, base: str, lease_id: str, limit: int, lease_seconds: int, wait_ms: int, *, force: bool = False

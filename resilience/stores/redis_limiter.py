@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from resilience.engine.limiter import (
-    MAX_BURST,
-    MAX_CAPACITY_SECONDS,
-    MAX_LIMIT,
-    MAX_PERIOD,
-    SLIDING_LOG_MAX,
     Decision,
     HitResult,
     LimitSpec,
@@ -22,29 +16,11 @@ from resilience.engine.limiter import (
     to_micros,
     validate,
 )
+from resilience.stores import scripts
 from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.keys import version_key
 
-LUA_DIR = Path(__file__).resolve().parent / "lua"
-DEFAULT_VERSION_KEY = "resilience:policy-version"
-
-
-@cache
-def load_lua(name: str) -> str:
-    """Return the source of ``resilience/stores/lua/<name>.lua`` so scripts can be composed from parts."""
-    return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
-
-
-@cache
-def limiter_lib() -> str:
-    """Return limiter_lib.lua preceded by the bounds it clamps to, taken from resilience/engine/limiter.py."""
-    bounds = {
-        "RL_MAX_LIMIT": MAX_LIMIT,
-        "RL_MAX_PERIOD": MAX_PERIOD,
-        "RL_MAX_BURST": MAX_BURST,
-        "RL_SLIDING_LOG_MAX": SLIDING_LOG_MAX,
-        "RL_MAX_CAPACITY": MAX_CAPACITY_SECONDS,
-    }
-    return "\n".join([*(f"local {name} = {value}" for name, value in bounds.items()), load_lua("limiter_lib")])
+DEFAULT_VERSION_KEY = version_key("")
 
 
 class RedisLimiterStore:
@@ -63,8 +39,11 @@ class RedisLimiterStore:
         self.version_key = version_key
         # bump_version() and reset() also publish here, when set (see resilience/runtime/refusals.py).
         self.events_channel = events_channel
+        # A cluster client runs no transaction across slots and pipelines no PUBLISH: there, a
+        # change is written first and announced after, so a subscriber never hears of it too soon.
+        self.clustered = isinstance(client, RedisCluster)
         # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(limiter_lib() + "\n" + load_lua("limiter_main"))
+        self._script = client.register_script(scripts.script("limiter_main", "limiter"))
 
     def hit(self, specs: Sequence[LimitSpec], cost: int = 1, now: float | None = None) -> HitResult:
         """Decide ``specs`` atomically and consume ``cost`` if the request is admitted."""
@@ -72,7 +51,9 @@ class RedisLimiterStore:
         reply = self._run(checked, cost, now, consume=True)
         try:
             return HitResult(
-                decisions=self.parse_decisions(reply, len(checked)), allowed=bool(reply[0]), version=int(reply[1])
+                decisions=self.parse_decisions(reply, len(checked)),
+                allowed=bool(reply[scripts.ADMITTED]),
+                version=int(reply[scripts.VERSION]),
             )
         except (TypeError, ValueError, IndexError) as e:
             raise reply_error("hit", e) from e
@@ -94,6 +75,10 @@ class RedisLimiterStore:
         if self.events_channel is None:
             return int(self._call(self.client.delete, *keys))
         channel = self.events_channel
+        if self.clustered:
+            deleted = sum(int(self._call(self.client.delete, key)) for key in keys)
+            self._call(self.client.publish, channel, "reset")
+            return deleted
 
         def delete_and_announce() -> list[Any]:
             # Workers that remember these keys refused (resilience/runtime/refusals.py) forget them at once.
@@ -109,6 +94,10 @@ class RedisLimiterStore:
         if self.events_channel is None:
             return int(self._call(self.client.incr, self.version_key))
         channel = self.events_channel
+        if self.clustered:
+            version = int(self._call(self.client.incr, self.version_key))
+            self._call(self.client.publish, channel, self.version_key)
+            return version
 
         def bump_and_announce() -> list[Any]:
             pipe = self.client.pipeline(transaction=True)
@@ -148,6 +137,6 @@ class RedisLimiterStore:
     def parse_decisions(reply: list[Any], count: int) -> list[Decision]:
         decisions = []
         for i in range(count):
-            allowed, limit, remaining, reset_us, retry_us = reply[2 + 5 * i : 7 + 5 * i]
+            allowed, limit, remaining, reset_us, retry_us = reply[scripts.decision_at(scripts.DECISIONS, i)]
             decisions.append(decision_from_micros(bool(allowed), limit, remaining, reset_us, retry_us))
         return decisions

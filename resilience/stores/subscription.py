@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
+from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,6 +28,28 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from resilience.ops.metrics import store_errors
 
 log = logging.getLogger("resilience")
+
+
+def connection_factory(client: Any) -> Callable[[], AbstractConnection] | None:
+    """Return how to open a connection of its own for subscriptions through ``client`` (None: it cannot).
+
+    A plain client's pool says how it connects (behind Sentinel, its kwargs ask the sentinels for the
+    primary). On a Redis Cluster a PUBLISH reaches the subscribers of every node, so any master will
+    do: one is picked anew at each subscription, from the slot map the client knows, so a subscription
+    lost with a failed master is made again on a live one.
+    """
+    if isinstance(client, RedisCluster):
+
+        def connect() -> AbstractConnection:
+            pool = client.get_redis_connection(random.choice(client.get_primaries())).connection_pool
+            return pool.connection_class(**pool.connection_kwargs)  # type: ignore[no-any-return]  # redis-py's pool is untyped here
+
+        return connect
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    return partial(pool.connection_class, **pool.connection_kwargs)
+
 
 # How long the listener waits for a message before it checks the connection with a PING, and
 # then for the PING's answer (seconds).

@@ -69,12 +69,16 @@ def in_process_runtime(settings: Settings) -> Iterator[None]:
     reset_runtime()
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "process"])
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.redis), "process", pytest.param("cluster", marks=pytest.mark.redis)]
+)
 def store(request: pytest.FixtureRequest) -> str:
-    """Run the test against the Redis store and against the in-process store."""
+    """Run the test against the Redis store, the in-process store and a Redis Cluster."""
     if request.param == "process":
         request.getfixturevalue("in_process_runtime")
     else:
+        if request.param == "cluster":
+            request.getfixturevalue("runtime_on_cluster")
         # Earlier tests of this run counted into the same minutes; policy ids may come round again.
         client = get_runtime().shared.client  # type: ignore[attr-defined]  # the Redis store here
         for pattern in ("stats:*", "top:*"):
@@ -186,7 +190,7 @@ def test_dashboard_counts_every_decision_per_policy_and_minute(store: str, staff
 
     data = staff_web.get(DATA).json()
 
-    assert data["source"] == ("shared" if store == "redis" else "process")
+    assert data["source"] == ("process" if store == "process" else "shared")
     span = len(data["minutes"])
     assert span == 15
     books = policy_row(data, "dash-books")

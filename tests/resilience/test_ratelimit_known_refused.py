@@ -14,6 +14,7 @@ from resilience.http.decision import limit_spec
 from resilience.ops import metrics
 from resilience.runtime import get_runtime, key_prefix
 from resilience.runtime.policies import compile_policies
+from resilience.stores.keys import top_key
 from resilience.stores.redis_limiter import RedisLimiterStore
 from tests.resilience.test_breaker_known_open import RoundTrips, known, within
 from tests.resilience.test_ratelimit_middleware import assert_quota_exceeded, make_policy, ratelimit_policies
@@ -162,7 +163,7 @@ def test_dashboard_counts_refusals_made_from_memory(staff: User, other: redis.Re
         return int(other.hget(f"{key_prefix()}stats:{minute}", f"{label}:l") or 0)
 
     within(2.5, lambda: counted() == 12)
-    assert other.zscore(f"{key_prefix()}top:{minute}:{label}", A) == 12
+    assert other.zscore(top_key(key_prefix(), minute, label), A) == 12
 
     # And the dashboard read in this worker shows them exactly.
     web = Client()

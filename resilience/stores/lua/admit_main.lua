@@ -6,19 +6,20 @@
 -- KEYS[n + 1]         the policy-version counter
 -- KEYS[n + 2 ..]      two per breaker: state hash, window key
 -- then                three per bulkhead: slots, queue, deadlines (concurrency_lib)
+-- then, with stats    the minute's counters hash, and one sorted set of limited values per spec
 -- ARGV[1]             now in integer microseconds, or '' for Redis TIME
 -- ARGV[2]             n, the number of limit specs
 -- ARGV[3 .. 2 + 5n]   five per spec: algorithm, limit, period, burst ('' = limit), enforce
 -- then                m, the number of breakers, and seven config values per breaker
--- then                the stats prefix ('' = keep no stats) and one stats label per spec (none without a prefix)
+-- then                '1' to keep stats ('' = none) and one stats label per spec (none without stats)
 -- then                c, the number of bulkheads (absent = 0), and five values per bulkhead: lease id,
 --                     max in flight, lease ms, ms it may wait, force ('1': dry run)
 --
 -- Stats for the staff dashboard ride on this same round trip: per minute, a hash of
 -- "<label>:<outcome>" counters (a = allowed, l = limited, d = dry run would limit) and a sorted
--- set of the keys that were limited ("<label>|<counted value>"), both expiring after 20 minutes.
--- Their key names are built here from the minute, so they are not declared in KEYS: like the
--- multi-policy hit itself, this needs a single Redis (or one shard), not a cluster.
+-- set per policy of the values that were limited, both expiring after 20 minutes. Their names
+-- come from stores/keys.py, declared like every other key. On a cluster they live in other slots
+-- than the limits: the cluster admission counts in process instead (stores/cluster.py).
 --
 -- Breakers are asked only when every enforcing limit admits, so a request refused by a limit
 -- never takes a half-open trial slot. They are asked in order and the first refusal stops the
@@ -57,11 +58,13 @@ local m_at = 3 + n * 5
 local m = tonumber(ARGV[m_at])
 
 local stats_at = m_at + 1 + m * 7
-local stats_prefix = ARGV[stats_at]
-if stats_prefix ~= nil and stats_prefix ~= '' and n > 0 then
-  local minute = math.floor(now_us / 60000000)
-  local counts = stats_prefix .. 'stats:' .. minute
-  local top = stats_prefix .. 'top:' .. minute .. ':'
+local stats_on = ARGV[stats_at] == '1'
+local c_at = stats_at + 1
+if stats_on then c_at = c_at + n end
+local c = tonumber(ARGV[c_at]) or 0
+if stats_on and n > 0 then
+  local k_stats = n + 1 + m * 2 + c * 3 + 1
+  local counts = KEYS[k_stats]
   for i, r in ipairs(results) do
     local label = ARGV[stats_at + i]
     local outcome = 'a'
@@ -76,8 +79,8 @@ if stats_prefix ~= nil and stats_prefix ~= '' and n > 0 then
       local value = string.sub(key, colon + 1, -2)
       -- One sorted set per policy and minute: the dashboard sums a policy's sets exactly,
       -- and a busy policy's keys never crowd out a quiet one's.
-      redis.call('ZINCRBY', top .. label, 1, value)
-      redis.call('EXPIRE', top .. label, 1200)
+      redis.call('ZINCRBY', KEYS[k_stats + i], 1, value)
+      redis.call('EXPIRE', KEYS[k_stats + i], 1200)
     end
   end
   redis.call('EXPIRE', counts, 1200)
@@ -100,9 +103,6 @@ for _, a in ipairs(asked) do
   reply[#reply + 1] = a
 end
 
-local c_at = stats_at + 1
-if stats_prefix ~= nil and stats_prefix ~= '' then c_at = c_at + n end
-local c = tonumber(ARGV[c_at]) or 0
 local slots = {}
 if permitted then
   local k0 = n + 1 + m * 2

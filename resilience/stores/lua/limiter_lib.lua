@@ -104,8 +104,10 @@ local function rl_gcra_report(st, consumed)
   return remaining, math.ceil(after - RL_SLACK)
 end
 
+-- Each commit returns a receipt: what rl_refund needs to give the consumption back.
 local function rl_gcra_commit(now, spec, st)
   redis.call('SET', spec.key, rl_tat_encode(now, st.new), 'PX', rl_ms(st.new))
+  return string.format('%.9f', st.new - st.cur)
 end
 
 local function rl_fixed_peek(now, spec, cost, st)
@@ -137,6 +139,7 @@ local function rl_fixed_commit(now, spec, st)
   if st.stale then redis.call('DEL', spec.key) end
   redis.call('HSET', spec.key, 's', rl_int(st.start), 'n', rl_int(st.count + st.cost))
   redis.call('PEXPIRE', spec.key, rl_ms(st.left))
+  return rl_int(st.start)
 end
 
 local function rl_sliding_peek(now, spec, cost, st)
@@ -201,6 +204,7 @@ local function rl_sliding_commit(now, spec, st)
   end
   local newest = rl_sliding_newest(now, st, true)
   redis.call('PEXPIRE', spec.key, rl_ms(newest + st.period - now))
+  return stamp .. ':' .. rl_int(base)
 end
 
 -- Decide `specs` at `now` (us) and, when `consume` is true and every enforcing spec admits, take
@@ -235,18 +239,18 @@ local function rl_hit(now, specs, cost, consume)
   for i, spec in ipairs(specs) do
     local st = states[i]
     local consumed = consume and admitted and st.allowed
-    local quota, remaining, reset = spec.limit, 0, 0
+    local quota, remaining, reset, receipt = spec.limit, 0, 0, ''
     if st.algorithm == 'zero' then
       reset = spec.period * 1e6
     elseif st.algorithm == 'token_bucket' then
-      if consumed then rl_gcra_commit(now, spec, st) end
+      if consumed then receipt = rl_gcra_commit(now, spec, st) end
       quota = spec.burst
       remaining, reset = rl_gcra_report(st, consumed)
     elseif st.algorithm == 'fixed_window' then
-      if consumed then rl_fixed_commit(now, spec, st) end
+      if consumed then receipt = rl_fixed_commit(now, spec, st) end
       remaining, reset = rl_fixed_report(st, consumed)
     else
-      if consumed then rl_sliding_commit(now, spec, st) end
+      if consumed then receipt = rl_sliding_commit(now, spec, st) end
       remaining, reset = rl_sliding_report(now, st, consumed)
     end
     if remaining < 0 then remaining = 0 end
@@ -254,8 +258,46 @@ local function rl_hit(now, specs, cost, consume)
     local retry = 0
     if not st.allowed then retry = st.retry end
     results[i] = {st.allowed, quota, remaining, reset, retry}
+    results[i].receipt = receipt  -- '' when nothing was consumed
   end
   return results, admitted
+end
+
+-- Give back what a hit consumed in `spec`, given the receipt its commit returned and the cost.
+-- Used on a Redis Cluster when another slot refused the same request (stores/cluster.py), so a
+-- refused request still consumes nothing. Requests admitted meanwhile keep what they took:
+-- a token bucket moves its TAT back by the emission it was given, a fixed window takes the cost
+-- off its count if the window has not turned, a sliding log removes the entries it added.
+-- Returns 1 if something was given back, 0 if it had already left on its own.
+local function rl_refund(now, spec, cost, receipt)
+  if spec.algorithm == 'token_bucket' then
+    local raw = redis.pcall('GET', spec.key)
+    if type(raw) ~= 'string' then return 0 end
+    if spec.burst == nil then spec.burst = spec.limit end
+    if spec.limit <= 0 then return 0 end
+    local t = spec.period * 1e6 / spec.limit
+    local diff = rl_tat_diff(raw, now, spec.burst * t) - tonumber(receipt)
+    if diff <= 0 then
+      redis.call('DEL', spec.key)  -- a full bucket: the same as no state
+    else
+      redis.call('SET', spec.key, rl_tat_encode(now, diff), 'PX', rl_ms(diff))
+    end
+    return 1
+  elseif spec.algorithm == 'fixed_window' then
+    local raw = redis.pcall('HMGET', spec.key, 's', 'n')
+    if type(raw) ~= 'table' or raw.err or raw[1] ~= receipt then return 0 end
+    local left = (tonumber(raw[2]) or 0) - cost
+    if left < 0 then left = 0 end
+    redis.call('HSET', spec.key, 'n', rl_int(left))
+    return 1
+  end
+  local colon = string.find(receipt, ':', 1, true)
+  local stamp, base = string.sub(receipt, 1, colon - 1), tonumber(string.sub(receipt, colon + 1))
+  local members = {}
+  for j = 0, cost - 1 do members[#members + 1] = stamp .. ':' .. rl_int(base + j) end
+  local removed = redis.pcall('ZREM', spec.key, unpack(members))
+  if type(removed) ~= 'number' or removed == 0 then return 0 end
+  return 1
 end
 
 -- Refuse the script call with an error reply (not a Lua runtime error half-way through it).
