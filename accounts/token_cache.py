@@ -134,14 +134,13 @@ class TokenCache:
         if self._subscription is None:
             from django_redis import get_redis_connection
 
+            connect = connection_factory(get_redis_connection("default"))
+            if connect is None:
+                return  # a client that cannot subscribe: nothing is remembered, every token is looked up
             with self._lock:
                 if self._subscription is None:
-                    # Its own connection, outside the pool: a pooled one would be held for good. On
-                    # a Redis Cluster, one on any master: a PUBLISH reaches every node.
-                    connect = connection_factory(get_redis_connection("default"))
-                    if connect is None:
-                        return
                     self._subscription = Subscription(
+                        # Its own connection, outside the pool: a pooled one would be held for good.
                         connect,
                         channel(),
                         retry_seconds=settings.RESILIENCE_STORE_RETRY_SECONDS,

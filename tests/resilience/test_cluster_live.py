@@ -239,7 +239,7 @@ def test_a_breaker_seen_open_is_remembered_and_a_reset_elsewhere_heard_on_a_clus
     try:
         store = RedisBreakerStore(other, prefix=breaker_prefix(prefix()), events_channel=events_channel(prefix()))
         store.reset(policy.name)
-        heard(policy.name)
+        heard(policy.name)  # forgotten long before its 30 s: the reset was heard
     finally:
         other.close()
     assert client.get(page).status_code == 200
