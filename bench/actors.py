@@ -1,5 +1,4 @@
-"""The scenario's actors on one clock, in a process of their own (`python -m bench.actors`: spec on stdin, records
-to the file it names), each simulated client with its own address in X-Forwarded-For (one trusted proxy)."""
+"""The scenario's actors on one clock (`python -m bench.actors`: spec on stdin, records to a file)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""breaker: a closed circuit breaker's cost (A: none, B: closed, alternated rounds), then how fast it refuses
-when forced open (O). How and why: docs/benchmarks.md.in."""
+"""breaker: what a closed circuit breaker costs, how fast an open one refuses (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

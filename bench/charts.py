@@ -1,5 +1,4 @@
-"""Draw the last scenario run's charts into bench/results/charts/ (`bench/run charts`; needs matplotlib), from
-scenario.json and scenario.records.json: a chart belongs to one run on one machine, so it is not kept in git."""
+"""Draw the last scenario run's charts into bench/results/charts/ (`bench/run charts`; needs matplotlib)."""
 
 from __future__ import annotations
 

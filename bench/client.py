@@ -1,6 +1,4 @@
-"""The benchmarks' one asyncio HTTP/1.1 client, for what wrk cannot give: an exact number of requests each with a
-known outcome, headers tallied on every response, per-request records, scripted actors (bench/actors.py). Encoded
-and parsed by hand: it shares the cores with the server. `python -m bench.client` runs closed_loop() on stdin's spec."""
+"""The benchmarks' asyncio HTTP/1.1 client, for what wrk cannot give (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

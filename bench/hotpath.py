@@ -1,6 +1,4 @@
-"""hotpath: what the resilience layer adds to a trivial request. Three servers in alternated rounds: (a) the
-product's middleware without it, (b) with every kind of policy matched, (c) a minimal Django stack.
-How and why: docs/benchmarks.md.in."""
+"""hotpath: what the resilience layer adds to a trivial request (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

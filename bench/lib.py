@@ -1,5 +1,4 @@
-"""What the benchmarks share: database, redis-server, gunicorn (tests/live.py), the load clients (wrk and
-bench/client.py), the machine, and one layout of results. How and why: docs/benchmarks.md.in."""
+"""What the benchmarks share: database, servers, load clients, machine, results (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

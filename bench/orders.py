@@ -1,5 +1,4 @@
-"""orders: orders per second on one hot book through POST /api/orders, a bare select_for_update view
-(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in."""
+"""orders: orders per second on one hot book: the API, a bare view and pgbench (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

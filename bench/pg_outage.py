@@ -1,5 +1,4 @@
-"""pg_outage: what a PostgreSQL outage costs the API, and how soon the API serves again once it is back, behind
-a TcpProxy (tests/live.py) that refuses PostgreSQL for the outage. How and why: docs/benchmarks.md.in."""
+"""pg_outage: what a PostgreSQL outage costs the API, and the return (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

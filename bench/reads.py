@@ -1,5 +1,4 @@
-"""reads: server CPU per request of book list, detail, search and order placement, each alone (a before/after
-comparison is one command). How: docs/benchmarks.md.in."""
+"""reads: server CPU per request of list, detail, search and order placement (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 

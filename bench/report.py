@@ -1,5 +1,4 @@
-"""Render docs/benchmarks.md from its template, docs/benchmarks.md.in, and the latest bench/results/*.json;
-benchmarks without a section of their own in the template are appended, each with its tables and checks."""
+"""Render docs/benchmarks.md from docs/benchmarks.md.in and the latest bench/results/*.json."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing, then crawling,
-search hit the shop (docs/benchmarks.md.in). `python -m bench.scenario judge` judges the last run again."""
+"""scenario: the shop under attack (docs/benchmarks.md.in); `python -m bench.scenario judge` judges again."""
 
 from __future__ import annotations
 

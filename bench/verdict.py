@@ -1,5 +1,4 @@
-"""Judge a scenario run: named checks, each a small function of the run's facts returning pass/fail, what it
-measured, its limit and the figures it judged; and the figures docs/benchmarks.md.in shows around them."""
+"""Judge a scenario run: named checks of the run's facts, and the figures the report shows around them."""
 
 from __future__ import annotations
 
