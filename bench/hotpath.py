@@ -66,10 +66,7 @@ def main() -> int:
         probes = {k: request(s.port, PATH, headers={"X-App-Id": "probe"}) for k, s in servers.items()}
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
         for label in lib.alternate(list(CONFIGS), cfg["rounds"]):
-            lib.wrk(servers[label], mix, seconds=cfg["warmup"], connections=cfg["clients"])
-            with lib.spent(servers[label], redis) as spent:
-                r = lib.wrk(servers[label], mix, seconds=cfg["duration"], connections=cfg["clients"])
-            runs[label].append({**r, **lib.per_request(spent, r["requests"])})
+            runs[label].append(lib.wrk_round(servers[label], redis, mix, cfg))
         slots = {k: lib.metrics(s.port, DECISIONS) for k, s in servers.items()}
 
     (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)
