@@ -128,9 +128,7 @@ def main() -> int:
         [f"open vs closed ({cfg['clients']} clients): p50, p99, requests/s",
          " ".join(f"x{lib.ratio(o[k], b[k])}" for k in ("p50_ms", "p99_ms", "per_second"))],
     ]  # fmt: skip
-    # The database breaker (resilience/db/guard.py) asks and reports per worker, not per request: each thread
-    # at most once per SYNC_SECONDS while it is closed, and as often for a success. A closed breaker's successes
-    # go in one script call per worker every FLUSH_SECONDS (resilience/runtime/outcomes.py).
+    # The database breaker's scripts come per worker thread, outcome batches per worker (docs/benchmarks.md.in).
     per_window = 2 * cfg["workers"] * cfg["threads"]
     db = [(r["scripts"] - r["closed"], per_window * math.ceil(r["seconds"] / SYNC_SECONDS) + cfg["workers"] *
            math.ceil(r["seconds"] / FLUSH_SECONDS)) for r in ab]  # fmt: skip
@@ -153,8 +151,6 @@ def main() -> int:
         lib.check("one admission per guarded response, plus outcome batches and the database breaker's",
                   all(0 <= x <= y for x, y in db), [(r["scripts"], r["closed"]) for r in ab], f"closed + ≤ 1 a "
                   f"worker per {FLUSH_SECONDS:g} s + ≤ 2 a thread per {SYNC_SECONDS:g} s"),
-        # A worker asks Redis until it has learnt the breaker is open (resilience/runtime/refusals.py), then
-        # refuses from memory: a handful of admissions per worker, under 1% of the refusals.
         lib.check("O: refusals from memory", 0 < opened["scripts"] <= opened["sent"] // 100,
                   f"{opened['scripts']} scripts for {opened['sent']}", "> 0, ≤ 1%"),
         lib.check("no failed Redis calls", failed_calls == 0, failed_calls, 0),

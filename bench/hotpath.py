@@ -17,18 +17,13 @@ CONFIGS = {
     "c": ("c: minimal Django stack", {"BENCH_MINIMAL_STACK": "true"}),
 }
 LIMITS: list[dict[str, Any]] = [
-    # Far above what two cores serve: every request is decided, none refused. 100,000 per minute per IP
-    # is the sliding log's ceiling (SLIDING_LOG_MAX), ~1,600 per second.
     {"name": "bench-ip", "key": "ip", "algorithm": "sliding_window", "limit": 100_000, "period": 60},
     {"name": "bench-global", "key": "global", "algorithm": "token_bucket", "limit": 1_000_000, "period": 1},
     {"name": "bench-app", "key": "header", "header_name": "X-App-Id", "algorithm": "fixed_window",
      "limit": 1_000_000, "period": 60},
 ]  # fmt: skip
-# Never trips: the most consecutive failures the model allows, and no request fails. The rest is the model's
-# defaults: the rate rule off, the default window (so recording an outcome costs what it does in use), a plain
-# 503 when open.
+# Each policy decides every request and never refuses, trips or fills up (docs/benchmarks.md.in).
 BREAKER: dict[str, Any] = {"name": "bench-breaker", "failure_threshold": 10_000}
-# Never full: far more slots than connections, so every request takes one and gives it back.
 BULKHEAD: dict[str, Any] = {"name": "bench-bulkhead", "key": "global", "max_in_flight": 10_000}
 DECISIONS = "bookstore_concurrency_decisions_total"  # the bulkhead's, from /metrics
 ADMITTED = f'{DECISIONS}{{outcome="admitted",policy="{BULKHEAD["name"]}"}}'

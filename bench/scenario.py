@@ -17,15 +17,11 @@ from bench.actors import address
 NAME = "scenario"
 WORKERS, BOOKS, CUSTOMERS, HOT_BOOKS = 4, 2000, 400, 3
 HOT_STOCK = 80  # per hot book: legitimate orders and the first spike sell most of it, the second sells out
-# Customers per spike, all within spike_seconds: 30 orders/s on top of everything else, about what two cores
-# have left during the attack. A bigger spike is a capacity question, whatever the resilience layer does.
-SPIKE_CUSTOMERS = 60
+SPIKE_CUSTOMERS = 60  # per spike, all within spike_seconds (docs/benchmarks.md.in)
 # Seconds after the start. The first seconds warm the server up and are left out of the latency figures.
 TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_on": 58, "fault_off": 88}
 TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
-# The slowdown: every search waits this long, under the search breaker's slow-call threshold (2 s), so only the
-# bulkhead stands between slow searches and every worker thread.
-SLOW_MS = 1000
+SLOW_MS = 1000  # every search's wait in the slowdown, under the search breaker's slow-call threshold (2 s)
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
@@ -52,8 +48,7 @@ def seed(threads: int) -> dict[str, Any]:
     Book.objects.filter(pk__in=ids[10 : 10 + HOT_BOOKS]).update(stock=HOT_STOCK)
     limits = RateLimitPolicy.objects.filter(enabled=True).values(*LIMIT_FIELDS.split())
     breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*BREAKER_FIELDS.split())
-    # The data migration's bulkhead, sized so that no worker is ever all slow searches: its slots are fleet-wide
-    # (all may land on one worker), so fewer than a worker's threads, and no wait (a waiter holds a thread too).
+    # The data migration's bulkhead, sized so that no worker is ever all slow searches (docs/benchmarks.md.in).
     ConcurrencyPolicy.objects.filter(name="search").update(max_in_flight=max(1, threads - 1), max_wait_ms=0)
     bulkheads = ConcurrencyPolicy.objects.filter(enabled=True).values("name", "pattern", "max_in_flight", "max_wait_ms")
     out = {"book_ids": ids, "hot_ids": ids[10 : 10 + HOT_BOOKS], "list_pages": len(ids) // 20}
