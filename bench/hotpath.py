@@ -45,11 +45,6 @@ def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | N
         policy.save()
 
 
-def policies_shown(reply: Any) -> list[str]:
-    """Return the policy names a response's RateLimit-Policy field lists, sorted."""
-    return sorted(x.split(";")[0].strip(' "') for x in (reply.header("RateLimit-Policy") or "").split(",") if x)
-
-
 def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
     mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(APP_IDS)]
@@ -65,7 +60,8 @@ def main() -> int:
         slots = {k: lib.metrics(s.port, DECISIONS) for k, s in servers.items()}
 
     (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)
-    shown = {k: policies_shown(p) for k, p in probes.items()}
+    policies = {k: (p.header("RateLimit-Policy") or "").split(",") for k, p in probes.items()}
+    shown = {k: sorted(x.split(";")[0].strip(' "') for x in xs if x) for k, xs in policies.items()}  # policy names
     state = {k: p.header("X-Circuit-Breaker-State") for k, p in probes.items()}
     bad = {k: sum(r["bad_status"] + r["socket_errors"] for r in rs) for k, rs in runs.items()}
     measured = sum(r["requests"] for r in runs["b"])
