@@ -148,8 +148,7 @@ async def spike(load: Load, index: int, at: float) -> None:
 
 
 async def staff(load: Load) -> None:
-    """Make the search dependency fail, then crawl, through the ops API at the scheduled times; read the slow
-    fault's peak of calls in flight just before it is switched off."""
+    """Make search fail, then crawl, through the ops API on schedule; read the slow fault's peak before it ends."""
     pool, spec, json_ = load.pool(), load.spec, {"Content-Type": "application/json"}
     headers = {"Authorization": f"Token {spec['staff_token']}", "X-Forwarded-For": address(8, 0), **json_}
     switches = [("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204),

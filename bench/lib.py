@@ -40,8 +40,7 @@ def knobs(**defaults: float) -> dict[str, Any]:
 
 @contextmanager
 def prepared(name: str) -> Iterator[tuple[str, Any]]:
-    """Start a private redis-server, recreate <BENCH_DB>_<name>, point this process and its servers at both and
-    migrate; yield the database URL and a Redis client."""
+    """Recreate <BENCH_DB>_<name> and migrate it, start a redis-server, point all at both; yield URL and client."""
     import psycopg
 
     # Several people may run benchmarks on one PostgreSQL: BENCH_DB gives each a prefix of their own.
@@ -85,8 +84,7 @@ def release_db() -> None:
 
 
 def server(*, workers: int, threads: int, ready: str = "/health/live", **env: str) -> LiveServer:
-    """Return gunicorn as deployed with bench/urls.py, a DB connection per thread and the lean access log
-    (bench/accesslog.py); `with` starts it, ready once each worker served `ready`."""
+    """Return gunicorn as deployed, with bench/settings.py, a DB connection a thread and the lean access log."""
     # The stack switches of bench/settings.py are set here, never inherited from the caller's shell.
     env = {"RESILIENCE_MIDDLEWARE": "true", "BENCH_MINIMAL_STACK": "false", "DB_POOL_MIN": str(threads)} | env
     env |= {"DJANGO_SETTINGS_MODULE": "bench.settings", "DB_POOL_MAX": env.get("DB_POOL_MAX", str(threads))}
@@ -105,8 +103,7 @@ def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
 
 
 def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str]]:
-    """Return the CPU seconds (user + system) gunicorn's master and workers have used so far, and the calls per
-    Redis command (INFO commandstats; script-internal calls included)."""
+    """Return gunicorn's CPU seconds so far (master and workers) and calls per Redis command (scripts' too)."""
     ticks = 0
     for pid in [server.proc.pid, *server.worker_pids()] if server.proc else []:
         try:
@@ -206,8 +203,7 @@ def percentile(values: Iterable[float], q: float) -> float:
 
 
 def machine(redis: Any) -> dict[str, Any]:
-    """Return what the figures depend on: the machine, how busy and fast it is now, the versions. Then close this
-    process's database connections: the servers take the load next."""
+    """Return what the figures depend on (machine, load, speed, versions); close this process's DB connections."""
     import django
     import gunicorn
     import psycopg

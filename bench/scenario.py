@@ -34,8 +34,7 @@ BREAKER_FIELDS += " half_open_max_calls"
 
 
 def seed(threads: int) -> dict[str, Any]:
-    """Create the catalogue, hot books, customers and staff, size the search bulkhead; return what the actors and
-    the checks need."""
+    """Create the catalogue, hot books, customers and staff, size the search bulkhead; return what the run needs."""
     from django.core.management import call_command
 
     from accounts.models import User
@@ -167,8 +166,7 @@ def run() -> dict[str, Any]:
 
 
 def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict[str, Any]]:
-    """Keep this run's key figures with the last few of its server shape (BENCH_SCENARIO_THREADS and _POOL), for
-    the report to compare; return every kept run, this one first."""
+    """Keep this run's key figures with the last few runs of its server shape; return all kept, this one first."""
     path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
     mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
             "finished_at": results["finished_at"], **judged["shape_figures"],
