@@ -104,18 +104,6 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
             last = ticks
 
 
-def hash_cost() -> tuple[str, float]:
-    """Return the app's password hasher and the CPU seconds one check costs here (unknown users pay it too)."""
-    from django.contrib.auth.hashers import import_string
-
-    from bookstore import settings as product  # this process's settings use a fast hasher
-
-    hasher = import_string(product.PASSWORD_HASHERS[0])()
-    encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
-    hasher.verify("wrong-password", encoded)
-    return hasher.algorithm, round(time.process_time() - began, 3)
-
-
 def run() -> dict[str, Any]:
     """Seed, serve, play the timeline; return everything the verdict and the report read."""
     cfg = lib.knobs(scenario_threads=4, scenario_pool=4)  # threads and DB_POOL_MAX per worker
@@ -155,7 +143,14 @@ def run() -> dict[str, Any]:
     out |= {"server_timings": timings, "load": load, "db_checks": checks, "metrics": counted}
     out |= {"server_cpu_seconds": round(spent["cpu_seconds"], 2), "redis_cpu_seconds": round(sum(cpu.values()), 2)}
     out |= {"redis_script_calls": sum(spent["redis_calls"].get(k, 0) for k in lib.SCRIPTS)}
-    out["hasher"], out["hash_seconds"] = hash_cost()
+    from django.contrib.auth.hashers import import_string
+
+    from bookstore import settings as product  # the app's hasher: this process's settings use a fast one
+
+    hasher = import_string(product.PASSWORD_HASHERS[0])()  # what one check costs here (unknown users pay it too)
+    encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
+    hasher.verify("wrong-password", encoded)
+    out |= {"hasher": hasher.algorithm, "hash_seconds": round(time.process_time() - began, 3)}
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
     config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
     config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
