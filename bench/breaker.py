@@ -45,12 +45,6 @@ def status() -> dict[str, Any]:
     return {k: row[k] for k in ("state", "detail_state", "forced", "generation", "consecutive_failures")}
 
 
-def failed(redis: Any) -> int:
-    """Return the Redis commands that failed so far (INFO commandstats; a NOSCRIPT retry counts)."""
-    stats = redis.info("commandstats").values()
-    return sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats)
-
-
 def responses(run: dict[str, Any]) -> list[tuple[str, list[str], int]]:
     """Return (phase, [status, content type, retry-after, breaker state], count) of a round's responses."""
     return [(k.split("|")[0], k.split("|")[1:], n) for k, n in run["responses"].items()]
@@ -97,18 +91,18 @@ def main() -> int:
             set_breaker(True)
             request(server.port, path)  # loads both Lua scripts: no round carries the one-off NOSCRIPT retry
             before = status()
-            errors_before = failed(redis)
-            for label in lib.alternate(["A", "B"], cfg["rounds"]):
-                set_breaker(label == "B")
-                runs[label].append(measure(server, clients, redis, cfg))
-            set_breaker(True)
-            after_b = status()
-            services.breaker_force(names=[BREAKER["name"]], state=State.FORCED_OPEN)
-            forced, probe_open = status(), request(server.port, path)
-            runs["O"] = [measure(server, clients, redis, cfg)]
-            services.breaker_force(names=[BREAKER["name"]], state=None)
-            released, probe_released = status(), request(server.port, path)
-        failed_calls = failed(redis) - errors_before
+            with lib.spent(server, redis) as whole:
+                for label in lib.alternate(["A", "B"], cfg["rounds"]):
+                    set_breaker(label == "B")
+                    runs[label].append(measure(server, clients, redis, cfg))
+                set_breaker(True)
+                after_b = status()
+                services.breaker_force(names=[BREAKER["name"]], state=State.FORCED_OPEN)
+                forced, probe_open = status(), request(server.port, path)
+                runs["O"] = [measure(server, clients, redis, cfg)]
+                services.breaker_force(names=[BREAKER["name"]], state=None)
+                released, probe_released = status(), request(server.port, path)
+        failed_calls = whole["redis_failed"]
 
     labels = {"A": "A: no breaker", "B": "B: breaker closed", "O": "O: breaker forced open (503)"}
     (a, b, o), rows = lib.summarise(labels, runs)

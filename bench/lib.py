@@ -94,16 +94,17 @@ def server(*, workers: int, threads: int, ready: str = "/health/live", **env: st
 
 @contextmanager
 def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds, after the block, its seconds, server CPU seconds and Redis calls by command."""
-    began, (cpu, calls), out = time.monotonic(), usage(server, redis), dict[str, Any]()
+    """Yield a dict that holds, after the block, its seconds, server CPU seconds, Redis calls by command and failed
+    Redis calls (a NOSCRIPT retry counts)."""
+    began, (cpu, calls, failed), out = time.monotonic(), usage(server, redis), dict[str, Any]()
     yield out
-    cpu_after, calls_after = usage(server, redis)
+    cpu_after, calls_after, failed_after = usage(server, redis)
     out |= {"cpu_seconds": cpu_after - cpu, "redis_calls": dict(calls_after - calls)}
-    out["seconds"] = time.monotonic() - began
+    out |= {"redis_failed": failed_after - failed, "seconds": time.monotonic() - began}
 
 
-def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str]]:
-    """Return gunicorn's CPU seconds so far (master and workers) and calls per Redis command (scripts' too)."""
+def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str], int]:
+    """Return gunicorn's CPU seconds so far (master and workers), calls per Redis command and failed calls."""
     ticks = 0
     for pid in [server.proc.pid, *server.worker_pids()] if server.proc else []:
         try:
@@ -113,7 +114,8 @@ def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str]]:
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     stats = redis.info("commandstats")
     calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"})
-    return ticks / os.sysconf("SC_CLK_TCK"), calls
+    failed = sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats.values())
+    return ticks / os.sysconf("SC_CLK_TCK"), calls, failed
 
 
 def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
