@@ -10,7 +10,6 @@ from tests.live import request
 
 NAME = "hotpath"
 PATH = "/api/bench/ping"
-APP_IDS = 8  # distinct X-App-Id values in the request mix
 CONFIGS = {
     "a": ("a: product middleware, no resilience layer", {"RESILIENCE_MIDDLEWARE": "false"}),
     "b": ("b: + 3 rate limits, a closed breaker and a bulkhead", {}),
@@ -47,7 +46,7 @@ def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | N
 
 def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
-    mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(APP_IDS)]
+    mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(8)]  # 8 apps
     with lib.prepared(NAME) as (_, redis), ExitStack() as stack:
         prepare(PATH, LIMITS, BREAKER, BULKHEAD)
         machine = lib.machine(redis)
