@@ -1,5 +1,4 @@
-"""A lean gunicorn access log, "<pid> <status> <service µs> <request id>" per line, in one append-mode write (atomic,
-so workers share the file): gunicorn's own costs 0.3 ms of CPU a request (docs/benchmarks.md.in)."""
+"""A lean gunicorn access log: "<pid> <status> <service µs> <request id>", one append-mode write a line."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The scenario's actors on one clock, in a process of their own (`python -m bench.actors`: spec on stdin, records
-to the file it names), each simulated client with its own address in X-Forwarded-For (one trusted proxy)."""
+"""The scenario's actors on one clock (`python -m bench.actors`: spec on stdin, records to a file)."""
 
 from __future__ import annotations
 
@@ -149,8 +148,7 @@ async def spike(load: Load, index: int, at: float) -> None:
 
 
 async def staff(load: Load) -> None:
-    """Make the search dependency fail, then crawl, through the ops API at the scheduled times; read the slow
-    fault's peak of calls in flight just before it is switched off."""
+    """Make search fail, then crawl, through the ops API on schedule; read the slow fault's peak before it ends."""
     pool, spec, json_ = load.pool(), load.spec, {"Content-Type": "application/json"}
     headers = {"Authorization": f"Token {spec['staff_token']}", "X-Forwarded-For": address(8, 0), **json_}
     switches = [("fault_on", "PUT", {"mode": "error", "ttl": 600}, 200), ("fault_off", "DELETE", None, 204),

@@ -1,5 +1,4 @@
-"""breaker: a closed circuit breaker's cost (A: none, B: closed, alternated rounds), then how fast it refuses
-when forced open (O). How and why: docs/benchmarks.md.in."""
+"""breaker: what a closed circuit breaker costs, how fast an open one refuses (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
@@ -44,12 +43,6 @@ def status() -> dict[str, Any]:
     (row,) = services.breaker_status(policies=CircuitBreakerPolicy.objects.filter(name=BREAKER["name"]))
     lib.release_db()
     return {k: row[k] for k in ("state", "detail_state", "forced", "generation", "consecutive_failures")}
-
-
-def failed(redis: Any) -> int:
-    """Return the Redis commands that failed so far (INFO commandstats; a NOSCRIPT retry counts)."""
-    stats = redis.info("commandstats").values()
-    return sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats)
 
 
 def responses(run: dict[str, Any]) -> list[tuple[str, list[str], int]]:
@@ -98,18 +91,18 @@ def main() -> int:
             set_breaker(True)
             request(server.port, path)  # loads both Lua scripts: no round carries the one-off NOSCRIPT retry
             before = status()
-            errors_before = failed(redis)
-            for label in lib.alternate(["A", "B"], cfg["rounds"]):
-                set_breaker(label == "B")
-                runs[label].append(measure(server, clients, redis, cfg))
-            set_breaker(True)
-            after_b = status()
-            services.breaker_force(names=[BREAKER["name"]], state=State.FORCED_OPEN)
-            forced, probe_open = status(), request(server.port, path)
-            runs["O"] = [measure(server, clients, redis, cfg)]
-            services.breaker_force(names=[BREAKER["name"]], state=None)
-            released, probe_released = status(), request(server.port, path)
-        failed_calls = failed(redis) - errors_before
+            with lib.spent(server, redis) as whole:
+                for label in lib.alternate(["A", "B"], cfg["rounds"]):
+                    set_breaker(label == "B")
+                    runs[label].append(measure(server, clients, redis, cfg))
+                set_breaker(True)
+                after_b = status()
+                services.breaker_force(names=[BREAKER["name"]], state=State.FORCED_OPEN)
+                forced, probe_open = status(), request(server.port, path)
+                runs["O"] = [measure(server, clients, redis, cfg)]
+                services.breaker_force(names=[BREAKER["name"]], state=None)
+                released, probe_released = status(), request(server.port, path)
+        failed_calls = whole["redis_failed"]
 
     labels = {"A": "A: no breaker", "B": "B: breaker closed", "O": "O: breaker forced open (503)"}
     (a, b, o), rows = lib.summarise(labels, runs)
@@ -129,9 +122,7 @@ def main() -> int:
         [f"open vs closed ({cfg['clients']} clients): p50, p99, requests/s",
          " ".join(f"x{lib.ratio(o[k], b[k])}" for k in ("p50_ms", "p99_ms", "per_second"))],
     ]  # fmt: skip
-    # The database breaker (resilience/db/guard.py) asks and reports per worker, not per request: each thread
-    # at most once per SYNC_SECONDS while it is closed, and as often for a success. A closed breaker's successes
-    # go in one script call per worker every FLUSH_SECONDS (resilience/runtime/outcomes.py).
+    # The database breaker's scripts come per worker thread, outcome batches per worker (docs/benchmarks.md.in).
     per_window = 2 * cfg["workers"] * cfg["threads"]
     db = [(r["scripts"] - r["closed"], per_window * math.ceil(r["seconds"] / SYNC_SECONDS) + cfg["workers"] *
            math.ceil(r["seconds"] / FLUSH_SECONDS)) for r in ab]  # fmt: skip
@@ -154,8 +145,6 @@ def main() -> int:
         lib.check("one admission per guarded response, plus outcome batches and the database breaker's",
                   all(0 <= x <= y for x, y in db), [(r["scripts"], r["closed"]) for r in ab], f"closed + ≤ 1 a "
                   f"worker per {FLUSH_SECONDS:g} s + ≤ 2 a thread per {SYNC_SECONDS:g} s"),
-        # A worker asks Redis until it has learnt the breaker is open (resilience/runtime/refusals.py), then
-        # refuses from memory: a handful of admissions per worker, under 1% of the refusals.
         lib.check("O: refusals from memory", 0 < opened["scripts"] <= opened["sent"] // 100,
                   f"{opened['scripts']} scripts for {opened['sent']}", "> 0, ≤ 1%"),
         lib.check("no failed Redis calls", failed_calls == 0, failed_calls, 0),

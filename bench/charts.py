@@ -1,5 +1,4 @@
-"""Draw the last scenario run's charts into bench/results/charts/ (`bench/run charts`; needs matplotlib), from
-scenario.json and scenario.records.json: a chart belongs to one run on one machine, so it is not kept in git."""
+"""Draw the last scenario run's charts into bench/results/charts/ (`bench/run charts`; needs matplotlib)."""
 
 from __future__ import annotations
 
@@ -12,14 +11,12 @@ from bench.verdict import OUTCOMES, latency_ms, limiter_admitted, outcome, pcts
 ACTORS = ("legit", "crawler", "bot", "spike")
 PALETTE = "#2e7d32 #9e9d24 #6d4c41 #f9a825 #1565c0 #c62828 #00838f #8e24aa #000000 #616161"  # in the order of OUTCOMES
 COLOURS = dict(zip(OUTCOMES, PALETTE.split(), strict=True))
-NOTE = "light red: attack; darker: search dependency failing; blue: search crawling"
 
 
 def main() -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    plt.switch_backend("Agg")
 
     results = json.loads((lib.RESULTS / "scenario.json").read_text())
     raw = json.loads((lib.RESULTS / "scenario.records.json").read_text())
@@ -38,7 +35,7 @@ def main() -> int:
             ax.axvspan(*tl["attack"], color="#ffebee", lw=0, zorder=0)
             ax.axvspan(fault["fault_on"], fault["fault_off"], color="#f8bbd0", lw=0, zorder=0)
             ax.axvspan(*results["report"]["slowdown"], color="#bbdefb", lw=0, zorder=0)
-        axes[0].set_title(f"{title}\n({NOTE})")
+        axes[0].set_title(f"{title}\n(light red: attack; darker: search dependency failing; blue: search crawling)")
         axes[-1].set_xlabel("seconds since start")
         fig.tight_layout()
         fig.savefig(folder / name, dpi=90)

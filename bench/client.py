@@ -1,6 +1,4 @@
-"""The benchmarks' one asyncio HTTP/1.1 client, for what wrk cannot give: an exact number of requests each with a
-known outcome, headers tallied on every response, per-request records, scripted actors (bench/actors.py). Encoded
-and parsed by hand: it shares the cores with the server. `python -m bench.client` runs closed_loop() on stdin's spec."""
+"""The benchmarks' asyncio HTTP/1.1 client, for what wrk cannot give (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
@@ -118,12 +116,7 @@ class Pool:
 
 
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
-    """Send each client's request again and again on its own connection; tally what came back.
-
-    spec: host, port, clients [{method, path, headers, body, every (s between starts, at least)}], warmup (s),
-    duration (s), count (most measured), tally (header names), records. Those sent in [warmup, warmup + duration)
-    are measured, and every request in flight at the end is waited for. records: [path, start (monotonic, before
-    connecting), seconds, status (0: no answer), the problem+json body or transport error, *tallied headers]."""
+    """Send each client's request over and over on its own connection; tally it (spec: docs/benchmarks.md.in)."""
     host, port, tally = spec["host"], spec["port"], [h.lower() for h in spec.get("tally", [])]
     start = time.monotonic() + spec.get("warmup", 0)
     end, count, done = start + spec.get("duration", 3600), spec.get("count", 1 << 60), list[list[Any]]()

@@ -1,6 +1,4 @@
-"""hotpath: what the resilience layer adds to a trivial request. Three servers in alternated rounds: (a) the
-product's middleware without it, (b) with every kind of policy matched, (c) a minimal Django stack.
-How and why: docs/benchmarks.md.in."""
+"""hotpath: what the resilience layer adds to a trivial request (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
@@ -12,25 +10,19 @@ from tests.live import request
 
 NAME = "hotpath"
 PATH = "/api/bench/ping"
-APP_IDS = 8  # distinct X-App-Id values in the request mix
 CONFIGS = {
     "a": ("a: product middleware, no resilience layer", {"RESILIENCE_MIDDLEWARE": "false"}),
     "b": ("b: + 3 rate limits, a closed breaker and a bulkhead", {}),
     "c": ("c: minimal Django stack", {"BENCH_MINIMAL_STACK": "true"}),
 }
 LIMITS: list[dict[str, Any]] = [
-    # Far above what two cores serve: every request is decided, none refused. 100,000 per minute per IP
-    # is the sliding log's ceiling (SLIDING_LOG_MAX), ~1,600 per second.
     {"name": "bench-ip", "key": "ip", "algorithm": "sliding_window", "limit": 100_000, "period": 60},
     {"name": "bench-global", "key": "global", "algorithm": "token_bucket", "limit": 1_000_000, "period": 1},
     {"name": "bench-app", "key": "header", "header_name": "X-App-Id", "algorithm": "fixed_window",
      "limit": 1_000_000, "period": 60},
 ]  # fmt: skip
-# Never trips: the most consecutive failures the model allows, and no request fails. The rest is the model's
-# defaults: the rate rule off, the default window (so recording an outcome costs what it does in use), a plain
-# 503 when open.
+# Each policy decides every request and never refuses, trips or fills up (docs/benchmarks.md.in).
 BREAKER: dict[str, Any] = {"name": "bench-breaker", "failure_threshold": 10_000}
-# Never full: far more slots than connections, so every request takes one and gives it back.
 BULKHEAD: dict[str, Any] = {"name": "bench-bulkhead", "key": "global", "max_in_flight": 10_000}
 DECISIONS = "bookstore_concurrency_decisions_total"  # the bulkhead's, from /metrics
 ADMITTED = f'{DECISIONS}{{outcome="admitted",policy="{BULKHEAD["name"]}"}}'
@@ -52,14 +44,9 @@ def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | N
         policy.save()
 
 
-def policies_shown(reply: Any) -> list[str]:
-    """Return the policy names a response's RateLimit-Policy field lists, sorted."""
-    return sorted(x.split(";")[0].strip(' "') for x in (reply.header("RateLimit-Policy") or "").split(",") if x)
-
-
 def main() -> int:
     cfg = lib.knobs(duration=5.0, warmup=1.0, rounds=5, clients=16, workers=4, threads=2)
-    mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(APP_IDS)]
+    mix = [("GET", PATH, {"X-App-Id": f"bench-app-{n}"}, "") for n in range(8)]  # 8 apps
     with lib.prepared(NAME) as (_, redis), ExitStack() as stack:
         prepare(PATH, LIMITS, BREAKER, BULKHEAD)
         machine = lib.machine(redis)
@@ -68,14 +55,12 @@ def main() -> int:
         probes = {k: request(s.port, PATH, headers={"X-App-Id": "probe"}) for k, s in servers.items()}
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
         for label in lib.alternate(list(CONFIGS), cfg["rounds"]):
-            lib.wrk(servers[label], mix, seconds=cfg["warmup"], connections=cfg["clients"])
-            with lib.spent(servers[label], redis) as spent:
-                r = lib.wrk(servers[label], mix, seconds=cfg["duration"], connections=cfg["clients"])
-            runs[label].append({**r, **lib.per_request(spent, r["requests"])})
+            runs[label].append(lib.wrk_round(servers[label], redis, mix, cfg))
         slots = {k: lib.metrics(s.port, DECISIONS) for k, s in servers.items()}
 
     (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)
-    shown = {k: policies_shown(p) for k, p in probes.items()}
+    policies = {k: (p.header("RateLimit-Policy") or "").split(",") for k, p in probes.items()}
+    shown = {k: sorted(x.split(";")[0].strip(' "') for x in xs if x) for k, xs in policies.items()}  # policy names
     state = {k: p.header("X-Circuit-Breaker-State") for k, p in probes.items()}
     bad = {k: sum(r["bad_status"] + r["socket_errors"] for r in rs) for k, rs in runs.items()}
     measured = sum(r["requests"] for r in runs["b"])

@@ -1,5 +1,4 @@
-"""What the benchmarks share: database, redis-server, gunicorn (tests/live.py), the load clients (wrk and
-bench/client.py), the machine, and one layout of results. How and why: docs/benchmarks.md.in."""
+"""What the benchmarks share: database, servers, load clients, machine, results (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ def knobs(**defaults: float) -> dict[str, Any]:
 
 @contextmanager
 def prepared(name: str) -> Iterator[tuple[str, Any]]:
-    """Start a private redis-server, recreate <BENCH_DB>_<name>, point this process and its servers at both and
-    migrate; yield the database URL and a Redis client."""
+    """Recreate <BENCH_DB>_<name> and migrate it, start a redis-server, point all at both; yield URL and client."""
     import psycopg
 
     # Several people may run benchmarks on one PostgreSQL: BENCH_DB gives each a prefix of their own.
@@ -86,8 +84,7 @@ def release_db() -> None:
 
 
 def server(*, workers: int, threads: int, ready: str = "/health/live", **env: str) -> LiveServer:
-    """Return gunicorn as deployed with bench/urls.py, a DB connection per thread and the lean access log
-    (bench/accesslog.py); `with` starts it, ready once each worker served `ready`."""
+    """Return gunicorn as deployed, with bench/settings.py, a DB connection a thread and the lean access log."""
     # The stack switches of bench/settings.py are set here, never inherited from the caller's shell.
     env = {"RESILIENCE_MIDDLEWARE": "true", "BENCH_MINIMAL_STACK": "false", "DB_POOL_MIN": str(threads)} | env
     env |= {"DJANGO_SETTINGS_MODULE": "bench.settings", "DB_POOL_MAX": env.get("DB_POOL_MAX", str(threads))}
@@ -95,8 +92,19 @@ def server(*, workers: int, threads: int, ready: str = "/health/live", **env: st
     return LiveServer(workers=workers, threads=threads, ready_path=ready, args=logger, env_overrides=env)
 
 
-def cpu_seconds(server: LiveServer) -> float:
-    """Return the CPU time (user + system) gunicorn's master and workers have used so far."""
+@contextmanager
+def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
+    """Yield a dict that holds, after the block, its seconds, server CPU seconds, Redis calls by command and failed
+    Redis calls (a NOSCRIPT retry counts)."""
+    began, (cpu, calls, failed), out = time.monotonic(), usage(server, redis), dict[str, Any]()
+    yield out
+    cpu_after, calls_after, failed_after = usage(server, redis)
+    out |= {"cpu_seconds": cpu_after - cpu, "redis_calls": dict(calls_after - calls)}
+    out |= {"redis_failed": failed_after - failed, "seconds": time.monotonic() - began}
+
+
+def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str], int]:
+    """Return gunicorn's CPU seconds so far (master and workers), calls per Redis command and failed calls."""
     ticks = 0
     for pid in [server.proc.pid, *server.worker_pids()] if server.proc else []:
         try:
@@ -104,24 +112,10 @@ def cpu_seconds(server: LiveServer) -> float:
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def redis_calls(redis: Any) -> Counter[str]:
-    """Return calls per Redis command so far (INFO commandstats; script-internal calls included)."""
     stats = redis.info("commandstats")
-    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"})
-
-
-@contextmanager
-def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds, after the block, its seconds, server CPU seconds and Redis calls by command."""
-    began, cpu, calls = time.monotonic(), cpu_seconds(server), redis_calls(redis)
-    out: dict[str, Any] = {}
-    yield out
-    out["cpu_seconds"] = cpu_seconds(server) - cpu
-    out["redis_calls"] = dict(redis_calls(redis) - calls)
-    out["seconds"] = time.monotonic() - began
+    calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"})
+    failed = sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats.values())
+    return ticks / os.sysconf("SC_CLK_TCK"), calls, failed
 
 
 def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
@@ -149,6 +143,14 @@ def wrk(server: LiveServer, requests: Sequence[Request], *, seconds: float, conn
     r = json.loads(line[5:])
     ms = {k.removesuffix("_us") + "_ms": round(v / 1000, 2) for k, v in r.items() if k.endswith("_us")}
     return {**r, **ms, "per_second": round(r["requests"] / (r["duration_us"] / 1e6), 1)}
+
+
+def wrk_round(server: LiveServer, redis: Any, mix: Sequence[Request], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Warm up with wrk for cfg's warmup, then measure cfg's duration; return wrk's figures and per_request()'s."""
+    wrk(server, mix, seconds=cfg["warmup"], connections=cfg["clients"])
+    with spent(server, redis) as out:
+        r = wrk(server, mix, seconds=cfg["duration"], connections=cfg["clients"])
+    return r | per_request(out, r["requests"])
 
 
 def load(server: LiveServer, clients: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -202,19 +204,8 @@ def percentile(values: Iterable[float], q: float) -> float:
     return ordered[min(max(math.ceil(q / 100 * len(ordered)), 1), len(ordered)) - 1] if ordered else 0.0
 
 
-def cpu_probe_ms() -> float:
-    """Return the best of three timings of a fixed pure-Python loop (ms): how fast this VM runs right now."""
-    best = math.inf
-    for _ in range(3):
-        began = time.process_time()
-        sum(i * i for i in range(1_000_000))
-        best = min(best, time.process_time() - began)
-    return round(best * 1000, 1)
-
-
 def machine(redis: Any) -> dict[str, Any]:
-    """Return what the figures depend on: the machine, how busy and fast it is now, the versions. Then close this
-    process's database connections: the servers take the load next."""
+    """Return what the figures depend on (machine, load, speed, versions); close this process's DB connections."""
     import django
     import gunicorn
     import psycopg
@@ -224,10 +215,15 @@ def machine(redis: Any) -> dict[str, Any]:
     cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
     mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
     release_db()
+    probe = math.inf  # the best of three timings of a fixed pure-Python loop: how fast this VM runs right now
+    for _ in range(3):
+        began = time.process_time()
+        sum(i * i for i in range(1_000_000))
+        probe = min(probe, time.process_time() - began)
     return {
         "nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else "?",
         "ram_gib": round(int(mem.group(1)) / 2**20, 1) if mem else "?",
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cpu_probe_ms": cpu_probe_ms(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cpu_probe_ms": round(probe * 1000, 1),
         "os": platform.platform(terse=True), "python": platform.python_version(), "django": django.get_version(),
         "postgresql": pg.split()[0], "synchronous_commit": sync, "redis": redis.info("server")["redis_version"],
         "gunicorn": gunicorn.__version__,

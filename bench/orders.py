@@ -1,5 +1,4 @@
-"""orders: orders per second on one hot book through POST /api/orders, a bare select_for_update view
-(bench/urls.py) and pgbench, in one run. How and why: docs/benchmarks.md.in."""
+"""orders: orders per second on one hot book: the API, a bare view and pgbench (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
@@ -64,10 +63,9 @@ def main() -> int:
     ]
     drop = f"-{stock_drop}: {created} + {done} + {sql['count']}" + (f" {sql['errors']}" if sql["errors"] else "")
     checks = [
-        lib.check("app: every answer 201", set(app["statuses"]) == {"201"} and not app["errors"],
-                  f"{app['statuses']} {app['errors'] or ''}".strip(), "201 only"),
-        lib.check("minimal view: every answer 200", set(minimal["statuses"]) == {"200"} and not minimal["errors"],
-                  f"{minimal['statuses']} {minimal['errors'] or ''}".strip(), "200 only"),
+        *(lib.check(f"{label}: every answer {s}", set(r["statuses"]) == {s} and not r["errors"],
+                    f"{r['statuses']} {r['errors'] or ''}".strip(), f"{s} only")
+          for label, r, s in (("app", app, "201"), ("minimal view", minimal, "200"))),
         lib.check("stock dropped by exactly the orders acknowledged", stock_drop == created + done + sql["count"] and
                   not sql["errors"], drop, "201s + 200s + SQL commits"),
         lib.check("one order written per 201", orders == created, orders, created),

@@ -1,9 +1,8 @@
-"""pg_outage: what a PostgreSQL outage costs the API, and how soon the API serves again once it is back, behind
-a TcpProxy (tests/live.py) that refuses PostgreSQL for the outage. How and why: docs/benchmarks.md.in."""
+"""pg_outage: what a PostgreSQL outage costs the API, and the return (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +15,8 @@ from tests.live import TcpProxy
 NAME = "pg_outage"
 LIVE, OPS = "/health/live", ("/health/breakers", "/metrics")
 OPEN_P99_MS, LIVE_P99_MS, RECOVERY_S = 50.0, 50.0, 1.5
+DATABASE_REFUSED = re.compile(r'"breaker"\s*:\s*"database"')  # in a 503 problem: the database breaker refused
 Record = list[Any]  # bench/client.py's: path, start, seconds, status (0: none), problem body or error, Retry-After
-
-
-def refused_by(r: Record) -> str:
-    """Return the breaker a 503 problem names ("?" if its body is not JSON)."""
-    try:
-        return str(json.loads(r[4]).get("breaker", "")) if r[3] == 503 and r[4] else ""
-    except ValueError:
-        return "?"
 
 
 def summary(phase: str, rows: list[Record], seconds: float) -> dict[str, Any]:
@@ -44,7 +36,7 @@ def analyse(records: list[Record], api: str, t_out: float, t_back: float) -> dic
 
     during = inside(calls)
     # "Known down": requests sent after the first answer that says the database breaker refused.
-    known_at = min((r[1] + r[2] for r in during if refused_by(r) == "database"), default=t_back)
+    known_at = min((r[1] + r[2] for r in during if r[3] == 503 and DATABASE_REFUSED.search(r[4])), default=t_back)
     first_ok = min((r[1] + r[2] for r in calls if r[1] >= t_back and r[3] == 200), default=None)
     f = {
         "api_before": summary("API before the outage", [r for r in calls if r[1] < t_out], t_out - t_start),

@@ -1,5 +1,4 @@
-"""reads: server CPU per request of book list, detail, search and order placement, each alone (a before/after
-comparison is one command). How: docs/benchmarks.md.in."""
+"""reads: server CPU per request of list, detail, search and order placement (docs/benchmarks.md.in)."""
 
 from __future__ import annotations
 
@@ -34,13 +33,8 @@ def main() -> int:
             "order placement": [("POST", "/api/orders", h, json.dumps({"lines": [{"book_id": pk, "quantity": 1}]}))
                                 for h, pk in orders],
         }  # fmt: skip
-        runs = {}
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
-            for label, mix in mixes.items():
-                lib.wrk(server, mix, seconds=cfg["warmup"], connections=cfg["clients"])
-                with lib.spent(server, redis) as spent:
-                    r = lib.wrk(server, mix, seconds=cfg["duration"], connections=cfg["clients"])
-                runs[label] = {**r, **lib.per_request(spent, r["requests"])}
+            runs = {label: lib.wrk_round(server, redis, mix, cfg) for label, mix in mixes.items()}
 
     fields = ("cpu_ms", "per_second", "p50_ms", "p99_ms", "redis_rt", "requests")
     bad = {k: r["bad_status"] + r["socket_errors"] for k, r in runs.items()}

@@ -1,5 +1,4 @@
-"""scenario: legitimate customers served while a crawler, a login bot, order spikes and a failing, then crawling,
-search hit the shop (docs/benchmarks.md.in). `python -m bench.scenario judge` judges the last run again."""
+"""scenario: the shop under attack (docs/benchmarks.md.in); `python -m bench.scenario judge` judges again."""
 
 from __future__ import annotations
 
@@ -18,15 +17,11 @@ from bench.actors import address
 NAME = "scenario"
 WORKERS, BOOKS, CUSTOMERS, HOT_BOOKS = 4, 2000, 400, 3
 HOT_STOCK = 80  # per hot book: legitimate orders and the first spike sell most of it, the second sells out
-# Customers per spike, all within spike_seconds: 30 orders/s on top of everything else, about what two cores
-# have left during the attack. A bigger spike is a capacity question, whatever the resilience layer does.
-SPIKE_CUSTOMERS = 60
+SPIKE_CUSTOMERS = 60  # per spike, all within spike_seconds (docs/benchmarks.md.in)
 # Seconds after the start. The first seconds warm the server up and are left out of the latency figures.
 TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_on": 58, "fault_off": 88}
 TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
-# The slowdown: every search waits this long, under the search breaker's slow-call threshold (2 s), so only the
-# bulkhead stands between slow searches and every worker thread.
-SLOW_MS = 1000
+SLOW_MS = 1000  # every search's wait in the slowdown, under the search breaker's slow-call threshold (2 s)
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
 WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
 WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
@@ -39,8 +34,7 @@ BREAKER_FIELDS += " half_open_max_calls"
 
 
 def seed(threads: int) -> dict[str, Any]:
-    """Create the catalogue, hot books, customers and staff, size the search bulkhead; return what the actors and
-    the checks need."""
+    """Create the catalogue, hot books, customers and staff, size the search bulkhead; return what the run needs."""
     from django.core.management import call_command
 
     from accounts.models import User
@@ -53,8 +47,7 @@ def seed(threads: int) -> dict[str, Any]:
     Book.objects.filter(pk__in=ids[10 : 10 + HOT_BOOKS]).update(stock=HOT_STOCK)
     limits = RateLimitPolicy.objects.filter(enabled=True).values(*LIMIT_FIELDS.split())
     breakers = CircuitBreakerPolicy.objects.filter(enabled=True).values(*BREAKER_FIELDS.split())
-    # The data migration's bulkhead, sized so that no worker is ever all slow searches: its slots are fleet-wide
-    # (all may land on one worker), so fewer than a worker's threads, and no wait (a waiter holds a thread too).
+    # The data migration's bulkhead, sized so that no worker is ever all slow searches (docs/benchmarks.md.in).
     ConcurrencyPolicy.objects.filter(name="search").update(max_in_flight=max(1, threads - 1), max_wait_ms=0)
     bulkheads = ConcurrencyPolicy.objects.filter(enabled=True).values("name", "pattern", "max_in_flight", "max_wait_ms")
     out = {"book_ids": ids, "hot_ids": ids[10 : 10 + HOT_BOOKS], "list_pages": len(ids) // 20}
@@ -111,18 +104,6 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
             last = ticks
 
 
-def hash_cost() -> tuple[str, float]:
-    """Return the app's password hasher and the CPU seconds one check costs here (unknown users pay it too)."""
-    from django.contrib.auth.hashers import import_string
-
-    from bookstore import settings as product  # this process's settings use a fast hasher
-
-    hasher = import_string(product.PASSWORD_HASHERS[0])()
-    encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
-    hasher.verify("wrong-password", encoded)
-    return hasher.algorithm, round(time.process_time() - began, 3)
-
-
 def run() -> dict[str, Any]:
     """Seed, serve, play the timeline; return everything the verdict and the report read."""
     cfg = lib.knobs(scenario_threads=4, scenario_pool=4)  # threads and DB_POOL_MAX per worker
@@ -162,7 +143,14 @@ def run() -> dict[str, Any]:
     out |= {"server_timings": timings, "load": load, "db_checks": checks, "metrics": counted}
     out |= {"server_cpu_seconds": round(spent["cpu_seconds"], 2), "redis_cpu_seconds": round(sum(cpu.values()), 2)}
     out |= {"redis_script_calls": sum(spent["redis_calls"].get(k, 0) for k in lib.SCRIPTS)}
-    out["hasher"], out["hash_seconds"] = hash_cost()
+    from django.contrib.auth.hashers import import_string
+
+    from bookstore import settings as product  # the app's hasher: this process's settings use a fast one
+
+    hasher = import_string(product.PASSWORD_HASHERS[0])()  # what one check costs here (unknown users pay it too)
+    encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
+    hasher.verify("wrong-password", encoded)
+    out |= {"hasher": hasher.algorithm, "hash_seconds": round(time.process_time() - began, 3)}
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
     config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
     config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
@@ -173,8 +161,7 @@ def run() -> dict[str, Any]:
 
 
 def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict[str, Any]]:
-    """Keep this run's key figures with the last few of its server shape (BENCH_SCENARIO_THREADS and _POOL), for
-    the report to compare; return every kept run, this one first."""
+    """Keep this run's key figures with the last few runs of its server shape; return all kept, this one first."""
     path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
     mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
             "finished_at": results["finished_at"], **judged["shape_figures"],

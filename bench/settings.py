@@ -1,5 +1,4 @@
-"""Settings of the benchmark servers: the product's with bench/urls.py; without the resilience layer (its middleware
-and the stale copies that feed its fallback); or a minimal stack, what Django itself costs."""
+"""Settings of the benchmark servers: the product's, without the resilience layer, or a minimal stack."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Judge a scenario run: named checks, each a small function of the run's facts returning pass/fail, what it
-measured, its limit and the figures it judged; and the figures docs/benchmarks.md.in shows around them."""
+"""Judge a scenario run: named checks of the run's facts, and the figures the report shows around them."""
 
 from __future__ import annotations
 
@@ -53,6 +52,16 @@ def admissible(p: dict[str, Any], span: float) -> int:
     if p["algorithm"] == "token_bucket":
         return (p["burst"] or limit) + math.floor(span / (period / limit) + 1e-9) if limit else 0
     return limit * (math.ceil(span / period) + (p["algorithm"] == "fixed_window"))
+
+
+Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
+Check = Callable[[Any], Judged]  # a method of Facts
+CHECKS: dict[str, tuple[str, Check]] = {}
+
+
+def named(label: str) -> Callable[[Check], Check]:
+    """Register a check under its label, in the order of the report."""
+    return lambda fn: CHECKS.setdefault(fn.__name__, (label, fn))[1]
 
 
 class Facts:
@@ -136,154 +145,137 @@ class Facts:
         out |= {"bound_over_span": admissible(p, span), "admitted_sent": [round(r["sent"], 2) for r in admitted[:40]]}
         return out
 
+    # The checks: each returns (ok, measured, limit, figures) from the facts.
 
-# --- The checks: each returns (ok, measured, limit, figures) from the facts --------------------------------------
+    @named("crawler admitted within search-ip")
+    def crawler_budget(self) -> Judged:
+        b = self.budget("crawler", "search-ip")
+        ok = not b["violation"] and b["max_in_any_period"] <= b["per_period"] and b["admitted"] <= b["bound_over_span"]
+        measured = f"{b['admitted']} of {b['sent']} admitted; at most {b['max_in_any_period']} surely decided in one "
+        limit = f"≤ {b['per_period']} in any {b['period']} s, ≤ {b['bound_over_span']} over the attack ({b['text']})"
+        return ok, measured + f"{b['period']} s", limit, b
 
-Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
-Check = Callable[[Facts], Judged]
-CHECKS: dict[str, tuple[str, Check]] = {}
+    @named("bot admitted within login-ip")
+    def bot_budget(self) -> Judged:
+        b = self.budget("bot", "login-ip")
+        admitted = [r for r in self.by_actor["bot"] if r["status"] not in (0, 429)]
+        b["admitted_server_ms"] = pcts(self.served_ms(admitted), 50, 100)
+        limit = f"≤ {b['bound_over_span']}, what the policy ({b['text']}) admits in that span"
+        ok = not b["violation"] and b["admitted"] <= b["bound_over_span"]
+        return ok, f"{b['admitted']} of {b['sent']} admitted over {b['span']:.1f} s", limit, b
 
+    @named("legitimate success rate outside the failure window")
+    def legit_success(self) -> Judged:
+        def ok(r: Record) -> bool:
+            if r["endpoint"] == "order-replay":  # the first order's id again, marked as a replay
+                x = r["extra"] or []
+                return r["status"] == 201 and len(x) == 5 and x[3] == x[2] and x[4] is True
+            return r["outcome"] == "2xx" or (r["endpoint"] == "order" and r["outcome"] == "409 out of stock")
 
-def named(label: str) -> Callable[[Check], Check]:
-    """Register a check under its label, in the order of the report."""
-    return lambda fn: CHECKS.setdefault(fn.__name__, (label, fn))[1]
+        judged = [r for r in self.legit if not self.excused(r)]
+        failed = Counter(f"{r['endpoint']} {r['status']} {r['problem']}".strip() for r in judged if not ok(r))
+        good = len(judged) - sum(failed.values())
+        rate = good / len(judged) if judged else 0.0
+        listed = ", ".join(f"{k} × {v}" for k, v in failed.most_common())
+        return rate >= 0.99, f"{rate:.2%} ({good} / {len(judged)})", "≥ 99%", {"failures": listed}
 
+    @named("legitimate p99 outside the failure window vs baseline")
+    def legit_p99(self) -> Judged:
+        warm, base = self.tl["warmup"][1], self.baseline_p99()
+        kept = [r for r in self.legit if not self.in_failure(r) and not self.excused(r)]
+        outside = percentile([latency_ms(r) for r in kept if r["sent"] >= warm], 99)
+        windows = []  # 2 s windows outside the failure: [start, requests, p50, p99, CPU busy, stolen, busiest]
+        for lo in range(int(warm), int(self.tl["end"]), 2):
+            lat = [latency_ms(r) for r in kept if lo <= r["sent"] < lo + 2]
+            windows += [[lo, len(lat), *pcts(lat, 50, 99).values(), *self.cpu(lo, lo + 2)]] if len(lat) >= 10 else []
+        worst = sorted(windows, key=lambda w: -w[3])[:8]
+        figures = {"baseline_ms": round(base, 1), "outside_ms": round(outside, 1), "worst_2s_windows": worst}
+        measured = f"{outside:.1f} ms vs {base:.1f} ms (x{outside / base if base else 0:.2f})"
+        return outside <= 2 * base, measured, "≤ 2x baseline", figures
 
-@named("crawler admitted within search-ip")
-def crawler_budget(f: Facts) -> Judged:
-    b = f.budget("crawler", "search-ip")
-    ok = not b["violation"] and b["max_in_any_period"] <= b["per_period"] and b["admitted"] <= b["bound_over_span"]
-    measured = f"{b['admitted']} of {b['sent']} admitted; at most {b['max_in_any_period']} surely decided in one "
-    limit = f"≤ {b['per_period']} in any {b['period']} s, ≤ {b['bound_over_span']} over the attack ({b['text']})"
-    return ok, measured + f"{b['period']} s", limit, b
+    @named("list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead")
+    def slowdown_p99(self) -> Judged:
+        (lo, hi), base = self.slowdown, self.baseline_p99(lambda r: r["endpoint"] != "search")
+        slow = percentile(self.legit_ms(lambda r: lo <= r["sent"] < hi and r["endpoint"] != "search"), 99)
+        peak, slots = self.results["load"]["events"].get("slow_peak"), self.cfg["policies"]["bulkheads"]["search"]
+        searches = [r for r in self.legit if r["endpoint"] == "search" and lo <= r["sent"] < hi]
+        figures = {"baseline_ms": round(base, 1), "slowdown_ms": round(slow, 1), "peak": peak, "bulkhead": slots}
+        figures |= {"legit_searches": listing(Counter(r["outcome"] for r in searches))}
+        figures["legit_search_ms"] = pcts((latency_ms(r) for r in searches if r["outcome"] == "2xx"), 50, 99)
+        measured = f"{slow:.1f} ms vs {base:.1f} ms (x{slow / base if base else 0:.2f}); at most {peak} slow at once"
+        ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
+        return ok, measured, f"≤ 2x baseline; ≤ {slots['max_in_flight']}", figures
 
+    @named("search breaker opens after the failure starts")
+    def breaker_opens(self) -> Judged:
+        took = self.opened_at - self.fault_on if self.opened_at is not None else math.inf
+        first = f"{self.first_503 - self.fault_on:.3f} s" if self.first_503 is not None else "n/a"
+        on = self.fault_on
+        after = [r for r in self.records if r["endpoint"] == "search" and on <= r["sent"] < on + 2]
+        figures = {"searches_in_first_second": sum(r["sent"] < on + 1 for r in after)}
+        figures["legit_search_ms_2s_after"] = pcts([latency_ms(r) for r in after if r["actor"] == "legit"], 50, 99)
+        measured = f"{took:.3f} s after the fault PUT was sent (store's opened_at; first 503 {first})"
+        return took <= OPEN_WITHIN_S, measured, f"≤ {OPEN_WITHIN_S:g} s", figures
 
-@named("bot admitted within login-ip")
-def bot_budget(f: Facts) -> Judged:
-    b = f.budget("bot", "login-ip")
-    b["admitted_server_ms"] = pcts(f.served_ms(r for r in f.by_actor["bot"] if r["status"] not in (0, 429)), 50, 100)
-    limit = f"≤ {b['bound_over_span']}, what the policy ({b['text']}) admits in that span"
-    ok = not b["violation"] and b["admitted"] <= b["bound_over_span"]
-    return ok, f"{b['admitted']} of {b['sent']} admitted over {b['span']:.1f} s", limit, b
+    @named("open breaker rejects fast (server side, p99)")
+    def rejects_fast(self) -> Judged:
+        timed = [r["timing"] for r in self.rejected if r["timing"]]
+        views = {"decision": [t[0] for t in timed if t[1] == "refused"]}
+        views["cpu"] = [t[2] for t in timed if t[2] is not None]
+        views |= {"server": self.served_ms(self.rejected), "client": [latency_ms(r) for r in self.rejected]}
+        # Every rejection must carry its timing; a missing one counts as infinitely slow.
+        n = len(views["decision"])
+        p99 = percentile(views["decision"], 99) if n and n == len(self.rejected) else math.inf
+        measured = f"{p99:.2f} ms refusal (Server-Timing, {n} of {len(self.rejected)}); "
+        measured += f"{percentile(views['server'], 99):.2f} ms gunicorn service time; "
+        measured += f"{percentile(views['client'], 99):.2f} ms client"
+        figures = {k: {"count": len(v), **pcts(v, 50, 99, 100)} for k, v in views.items()}
+        return p99 < REJECT_P99_MS, measured, f"< {REJECT_P99_MS:g} ms", figures
 
+    @named("search breaker closes after recovery")
+    def breaker_closes(self) -> Judged:
+        took = self.closed_at - self.fault_off if self.closed_at is not None else math.inf
+        limit = f"≤ {self.open_seconds} + {CLOSE_SLACK_S:g} s"
+        return took <= self.open_seconds + CLOSE_SLACK_S, f"{took:.2f} s after the fault was switched off", limit, {}
 
-@named("legitimate success rate outside the failure window")
-def legit_success(f: Facts) -> Judged:
-    def ok(r: Record) -> bool:
-        if r["endpoint"] == "order-replay":  # the first order's id again, marked as a replay
-            x = r["extra"] or []
-            return r["status"] == 201 and len(x) == 5 and x[3] == x[2] and x[4] is True
-        return r["outcome"] == "2xx" or (r["endpoint"] == "order" and r["outcome"] == "409 out of stock")
+    @named("no 5xx but the designed 503s, no transport errors")
+    def no_unexpected(self) -> Judged:
+        def unexpected(r: Record) -> bool:
+            if r["outcome"] in ("error", "5xx") or (r["status"] == 503 and r["endpoint"] != "search"):
+                return True
+            # The failing dependency's own 503 may only answer a search made while the fault was on.
+            in_fault = r["received"] >= self.fault_on and r["sent"] <= self.fault_off_received
+            return r["outcome"] == "503 dependency failed" and not in_fault
 
-    judged = [r for r in f.legit if not f.excused(r)]
-    failed = Counter(f"{r['endpoint']} {r['status']} {r['problem']}".strip() for r in judged if not ok(r))
-    good = len(judged) - sum(failed.values())
-    rate = good / len(judged) if judged else 0.0
-    listed = ", ".join(f"{k} × {v}" for k, v in failed.most_common())
-    return rate >= 0.99, f"{rate:.2%} ({good} / {len(judged)})", "≥ 99%", {"failures": listed}
+        bad = [r for r in self.records if unexpected(r)]
+        first = [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in bad[:20]]
+        return not bad, str(len(bad)), "0", {"first": first}
 
+    @named("spike customers: 201 or 409 only")
+    def spike_answers(self) -> Judged:
+        spike = self.by_actor["spike"]
+        good = sum(r["outcome"] in ("2xx", "409 out of stock") for r in spike)
+        return spike and good == len(spike), f"{good} / {len(spike)}", "all", {}
 
-@named("legitimate p99 outside the failure window vs baseline")
-def legit_p99(f: Facts) -> Judged:
-    warm, base = f.tl["warmup"][1], f.baseline_p99()
-    outside = percentile(f.legit_ms(lambda r: r["sent"] >= warm and not f.in_failure(r) and not f.excused(r)), 99)
-    windows = []  # 2 s windows outside the failure: [start, requests, p50, p99, CPU busy, stolen, busiest]
-    for lo in range(int(warm), int(f.tl["end"]), 2):
-        lat = f.legit_ms(lambda r, lo=lo: lo <= r["sent"] < lo + 2 and not f.in_failure(r) and not f.excused(r))
-        windows += [[lo, len(lat), *pcts(lat, 50, 99).values(), *f.cpu(lo, lo + 2)]] if len(lat) >= 10 else []
-    worst = sorted(windows, key=lambda w: -w[3])[:8]
-    figures = {"baseline_ms": round(base, 1), "outside_ms": round(outside, 1), "worst_2s_windows": worst}
-    measured = f"{outside:.1f} ms vs {base:.1f} ms (x{outside / base if base else 0:.2f})"
-    return outside <= 2 * base, measured, "≤ 2x baseline", figures
+    @named("every 201 order exists, none without a 201")
+    def orders_exist(self) -> Judged:
+        db = self.results["db_checks"]
+        missing, unanswered = len(db["orders_201_missing"]), len(db["orders_without_201"])
+        measured = f"{db['orders_201'] - missing} / {db['orders_201']} found; {unanswered} unanswered"
+        return not missing and not unanswered, measured, "all, 0", db
 
+    @named("stock conserved on every book (no loss, no oversell)")
+    def stock_conserved(self) -> Judged:
+        db = self.results["db_checks"]
+        measured = f"{db['books_checked'] - len(db['stock_broken'])} / {db['books_checked']} books; "
+        held = not (db["stock_broken"] or db["negative_stock"] or db["cancelled_not_applied"])
+        return held, measured + f"{db['cancelled_200']} cancels applied", "initial = current + sold", {}
 
-@named("list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead")
-def slowdown_p99(f: Facts) -> Judged:
-    (lo, hi), base = f.slowdown, f.baseline_p99(lambda r: r["endpoint"] != "search")
-    slow = percentile(f.legit_ms(lambda r: lo <= r["sent"] < hi and r["endpoint"] != "search"), 99)
-    peak, slots = f.results["load"]["events"].get("slow_peak"), f.cfg["policies"]["bulkheads"]["search"]
-    searches = [r for r in f.legit if r["endpoint"] == "search" and lo <= r["sent"] < hi]
-    figures = {"baseline_ms": round(base, 1), "slowdown_ms": round(slow, 1), "peak": peak, "bulkhead": slots}
-    figures |= {"legit_searches": listing(Counter(r["outcome"] for r in searches))}
-    figures["legit_search_ms"] = pcts((latency_ms(r) for r in searches if r["outcome"] == "2xx"), 50, 99)
-    measured = f"{slow:.1f} ms vs {base:.1f} ms (x{slow / base if base else 0:.2f}); at most {peak} slow at once"
-    ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
-    return ok, measured, f"≤ 2x baseline; ≤ {slots['max_in_flight']}", figures
-
-
-@named("search breaker opens after the failure starts")
-def breaker_opens(f: Facts) -> Judged:
-    took = f.opened_at - f.fault_on if f.opened_at is not None else math.inf
-    first = f"{f.first_503 - f.fault_on:.3f} s" if f.first_503 is not None else "n/a"
-    after = [r for r in f.records if r["endpoint"] == "search" and f.fault_on <= r["sent"] < f.fault_on + 2]
-    figures = {"searches_in_first_second": sum(r["sent"] < f.fault_on + 1 for r in after)}
-    figures["legit_search_ms_2s_after"] = pcts([latency_ms(r) for r in after if r["actor"] == "legit"], 50, 99)
-    measured = f"{took:.3f} s after the fault PUT was sent (store's opened_at; first 503 {first})"
-    return took <= OPEN_WITHIN_S, measured, f"≤ {OPEN_WITHIN_S:g} s", figures
-
-
-@named("open breaker rejects fast (server side, p99)")
-def rejects_fast(f: Facts) -> Judged:
-    timed = [r["timing"] for r in f.rejected if r["timing"]]
-    views = {"decision": [t[0] for t in timed if t[1] == "refused"], "cpu": [t[2] for t in timed if t[2] is not None]}
-    views |= {"server": f.served_ms(f.rejected), "client": [latency_ms(r) for r in f.rejected]}
-    # Every rejection must carry its timing; a missing one counts as infinitely slow.
-    n = len(views["decision"])
-    p99 = percentile(views["decision"], 99) if n and n == len(f.rejected) else math.inf
-    measured = f"{p99:.2f} ms refusal (Server-Timing, {n} of {len(f.rejected)}); {percentile(views['server'], 99):.2f}"
-    measured += f" ms gunicorn service time; {percentile(views['client'], 99):.2f} ms client"
-    figures = {k: {"count": len(v), **pcts(v, 50, 99, 100)} for k, v in views.items()}
-    return p99 < REJECT_P99_MS, measured, f"< {REJECT_P99_MS:g} ms", figures
-
-
-@named("search breaker closes after recovery")
-def breaker_closes(f: Facts) -> Judged:
-    took = f.closed_at - f.fault_off if f.closed_at is not None else math.inf
-    limit = f"≤ {f.open_seconds} + {CLOSE_SLACK_S:g} s"
-    return took <= f.open_seconds + CLOSE_SLACK_S, f"{took:.2f} s after the fault was switched off", limit, {}
-
-
-@named("no 5xx but the designed 503s, no transport errors")
-def no_unexpected(f: Facts) -> Judged:
-    def unexpected(r: Record) -> bool:
-        if r["outcome"] in ("error", "5xx") or (r["status"] == 503 and r["endpoint"] != "search"):
-            return True
-        # The failing dependency's own 503 may only answer a search made while the fault was on.
-        in_fault = r["received"] >= f.fault_on and r["sent"] <= f.fault_off_received
-        return r["outcome"] == "503 dependency failed" and not in_fault
-
-    bad = [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in f.records if unexpected(r)]
-    return not bad, str(len(bad)), "0", {"first": bad[:20]}
-
-
-@named("spike customers: 201 or 409 only")
-def spike_answers(f: Facts) -> Judged:
-    spike = f.by_actor["spike"]
-    good = sum(r["outcome"] in ("2xx", "409 out of stock") for r in spike)
-    return spike and good == len(spike), f"{good} / {len(spike)}", "all", {}
-
-
-@named("every 201 order exists, none without a 201")
-def orders_exist(f: Facts) -> Judged:
-    db = f.results["db_checks"]
-    missing, unanswered = len(db["orders_201_missing"]), len(db["orders_without_201"])
-    measured = f"{db['orders_201'] - missing} / {db['orders_201']} found; {unanswered} unanswered"
-    return not missing and not unanswered, measured, "all, 0", db
-
-
-@named("stock conserved on every book (no loss, no oversell)")
-def stock_conserved(f: Facts) -> Judged:
-    db = f.results["db_checks"]
-    measured = f"{db['books_checked'] - len(db['stock_broken'])} / {db['books_checked']} books; "
-    held = not (db["stock_broken"] or db["negative_stock"] or db["cancelled_not_applied"])
-    return held, measured + f"{db['cancelled_200']} cancels applied", "initial = current + sold", {}
-
-
-@named("DB connections never above workers x DB_POOL_MAX")
-def db_connections(f: Facts) -> Judged:
-    samples, ceiling = f.results["db_samples"], f.cfg["db_ceiling"]
-    most = max((s[1] for s in samples), default=0)
-    return most <= ceiling, f"max {most} over {len(samples)} samples", f"≤ {ceiling}", {"max": most}
+    @named("DB connections never above workers x DB_POOL_MAX")
+    def db_connections(self) -> Judged:
+        samples, ceiling = self.results["db_samples"], self.cfg["db_ceiling"]
+        most = max((s[1] for s in samples), default=0)
+        return most <= ceiling, f"max {most} over {len(samples)} samples", f"≤ {ceiling}", {"max": most}
 
 
 def judge(results: dict[str, Any]) -> dict[str, Any]:

@@ -5,13 +5,10 @@ local mix, n = {}, 0
 
 function init(args)
   for line in io.lines(args[1]) do
-    local f, headers = {}, {}
-    for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
-    for i = 4, #f do
-      local name, value = f[i]:match("^([^:]+):%s*(.*)$")
-      headers[name] = value
-    end
-    mix[#mix + 1] = wrk.format(f[1], f[2], headers, f[3] ~= "" and f[3] or nil)
+    local method, path, body, rest = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)(.*)$")
+    local headers = {}
+    for name, value in rest:gmatch("\t([^:\t]+):%s*([^\t]*)") do headers[name] = value end
+    mix[#mix + 1] = wrk.format(method, path, headers, body ~= "" and body or nil)
   end
 end
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from bench.verdict import Facts, admissible, outcome, slowdown_p99
+from bench.verdict import Facts, admissible, outcome
 from catalog.models import Book
 
 TOKEN_BUCKET = {"name": "p", "algorithm": "token_bucket", "limit": 20, "period": 600, "burst": 3}
@@ -75,13 +75,13 @@ def test_slowdown_judges_the_other_requests_against_baseline_and_slow_calls_agai
     baseline = [legit("detail", 10 + n / 10, 20) for n in range(100)]
     crawling = [legit("search", 120, 1000), legit("search", 121, 210, 503, "concurrency-limit")]
     held = facts([*baseline, *crawling, *(legit("list", 119 + n / 10, 39) for n in range(100))], peak=4)
-    assert slowdown_p99(held)[0]
+    assert held.slowdown_p99()[0]
     assert held.excused(crawling[1])
     assert not held.excused(baseline[0])
     slowed = facts([*baseline, *crawling, *(legit("order", 119 + n / 10, 41) for n in range(100))], peak=4)
-    assert not slowdown_p99(slowed)[0]  # 41 ms against 20: over twice the baseline
+    assert not slowed.slowdown_p99()[0]  # 41 ms against 20: over twice the baseline
     overfull = facts([*baseline, *(legit("list", 119 + n / 10, 20) for n in range(100))], peak=5)
-    assert not slowdown_p99(overfull)[0]  # five slow searches at once, four slots
+    assert not overfull.slowdown_p99()[0]  # five slow searches at once, four slots
 
 
 @pytest.mark.urls("bench.urls")
