@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import redis
 
 from resilience.stores import scripts
-from resilience.stores.boundary import reply_error, store_call
+from resilience.stores.boundary import DirectScript, reply_error, store_call
 from resilience.stores.keys import slot_keys
 
 
@@ -48,8 +48,9 @@ class RedisConcurrencyStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        # register_script runs EVALSHA and reloads the source on NOSCRIPT (restart, failover).
-        self._script = client.register_script(scripts.script("concurrency_main", "concurrency"))
+        # On the request path (a slot's release after every bounded request): sent and read directly;
+        # a script Redis lost (restart, failover) is loaded again.
+        self._script = DirectScript(client, scripts.script("concurrency_main", "concurrency"))
 
     def acquire(
         self, base: str, lease_id: str, limit: int, lease_seconds: int, wait_ms: int, *, force: bool = False
