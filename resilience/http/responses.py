@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -85,17 +85,25 @@ def too_many(request: HttpRequest, violated: list[Shown], headers: dict[str, str
     )
 
 
-def store_down(request: HttpRequest) -> HttpResponse:
-    """Return the 503 for a request a fail-closed limit cannot decide while its store is unreachable."""
+def reduced_capacity(request: HttpRequest, detail: str, headers: dict[str, str], **extra: Any) -> HttpResponse:
+    """Return a 503 temporary-reduced-capacity problem: what the layer answers for a store or a breaker."""
     return problem_response(
         request,
         quiet=True,
         status=503,
         slug="temporary-reduced-capacity",
         title="Service temporarily unavailable",
-        detail="The rate limiter's store is unreachable and this endpoint fails closed.",
-        headers={"Retry-After": str(seconds(settings.RESILIENCE_STORE_RETRY_SECONDS) or 1)},
+        detail=detail,
+        headers=headers,
+        **extra,
     )
+
+
+def store_down(request: HttpRequest) -> HttpResponse:
+    """Return the 503 for a request a fail-closed limit cannot decide while its store is unreachable."""
+    retry_after = str(seconds(settings.RESILIENCE_STORE_RETRY_SECONDS) or 1)
+    detail = "The rate limiter's store is unreachable and this endpoint fails closed."
+    return reduced_capacity(request, detail, {"Retry-After": retry_after})
 
 
 def breaker_open(request: HttpRequest, runtime: Runtime, rule: BreakerRule, retry_after: float | None) -> HttpResponse:
@@ -114,16 +122,7 @@ def breaker_open(request: HttpRequest, runtime: Runtime, rule: BreakerRule, retr
             response["X-Circuit-Breaker-State"] = "open"
             return response
     detail, headers, extra = open_problem(rule.name, retry_after)
-    return problem_response(
-        request,
-        quiet=True,
-        status=503,
-        slug="temporary-reduced-capacity",
-        title="Service temporarily unavailable",
-        detail=detail,
-        headers=headers,
-        **extra,
-    )
+    return reduced_capacity(request, detail, headers, **extra)
 
 
 def concurrency_refused(request: HttpRequest, error: ConcurrencyLimited) -> HttpResponse:
