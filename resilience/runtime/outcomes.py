@@ -12,6 +12,7 @@ worker that dies loses what it had not reported: successes, never failures.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -46,17 +47,20 @@ class SuccessBatch:
         self._pending: dict[tuple[str, int], tuple[BreakerConfig, int]] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid: int | None = None  # of the process whose thread reports; a forked worker starts its own
         self._closed = False
 
     def success(self, cfg: BreakerConfig, generation: int) -> None:
         """Count one success of a call the closed breaker ``cfg`` admitted with ``generation``."""
         key = (cfg.name, generation)
         with self._lock:
-            _, count = self._pending.get(key, (cfg, 0))
-            self._pending[key] = (cfg, count + 1)
-            if self._thread is None and not self._closed:
+            if self._pid != os.getpid() and not self._closed:
+                # First here, or a process forked from one that counted: what it counted is its own to report.
+                self._pid, self._pending = os.getpid(), {}
                 self._thread = threading.Thread(target=self._run, name="breaker-successes", daemon=True)
                 self._thread.start()
+            _, count = self._pending.get(key, (cfg, 0))
+            self._pending[key] = (cfg, count + 1)
 
     def record(self, cfg: BreakerConfig, generation: int, success: bool) -> list[Transition]:
         """Report one outcome at once, with the successes still waiting for the same breaker and generation."""
@@ -84,7 +88,7 @@ class SuccessBatch:
         self._closed = True
         self._wake.set()
         thread = self._thread
-        if thread is not None:
+        if thread is not None and self._pid == os.getpid():
             thread.join(timeout=1.0)
         self.flush()
 
