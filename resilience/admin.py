@@ -464,6 +464,7 @@ class ConcurrencyPolicyAdmin(BoundsShownMixin, PropagationNoticeMixin, admin.Mod
         ("Which requests", {"fields": ("methods", "match_type", "pattern")}),
         ("Counted by", {"fields": ("key", "header_name")}),
         ("Limit", {"fields": ("max_in_flight", "max_wait_ms", "lease_seconds")}),
+        ("Adaptive limit", {"fields": ("adaptive_floor", "adaptive_target_ms")}),
         ("Behaviour", {"fields": ("on_store_failure",)}),
     )
 

@@ -24,7 +24,7 @@ from resilience.engine.breaker import (
     MAX_TIME_WINDOW,
     MIN_FAILURE_STATUS,
 )
-from resilience.engine.concurrency import MAX_IN_FLIGHT, MAX_LEASE_SECONDS, MAX_WAIT_MS
+from resilience.engine.concurrency import MAX_IN_FLIGHT, MAX_LEASE_SECONDS, MAX_TARGET_MS, MAX_WAIT_MS
 from resilience.engine.limiter import (
     MAX_BURST,
     MAX_CAPACITY_SECONDS,
@@ -603,6 +603,19 @@ class ConcurrencyPolicy(PolicyBase):
         default=OnStoreFailure.ALLOW,
         help_text="When Redis is unreachable: allow (each worker its share of the slots, in process) or deny (503).",
     )
+    adaptive_floor = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=between(1, MAX_IN_FLIGHT),
+        help_text="Adaptive: leave empty for a fixed limit. Set, the limit moves between this floor and "
+        "max_in_flight from the calls' latency, once a second for the whole fleet: down by a tenth when more "
+        "than a tenth of them were slower than the target, up by one when they were not.",
+    )
+    adaptive_target_ms = models.PositiveIntegerField(
+        default=1_000,
+        validators=between(1, MAX_TARGET_MS),
+        help_text=f"Adaptive: the latency a call must keep to, 1 to {MAX_TARGET_MS:,} ms (default 1,000).",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -632,6 +645,15 @@ class ConcurrencyPolicy(PolicyBase):
                 condition=models.Q(key__in=["ip", "user", "header", "global"]), name="concurrency_key_valid"
             ),
             models.CheckConstraint(condition=models.Q(mode__in=["enforce", "dry_run"]), name="concurrency_mode_valid"),
+            models.CheckConstraint(
+                condition=models.Q(adaptive_floor__isnull=True)
+                | models.Q(adaptive_floor__gte=1, adaptive_floor__lte=models.F("max_in_flight")),
+                name="concurrency_adaptive_floor_bounded",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(adaptive_target_ms__gte=1, adaptive_target_ms__lte=MAX_TARGET_MS),
+                name="concurrency_adaptive_target_bounded",
+            ),
         ]
 
     def clean(self) -> None:
@@ -644,6 +666,9 @@ class ConcurrencyPolicy(PolicyBase):
         if self.match_type == Match.CODE and self.key != self.Key.GLOBAL:
             # Code that names a bulkhead has no request to take a client from.
             errors["key"] = "A bulkhead used by name in code counts everyone together: choose that key."
+        floor, ceiling = self.adaptive_floor, self.max_in_flight
+        if floor is not None and isinstance(ceiling, int) and floor > ceiling:
+            errors["adaptive_floor"] = f"The floor cannot be above max_in_flight ({ceiling})."
         if errors:
             raise ValidationError(errors)
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -31,7 +32,8 @@ from resilience.models import (
 from resilience.ops.audit import log_bulk_update
 from resilience.runtime import get_runtime, key_prefix
 from resilience.runtime.policies import breaker_config, policy_problem
-from resilience.stores.keys import limit_key, slots_stem
+from resilience.stores.boundary import store_call
+from resilience.stores.keys import adaptive_key, limit_key, slots_stem
 
 
 @dataclass
@@ -278,6 +280,8 @@ def concurrency_status(*, policies: Iterable[ConcurrencyPolicy]) -> list[dict[st
                 "enabled": policy.enabled,
                 "mode": policy.mode,
                 "max_in_flight": policy.max_in_flight,
+                "adaptive_floor": policy.adaptive_floor,
+                "limit": _adaptive_limit(store, policy),
                 "in_flight": sum(int(str(k["in_flight"])) for k in keys),
                 "waiting": sum(int(str(k["waiting"])) for k in keys),
                 "keys": keys,
@@ -285,6 +289,14 @@ def concurrency_status(*, policies: Iterable[ConcurrencyPolicy]) -> list[dict[st
             }
         )
     return rows
+
+
+def _adaptive_limit(store: Any, policy: ConcurrencyPolicy) -> int:
+    """Return the slots the policy hands out now: the fleet's adaptive limit, as Redis holds it, or max_in_flight."""
+    if policy.adaptive_floor is None or store is None:
+        return policy.max_in_flight
+    raw = store_call("concurrency", store.client.hget, adaptive_key(key_prefix(), policy.pk), "limit")
+    return max(policy.adaptive_floor, min(policy.max_in_flight, int(raw))) if raw is not None else policy.max_in_flight
 
 
 def concurrency_reset(*, policies: Iterable[ConcurrencyPolicy]) -> int:

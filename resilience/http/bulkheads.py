@@ -82,15 +82,16 @@ def policy_pattern(policy_id: int) -> str:
 
 def fallback_limit(runtime: Runtime, rule: ConcurrencyRule) -> int:
     """Return the slots this worker may hand out in process: all of them without Redis, else its share."""
+    limit = runtime.adaptive.limit(rule)
     if not runtime.uses_redis:
-        return rule.max_in_flight
-    return max(1, rule.max_in_flight // max(1, runtime.fleet_workers))
+        return limit
+    return max(1, limit // max(1, runtime.fleet_workers))
 
 
 class Slot:
     """One held slot (or, in a dry run, one counted call): give it back exactly once."""
 
-    __slots__ = ("runtime", "rule", "base", "lease_id", "shared", "released")
+    __slots__ = ("runtime", "rule", "base", "lease_id", "shared", "released", "taken_at")
 
     def __init__(self, runtime: Runtime, rule: ConcurrencyRule, base: str, lease_id: str, shared: bool) -> None:
         self.runtime = runtime
@@ -99,6 +100,7 @@ class Slot:
         self.lease_id = lease_id
         self.shared = shared
         self.released = False
+        self.taken_at = time.monotonic()
         concurrency_in_flight.labels(rule.name).inc()
 
     def release(self) -> None:
@@ -106,6 +108,7 @@ class Slot:
             return
         self.released = True
         concurrency_in_flight.labels(self.rule.name).dec()
+        self.runtime.adaptive.finished(self.rule, time.monotonic() - self.taken_at)
         if not self.shared:
             self.runtime.concurrency_fallback.release(self.base)
             return
@@ -124,12 +127,15 @@ def _count(rule: ConcurrencyRule, outcome: str) -> None:
     concurrency_decisions.labels(rule.name, outcome).inc()
 
 
-def slot_request(rule: ConcurrencyRule, value: str) -> SlotRequest:
-    """Return the first try for a slot of ``rule`` for counted ``value`` (made in the admission round trip)."""
+def slot_request(rule: ConcurrencyRule, value: str, limit: int) -> SlotRequest:
+    """Return the first try for a slot of ``rule`` for counted ``value`` (made in the admission round trip).
+
+    ``limit``: the slots it may have now (max_in_flight, or an adaptive policy's current limit).
+    """
     return SlotRequest(
         base=slots_base(rule, value),
         lease_id=uuid.uuid4().hex,
-        limit=rule.max_in_flight,
+        limit=limit,
         lease_seconds=rule.lease_seconds,
         # A dry run only counts: it never waits and always gets its (counted) slot.
         wait_ms=rule.max_wait_ms if rule.enforce else 0,
@@ -144,7 +150,8 @@ def acquire(
 
     ``first`` is a try already made (its request, and its answer or None), in the admission round trip.
     """
-    request, attempt = first if first is not None else (slot_request(rule, value), None)
+    limit = runtime.adaptive.limit(rule)
+    request, attempt = first if first is not None else (slot_request(rule, value, limit), None)
     base, lease_id = request.base, request.lease_id
     started = time.monotonic()
     deadline = started + request.wait_ms / 1000
@@ -154,9 +161,7 @@ def acquire(
         if attempt is None:
             left_ms = int((deadline - time.monotonic()) * 1000)
             try:
-                attempt = store.acquire(
-                    base, lease_id, rule.max_in_flight, rule.lease_seconds, left_ms, force=request.force
-                )
+                attempt = store.acquire(base, lease_id, limit, rule.lease_seconds, left_ms, force=request.force)
             except StoreUnavailable as e:
                 runtime.store_failed("concurrency", e, "admit", [(CONCURRENCY, rule.name)])
                 if waited:

@@ -228,7 +228,8 @@ class RequestDecision:
     def run(self, get_response: Callable[[HttpRequest], HttpResponse]) -> HttpResponse:
         """Decide the request in one round trip, then run the view under its bulkheads and breakers."""
         # Each bulkhead's first try for a slot rides on the same round trip, after the limits and breakers.
-        requests = [slot_request(rule, value) for rule, value in self.bounded]
+        adaptive = self.runtime.adaptive
+        requests = [slot_request(rule, value, adaptive.limit(rule)) for rule, value in self.bounded]
         self.admit(requests)
         admission = self.admission
         assert admission is not None

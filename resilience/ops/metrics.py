@@ -56,6 +56,13 @@ concurrency_in_flight = Gauge(
     ["policy"],
     multiprocess_mode="livesum",
 )
+# An adaptive policy's limit as this process last read it (every live worker reads the fleet's).
+concurrency_limit = Gauge(
+    "bookstore_concurrency_limit",
+    "The slots an adaptive concurrency policy hands out now, by policy.",
+    ["policy"],
+    multiprocess_mode="livemax",
+)
 concurrency_decisions = Counter(
     "bookstore_concurrency_decisions",
     "Concurrency-policy (bulkhead) decisions by policy and outcome.",

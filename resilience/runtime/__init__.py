@@ -32,6 +32,7 @@ from resilience.engine.breaker import BreakerConfig, BreakerStore, Transition
 from resilience.engine.limiter import LimitSpec, StoreDataError, StoreUnavailable
 from resilience.models import PolicyVersion
 from resilience.ops.metrics import store_errors
+from resilience.runtime.adaptive import AdaptiveLimits
 from resilience.runtime.errors import PolicyErrorLog
 from resilience.runtime.outcomes import SuccessBatch
 from resilience.runtime.policies import BREAKER, PolicyError, PolicySet, compile_policies
@@ -180,6 +181,12 @@ class Runtime:
             lambda operation, error, name: self.store_failed(operation, error, "record", [(BREAKER, name)]),
             _announce,
         )
+        # Adaptive concurrency limits (adaptive.py), shared through Redis when there is one.
+        self.adaptive = AdaptiveLimits(
+            lambda: self.shared.client if self.store_available() else None,  # type: ignore[attr-defined]  # Redis store
+            key_prefix(),
+            lambda operation, error: self.store_failed(operation, error),
+        )
         # Policies this worker could not use: counted, logged, and recorded for the admin and dashboard.
         self.policy_errors = PolicyErrorLog(
             (lambda: self.shared.client) if self.uses_redis else None,  # type: ignore[attr-defined]  # Redis store
@@ -195,6 +202,7 @@ class Runtime:
         if self._failover_watch is not None:
             self._failover_watch.close()
         self.breaker_successes.close()
+        self.adaptive.close()
 
     @property
     def uses_redis(self) -> bool:

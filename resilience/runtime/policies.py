@@ -154,6 +154,8 @@ class ConcurrencyRule:
     lease_seconds: int
     enforce: bool
     fail_open: bool
+    floor: int | None = None  # adaptive: the limit moves between this and max_in_flight (runtime/adaptive.py)
+    target_seconds: float = 1.0  # adaptive: a call slower than this counts as slow
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +451,8 @@ def compile_concurrency(policy: ConcurrencyPolicy) -> ConcurrencyRule:
         lease_seconds=policy.lease_seconds,
         enforce=policy.mode == ConcurrencyPolicy.Mode.ENFORCE,
         fail_open=policy.on_store_failure == ConcurrencyPolicy.OnStoreFailure.ALLOW,
+        floor=policy.adaptive_floor,
+        target_seconds=policy.adaptive_target_ms / 1000,
     )
 
 

@@ -79,6 +79,11 @@ def slot_keys(base: str) -> list[str]:
     return [f"{base}:s", f"{base}:q", f"{base}:d"]
 
 
+def adaptive_key(prefix: str, policy_id: int) -> str:
+    """Return the hash of a concurrency policy's adaptive limit (one per policy, whatever it counts by)."""
+    return f"{prefix}cc-limit:{{{policy_id}}}"
+
+
 def slots_pattern(prefix: str, policy_id: int) -> str:
     """Return the SCAN pattern of every slot set of a concurrency policy."""
     return f"{prefix}cc:{{{policy_id}:*}}:s"

@@ -395,6 +395,8 @@ def form(**fields: str) -> dict[str, str]:
         "max_wait_ms": "0",
         "lease_seconds": "30",
         "on_store_failure": "allow",
+        "adaptive_floor": "",  # a fixed limit, as the form comes
+        "adaptive_target_ms": "1000",
     }
     data.update(fields)
     return data
@@ -410,6 +412,10 @@ def form(**fields: str) -> dict[str, str]:
         ("lease_seconds", "0"),
         ("lease_seconds", "3601"),
         ("max_in_flight", "99999999999999999999"),
+        ("adaptive_floor", "0"),
+        ("adaptive_floor", "9"),  # above max_in_flight (8)
+        ("adaptive_target_ms", "0"),
+        ("adaptive_target_ms", "60001"),
     ],
 )
 def test_the_admin_refuses_numbers_out_of_bounds_with_a_form_error(
