@@ -37,6 +37,7 @@ class AdaptiveLimits:
         self._rules: dict[int, ConcurrencyRule] = {}  # the adaptive policies this process hands slots under
         self._limits: dict[int, int] = {}
         self._seen: dict[int, tuple[int, int]] = {}  # policy id -> calls, slow calls, since the last report
+        self._asked: set[int] = set()  # policies asked for a limit since the last report
         self._script: Any = None
         self._pid: int | None = None
         self._wake = threading.Event()
@@ -48,6 +49,7 @@ class AdaptiveLimits:
             return rule.max_in_flight
         if self._pid != os.getpid() or self._rules.get(rule.id) is not rule:
             self._watch(rule)
+        self._asked.add(rule.id)
         return max(rule.floor, min(rule.max_in_flight, self._limits.get(rule.id, rule.max_in_flight)))
 
     def finished(self, rule: ConcurrencyRule, seconds: float) -> None:
@@ -61,7 +63,10 @@ class AdaptiveLimits:
     def adjust(self) -> None:
         """Report what was seen and read each limit back: the background thread's work, once an interval."""
         with self._lock:
-            seen, self._seen = self._seen, {}
+            seen, self._seen, asked, self._asked = self._seen, {}, self._asked, set()
+            # A policy nothing asked for nor used in an interval (removed, made fixed, not matched here)
+            # is no longer reported; asked again, it is watched again.
+            self._rules = {k: rule for k, rule in self._rules.items() if k in asked or k in seen}
             rules = list(self._rules.values())
         client = self._client()
         for rule in rules:
