@@ -9,8 +9,6 @@ it (engine/concurrency.py: aimd_step). Until a worker has read it, it uses the c
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +16,11 @@ from typing import Any
 from resilience.engine.concurrency import ADJUST_SECONDS, DECREASE, SLOW_SHARE, aimd_step
 from resilience.engine.limiter import StoreUnavailable
 from resilience.ops.metrics import concurrency_limit
+from resilience.runtime.periodic import Periodic
 from resilience.runtime.policies import ConcurrencyRule
 from resilience.stores import scripts
 from resilience.stores.boundary import store_call
 from resilience.stores.keys import adaptive_key
-
-log = logging.getLogger("resilience")
 
 
 class AdaptiveLimits:
@@ -39,15 +36,13 @@ class AdaptiveLimits:
         self._seen: dict[int, tuple[int, int]] = {}  # policy id -> calls, slow calls, since the last report
         self._asked: set[int] = set()  # policies asked for a limit since the last report
         self._script: Any = None
-        self._pid: int | None = None
-        self._wake = threading.Event()
-        self._closed = False
+        self._adjuster = Periodic("adaptive-limits", ADJUST_SECONDS, self.adjust)
 
     def limit(self, rule: ConcurrencyRule) -> int:
         """Return the limit to hand out slots under now: the fleet's for an adaptive policy, else max_in_flight."""
         if rule.floor is None:
             return rule.max_in_flight
-        if self._pid != os.getpid() or self._rules.get(rule.id) is not rule:
+        if not self._adjuster.running_here() or self._rules.get(rule.id) is not rule:
             self._watch(rule)
         self._asked.add(rule.id)
         return max(rule.floor, min(rule.max_in_flight, self._limits.get(rule.id, rule.max_in_flight)))
@@ -83,8 +78,7 @@ class AdaptiveLimits:
             concurrency_limit.labels(rule.name).set(limit)
 
     def close(self) -> None:
-        self._closed = True
-        self._wake.set()
+        self._adjuster.stop()
 
     def _run_script(self, client: Any, policy_id: int, args: list[Any]) -> Any:
         if self._script is None:
@@ -93,16 +87,7 @@ class AdaptiveLimits:
 
     def _watch(self, rule: ConcurrencyRule) -> None:
         with self._lock:
-            if self._pid != os.getpid() and not self._closed:
+            if not self._adjuster.running_here() and self._adjuster.start():
                 # First here, or forked from a process that counted: its calls are its own to report.
-                self._pid, self._seen, self._limits = os.getpid(), {}, {}
-                threading.Thread(target=self._run, name="adaptive-limits", daemon=True).start()
+                self._seen, self._limits = {}, {}
             self._rules = {**self._rules, rule.id: rule}  # a policy edited since is watched as it is now
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(ADJUST_SECONDS)
-            try:
-                self.adjust()
-            except Exception:  # the thread must survive anything one interval meets
-                log.exception("adaptive limits not adjusted")

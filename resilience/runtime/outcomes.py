@@ -11,15 +11,12 @@ worker that dies loses what it had not reported: successes, never failures.
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
 from resilience.engine.breaker import BreakerConfig, State, StoreUnavailable, Transition
-
-log = logging.getLogger("resilience")
+from resilience.runtime.periodic import Periodic
 
 # How long a success may wait in process before it reaches Redis (seconds).
 FLUSH_SECONDS = 0.1
@@ -45,20 +42,15 @@ class SuccessBatch:
         self._announce = announce
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], tuple[BreakerConfig, int]] = {}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None  # of the process whose thread reports; a forked worker starts its own
-        self._closed = False
+        self._reporter = Periodic("breaker-successes", FLUSH_SECONDS, self.flush)
 
     def success(self, cfg: BreakerConfig, generation: int) -> None:
         """Count one success of a call the closed breaker ``cfg`` admitted with ``generation``."""
         key = (cfg.name, generation)
         with self._lock:
-            if self._pid != os.getpid() and not self._closed:
+            if not self._reporter.running_here() and self._reporter.start():
                 # First here, or a process forked from one that counted: what it counted is its own to report.
-                self._pid, self._pending = os.getpid(), {}
-                self._thread = threading.Thread(target=self._run, name="breaker-successes", daemon=True)
-                self._thread.start()
+                self._pending = {}
             _, count = self._pending.get(key, (cfg, 0))
             self._pending[key] = (cfg, count + 1)
 
@@ -85,17 +77,5 @@ class SuccessBatch:
 
     def close(self) -> None:
         """Report what is waiting and stop the background thread."""
-        self._closed = True
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid():
-            thread.join(timeout=1.0)
+        self._reporter.stop(wait=1.0)
         self.flush()
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(FLUSH_SECONDS)
-            try:
-                self.flush()
-            except Exception:  # the thread must survive anything one flush meets
-                log.exception("breaker successes not reported")
