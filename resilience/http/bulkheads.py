@@ -150,8 +150,8 @@ def acquire(
 
     ``first`` is a try already made (its request, and its answer or None), in the admission round trip.
     """
-    limit = runtime.adaptive.limit(rule)
-    request, attempt = first if first is not None else (slot_request(rule, value, limit), None)
+    request, attempt = first if first is not None else (slot_request(rule, value, runtime.adaptive.limit(rule)), None)
+    limit = request.limit  # the limit it was asked under: a later try in the same wait keeps to it
     base, lease_id = request.base, request.lease_id
     started = time.monotonic()
     deadline = started + request.wait_ms / 1000

@@ -99,7 +99,7 @@ def limit_spec(rule: RateLimitRule, value: str) -> LimitSpec:
     return spec
 
 
-Applied = list[tuple[RateLimitRule, LimitSpec]]
+Applied = Sequence[tuple[RateLimitRule, LimitSpec]]
 
 
 class RequestDecision:
@@ -113,7 +113,7 @@ class RequestDecision:
         runtime: Runtime,
         started: Started,
         version: int,
-        applied: Applied = (),  # type: ignore[assignment]  # an empty default, never mutated
+        applied: Applied = (),
         breakers: Sequence[BreakerRule] = (),
         bounded: Sequence[tuple[ConcurrencyRule, str]] = (),
     ) -> None:

@@ -10,11 +10,12 @@ from functools import lru_cache
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
+from resilience.engine.limiter import LimitSpec
 from resilience.http.bulkheads import release_all
 from resilience.http.decision import SHOWN, RequestDecision, RequestFacts, key_value, limit_spec
 from resilience.http.responses import rate_limit_headers
 from resilience.runtime import get_runtime
-from resilience.runtime.policies import ConcurrencyRule, PolicyError, RouteInfo
+from resilience.runtime.policies import ConcurrencyRule, PolicyError, RateLimitRule, RouteInfo
 
 _NO_ROUTE: RouteInfo = ("", frozenset())
 
@@ -93,13 +94,14 @@ class ResilienceMiddleware:
                 return refused
         if rules or bulkheads:
             facts = RequestFacts(request)
-            applied = decision.applied = []
+            applied: list[tuple[RateLimitRule, LimitSpec]] = []
             for rule in rules:
                 if rule.exempt_staff and facts.principal.is_staff:
                     continue
                 value = key_value(rule, facts)
                 if value is not None:
                     applied.append((rule, limit_spec(rule, value)))
+            decision.applied = applied
             bounded: list[tuple[ConcurrencyRule, str]] = []
             for bulkhead in bulkheads:
                 value = key_value(bulkhead, facts)
