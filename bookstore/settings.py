@@ -365,6 +365,11 @@ FAULT_INJECTION = env_bool("FAULT_INJECTION", False)
 # IPv6 clients are counted by network: one /64 is usually one subscriber.
 RATELIMIT_IPV6_PREFIX = env_int("RATELIMIT_IPV6_PREFIX", 64, minimum=1)
 
+# --- Catalogue ----------------------------------------------------------------------------
+# Bytes of rendered anonymous book pages a process keeps for the current catalogue version
+# (catalog/http.py); 0 renders every page.
+CATALOGUE_PAGE_CACHE_BYTES = env_int("CATALOGUE_PAGE_CACHE_BYTES", 8 * 1024 * 1024, minimum=0)
+
 # --- REST framework / OpenAPI ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -122,6 +122,9 @@ class BookSearchApi(APIView):
     permission_classes = [AllowAny]
     pagination_class = PageNumberPagination  # read by the schema generator
     resilience_tags = ("search",)
+    # Not kept (catalog/http.py): the words are any client's input, and pages for them would push out
+    # the list and detail pages every visitor shares.
+    keep_pages = False
 
     @extend_schema(
         parameters=[BookSearchInput, *http.SCHEMA_PARAMETERS],

@@ -6,6 +6,11 @@ and scheme) and the negotiated media type, so it changes with every staff edit, 
 pages are `public, max-age=5`: a CDN or nginx may serve one for five seconds, which is how far a shown
 stock figure may lag. A request with credentials gets `private` and no validator, and
 bookstore.cache_guard turns any `public` answer that sets a cookie into `private`.
+
+The same ETag keys a process's copies of rendered anonymous JSON pages (CATALOGUE_PAGE_CACHE_BYTES):
+it names everything such a page's bytes depend on, so the copy kept under it is the page the view
+would render, and a new catalogue version makes every older copy unreachable. A kept page costs
+the version read and no rendering; the first request for a page after each change renders it.
 """
 
 from __future__ import annotations
@@ -13,18 +18,24 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Literal
 
-from django.http import HttpResponseBase, HttpResponseNotModified
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseBase, HttpResponseNotModified
 from django.utils import timezone
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.crypto import salted_hmac
 from django.utils.http import http_date, parse_etags, parse_http_date_safe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from prometheus_client import Counter
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from catalog import selectors
 from resilience.http.stale import carries_credentials
@@ -75,11 +86,65 @@ def _not_modified(request: Request, etag: str, last_modified: int | None) -> boo
     return since is not None and last_modified is not None and last_modified <= since
 
 
+pages_served = Counter(
+    "bookstore_catalogue_pages",
+    "Public book pages answered with 200, by whether the body was a kept copy or rendered.",
+    ["body"],
+)
+_KEPT, _RENDERED = pages_served.labels("kept"), pages_served.labels("rendered")
+
+
+class _Pages:
+    """Rendered pages by ETag for the newest catalogue version seen, within a byte budget, oldest out first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = ""
+        self._pages: dict[str, tuple[bytes, str]] = {}  # ETag -> (body, Content-Type)
+        self._bytes = 0
+
+    def get(self, etag: str) -> tuple[bytes, str] | None:
+        return self._pages.get(etag)
+
+    def put(self, version: str, etag: str, body: bytes, content_type: str, budget: int) -> None:
+        if len(body) > budget:
+            return
+        with self._lock:
+            if version != self._version:
+                # Only to free memory: an older version's ETags are never computed again.
+                self._version, self._pages, self._bytes = version, {}, 0
+            while self._pages and self._bytes + len(body) > budget:
+                self._bytes -= len(self._pages.pop(next(iter(self._pages)))[0])
+            if etag not in self._pages:
+                self._pages[etag] = (body, content_type)
+                self._bytes += len(body)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._version, self._pages, self._bytes = "", {}, 0
+
+
+pages = _Pages()
+
+
+def _keep(view: APIView, request: Request, version: str, etag: str, response: HttpResponseBase) -> None:
+    """Render a page now, as DRF would after the view, and keep its bytes under its ETag."""
+    budget = settings.CATALOGUE_PAGE_CACHE_BYTES
+    # JSON only: the browsable API's HTML holds parts of its own per request (its forms' CSRF tokens).
+    if not budget or not isinstance(response, Response) or not isinstance(request.accepted_renderer, JSONRenderer):
+        return
+    response.accepted_renderer = request.accepted_renderer
+    response.accepted_media_type = request.accepted_media_type
+    response.renderer_context = view.get_renderer_context()  # type: ignore[attr-defined]  # DRF sets it, untyped
+    response.render()
+    pages.put(version, etag, response.content, response["Content-Type"], budget)
+
+
 def conditional_page(get: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Give a public book page's GET validators, a 304 without rendering, and shared-cache headers."""
 
     @functools.wraps(get)
-    def view(self: object, request: Request, *args: object, **kwargs: object) -> HttpResponseBase:
+    def view(self: APIView, request: Request, *args: object, **kwargs: object) -> HttpResponseBase:
         response: HttpResponseBase
         if carries_credentials(request):
             response = get(self, request, *args, **kwargs)
@@ -95,10 +160,16 @@ def conditional_page(get: Callable[..., HttpResponseBase]) -> Callable[..., Http
             last_modified = int(changed_at.timestamp())
         if _not_modified(request, etag, last_modified):
             response = HttpResponseNotModified()
+        elif (kept := pages.get(etag)) is not None:
+            response = HttpResponse(kept[0], content_type=kept[1])
+            _KEPT.inc()
         else:
             response = get(self, request, *args, **kwargs)
             if response.status_code != 200:
                 return response
+            _RENDERED.inc()
+            if getattr(self, "keep_pages", True):
+                _keep(self, request, version, etag, response)
         response["ETag"] = etag
         if last_modified is not None:
             response["Last-Modified"] = http_date(last_modified)

@@ -182,6 +182,7 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
     from one address; tests of the policies themselves create what they need.
     """
     from accounts import token_cache
+    from catalog.http import pages
     from resilience.http import principal
     from resilience.http.middleware import route_info
     from resilience.runtime import get_runtime
@@ -211,6 +212,9 @@ def _resilience_isolation(request: pytest.FixtureRequest) -> None:
             importlib.import_module(f"resilience.migrations.{name}").create(django_apps, None)
     principal.clear()
     token_cache.clear()
+    # A rolled-back test leaves the catalogue version as it found it, so the next test's pages would
+    # match the copies this one kept (a restored database is the same case; its version time tells it apart).
+    pages.clear()
     route_info.cache_clear()
     runtime = get_runtime()
     runtime.invalidate()

@@ -41,3 +41,26 @@ def test_every_worker_confirms_a_current_copy_and_none_a_copy_an_order_made_stal
         assert {json.loads(r.body)["stock"] for r in after} == {3}
         assert len({r.header("ETag") for r in after}) == 1
         assert after[0].header("ETag") != etag
+
+
+def test_no_worker_answers_from_a_copy_it_kept_before_an_order(
+    transactional_db: None, customer: User, make_book: Callable[..., Book]
+) -> None:
+    """Plain GETs, no validators: each worker keeps the page, and the order's new version retires every copy."""
+    book = make_book(title="The River", stock=5)
+    url, token = f"/api/books/{book.pk}", token_create(user=customer).token
+    with LiveServer(workers=2, threads=2) as server:
+        before = [request(server.port, url) for _ in range(12)]
+        assert {json.loads(r.body)["stock"] for r in before} == {5}
+        assert len({r.body for r in before}) == 1
+
+        order = {"lines": [{"book_id": book.pk, "quantity": 2}]}
+        headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+        placed = request(server.port, "/api/orders", method="POST", headers=headers, body=json.dumps(order).encode())
+        assert placed.status == 201
+
+        after = [request(server.port, url) for _ in range(12)]
+        assert {json.loads(r.body)["stock"] for r in after} == {3}
+        metrics = request(server.port, "/metrics").body.decode().splitlines()
+        kept = next(line for line in metrics if line.startswith('bookstore_catalogue_pages_total{body="kept"}'))
+        assert float(kept.split()[-1]) >= 24 - 2 * 2  # each worker renders at most once per version
