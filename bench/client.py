@@ -61,32 +61,30 @@ class Conn:
         reused = self.writer is not None and time.monotonic() - self.last_used < IDLE_REUSE
         if not reused:
             self.close()
-        for attempt in (1, 2):
-            if self.writer is None:
-                try:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-                except OSError as e:
-                    raise Transport(f"connect: {type(e).__name__}") from e
-                self.opened += 1
-            assert self.reader is not None
-            sent = time.monotonic()
             try:
-                async with asyncio.timeout(timeout):
-                    self.writer.write(payload)
-                    response = await _read(self.reader)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
-                self.close()
-                # A kept-alive connection the server closed meanwhile fails before any byte: send once more
-                # (scenario orders carry an Idempotency-Key, so one that did arrive is not placed twice).
-                partial = isinstance(e, asyncio.IncompleteReadError) and e.partial
-                if attempt == 1 and reused and not partial and not isinstance(e, TimeoutError):
-                    continue
-                raise Transport(type(e).__name__) from e
-            self.last_used = received = time.monotonic()
-            if response.headers.get("connection", "").lower() == "close":
-                self.close()
-            return response, sent, received
-        raise AssertionError("unreachable")
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            except OSError as e:
+                raise Transport(f"connect: {type(e).__name__}") from e
+            self.opened += 1
+        assert self.reader is not None
+        assert self.writer is not None
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                self.writer.write(payload)
+                response = await _read(self.reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
+            self.close()
+            # A kept-alive connection the server closed meanwhile fails before any byte: send once more, on a new
+            # one (scenario orders carry an Idempotency-Key, so one that did arrive is not placed twice).
+            partial = isinstance(e, asyncio.IncompleteReadError) and e.partial
+            if reused and not partial and not isinstance(e, TimeoutError):
+                return await self.send(payload, timeout)
+            raise Transport(type(e).__name__) from e
+        self.last_used = received = time.monotonic()
+        if response.headers.get("connection", "").lower() == "close":
+            self.close()
+        return response, sent, received
 
     def close(self) -> None:
         if self.writer is not None:
