@@ -1,9 +1,4 @@
-"""cluster: Redis time per admission, and the admissions/s it allows, on one Redis vs a 3-master cluster.
-
-An admission is one or two per-IP limits (sliding window, token bucket) of one of 5000 addresses.
-Redis time is what the masters report (INFO commandstats); the busiest one bounds the rate.
-Run: .venv/bin/python -m bench.cluster (not in bench/run: no gunicorn, no database).
-"""
+"""cluster: Redis time per admission, one Redis vs a 3-master cluster (docs/resilience.md; not in bench/run)."""
 
 from __future__ import annotations
 
