@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -94,8 +95,7 @@ def server(*, workers: int, threads: int, ready: str = "/health/live", **env: st
 
 @contextmanager
 def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds, after the block, its seconds, server CPU seconds, Redis calls by command and failed
-    Redis calls (a NOSCRIPT retry counts)."""
+    """Yield a dict filled after the block: seconds, server CPU seconds, Redis calls by command, failed ones."""
     began, (cpu, calls, failed), out = time.monotonic(), usage(server, redis), dict[str, Any]()
     yield out
     cpu_after, calls_after, failed_after = usage(server, redis)
@@ -129,28 +129,22 @@ def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
 Request = tuple[str, str, dict[str, str], str]  # method, path, headers, body
 
 
-def wrk(server: LiveServer, requests: Sequence[Request], *, seconds: float, connections: int) -> dict[str, Any]:
-    """Drive the server with wrk: `connections` keep-alive connections sending the requests in turn."""
-    with tempfile.NamedTemporaryFile("w", suffix=".requests") as f:
-        f.writelines("\t".join([m, p, b, *(f"{k}: {v}" for k, v in h.items())]) + "\n" for m, p, h, b in requests)
-        f.flush()
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "15s",
-               "-s", str(ROOT / "bench" / "wrk.lua"), server.url, "--", f.name]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    r = json.loads(line[5:])
-    ms = {k.removesuffix("_us") + "_ms": round(v / 1000, 2) for k, v in r.items() if k.endswith("_us")}
-    return {**r, **ms, "per_second": round(r["requests"] / (r["duration_us"] / 1e6), 1)}
-
-
 def wrk_round(server: LiveServer, redis: Any, mix: Sequence[Request], cfg: dict[str, Any]) -> dict[str, Any]:
     """Warm up with wrk for cfg's warmup, then measure cfg's duration; return wrk's figures and per_request()'s."""
-    wrk(server, mix, seconds=cfg["warmup"], connections=cfg["clients"])
-    with spent(server, redis) as out:
-        r = wrk(server, mix, seconds=cfg["duration"], connections=cfg["clients"])
-    return r | per_request(out, r["requests"])
+    with tempfile.NamedTemporaryFile("w", suffix=".requests") as f:
+        f.writelines("\t".join([m, p, b, *(f"{k}: {v}" for k, v in h.items())]) + "\n" for m, p, h, b in mix)
+        f.flush()
+        for seconds in (cfg["warmup"], cfg["duration"]):  # the last run's figures are the round's
+            cmd = ["wrk", "-t1", f"-c{cfg['clients']}", f"-d{max(1, round(seconds))}s", "--timeout", "15s",
+                   "-s", str(ROOT / "bench" / "wrk.lua"), server.url, "--", f.name]  # fmt: skip
+            with spent(server, redis) as out:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
+            if line is None:
+                raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    r = json.loads(line[5:])
+    r |= {k.removesuffix("_us") + "_ms": round(v / 1000, 2) for k, v in r.items() if k.endswith("_us")}
+    return r | {"per_second": round(r["requests"] / (r["duration_us"] / 1e6), 1)} | per_request(out, r["requests"])
 
 
 def load(server: LiveServer, clients: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -215,11 +209,8 @@ def machine(redis: Any) -> dict[str, Any]:
     cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
     mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
     release_db()
-    probe = math.inf  # the best of three timings of a fixed pure-Python loop: how fast this VM runs right now
-    for _ in range(3):
-        began = time.process_time()
-        sum(i * i for i in range(1_000_000))
-        probe = min(probe, time.process_time() - began)
+    # The best of three timings of a fixed pure-Python loop: how fast this VM runs right now.
+    probe = min(timeit.repeat("sum(i * i for i in range(1_000_000))", timer=time.process_time, number=1, repeat=3))
     return {
         "nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else "?",
         "ram_gib": round(int(mem.group(1)) / 2**20, 1) if mem else "?",
