@@ -1,4 +1,4 @@
-"""The scenario's actors on one clock (`python -m bench.actors`: spec on stdin, records to a file)."""
+"""The scenario's actors on one clock (`python -m bench.actors`: spec on stdin, records on stdout)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bench.client import Pool, Response, Transport, encode
@@ -38,7 +37,7 @@ class Load:
     """The actors' shared state: the clock, the records, what happened."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec, self.t0, self.seq, self.events, self.tasks = spec, spec["t0"], 0, {}, set[asyncio.Task[Any]]()
+        self.spec, self.t0, self.seq, self.events, self.group = spec, spec["t0"], 0, {}, asyncio.TaskGroup()
         self.records, self.samples, self.errors, self.late = list[list[Any]](), list[list[Any]](), Counter(), Counter()
 
     def pool(self, size: int = 1) -> Pool:
@@ -49,11 +48,6 @@ class Load:
 
     async def until(self, at: float) -> None:
         await asyncio.sleep(max(0.0, self.t0 + at - time.monotonic()))
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     async def call(self, pool: Pool, actor: str, endpoint: str, *request: Any, extra: Any = None) -> Outcome:
         """Send (method, path, headers[, body]) and record it; return the response (None if none came) and record."""
@@ -119,7 +113,7 @@ async def legit(load: Load, users: list[User]) -> None:
     rng, at = random.Random(load.spec["seed"]), 0.0
     while (at := at + rng.expovariate(load.spec["legit_rate"])) < load.spec["end"]:
         await load.until(at)
-        load.spawn(act(load, rng.choice(users), random.Random(rng.random())))
+        load.group.create_task(act(load, rng.choice(users), random.Random(rng.random())))
 
 
 async def fixed_rate(load: Load, actor: str, rate: float, size: int, make: Callable[[int], tuple[Any, ...]]) -> int:
@@ -128,23 +122,24 @@ async def fixed_rate(load: Load, actor: str, rate: float, size: int, make: Calla
     for n in range(int((end - start) * rate)):
         await load.until(start + n / rate)
         load.late[actor] += time.monotonic() - (load.t0 + start + n / rate) > 0.05  # behind schedule by > 50 ms
-        load.spawn(load.call(pool, actor, *make(n)))
+        load.group.create_task(load.call(pool, actor, *make(n)))
     return sum(c.opened for c in pool.conns)
 
 
 async def spike(load: Load, index: int, at: float) -> None:
     """Let a crowd of customers, each from its own address on a new connection, order hot books within seconds."""
-    rng = random.Random(load.spec["seed"] + 1000 + index)
+    rng, tokens = random.Random(load.spec["seed"] + 1000 + index), load.spec["tokens"]
 
-    async def one(n: int, token: str, ip: str, delay: float) -> None:
+    async def one(n: int, delay: float) -> None:
         await load.until(at + delay)
+        token, ip = tokens[(index * 97 + n) % len(tokens)], address(2 + index, n)
         user = {"pool": load.pool(), "headers": {"Authorization": f"Token {token}", "X-Forwarded-For": ip}}
         book, copies = rng.choice(load.spec["hot_ids"]), rng.choice((1, 1, 2))
         await order(load, user, rng, "spike", f"spike{index}-{n}", book, copies)
         user["pool"].close()
 
-    crowd = enumerate(load.spec["spike_customers"][index])
-    await asyncio.gather(*(one(n, t, ip, rng.uniform(0, load.spec["spike_seconds"])) for n, (t, ip) in crowd))
+    crowd = range(load.spec["spike_customers"])
+    await asyncio.gather(*(one(n, rng.uniform(0, load.spec["spike_seconds"])) for n in crowd))
 
 
 async def staff(load: Load) -> None:
@@ -180,9 +175,9 @@ async def sampler(load: Load) -> None:
 async def play(spec: dict[str, Any]) -> dict[str, Any]:
     """Play every actor; return the records and what the run itself cost and missed."""
     load, words = Load(spec), spec["words"]
-    users = [{"headers": {"Authorization": f"Token {token}", "X-Forwarded-For": ip}} for token, ip in spec["users"]]
-    for i, user in enumerate(users):
-        user |= {"index": i, "pool": load.pool(), "lock": asyncio.Lock(), "keys": 0}
+    users = [{"index": i, "pool": load.pool(), "lock": asyncio.Lock(), "keys": 0} for i in range(len(spec["tokens"]))]
+    for user, token in zip(users, spec["tokens"], strict=True):
+        user["headers"] = {"Authorization": f"Token {token}", "X-Forwarded-For": address(1, user["index"])}
     crawler = {"X-Forwarded-For": address(9, 0)}
     bot = {"X-Forwarded-For": address(9, 1), "Content-Type": "application/json"}
 
@@ -199,24 +194,18 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
     spikes = [spike(load, i, at) for i, at in enumerate(spec["spikes"])]
     crawling = fixed_rate(load, "crawler", spec["crawler_rate"], 64, crawl)
     bot_stuffing = fixed_rate(load, "bot", spec["bot_rate"], 32, stuff)
-    done = await asyncio.gather(crawling, bot_stuffing, legit(load, users), staff(load), sampler(load), *spikes)
-    while load.tasks:  # every request sent has a known outcome before the report
-        await asyncio.gather(*list(load.tasks))
+    async with load.group:  # which awaits every request sent: each has a known outcome before the report
+        done = await asyncio.gather(crawling, bot_stuffing, legit(load, users), staff(load), sampler(load), *spikes)
     out = {"records": load.records, "samples": load.samples, "events": load.events, "wall_t0": wall_t0}
     out |= {"transport_errors": dict(load.errors), "late": dict(+load.late), "crawler_connections": done[0]}
     return out | {"bot_connections": done[1], "wall_seconds": round(time.monotonic() - load.t0, 3)}
 
 
-def main() -> None:
-    """Play the spec read on stdin and write the records to the file it names."""
+if __name__ == "__main__":
     gc.disable()  # the records hold no cycles: no collector pauses inside the latencies (docs/benchmarks.md.in)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)
     spec = json.load(sys.stdin)
     out = asyncio.run(play(spec)) | {"fields": FIELDS, "cpu_seconds": round(time.process_time(), 2)}
     out["generator"] = {"gc": "off", "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
-    Path(spec["output"]).write_text(json.dumps(out, separators=(",", ":")))
-
-
-if __name__ == "__main__":
-    main()
+    json.dump(out, sys.stdout, separators=(",", ":"))

@@ -147,15 +147,19 @@ def wrk_round(server: LiveServer, redis: Any, mix: Sequence[Request], cfg: dict[
     return r | {"per_second": round(r["requests"] / (r["duration_us"] / 1e6), 1)} | per_request(out, r["requests"])
 
 
-def load(server: LiveServer, clients: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    """Run bench/client.py's closed loop in a process of its own, one connection per client; return its report."""
-    spec = {"host": "127.0.0.1", "port": server.port, "clients": clients, **spec}
-    limit = spec.get("warmup", 0) + spec.get("duration", 600) + 120
-    proc = subprocess.run([sys.executable, "-m", "bench.client"], cwd=ROOT, input=json.dumps(spec),
-                          capture_output=True, text=True, timeout=limit, check=False)  # fmt: skip
+def child(module: str, spec: dict[str, Any], timeout: float) -> Any:
+    """Run `python -m module` in a process of its own, the spec as JSON on its stdin; return the JSON it prints."""
+    proc = subprocess.run([sys.executable, "-m", module], cwd=ROOT, input=json.dumps(spec),
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
     if proc.returncode:
-        raise RuntimeError(f"bench/client.py failed ({proc.returncode}):\n{proc.stderr}")
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout)
+
+
+def load(server: LiveServer, clients: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    """Run bench/client.py's closed loop, one connection per client; return its report."""
+    spec = {"host": "127.0.0.1", "port": server.port, "clients": clients, **spec}
+    return child("bench.client", spec, timeout=spec.get("warmup", 0) + spec.get("duration", 600) + 120)
 
 
 def alternate(labels: Sequence[str], rounds: int) -> Iterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import lib, verdict
-from bench.actors import address
 
 NAME = "scenario"
 WORKERS, BOOKS, CUSTOMERS, HOT_BOOKS = 4, 2000, 400, 3
@@ -114,28 +112,21 @@ def run() -> dict[str, Any]:
         seed_seconds, machine = round(time.monotonic() - began, 1), lib.machine(redis)
         env = {"FAULT_INJECTION": "true", "TRUSTED_PROXY_COUNT": "1", "DB_POOL_MIN": "1", "DB_POOL_MAX": str(pool)}
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
-            t0, output = time.monotonic() + 1.5, lib.RESULTS / f"{NAME}.load.json"  # 1.5 s: the actors start up
-            spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126, "output": str(output)}
+            t0 = time.monotonic() + 1.5  # 1.5 s: the actors start up
+            spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126}
             spec |= {**timeline, **RATES, "words": WORDS.split(), "slow_ms": SLOW_MS}
-            spec["users"] = [[t, address(1, n)] for n, t in enumerate(s["tokens"])]
-            spec |= {k: s[k] for k in ("book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
-            crowd = range(SPIKE_CUSTOMERS)
-            spec["spike_customers"] = [[[s["tokens"][(i * 97 + n) % CUSTOMERS], address(2 + i, n)] for n in crowd]
-                                       for i in range(len(timeline["spikes"]))]  # fmt: skip
+            spec["spike_customers"] = SPIKE_CUSTOMERS
+            spec |= {k: s[k] for k in ("tokens", "book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
             db_samples, stop = [], threading.Event()
             (sampler := threading.Thread(target=sample, args=(t0, db, db_samples, stop), daemon=True)).start()
             with lib.spent(server, redis) as spent:
-                cpu, actors, limit = redis.info("cpu"), [sys.executable, "-m", "bench.actors"], TIMELINE["end"] + 99
-                proc = subprocess.run(actors, cwd=lib.ROOT, input=json.dumps(spec), text=True, timeout=limit)
+                cpu = redis.info("cpu")
+                load = lib.child("bench.actors", spec, timeout=TIMELINE["end"] + 99)
                 cpu = {k: redis.info("cpu")[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user")}
             stop.set()
             sampler.join()
-            if proc.returncode:
-                raise RuntimeError(f"the scenario's actors failed ({proc.returncode})")
             counted = lib.metrics(server.port, *METRICS)
             timings = {f[3]: [int(f[1]), int(f[2])] for f in server.access_lines() if f[3].startswith("sc")}
-        load = json.loads(output.read_text())
-        output.unlink()  # the records go to scenario.records.json, as judged
         records = [dict(zip(load["fields"], r, strict=True)) for r in load.pop("records")]
         checks = db_checks(s["initial_stock"], records)
         lib.release_db()
@@ -183,8 +174,7 @@ def main() -> int:
         # What the charts are drawn from (bench/charts.py); the verdict's figures go to scenario.json.
         records.write_text(json.dumps({k: results[k] for k in ("records", "samples", "server_timings")}))
     judged = verdict.judge(results)
-    for k in ("records", "samples", "server_timings"):
-        del results[k]
+    results = {k: v for k, v in results.items() if k not in ("records", "samples", "server_timings")}
     return lib.finish(NAME, **(results | judged | {"shapes": remember_shape(results, judged)}))
 
 
