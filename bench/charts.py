@@ -17,7 +17,6 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     plt.switch_backend("Agg")
-
     results = json.loads((lib.RESULTS / "scenario.json").read_text())
     raw = json.loads((lib.RESULTS / "scenario.records.json").read_text())
     tl, fault, records = results["config"]["timeline"], results["report"]["fault"], raw["records"]

@@ -28,15 +28,14 @@ DECISIONS = "bookstore_concurrency_decisions_total"  # the bulkhead's, from /met
 ADMITTED = f'{DECISIONS}{{outcome="admitted",policy="{BULKHEAD["name"]}"}}'
 
 
-def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | None, bulkhead: Any = None) -> None:
+def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any], bulkhead: Any = None) -> None:
     """Disable every policy but the database breaker (which guards connections, not paths), then create these."""
     from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
     RateLimitPolicy.objects.update(enabled=False)
     ConcurrencyPolicy.objects.update(enabled=False)
     CircuitBreakerPolicy.objects.exclude(name="database").update(enabled=False)  # the "search" breaker too
-    policies: list[Any] = [RateLimitPolicy(**fields) for fields in limits]
-    policies += [CircuitBreakerPolicy(**breaker)] if breaker else []
+    policies = [*(RateLimitPolicy(**fields) for fields in limits), CircuitBreakerPolicy(**breaker)]
     policies += [ConcurrencyPolicy(**bulkhead)] if bulkhead else []
     for policy in policies:
         policy.match_type, policy.pattern = "prefix", path

@@ -34,8 +34,7 @@ def latency_ms(r: Record) -> float:
     return (r["received"] - r["sent"]) * 1000
 
 
-def pcts(values: Iterable[float], *qs: float) -> dict[float, float]:
-    values = list(values)
+def pcts(values: list[float], *qs: float) -> dict[float, float]:
     return {q: round(percentile(values, q), 2) for q in qs}
 
 
@@ -93,8 +92,7 @@ class Facts:
         self.opened_store = min((t for t in wall if t >= self.fault_on - 1), default=None)
         bounds = [t for t in (self.first_open_sample, self.first_503) if t is not None]
         self.opened_at = self.opened_store if self.opened_store is not None else min(bounds, default=None)
-        closed = [s[1] for s in samples if s[0] >= self.fault_off_received and s[2] == "closed"]
-        self.closed_at = closed[0] if closed else None
+        self.closed_at = next((s[1] for s in samples if s[0] >= self.fault_off_received and s[2] == "closed"), None)
         self.open_seconds = self.cfg["policies"]["breakers"]["search"]["open_seconds"]
         late_end = self.fault_off_received + self.open_seconds + CLOSE_SLACK_S
         self.failure = (self.fault_on, self.closed_at if self.closed_at is not None else late_end)
@@ -144,8 +142,6 @@ class Facts:
         out |= {"violation": violation, "max_in_any_period": surely, "max_by_send": by_send, "span": round(span, 2)}
         out |= {"bound_over_span": admissible(p, span), "admitted_sent": [round(r["sent"], 2) for r in admitted[:40]]}
         return out
-
-    # The checks: each returns (ok, measured, limit, figures) from the facts.
 
     @named("crawler admitted within search-ip")
     def crawler_budget(self) -> Judged:
@@ -201,7 +197,7 @@ class Facts:
         searches = [r for r in self.legit if r["endpoint"] == "search" and lo <= r["sent"] < hi]
         figures = {"baseline_ms": round(base, 1), "slowdown_ms": round(slow, 1), "peak": peak, "bulkhead": slots}
         figures |= {"legit_searches": listing(Counter(r["outcome"] for r in searches))}
-        figures["legit_search_ms"] = pcts((latency_ms(r) for r in searches if r["outcome"] == "2xx"), 50, 99)
+        figures["legit_search_ms"] = pcts([latency_ms(r) for r in searches if r["outcome"] == "2xx"], 50, 99)
         measured = f"{slow:.1f} ms vs {base:.1f} ms (x{slow / base if base else 0:.2f}); at most {peak} slow at once"
         ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
         return ok, measured, f"≤ 2x baseline; ≤ {slots['max_in_flight']}", figures
@@ -308,7 +304,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     moments = "fault_on fault_on_answered fault_off opened_store first_open_sample first_503 closed_at".split()
     fault = {k: getattr(f, k) for k in moments} | {"rejections": len(f.rejected)}
     fault["dependency_failures"] = sum(r["outcome"] == "503 dependency failed" for r in f.records)
-    timing = {f"{k}_decision": pcts((r["timing"][0] for r in rs if r["timing"]), 50, 99) for k, rs in timed.items()}
+    timing = {f"{k}_decision": pcts([r["timing"][0] for r in rs if r["timing"]], 50, 99) for k, rs in timed.items()}
     timing |= {f"{k}_served": pcts(f.served_ms(rs), 50, 99) for k, rs in timed.items()}
     report = {
         **{k: x[3] for k, x in by.items()}, "window": f.failure, "slowdown": f.slowdown, "fault": fault,
