@@ -205,7 +205,6 @@ if __name__ == "__main__":
     gc.disable()  # the records hold no cycles: no collector pauses inside the latencies (docs/benchmarks.md.in)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)
-    spec = json.load(sys.stdin)
-    out = asyncio.run(play(spec)) | {"fields": FIELDS, "cpu_seconds": round(time.process_time(), 2)}
+    out = asyncio.run(play(json.load(sys.stdin))) | {"fields": FIELDS, "cpu_seconds": round(time.process_time(), 2)}
     out["generator"] = {"gc": "off", "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
     json.dump(out, sys.stdout, separators=(",", ":"))

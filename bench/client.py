@@ -43,8 +43,7 @@ async def _read(reader: asyncio.StreamReader) -> Response:
         await reader.readuntil(b"\r\n")
         body = b"".join(parts)
     else:
-        length = int(headers.get("content-length", 0))
-        body = await reader.readexactly(length) if length else b""
+        body = await reader.readexactly(int(headers.get("content-length", 0)))
     return Response(int(status_line.split(" ", 2)[1]), headers, body)
 
 

@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PG = "postgres://postgres@127.0.0.1:5432/"
 SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")  # Redis commands that run Lua
+COLUMNS = "config|req/s|per round|CPU ms/req|mean ms|p50 ms|p99 ms|Redis RT/req|Redis calls/req".split("|")
+Request = tuple[str, str, dict[str, str], str]  # method, path, headers, body
+WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
+WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
 
 
 def knobs(**defaults: float) -> dict[str, Any]:
@@ -126,9 +130,6 @@ def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
     return per | {"by_command": {k: round(v / n, 3) for k, v in sorted(calls.items())}}
 
 
-Request = tuple[str, str, dict[str, str], str]  # method, path, headers, body
-
-
 def wrk_round(server: LiveServer, redis: Any, mix: Sequence[Request], cfg: dict[str, Any]) -> dict[str, Any]:
     """Warm up with wrk for cfg's warmup, then measure cfg's duration; return wrk's figures and per_request()'s."""
     with tempfile.NamedTemporaryFile("w", suffix=".requests") as f:
@@ -166,9 +167,6 @@ def alternate(labels: Sequence[str], rounds: int) -> Iterator[str]:
     """Yield the labels round after round, every other round reversed, so drift in load falls on all alike."""
     for n in range(rounds):
         yield from (labels if n % 2 == 0 else reversed(labels))
-
-
-COLUMNS = "config|req/s|per round|CPU ms/req|mean ms|p50 ms|p99 ms|Redis RT/req|Redis calls/req".split("|")
 
 
 def summarise(labels: dict[str, str], runs: dict[str, list[dict[str, Any]]]) -> tuple[list[Any], list[Any]]:

@@ -16,6 +16,9 @@ DESIGNED[(503, "dependency-unavailable")] = "503 dependency failed"  # the faili
 DESIGNED[(503, "concurrency-limit")] = "503 bulkhead full"
 REJECT_P99_MS, OPEN_WITHIN_S, CLOSE_SLACK_S = 5.0, 1.0, 5.0
 Record = dict[str, Any]
+Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
+Check = Callable[[Any], Judged]  # a method of Facts
+CHECKS: dict[str, tuple[str, Check]] = {}
 
 
 def outcome(r: Record) -> str:
@@ -45,17 +48,11 @@ def policy_text(p: dict[str, Any]) -> str:
 
 
 def admissible(p: dict[str, Any], span: float) -> int:
-    """Return the most requests of one key the policy can admit within any `span` seconds: a token bucket (GCRA)
-    the burst, then one per period / limit; a window its limit per period, a fixed one per window touched."""
+    """Return the most requests of one key the policy can admit in any `span` seconds (docs/benchmarks.md.in)."""
     limit, period = p["limit"], float(p["period"])
     if p["algorithm"] == "token_bucket":
         return (p["burst"] or limit) + math.floor(span / (period / limit) + 1e-9) if limit else 0
     return limit * (math.ceil(span / period) + (p["algorithm"] == "fixed_window"))
-
-
-Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
-Check = Callable[[Any], Judged]  # a method of Facts
-CHECKS: dict[str, tuple[str, Check]] = {}
 
 
 def named(label: str) -> Callable[[Check], Check]:
