@@ -7,7 +7,6 @@ import json
 from bench import lib
 
 NAME = "reads"
-WORDS = "river night garden machine city silence winter letters stone memory light shadow".split()
 
 
 def main() -> int:
@@ -29,7 +28,7 @@ def main() -> int:
         mixes = {
             "book list": [("GET", f"/api/books?page={n}&page_size=20", json_, "") for n in range(1, 51)],
             "book detail": [("GET", f"/api/books/{pk}", json_, "") for pk in ids],
-            "search": [("GET", f"/api/books/search?q={w}", json_, "") for w in WORDS],
+            "search": [("GET", f"/api/books/search?q={w}", json_, "") for w in lib.WORDS.split()[:12]],
             "order placement": [("POST", "/api/orders", h, json.dumps({"lines": [{"book_id": pk, "quantity": 1}]}))
                                 for h, pk in orders],
         }  # fmt: skip

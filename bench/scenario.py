@@ -21,8 +21,6 @@ TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_o
 TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
 SLOW_MS = 1000  # every search's wait in the slowdown, under the search breaker's slow-call threshold (2 s)
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
-WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
-WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
 METRICS = ("bookstore_ratelimit_decisions_total", "bookstore_breaker_transitions_total", "bookstore_breaker_rej")
 METRICS += ("bookstore_concurrency_decisions_total",)
 SHAPES_KEPT = 5  # runs kept per server shape in bench/results/scenario-shapes.json
@@ -114,7 +112,7 @@ def run() -> dict[str, Any]:
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
             t0 = time.monotonic() + 1.5  # 1.5 s: the actors start up
             spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126}
-            spec |= {**timeline, **RATES, "words": WORDS.split(), "slow_ms": SLOW_MS}
+            spec |= {**timeline, **RATES, "words": lib.WORDS.split(), "slow_ms": SLOW_MS}
             spec["spike_customers"] = SPIKE_CUSTOMERS
             spec |= {k: s[k] for k in ("tokens", "book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
             db_samples, stop = [], threading.Event()
@@ -146,23 +144,7 @@ def run() -> dict[str, Any]:
     config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
     config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
     config["policies"] = s["policies"]
-    config["server"] = f"gunicorn -c deploy/gunicorn.conf.py bookstore.wsgi, {WORKERS} gthread workers × {threads} "
-    config["server"] += f"threads, --preload, DB_POOL_MAX={pool}, TRUSTED_PROXY_COUNT=1, FAULT_INJECTION=true"
     return out | {"config": config, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-
-
-def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict[str, Any]]:
-    """Keep this run's key figures with the last few runs of its server shape; return all kept, this one first."""
-    path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
-    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
-            "finished_at": results["finished_at"], **judged["shape_figures"],
-            "server_cpu_s": results["server_cpu_seconds"], "cpu_probe_ms": results["machine"]["cpu_probe_ms"],
-            "failed": ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"}  # fmt: skip
-    runs = [r for r in json.loads(path.read_text()) if r["finished_at"] != mine["finished_at"]] if path.exists() else []
-    kept = [r for r in runs if r["shape"] != mine["shape"]]
-    kept += [r for r in runs if r["shape"] == mine["shape"]][-(SHAPES_KEPT - 1) :] + [mine]
-    path.write_text(json.dumps(kept, indent=1) + "\n")
-    return [mine, *(r for r in reversed(kept) if r is not mine)]
 
 
 def main() -> int:
@@ -175,7 +157,17 @@ def main() -> int:
         records.write_text(json.dumps({k: results[k] for k in ("records", "samples", "server_timings")}))
     judged = verdict.judge(results)
     results = {k: v for k, v in results.items() if k not in ("records", "samples", "server_timings")}
-    return lib.finish(NAME, **(results | judged | {"shapes": remember_shape(results, judged)}))
+    # This run's key figures, kept with the last few runs of its server shape; all kept are shown, this one first.
+    path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
+    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
+            "finished_at": results["finished_at"], **judged["shape_figures"],
+            "server_cpu_s": results["server_cpu_seconds"], "cpu_probe_ms": results["machine"]["cpu_probe_ms"],
+            "failed": ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"}  # fmt: skip
+    runs = [r for r in json.loads(path.read_text()) if r["finished_at"] != mine["finished_at"]] if path.exists() else []
+    kept = [r for r in runs if r["shape"] != mine["shape"]]
+    kept += [r for r in runs if r["shape"] == mine["shape"]][-(SHAPES_KEPT - 1) :] + [mine]
+    path.write_text(json.dumps(kept, indent=1) + "\n")
+    return lib.finish(NAME, **(results | judged | {"shapes": [mine, *(r for r in reversed(kept) if r is not mine)]}))
 
 
 if __name__ == "__main__":
