@@ -37,14 +37,13 @@ def main() -> int:
         from resilience.models import RateLimitPolicy
 
         book = book_create(isbn="9790000000018", title="Hot", price=Decimal("12.50"), stock=10**9, authors=["B"])
-        tokens = lib.customers(cfg["clients"])
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        auth = [{**headers, "Authorization": f"Token {t}"} for t in lib.customers(cfg["clients"])]
         RateLimitPolicy.objects.update(enabled=False)
         machine = lib.machine(redis)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         body, runs = json.dumps({"lines": [{"book_id": book.pk, "quantity": 1}]}), {}
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
             for label, path in {"app": "/api/orders", "minimal": f"/bench/order/{book.pk}"}.items():
-                auth = [{**headers, "Authorization": f"Token {t}"} for t in tokens]
                 clients = [{"method": "POST", "path": path, "body": body, "headers": h} for h in auth]
                 with lib.spent(server, redis) as spent:
                     r = lib.load(server, clients, warmup=cfg["warmup"], count=cfg["orders"])

@@ -219,10 +219,9 @@ class Facts:
         # Every rejection must carry its timing; a missing one counts as infinitely slow.
         n = len(views["decision"])
         p99 = percentile(views["decision"], 99) if n and n == len(self.rejected) else math.inf
-        measured = f"{p99:.2f} ms refusal (Server-Timing, {n} of {len(self.rejected)}); "
-        measured += f"{percentile(views['server'], 99):.2f} ms gunicorn service time; "
-        measured += f"{percentile(views['client'], 99):.2f} ms client"
         figures = {k: {"count": len(v), **pcts(v, 50, 99, 100)} for k, v in views.items()}
+        measured = f"{p99:.2f} ms refusal (Server-Timing, {n} of {len(self.rejected)}); "
+        measured += f"{figures['server'][99]:.2f} ms gunicorn service time; {figures['client'][99]:.2f} ms client"
         return p99 < REJECT_P99_MS, measured, f"< {REJECT_P99_MS:g} ms", figures
 
     @named("search breaker closes after recovery")
@@ -276,6 +275,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     f = Facts(results)
     by = {name: fn(f) for name, (_, fn) in CHECKS.items()}
     checks = [check(CHECKS[name][0], *x[:3], **x[3]) for name, x in by.items()]
+    fig = {name: x[3] for name, x in by.items()}  # each check's figures
     warm, (start, end) = f.tl["warmup"][1], f.tl["attack"]
     phases = {"warm-up (not judged)": (0, warm), "baseline": (warm, start), "attack, before the failure": (start,
               f.failure[0]), "failure window": f.failure, "attack, after recovery": (f.failure[1], f.slowdown[0]),
@@ -290,21 +290,20 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     by_endpoint = {e: [r for r in f.legit if r["endpoint"] == e] for e in dict.fromkeys(r["endpoint"] for r in f.legit)}
     timed = {"search": [r for r in f.records if r["endpoint"] == "search" and r["status"] == 200]}
     timed["limited"] = [r for r in f.records if r["status"] == 429]
-    rej = by["rejects_fast"][3]
+    rej = fig["rejects_fast"]
     views = {"refusal (Server-Timing)": "decision", "its thread's CPU": "cpu", "gunicorn service time": "server",
              "client side": "client"}  # fmt: skip
     p99 = {r[0]: r[5] for r in rows if r[1] == "all"}
-    shape = {"baseline_p99_ms": by["legit_p99"][3]["baseline_ms"], "outside_p99_ms": by["legit_p99"][3]["outside_ms"]}
+    shape = {"baseline_p99_ms": fig["legit_p99"]["baseline_ms"], "outside_p99_ms": fig["legit_p99"]["outside_ms"]}
     shape |= {f"{k}_p99_ms": p99[p] for k, p in zip(("attack", "failure", "after"), list(phases)[2:5], strict=True)}
-    shape["slowdown_p99_ms"] = by["slowdown_p99"][3]["slowdown_ms"]
-    shape["db_max_connections"] = by["db_connections"][3]["max"]
+    shape |= {"slowdown_p99_ms": fig["slowdown_p99"]["slowdown_ms"], "db_max_connections": fig["db_connections"]["max"]}
     moments = "fault_on fault_on_answered fault_off opened_store first_open_sample first_503 closed_at".split()
     fault = {k: getattr(f, k) for k in moments} | {"rejections": len(f.rejected)}
     fault["dependency_failures"] = sum(r["outcome"] == "503 dependency failed" for r in f.records)
     timing = {f"{k}_decision": pcts([r["timing"][0] for r in rs if r["timing"]], 50, 99) for k, rs in timed.items()}
     timing |= {f"{k}_served": pcts(f.served_ms(rs), 50, 99) for k, rs in timed.items()}
     report = {
-        **{k: x[3] for k, x in by.items()}, "window": f.failure, "slowdown": f.slowdown, "fault": fault,
+        **fig, "window": f.failure, "slowdown": f.slowdown, "fault": fault,
         "requests": len(f.records),
         "scripts_per_request": round(results["redis_script_calls"] / max(len(f.records), 1), 2),
         "timing": {k: " / ".join(map(str, v.values())) for k, v in timing.items()},
@@ -315,7 +314,7 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
         "policies": "; ".join(f"{n} {policy_text(p)} per {p['key']} on {p['methods']} `{p['pattern']}`"
                               for n, p in f.cfg["policies"]["ratelimits"].items()).replace("  ", " "),
         "worst_windows": table(["start s", "requests", "p50", "p99", "CPU busy %", "stolen %", "busiest 250 ms"],
-                               by["legit_p99"][3]["worst_2s_windows"]),
+                               fig["legit_p99"]["worst_2s_windows"]),
     }  # fmt: skip
     columns = ["phase", "requests", "count", "p50", "p95", "p99", "max", "CPU busy / stolen %, busiest 250 ms"]
     report["phases"] = table(columns, rows)
