@@ -33,8 +33,7 @@ def encode(method: str, path: str, headers: dict[str, str], body: bytes = b"", h
 
 
 async def _read(reader: asyncio.StreamReader) -> Response:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, _, header_block = head.decode("latin-1").partition("\r\n")
+    status_line, _, header_block = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").partition("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in header_block.split("\r\n"))}
     if "chunked" in headers.get("transfer-encoding", "").lower():
         parts = []

@@ -17,8 +17,21 @@ DESIGNED[(503, "concurrency-limit")] = "503 bulkhead full"
 REJECT_P99_MS, OPEN_WITHIN_S, CLOSE_SLACK_S = 5.0, 1.0, 5.0
 Record = dict[str, Any]
 Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
-Check = Callable[[Any], Judged]  # a method of Facts
-CHECKS: dict[str, tuple[str, Check]] = {}
+CHECKS = {  # each check, a method of Facts, and its name in the report, in the report's order
+    "crawler_budget": "crawler admitted within search-ip",
+    "bot_budget": "bot admitted within login-ip",
+    "legit_success": "legitimate success rate outside the failure window",
+    "legit_p99": "legitimate p99 outside the failure window vs baseline",
+    "slowdown_p99": "list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead",
+    "breaker_opens": "search breaker opens after the failure starts",
+    "rejects_fast": "open breaker rejects fast (server side, p99)",
+    "breaker_closes": "search breaker closes after recovery",
+    "no_unexpected": "no 5xx but the designed 503s, no transport errors",
+    "spike_answers": "spike customers: 201 or 409 only",
+    "orders_exist": "every 201 order exists, none without a 201",
+    "stock_conserved": "stock conserved on every book (no loss, no oversell)",
+    "db_connections": "DB connections never above workers x DB_POOL_MAX",
+}
 
 
 def outcome(r: Record) -> str:
@@ -53,11 +66,6 @@ def admissible(p: dict[str, Any], span: float) -> int:
     if p["algorithm"] == "token_bucket":
         return (p["burst"] or limit) + math.floor(span / (period / limit) + 1e-9) if limit else 0
     return limit * (math.ceil(span / period) + (p["algorithm"] == "fixed_window"))
-
-
-def named(label: str) -> Callable[[Check], Check]:
-    """Register a check under its label, in the order of the report."""
-    return lambda fn: CHECKS.setdefault(fn.__name__, (label, fn))[1]
 
 
 class Facts:
@@ -140,7 +148,6 @@ class Facts:
         out |= {"bound_over_span": admissible(p, span), "admitted_sent": [round(r["sent"], 2) for r in admitted[:40]]}
         return out
 
-    @named("crawler admitted within search-ip")
     def crawler_budget(self) -> Judged:
         b = self.budget("crawler", "search-ip")
         ok = not b["violation"] and b["max_in_any_period"] <= b["per_period"] and b["admitted"] <= b["bound_over_span"]
@@ -148,7 +155,6 @@ class Facts:
         limit = f"≤ {b['per_period']} in any {b['period']} s, ≤ {b['bound_over_span']} over the attack ({b['text']})"
         return ok, measured + f"{b['period']} s", limit, b
 
-    @named("bot admitted within login-ip")
     def bot_budget(self) -> Judged:
         b = self.budget("bot", "login-ip")
         admitted = [r for r in self.by_actor["bot"] if r["status"] not in (0, 429)]
@@ -157,7 +163,6 @@ class Facts:
         ok = not b["violation"] and b["admitted"] <= b["bound_over_span"]
         return ok, f"{b['admitted']} of {b['sent']} admitted over {b['span']:.1f} s", limit, b
 
-    @named("legitimate success rate outside the failure window")
     def legit_success(self) -> Judged:
         def ok(r: Record) -> bool:
             if r["endpoint"] == "order-replay":  # the first order's id again, marked as a replay
@@ -172,7 +177,6 @@ class Facts:
         listed = ", ".join(f"{k} × {v}" for k, v in failed.most_common())
         return rate >= 0.99, f"{rate:.2%} ({good} / {len(judged)})", "≥ 99%", {"failures": listed}
 
-    @named("legitimate p99 outside the failure window vs baseline")
     def legit_p99(self) -> Judged:
         warm, base = self.tl["warmup"][1], self.baseline_p99()
         kept = [r for r in self.legit if not self.in_failure(r) and not self.excused(r)]
@@ -186,7 +190,6 @@ class Facts:
         measured = f"{outside:.1f} ms vs {base:.1f} ms (x{outside / base if base else 0:.2f})"
         return outside <= 2 * base, measured, "≤ 2x baseline", figures
 
-    @named("list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead")
     def slowdown_p99(self) -> Judged:
         (lo, hi), base = self.slowdown, self.baseline_p99(lambda r: r["endpoint"] != "search")
         slow = percentile(self.legit_ms(lambda r: lo <= r["sent"] < hi and r["endpoint"] != "search"), 99)
@@ -199,7 +202,6 @@ class Facts:
         ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
         return ok, measured, f"≤ 2x baseline; ≤ {slots['max_in_flight']}", figures
 
-    @named("search breaker opens after the failure starts")
     def breaker_opens(self) -> Judged:
         took = self.opened_at - self.fault_on if self.opened_at is not None else math.inf
         first = f"{self.first_503 - self.fault_on:.3f} s" if self.first_503 is not None else "n/a"
@@ -210,7 +212,6 @@ class Facts:
         measured = f"{took:.3f} s after the fault PUT was sent (store's opened_at; first 503 {first})"
         return took <= OPEN_WITHIN_S, measured, f"≤ {OPEN_WITHIN_S:g} s", figures
 
-    @named("open breaker rejects fast (server side, p99)")
     def rejects_fast(self) -> Judged:
         timed = [r["timing"] for r in self.rejected if r["timing"]]
         views = {"decision": [t[0] for t in timed if t[1] == "refused"]}
@@ -224,13 +225,11 @@ class Facts:
         measured += f"{figures['server'][99]:.2f} ms gunicorn service time; {figures['client'][99]:.2f} ms client"
         return p99 < REJECT_P99_MS, measured, f"< {REJECT_P99_MS:g} ms", figures
 
-    @named("search breaker closes after recovery")
     def breaker_closes(self) -> Judged:
         took = self.closed_at - self.fault_off if self.closed_at is not None else math.inf
         limit = f"≤ {self.open_seconds} + {CLOSE_SLACK_S:g} s"
         return took <= self.open_seconds + CLOSE_SLACK_S, f"{took:.2f} s after the fault was switched off", limit, {}
 
-    @named("no 5xx but the designed 503s, no transport errors")
     def no_unexpected(self) -> Judged:
         def unexpected(r: Record) -> bool:
             if r["outcome"] in ("error", "5xx") or (r["status"] == 503 and r["endpoint"] != "search"):
@@ -243,27 +242,23 @@ class Facts:
         first = [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in bad[:20]]
         return not bad, str(len(bad)), "0", {"first": first}
 
-    @named("spike customers: 201 or 409 only")
     def spike_answers(self) -> Judged:
         spike = self.by_actor["spike"]
         good = sum(r["outcome"] in ("2xx", "409 out of stock") for r in spike)
         return spike and good == len(spike), f"{good} / {len(spike)}", "all", {}
 
-    @named("every 201 order exists, none without a 201")
     def orders_exist(self) -> Judged:
         db = self.results["db_checks"]
         missing, unanswered = len(db["orders_201_missing"]), len(db["orders_without_201"])
         measured = f"{db['orders_201'] - missing} / {db['orders_201']} found; {unanswered} unanswered"
         return not missing and not unanswered, measured, "all, 0", db
 
-    @named("stock conserved on every book (no loss, no oversell)")
     def stock_conserved(self) -> Judged:
         db = self.results["db_checks"]
         measured = f"{db['books_checked'] - len(db['stock_broken'])} / {db['books_checked']} books; "
         held = not (db["stock_broken"] or db["negative_stock"] or db["cancelled_not_applied"])
         return held, measured + f"{db['cancelled_200']} cancels applied", "initial = current + sold", {}
 
-    @named("DB connections never above workers x DB_POOL_MAX")
     def db_connections(self) -> Judged:
         samples, ceiling = self.results["db_samples"], self.cfg["db_ceiling"]
         most = max((s[1] for s in samples), default=0)
@@ -273,17 +268,16 @@ class Facts:
 def judge(results: dict[str, Any]) -> dict[str, Any]:
     """Return the checks, the figures the report shows around them, and the figures kept per server shape."""
     f = Facts(results)
-    by = {name: fn(f) for name, (_, fn) in CHECKS.items()}
-    checks = [check(CHECKS[name][0], *x[:3], **x[3]) for name, x in by.items()]
+    by = {name: getattr(f, name)() for name in CHECKS}
+    checks = [check(CHECKS[name], *x[:3], **x[3]) for name, x in by.items()]
     fig = {name: x[3] for name, x in by.items()}  # each check's figures
     warm, (start, end) = f.tl["warmup"][1], f.tl["attack"]
     phases = {"warm-up (not judged)": (0, warm), "baseline": (warm, start), "attack, before the failure": (start,
               f.failure[0]), "failure window": f.failure, "attack, after recovery": (f.failure[1], f.slowdown[0]),
               "search slowdown, bulkhead on": (f.slowdown[0], end), "cool-down": (end, f.tl["end"] + 60)}  # fmt: skip
-    kinds = {"all": None, "search": {"search"}, "orders": {"order", "order-replay", "cancel"}}
     rows = []
     for label, (lo, hi) in phases.items():
-        for kind, eps in kinds.items():
+        for kind, eps in {"all": None, "search": {"search"}, "orders": {"order", "order-replay", "cancel"}}.items():
             lat = f.legit_ms(lambda r, lo=lo, hi=hi, e=eps: lo <= r["sent"] < hi and (not e or r["endpoint"] in e))
             cpu = "{:g} / {:g}, {:g}".format(*f.cpu(lo, hi)) if kind == "all" else ""
             rows.append([label, kind, len(lat), *pcts(lat, 50, 95, 99, 100).values(), cpu])
