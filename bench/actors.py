@@ -158,10 +158,9 @@ async def staff(load: Load) -> None:
 
 async def sampler(load: Load) -> None:
     """Read the search breaker's state every 250 ms: [sent, received, detail_state, generation, opened_at]."""
-    pool, n = load.pool(), 0
-    while (at := n * 0.25) <= load.spec["end"]:
-        await load.until(at)
-        n += 1
+    pool = load.pool()
+    for n in range(int(load.spec["end"] * 4) + 1):
+        await load.until(n / 4)
         try:
             r, sent, received = await pool.send(encode("GET", "/health/breakers", {}), 2.0)
         except Transport as e:

@@ -27,8 +27,7 @@ class Response(NamedTuple):
 
 def encode(method: str, path: str, headers: dict[str, str], body: bytes = b"", host: str = "127.0.0.1") -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
-    if body or method in ("POST", "PUT"):
-        lines.append(f"Content-Length: {len(body)}")
+    lines += [f"Content-Length: {len(body)}"] if body or method in ("POST", "PUT") else []
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 

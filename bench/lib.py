@@ -226,10 +226,7 @@ def machine(redis: Any) -> dict[str, Any]:
 def metrics(port: int, *prefixes: str) -> dict[str, float]:
     """Return the series of /metrics whose names start with one of the prefixes, summed over the workers."""
     lines = [x.rpartition(" ") for x in request(port, "/metrics").body.decode().splitlines() if x.startswith(prefixes)]
-    out: Counter[str] = Counter()
-    for name, _, value in lines:
-        out[name] += float(value)
-    return dict(out)
+    return {name: sum(float(v) for n, _, v in lines if n == name) for name in dict.fromkeys(n for n, _, _ in lines)}
 
 
 def listing(counts: dict[str, Any]) -> str:
