@@ -35,16 +35,14 @@ def analyse(records: list[Record], api: str, t_out: float, t_back: float) -> dic
     # "Known down": requests sent after the first answer that says the database breaker refused.
     known_at = min((r[1] + r[2] for r in during if r[3] == 503 and DATABASE_REFUSED.search(r[4])), default=t_back)
     first_ok = min((r[1] + r[2] for r in calls if r[1] >= t_back and r[3] == 200), default=None)
-    f = {
+    fives = Counter(f"{r[0]} {r[3] or r[4]}" for r in records if r[3] >= 500 or r[3] == 0)
+    return {
         "api_before": summary("API before the outage", calls, t_start, t_out),
         "api_during_outage": summary("API during the outage", calls, t_out, t_back),
         "api_once_known_down": summary("API once known down", calls, known_at, t_back),
         "api_after_return": summary("API after PostgreSQL's return", calls, t_back, t_end),
         "live_during_outage": summary("/health/live during the outage", live, t_out, t_back),
         "ops_during_outage": summary("/health/breakers and /metrics during the outage", ops, t_out, t_back),
-    }
-    fives = Counter(f"{r[0]} {r[3] or r[4]}" for r in records if r[3] >= 500 or r[3] == 0)
-    return f | {
         "outage_seconds": round(t_back - t_out, 2), "timeline_seconds": round(t_end - t_out, 2),
         "known_down_after_s": round(known_at - t_out, 3) if known_at < t_back else None,
         "api_statuses_during_outage": dict(Counter(str(r[3]) for r in during)),
