@@ -82,8 +82,7 @@ def release_db() -> None:
 
     for conn in connections.all():
         conn.close()
-        if hasattr(conn, "close_pool"):
-            conn.close_pool()
+        conn.close_pool()
 
 
 def server(*, workers: int, threads: int, ready: str = "/health/live", **env: str) -> LiveServer:
