@@ -137,8 +137,7 @@ def wrk_round(server: LiveServer, redis: Any, mix: Sequence[Request], cfg: dict[
                    "-s", str(ROOT / "bench" / "wrk.lua"), server.url, "--", f.name]  # fmt: skip
             with spent(server, redis) as out:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
-            if line is None:
+            if (line := next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)) is None:
                 raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
     r = json.loads(line[5:])
     r |= {k.removesuffix("_us") + "_ms": round(v / 1000, 2) for k, v in r.items() if k.endswith("_us")}

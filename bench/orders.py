@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 from decimal import Decimal
-from typing import Any
 
 from bench import lib
 
@@ -16,16 +15,6 @@ SQL = """BEGIN;
 SELECT stock FROM catalog_book WHERE id = :id FOR UPDATE;
 UPDATE catalog_book SET stock = stock - 1 WHERE id = :id;
 END;"""
-
-
-def bare_sql(url: str, book_id: int, *, clients: int, count: int) -> dict[str, Any]:
-    """Run SQL about `count` times (a whole number per connection) on `clients` connections with pgbench."""
-    cmd = ["pgbench", "-n", f"-c{clients}", "-j2", f"-t{-(-count // clients)}", "-D", f"id={book_id}", "-f-", url]
-    proc = subprocess.run(cmd, input=SQL, capture_output=True, text=True, check=False)
-    found = {k: re.search(rf"{k}\D*([\d.]+)", proc.stdout) for k in ("processed", "failed", "latency average", "tps")}
-    n, failed, mean, tps = (float(m[1]) if m else 0.0 for m in found.values())
-    errors = [proc.stderr.strip()] if proc.returncode or failed else []
-    return {"count": int(n), "per_second": round(tps, 1), "mean_ms": mean, "errors": errors}
 
 
 def main() -> int:
@@ -48,7 +37,14 @@ def main() -> int:
                 with lib.spent(server, redis) as spent:
                     r = lib.load(server, clients, warmup=cfg["warmup"], count=cfg["orders"])
                 runs[label] = {**r, **lib.per_request(spent, r["sent"])}
-        runs["SQL"] = bare_sql(url, book.pk, clients=cfg["clients"], count=cfg["orders"])
+        # SQL about as many times (a whole number per connection) on as many connections, by pgbench.
+        per_client = -(-cfg["orders"] // cfg["clients"])
+        cmd = ["pgbench", "-n", f"-c{cfg['clients']}", "-j2", f"-t{per_client}", "-D", f"id={book.pk}", "-f-", url]
+        proc = subprocess.run(cmd, input=SQL, capture_output=True, text=True, check=False)
+        found = [re.search(rf"{k}\D*([\d.]+)", proc.stdout) for k in ("processed", "failed", "latency average", "tps")]
+        n, failed, mean, tps = (float(m[1]) if m else 0.0 for m in found)
+        errors = [proc.stderr.strip()] if proc.returncode or failed else []
+        runs["SQL"] = {"count": int(n), "per_second": round(tps, 1), "mean_ms": mean, "errors": errors}
         stock_drop, orders = 10**9 - Book.objects.get(pk=book.pk).stock, Order.objects.count()
 
     app, minimal, sql = runs["app"], runs["minimal"], runs["SQL"]

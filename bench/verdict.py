@@ -296,9 +296,9 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     fault["dependency_failures"] = sum(r["outcome"] == "503 dependency failed" for r in f.records)
     timing = {f"{k}_decision": pcts([r["timing"][0] for r in rs if r["timing"]], 50, 99) for k, rs in timed.items()}
     timing |= {f"{k}_served": pcts(f.served_ms(rs), 50, 99) for k, rs in timed.items()}
+    columns = ["phase", "requests", "count", "p50", "p95", "p99", "max", "CPU busy / stolen %, busiest 250 ms"]
     report = {
-        **fig, "window": f.failure, "slowdown": f.slowdown, "fault": fault,
-        "requests": len(f.records),
+        **fig, "window": f.failure, "slowdown": f.slowdown, "fault": fault, "requests": len(f.records),
         "scripts_per_request": round(results["redis_script_calls"] / max(len(f.records), 1), 2),
         "timing": {k: " / ".join(map(str, v.values())) for k, v in timing.items()},
         "outcomes": outcome_table("actor", f.by_actor), "endpoints": outcome_table("endpoint", by_endpoint),
@@ -308,10 +308,8 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
         "policies": "; ".join(f"{n} {policy_text(p)} per {p['key']} on {p['methods']} `{p['pattern']}`"
                               for n, p in f.cfg["policies"]["ratelimits"].items()).replace("  ", " "),
         "worst_windows": table(["start s", "requests", "p50", "p99", "CPU busy %", "stolen %", "busiest 250 ms"],
-                               fig["legit_p99"]["worst_2s_windows"]),
+                               fig["legit_p99"]["worst_2s_windows"]), "phases": table(columns, rows),
     }  # fmt: skip
-    columns = ["phase", "requests", "count", "p50", "p95", "p99", "max", "CPU busy / stolen %, busiest 250 ms"]
-    report["phases"] = table(columns, rows)
     return {"checks": checks, "report": report, "shape_figures": shape, "columns": columns, "rows": rows}
 
 
