@@ -15,7 +15,7 @@ import time
 import timeit
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ def prepared(name: str) -> Iterator[tuple[str, Any]]:
     """Recreate <BENCH_DB>_<name> and migrate it, start a redis-server, point all at both; yield URL and client."""
     import psycopg
 
+    RESULTS.mkdir(parents=True, exist_ok=True)
     # Several people may run benchmarks on one PostgreSQL: BENCH_DB gives each a prefix of their own.
     db = f"{os.environ.get('BENCH_DB') or 'bookstore_bench'}_{name}"
     with psycopg.connect(f"{PG}postgres", autocommit=True, connect_timeout=5) as conn:
@@ -108,11 +109,9 @@ def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str], int]:
     """Return gunicorn's CPU seconds so far (master and workers), calls per Redis command and failed calls."""
     ticks = 0
     for pid in [server.proc.pid, *server.worker_pids()] if server.proc else []:
-        try:
+        with suppress(OSError):  # a worker that has just exited
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
     stats = redis.info("commandstats")
     calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"})
     failed = sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats.values())
@@ -253,7 +252,6 @@ def finish(name: str, **results: Any) -> int:
     """Print the results, write bench/results/<name>.json; return 0 if every check held."""
     ok = all(c["ok"] for c in results["checks"])
     results = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **results, "ok": ok}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     print(render(results), f"\nresults: bench/results/{name}.json", sep="\n", flush=True)
     return 0 if ok else 1
