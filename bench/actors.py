@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from bench.client import Pool, Response, Transport, encode
+from bench.client import Conn, Pool, Response, Transport, encode
 
 TYPE_RE = re.compile(rb'"type"\s*:\s*"[^"]*?([a-z0-9-]+)"')
 ID_RE = re.compile(rb'"id"\s*:\s*(\d+)')
@@ -49,7 +49,7 @@ class Load:
     async def until(self, at: float) -> None:
         await asyncio.sleep(max(0.0, self.t0 + at - time.monotonic()))
 
-    async def call(self, pool: Pool, actor: str, endpoint: str, *request: Any, extra: Any = None) -> Outcome:
+    async def call(self, pool: Pool | Conn, actor: str, endpoint: str, *request: Any, extra: Any = None) -> Outcome:
         """Send (method, path, headers[, body]) and record it; return the response (None if none came) and record."""
         method, path, headers, body = (*request, None)[:4]
         self.seq += 1
@@ -133,10 +133,11 @@ async def spike(load: Load, index: int, at: float) -> None:
     async def one(n: int, delay: float) -> None:
         await load.until(at + delay)
         token, ip = tokens[(index * 97 + n) % len(tokens)], address(2 + index, n)
-        user = {"pool": load.pool(), "headers": {"Authorization": f"Token {token}", "X-Forwarded-For": ip}}
+        conn = Conn(load.spec["host"], load.spec["port"])  # their own, closed once they have ordered
+        user = {"pool": conn, "headers": {"Authorization": f"Token {token}", "X-Forwarded-For": ip}}
         book, copies = rng.choice(load.spec["hot_ids"]), rng.choice((1, 1, 2))
         await order(load, user, rng, "spike", f"spike{index}-{n}", book, copies)
-        user["pool"].close()
+        conn.close()
 
     crowd = range(load.spec["spike_customers"])
     await asyncio.gather(*(one(n, rng.uniform(0, load.spec["spike_seconds"])) for n in crowd))

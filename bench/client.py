@@ -105,10 +105,6 @@ class Pool:
         finally:
             self.free.put_nowait(conn)
 
-    def close(self) -> None:
-        for conn in self.conns:
-            conn.close()
-
 
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """Send each client's request over and over on its own connection; tally it (spec: docs/benchmarks.md.in)."""
