@@ -52,9 +52,8 @@ def main() -> int:
         size = {"workers": cfg["workers"], "threads": cfg["threads"]}
         servers = {k: stack.enter_context(lib.server(**size, **env)) for k, (_, env) in CONFIGS.items()}
         probes = {k: request(s.port, PATH, headers={"X-App-Id": "probe"}) for k, s in servers.items()}
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
-        for label in lib.alternate(list(CONFIGS), cfg["rounds"]):
-            runs[label].append(lib.wrk_round(servers[label], redis, mix, cfg))
+        done = [(k, lib.wrk_round(servers[k], redis, mix, cfg)) for k in lib.alternate(list(CONFIGS), cfg["rounds"])]
+        runs = {k: [r for label, r in done if label == k] for k in CONFIGS}
         slots = {k: lib.metrics(s.port, DECISIONS) for k, s in servers.items()}
 
     (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)

@@ -204,13 +204,12 @@ def machine(redis: Any) -> dict[str, Any]:
     with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
         pg, sync = (conn.execute(f"SHOW {x}").fetchone()[0] for x in ("server_version", "synchronous_commit"))
     cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-    mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
     release_db()
     # The best of three timings of a fixed pure-Python loop: how fast this VM runs right now.
     probe = min(timeit.repeat("sum(i * i for i in range(1_000_000))", timer=time.process_time, number=1, repeat=3))
     return {
         "nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else "?",
-        "ram_gib": round(int(mem.group(1)) / 2**20, 1) if mem else "?",
+        "ram_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cpu_probe_ms": round(probe * 1000, 1),
         "os": platform.platform(terse=True), "python": platform.python_version(), "django": django.get_version(),
         "postgresql": pg.split()[0], "synchronous_commit": sync, "redis": redis.info("server")["redis_version"],

@@ -102,8 +102,7 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
 
 def run() -> dict[str, Any]:
     """Seed, serve, play the timeline; return everything the verdict and the report read."""
-    cfg = lib.knobs(scenario_threads=4, scenario_pool=4)  # threads and DB_POOL_MAX per worker
-    threads, pool, timeline = cfg["scenario_threads"], cfg["scenario_pool"], TIMELINE
+    threads, pool = lib.knobs(scenario_threads=4, scenario_pool=4).values()  # threads and DB_POOL_MAX per worker
     with lib.prepared(NAME) as (url, redis):
         db, began = url.rsplit("/", 1)[1], time.monotonic()
         s = seed(threads)
@@ -112,7 +111,7 @@ def run() -> dict[str, Any]:
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
             t0 = time.monotonic() + 1.5  # 1.5 s: the actors start up
             spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126}
-            spec |= {**timeline, **RATES, "words": lib.WORDS.split(), "slow_ms": SLOW_MS}
+            spec |= {**TIMELINE, **RATES, "words": lib.WORDS.split(), "slow_ms": SLOW_MS}
             spec["spike_customers"] = SPIKE_CUSTOMERS
             spec |= {k: s[k] for k in ("tokens", "book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
             db_samples, stop = [], threading.Event()
@@ -140,7 +139,7 @@ def run() -> dict[str, Any]:
     out |= {"hasher": hasher.algorithm, "hash_seconds": round(time.process_time() - began, 3)}
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
     config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
-    config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
+    config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": TIMELINE, "rates": RATES, "seed_seconds": seed_seconds}
     config["policies"] = s["policies"]
     return out | {"config": config, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
