@@ -22,12 +22,11 @@ def main() -> int:
     tl, fault, records = results["config"]["timeline"], results["report"]["fault"], raw["records"]
     end = int(max(r["received"] for r in records)) + 2
     series = {a: {o: [0] * end for o in (*OUTCOMES, "admitted", "not asked")} for a in ACTORS}
-    for r in records:
-        if r["actor"] in series:
-            second, by = int(r["sent"]), series[r["actor"]]
-            by[outcome(r)][second] += 1
-            by["admitted"][second] += limiter_admitted(r)
-            by["not asked"][second] += r["status"] not in (0, 429) and not r["quota"]
+    for r in (r for r in records if r["actor"] in series):  # the staff's are left out
+        second, by = int(r["sent"]), series[r["actor"]]
+        by[outcome(r)][second] += 1
+        by["admitted"][second] += limiter_admitted(r)
+        by["not asked"][second] += r["status"] not in (0, 429) and not r["quota"]
 
     def save(fig: Any, axes: Any, title: str, name: str) -> None:
         for ax in axes:  # shaded behind the data, so that bar colours stay true

@@ -74,8 +74,7 @@ class Conn:
             self.close()
             # A kept-alive connection the server closed meanwhile fails before any byte: send once more, on a new
             # one (scenario orders carry an Idempotency-Key, so one that did arrive is not placed twice).
-            partial = isinstance(e, asyncio.IncompleteReadError) and e.partial
-            if reused and not partial and not isinstance(e, TimeoutError):
+            if reused and not isinstance(e, TimeoutError) and not getattr(e, "partial", b""):
                 return await self.send(payload, timeout)
             raise Transport(type(e).__name__) from e
         self.last_used = received = time.monotonic()
