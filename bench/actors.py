@@ -193,7 +193,7 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
     spikes = [spike(load, i, at) for i, at in enumerate(spec["spikes"])]
     crawling = fixed_rate(load, "crawler", spec["crawler_rate"], 64, crawl)
     bot_stuffing = fixed_rate(load, "bot", spec["bot_rate"], 32, stuff)
-    async with load.group:  # which awaits every request sent: each has a known outcome before the report
+    async with load.group:  # leaving it awaits every request sent: each has a known outcome before the report
         done = await asyncio.gather(crawling, bot_stuffing, legit(load, users), staff(load), sampler(load), *spikes)
     out = {"records": load.records, "samples": load.samples, "events": load.events, "wall_t0": wall_t0}
     out |= {"transport_errors": dict(load.errors), "late": dict(+load.late), "crawler_connections": done[0]}
