@@ -27,14 +27,12 @@ class Response(NamedTuple):
 
 def encode(method: str, path: str, headers: dict[str, str], body: bytes = b"", host: str = "127.0.0.1") -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
-    if body or method in ("POST", "PUT"):
-        lines.append(f"Content-Length: {len(body)}")
+    lines += [f"Content-Length: {len(body)}"] if body or method in ("POST", "PUT") else []
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 async def _read(reader: asyncio.StreamReader) -> Response:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, _, header_block = head.decode("latin-1").partition("\r\n")
+    status_line, _, header_block = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").partition("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in header_block.split("\r\n"))}
     if "chunked" in headers.get("transfer-encoding", "").lower():
         parts = []
@@ -43,8 +41,7 @@ async def _read(reader: asyncio.StreamReader) -> Response:
         await reader.readuntil(b"\r\n")
         body = b"".join(parts)
     else:
-        length = int(headers.get("content-length", 0))
-        body = await reader.readexactly(length) if length else b""
+        body = await reader.readexactly(int(headers.get("content-length", 0)))
     return Response(int(status_line.split(" ", 2)[1]), headers, body)
 
 
@@ -61,32 +58,29 @@ class Conn:
         reused = self.writer is not None and time.monotonic() - self.last_used < IDLE_REUSE
         if not reused:
             self.close()
-        for attempt in (1, 2):
-            if self.writer is None:
-                try:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-                except OSError as e:
-                    raise Transport(f"connect: {type(e).__name__}") from e
-                self.opened += 1
-            assert self.reader is not None
-            sent = time.monotonic()
             try:
-                async with asyncio.timeout(timeout):
-                    self.writer.write(payload)
-                    response = await _read(self.reader)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
-                self.close()
-                # A kept-alive connection the server closed meanwhile fails before any byte: send once more
-                # (scenario orders carry an Idempotency-Key, so one that did arrive is not placed twice).
-                partial = isinstance(e, asyncio.IncompleteReadError) and e.partial
-                if attempt == 1 and reused and not partial and not isinstance(e, TimeoutError):
-                    continue
-                raise Transport(type(e).__name__) from e
-            self.last_used = received = time.monotonic()
-            if response.headers.get("connection", "").lower() == "close":
-                self.close()
-            return response, sent, received
-        raise AssertionError("unreachable")
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            except OSError as e:
+                raise Transport(f"connect: {type(e).__name__}") from e
+            self.opened += 1
+        assert self.reader is not None
+        assert self.writer is not None
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                self.writer.write(payload)
+                response = await _read(self.reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
+            self.close()
+            # A kept-alive connection the server closed meanwhile fails before any byte: send once more, on a new
+            # one (scenario orders carry an Idempotency-Key, so one that did arrive is not placed twice).
+            if reused and not isinstance(e, TimeoutError) and not getattr(e, "partial", b""):
+                return await self.send(payload, timeout)
+            raise Transport(type(e).__name__) from e
+        self.last_used = received = time.monotonic()
+        if response.headers.get("connection", "").lower() == "close":
+            self.close()
+        return response, sent, received
 
     def close(self) -> None:
         if self.writer is not None:
@@ -109,10 +103,6 @@ class Pool:
             return await conn.send(payload, timeout)
         finally:
             self.free.put_nowait(conn)
-
-    def close(self) -> None:
-        for conn in self.conns:
-            conn.close()
 
 
 async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,4 @@
-"""cluster: Redis time per admission, and the admissions/s it allows, on one Redis vs a 3-master cluster.
-
-An admission is one or two per-IP limits (sliding window, token bucket) of one of 5000 addresses.
-Redis time is what the masters report (INFO commandstats); the busiest one bounds the rate.
-Run: .venv/bin/python -m bench.cluster (not in bench/run: no gunicorn, no database).
-"""
+"""cluster: Redis time per admission, one Redis vs a 3-master cluster (docs/resilience.md; not in bench/run)."""
 
 from __future__ import annotations
 
@@ -22,10 +17,8 @@ from tests.live import LocalRedisCluster, RedisServer
 N, ALGORITHMS = 20_000, (Algorithm.SLIDING_WINDOW, Algorithm.TOKEN_BUCKET)
 
 
-def run(kind: str, client: Any, masters: list[Any], limits: int) -> None:
-    admission = (ClusterAdmission if kind == "cluster" else RedisAdmission)(
-        RedisLimiterStore(client, version_key="v"), RedisBreakerStore(client)
-    )
+def run(kind: str, admitter: Any, client: Any, masters: list[Any], limits: int) -> None:
+    admission = admitter(RedisLimiterStore(client, version_key="v"), RedisBreakerStore(client))
     specs = [[LimitSpec(f"rl:{{{p}.0:10.0.{ip // 250}.{ip % 250}}}", ALGORITHMS[p], 10**5, 60)
               for p in range(limits)] for ip in range(5000)]  # fmt: skip
     for m in masters:
@@ -43,5 +36,5 @@ if __name__ == "__main__":
     with RedisServer() as one, LocalRedisCluster() as cluster:
         nodes = cluster.client()
         for limits in (1, 2):
-            run("one node", one.client(), [one.client()], limits)
-            run("cluster", nodes, [nodes.get_redis_connection(n) for n in nodes.get_primaries()], limits)
+            run("one node", RedisAdmission, one.client(), [one.client()], limits)
+            run("cluster", ClusterAdmission, nodes, [*map(nodes.get_redis_connection, nodes.get_primaries())], limits)

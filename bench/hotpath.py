@@ -28,15 +28,14 @@ DECISIONS = "bookstore_concurrency_decisions_total"  # the bulkhead's, from /met
 ADMITTED = f'{DECISIONS}{{outcome="admitted",policy="{BULKHEAD["name"]}"}}'
 
 
-def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any] | None, bulkhead: Any = None) -> None:
+def prepare(path: str, limits: list[dict[str, Any]], breaker: dict[str, Any], bulkhead: Any = None) -> None:
     """Disable every policy but the database breaker (which guards connections, not paths), then create these."""
     from resilience.models import CircuitBreakerPolicy, ConcurrencyPolicy, RateLimitPolicy
 
     RateLimitPolicy.objects.update(enabled=False)
     ConcurrencyPolicy.objects.update(enabled=False)
     CircuitBreakerPolicy.objects.exclude(name="database").update(enabled=False)  # the "search" breaker too
-    policies: list[Any] = [RateLimitPolicy(**fields) for fields in limits]
-    policies += [CircuitBreakerPolicy(**breaker)] if breaker else []
+    policies = [*(RateLimitPolicy(**fields) for fields in limits), CircuitBreakerPolicy(**breaker)]
     policies += [ConcurrencyPolicy(**bulkhead)] if bulkhead else []
     for policy in policies:
         policy.match_type, policy.pattern = "prefix", path
@@ -53,9 +52,8 @@ def main() -> int:
         size = {"workers": cfg["workers"], "threads": cfg["threads"]}
         servers = {k: stack.enter_context(lib.server(**size, **env)) for k, (_, env) in CONFIGS.items()}
         probes = {k: request(s.port, PATH, headers={"X-App-Id": "probe"}) for k, s in servers.items()}
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
-        for label in lib.alternate(list(CONFIGS), cfg["rounds"]):
-            runs[label].append(lib.wrk_round(servers[label], redis, mix, cfg))
+        done = [(k, lib.wrk_round(servers[k], redis, mix, cfg)) for k in lib.alternate(list(CONFIGS), cfg["rounds"])]
+        runs = {k: [r for label, r in done if label == k] for k in CONFIGS}
         slots = {k: lib.metrics(s.port, DECISIONS) for k, s in servers.items()}
 
     (a, b, c), rows = lib.summarise({k: v[0] for k, v in CONFIGS.items()}, runs)

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PG = "postgres://postgres@127.0.0.1:5432/"
 SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")  # Redis commands that run Lua
+COLUMNS = "config|req/s|per round|CPU ms/req|mean ms|p50 ms|p99 ms|Redis RT/req|Redis calls/req".split("|")
+Request = tuple[str, str, dict[str, str], str]  # method, path, headers, body
+WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
+WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
 
 
 def knobs(**defaults: float) -> dict[str, Any]:
@@ -43,6 +48,7 @@ def prepared(name: str) -> Iterator[tuple[str, Any]]:
     """Recreate <BENCH_DB>_<name> and migrate it, start a redis-server, point all at both; yield URL and client."""
     import psycopg
 
+    RESULTS.mkdir(parents=True, exist_ok=True)
     # Several people may run benchmarks on one PostgreSQL: BENCH_DB gives each a prefix of their own.
     db = f"{os.environ.get('BENCH_DB') or 'bookstore_bench'}_{name}"
     with psycopg.connect(f"{PG}postgres", autocommit=True, connect_timeout=5) as conn:
@@ -55,22 +61,20 @@ def prepared(name: str) -> Iterator[tuple[str, Any]]:
             SECRET_KEY="bench-only-secret-key-not-for-production", DATABASE_URL=f"{PG}{db}", REDIS_URL=redis_server.url,
         )  # fmt: skip
         import django
-        from django.conf import settings
         from django.core.management import call_command
 
         django.setup()
-        # Bench accounts only ever use tokens; the production hasher would spend ~0.3 s on each.
-        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
         call_command("migrate", interactive=False, verbosity=0)
         yield f"{PG}{db}", redis_server.client()
 
 
 def customers(count: int, prefix: str = "bench") -> list[str]:
-    """Create `count` customers through accounts.services; return their API tokens."""
+    """Create `count` customers through accounts.services, with no password to hash; return their API tokens."""
     from accounts.services import token_create, user_create
 
     names = [f"{prefix}{n}" for n in range(count)]
-    return [token_create(user=user_create(username=n, email=f"{n}@bench.invalid", password="-")).token for n in names]
+    users = [user_create(username=n, email=f"{n}@bench.invalid", password=None) for n in names]
+    return [token_create(user=user).token for user in users]
 
 
 def release_db() -> None:
@@ -79,8 +83,7 @@ def release_db() -> None:
 
     for conn in connections.all():
         conn.close()
-        if hasattr(conn, "close_pool"):
-            conn.close_pool()
+        conn.close_pool()
 
 
 def server(*, workers: int, threads: int, ready: str = "/health/live", **env: str) -> LiveServer:
@@ -94,8 +97,7 @@ def server(*, workers: int, threads: int, ready: str = "/health/live", **env: st
 
 @contextmanager
 def spent(server: LiveServer, redis: Any) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds, after the block, its seconds, server CPU seconds, Redis calls by command and failed
-    Redis calls (a NOSCRIPT retry counts)."""
+    """Yield a dict filled after the block: seconds, server CPU seconds, Redis calls by command, failed ones."""
     began, (cpu, calls, failed), out = time.monotonic(), usage(server, redis), dict[str, Any]()
     yield out
     cpu_after, calls_after, failed_after = usage(server, redis)
@@ -107,11 +109,9 @@ def usage(server: LiveServer, redis: Any) -> tuple[float, Counter[str], int]:
     """Return gunicorn's CPU seconds so far (master and workers), calls per Redis command and failed calls."""
     ticks = 0
     for pid in [server.proc.pid, *server.worker_pids()] if server.proc else []:
-        try:
+        with suppress(OSError):  # a worker that has just exited
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
     stats = redis.info("commandstats")
     calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"})
     failed = sum(int(v.get("failed_calls", 0)) + int(v.get("rejected_calls", 0)) for v in stats.values())
@@ -126,51 +126,42 @@ def per_request(out: dict[str, Any], requests: int) -> dict[str, Any]:
     return per | {"by_command": {k: round(v / n, 3) for k, v in sorted(calls.items())}}
 
 
-Request = tuple[str, str, dict[str, str], str]  # method, path, headers, body
-
-
-def wrk(server: LiveServer, requests: Sequence[Request], *, seconds: float, connections: int) -> dict[str, Any]:
-    """Drive the server with wrk: `connections` keep-alive connections sending the requests in turn."""
-    with tempfile.NamedTemporaryFile("w", suffix=".requests") as f:
-        f.writelines("\t".join([m, p, b, *(f"{k}: {v}" for k, v in h.items())]) + "\n" for m, p, h, b in requests)
-        f.flush()
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "15s",
-               "-s", str(ROOT / "bench" / "wrk.lua"), server.url, "--", f.name]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    r = json.loads(line[5:])
-    ms = {k.removesuffix("_us") + "_ms": round(v / 1000, 2) for k, v in r.items() if k.endswith("_us")}
-    return {**r, **ms, "per_second": round(r["requests"] / (r["duration_us"] / 1e6), 1)}
-
-
 def wrk_round(server: LiveServer, redis: Any, mix: Sequence[Request], cfg: dict[str, Any]) -> dict[str, Any]:
     """Warm up with wrk for cfg's warmup, then measure cfg's duration; return wrk's figures and per_request()'s."""
-    wrk(server, mix, seconds=cfg["warmup"], connections=cfg["clients"])
-    with spent(server, redis) as out:
-        r = wrk(server, mix, seconds=cfg["duration"], connections=cfg["clients"])
-    return r | per_request(out, r["requests"])
+    with tempfile.NamedTemporaryFile("w", suffix=".requests") as f:
+        f.writelines("\t".join([m, p, b, *(f"{k}: {v}" for k, v in h.items())]) + "\n" for m, p, h, b in mix)
+        f.flush()
+        for seconds in (cfg["warmup"], cfg["duration"]):  # the last run's figures are the round's
+            cmd = ["wrk", "-t1", f"-c{cfg['clients']}", f"-d{max(1, round(seconds))}s", "--timeout", "15s",
+                   "-s", str(ROOT / "bench" / "wrk.lua"), server.url, "--", f.name]  # fmt: skip
+            with spent(server, redis) as out:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+            if (line := next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)) is None:
+                raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    r = json.loads(line[5:])
+    r |= {k.removesuffix("_us") + "_ms": round(v / 1000, 2) for k, v in r.items() if k.endswith("_us")}
+    return r | {"per_second": round(r["requests"] / (r["duration_us"] / 1e6), 1)} | per_request(out, r["requests"])
+
+
+def child(module: str, spec: dict[str, Any], timeout: float) -> Any:
+    """Run `python -m module` in a process of its own, the spec as JSON on its stdin; return the JSON it prints."""
+    proc = subprocess.run([sys.executable, "-m", module], cwd=ROOT, input=json.dumps(spec),
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    if proc.returncode:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr}")
+    return json.loads(proc.stdout)
 
 
 def load(server: LiveServer, clients: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    """Run bench/client.py's closed loop in a process of its own, one connection per client; return its report."""
+    """Run bench/client.py's closed loop, one connection per client; return its report."""
     spec = {"host": "127.0.0.1", "port": server.port, "clients": clients, **spec}
-    limit = spec.get("warmup", 0) + spec.get("duration", 600) + 120
-    proc = subprocess.run([sys.executable, "-m", "bench.client"], cwd=ROOT, input=json.dumps(spec),
-                          capture_output=True, text=True, timeout=limit, check=False)  # fmt: skip
-    if proc.returncode:
-        raise RuntimeError(f"bench/client.py failed ({proc.returncode}):\n{proc.stderr}")
-    return json.loads(proc.stdout)
+    return child("bench.client", spec, timeout=spec.get("warmup", 0) + spec.get("duration", 600) + 120)
 
 
 def alternate(labels: Sequence[str], rounds: int) -> Iterator[str]:
     """Yield the labels round after round, every other round reversed, so drift in load falls on all alike."""
     for n in range(rounds):
         yield from (labels if n % 2 == 0 else reversed(labels))
-
-
-COLUMNS = "config|req/s|per round|CPU ms/req|mean ms|p50 ms|p99 ms|Redis RT/req|Redis calls/req".split("|")
 
 
 def summarise(labels: dict[str, str], runs: dict[str, list[dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
@@ -213,16 +204,12 @@ def machine(redis: Any) -> dict[str, Any]:
     with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
         pg, sync = (conn.execute(f"SHOW {x}").fetchone()[0] for x in ("server_version", "synchronous_commit"))
     cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-    mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
     release_db()
-    probe = math.inf  # the best of three timings of a fixed pure-Python loop: how fast this VM runs right now
-    for _ in range(3):
-        began = time.process_time()
-        sum(i * i for i in range(1_000_000))
-        probe = min(probe, time.process_time() - began)
+    # The best of three timings of a fixed pure-Python loop: how fast this VM runs right now.
+    probe = min(timeit.repeat("sum(i * i for i in range(1_000_000))", timer=time.process_time, number=1, repeat=3))
     return {
         "nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else "?",
-        "ram_gib": round(int(mem.group(1)) / 2**20, 1) if mem else "?",
+        "ram_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cpu_probe_ms": round(probe * 1000, 1),
         "os": platform.platform(terse=True), "python": platform.python_version(), "django": django.get_version(),
         "postgresql": pg.split()[0], "synchronous_commit": sync, "redis": redis.info("server")["redis_version"],
@@ -233,10 +220,7 @@ def machine(redis: Any) -> dict[str, Any]:
 def metrics(port: int, *prefixes: str) -> dict[str, float]:
     """Return the series of /metrics whose names start with one of the prefixes, summed over the workers."""
     lines = [x.rpartition(" ") for x in request(port, "/metrics").body.decode().splitlines() if x.startswith(prefixes)]
-    out: Counter[str] = Counter()
-    for name, _, value in lines:
-        out[name] += float(value)
-    return dict(out)
+    return {name: sum(float(v) for n, _, v in lines if n == name) for name in dict.fromkeys(n for n, _, _ in lines)}
 
 
 def listing(counts: dict[str, Any]) -> str:
@@ -267,7 +251,6 @@ def finish(name: str, **results: Any) -> int:
     """Print the results, write bench/results/<name>.json; return 0 if every check held."""
     ok = all(c["ok"] for c in results["checks"])
     results = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **results, "ok": ok}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     print(render(results), f"\nresults: bench/results/{name}.json", sep="\n", flush=True)
     return 0 if ok else 1

@@ -19,9 +19,10 @@ DATABASE_REFUSED = re.compile(r'"breaker"\s*:\s*"database"')  # in a 503 problem
 Record = list[Any]  # bench/client.py's: path, start, seconds, status (0: none), problem body or error, Retry-After
 
 
-def summary(phase: str, rows: list[Record], seconds: float) -> dict[str, Any]:
-    took = [r[2] * 1000 for r in rows]
-    out = {"phase": phase, "count": len(rows), "per_second": round(len(rows) / seconds, 1) if seconds > 0 else 0.0}
+def summary(phase: str, rows: list[Record], lo: float, hi: float) -> dict[str, Any]:
+    """Return the figures of the rows sent in [lo, hi)."""
+    took = [r[2] * 1000 for r in rows if lo <= r[1] < hi]
+    out = {"phase": phase, "count": len(took), "per_second": round(len(took) / (hi - lo), 1) if hi > lo else 0.0}
     out |= {f"p{q}_ms": round(lib.percentile(took, q), 2) for q in (50, 99)}
     return out | {"max_ms": round(max(took or [0]), 2)}
 
@@ -30,26 +31,18 @@ def analyse(records: list[Record], api: str, t_out: float, t_back: float) -> dic
     """Return the figures of one run from the client's records and the proxy's timeline (monotonic seconds)."""
     calls, live, ops = ([r for r in records if r[0] in paths] for paths in ((api,), (LIVE,), OPS))
     t_start, t_end = min(r[1] for r in records), max(r[1] + r[2] for r in records)
-
-    def inside(rows: list[Record]) -> list[Record]:
-        return [r for r in rows if t_out <= r[1] < t_back]
-
-    during = inside(calls)
+    during = [r for r in calls if t_out <= r[1] < t_back]
     # "Known down": requests sent after the first answer that says the database breaker refused.
     known_at = min((r[1] + r[2] for r in during if r[3] == 503 and DATABASE_REFUSED.search(r[4])), default=t_back)
     first_ok = min((r[1] + r[2] for r in calls if r[1] >= t_back and r[3] == 200), default=None)
-    f = {
-        "api_before": summary("API before the outage", [r for r in calls if r[1] < t_out], t_out - t_start),
-        "api_during_outage": summary("API during the outage", during, t_back - t_out),
-        "api_once_known_down": summary("API once known down", [r for r in during if r[1] >= known_at],
-                                       t_back - known_at),
-        "api_after_return": summary("API after PostgreSQL's return", [r for r in calls if r[1] >= t_back],
-                                    t_end - t_back),
-        "live_during_outage": summary("/health/live during the outage", inside(live), t_back - t_out),
-        "ops_during_outage": summary("/health/breakers and /metrics during the outage", inside(ops), t_back - t_out),
-    }  # fmt: skip
     fives = Counter(f"{r[0]} {r[3] or r[4]}" for r in records if r[3] >= 500 or r[3] == 0)
-    return f | {
+    return {
+        "api_before": summary("API before the outage", calls, t_start, t_out),
+        "api_during_outage": summary("API during the outage", calls, t_out, t_back),
+        "api_once_known_down": summary("API once known down", calls, known_at, t_back),
+        "api_after_return": summary("API after PostgreSQL's return", calls, t_back, t_end),
+        "live_during_outage": summary("/health/live during the outage", live, t_out, t_back),
+        "ops_during_outage": summary("/health/breakers and /metrics during the outage", ops, t_out, t_back),
         "outage_seconds": round(t_back - t_out, 2), "timeline_seconds": round(t_end - t_out, 2),
         "known_down_after_s": round(known_at - t_out, 3) if known_at < t_back else None,
         "api_statuses_during_outage": dict(Counter(str(r[3]) for r in during)),

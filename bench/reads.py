@@ -7,7 +7,6 @@ import json
 from bench import lib
 
 NAME = "reads"
-WORDS = "river night garden machine city silence winter letters stone memory light shadow".split()
 
 
 def main() -> int:
@@ -21,17 +20,16 @@ def main() -> int:
         call_command("demo_data", books=2000, seed=11, verbosity=0)
         Book.objects.update(stock=10**6)
         ids = list(Book.objects.order_by("pk").values_list("pk", flat=True)[:200])
-        tokens = lib.customers(16)
+        json_ = {"Accept": "application/json", "Content-Type": "application/json"}
+        auth = [{**json_, "Authorization": f"Token {t}"} for t in lib.customers(16)]
         RateLimitPolicy.objects.update(mode=RateLimitPolicy.Mode.DRY_RUN)
         machine = lib.machine(redis)
-        json_ = {"Accept": "application/json", "Content-Type": "application/json"}
-        orders = [({**json_, "Authorization": f"Token {tokens[n % 16]}"}, pk) for n, pk in enumerate(ids)]
         mixes = {
             "book list": [("GET", f"/api/books?page={n}&page_size=20", json_, "") for n in range(1, 51)],
             "book detail": [("GET", f"/api/books/{pk}", json_, "") for pk in ids],
-            "search": [("GET", f"/api/books/search?q={w}", json_, "") for w in WORDS],
-            "order placement": [("POST", "/api/orders", h, json.dumps({"lines": [{"book_id": pk, "quantity": 1}]}))
-                                for h, pk in orders],
+            "search": [("GET", f"/api/books/search?q={w}", json_, "") for w in lib.WORDS.split()[:12]],
+            "order placement": [("POST", "/api/orders", auth[n % 16],
+                                 json.dumps({"lines": [{"book_id": pk, "quantity": 1}]})) for n, pk in enumerate(ids)],
         }  # fmt: skip
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
             runs = {label: lib.wrk_round(server, redis, mix, cfg) for label, mix in mixes.items()}

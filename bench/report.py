@@ -8,12 +8,10 @@ from bench import lib
 
 
 def main() -> int:
-    import django
     from django.conf import settings
     from django.template import Context, Engine
 
-    settings.configure()
-    django.setup()
+    settings.configure(USE_I18N=False)  # an English page: no translations, so no apps to load for them
     # NAME.json only: scenario.records.json and scenario-shapes.json are the scenario's own files.
     found = {p.stem: json.loads(p.read_text()) for p in sorted(lib.RESULTS.glob("*.json")) if p.stem.isidentifier()}
     for r in found.values():

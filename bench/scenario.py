@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import lib, verdict
-from bench.actors import address
 
 NAME = "scenario"
 WORKERS, BOOKS, CUSTOMERS, HOT_BOOKS = 4, 2000, 400, 3
@@ -23,8 +21,6 @@ TIMELINE = {"warmup": [0, 8], "baseline": [8, 28], "attack": [28, 136], "fault_o
 TIMELINE |= {"slow_on": 118, "slow_off": 135, "spikes": [38, 103], "end": 146, "spike_seconds": 2.0}
 SLOW_MS = 1000  # every search's wait in the slowdown, under the search breaker's slow-call threshold (2 s)
 RATES = {"legit_rate": 35.0, "crawler_rate": 200.0, "bot_rate": 20.0}  # per second; legit: all users together
-WORDS = "river night garden machine city silence winter letters stone memory light shadow kingdom map harbour "
-WORDS += "algorithm engine clock signal mirror forest station archive ocean ember voyage library bridge compass"
 METRICS = ("bookstore_ratelimit_decisions_total", "bookstore_breaker_transitions_total", "bookstore_breaker_rej")
 METRICS += ("bookstore_concurrency_decisions_total",)
 SHAPES_KEPT = 5  # runs kept per server shape in bench/results/scenario-shapes.json
@@ -106,36 +102,28 @@ def sample(t0: float, db: str, samples: list[list[Any]], stop: threading.Event) 
 
 def run() -> dict[str, Any]:
     """Seed, serve, play the timeline; return everything the verdict and the report read."""
-    cfg = lib.knobs(scenario_threads=4, scenario_pool=4)  # threads and DB_POOL_MAX per worker
-    threads, pool, timeline = cfg["scenario_threads"], cfg["scenario_pool"], TIMELINE
+    threads, pool = lib.knobs(scenario_threads=4, scenario_pool=4).values()  # threads and DB_POOL_MAX per worker
     with lib.prepared(NAME) as (url, redis):
         db, began = url.rsplit("/", 1)[1], time.monotonic()
         s = seed(threads)
         seed_seconds, machine = round(time.monotonic() - began, 1), lib.machine(redis)
         env = {"FAULT_INJECTION": "true", "TRUSTED_PROXY_COUNT": "1", "DB_POOL_MIN": "1", "DB_POOL_MAX": str(pool)}
         with lib.server(workers=WORKERS, threads=threads, **env) as server:
-            t0, output = time.monotonic() + 1.5, lib.RESULTS / f"{NAME}.load.json"  # 1.5 s: the actors start up
-            spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126, "output": str(output)}
-            spec |= {**timeline, **RATES, "words": WORDS.split(), "slow_ms": SLOW_MS}
-            spec["users"] = [[t, address(1, n)] for n, t in enumerate(s["tokens"])]
-            spec |= {k: s[k] for k in ("book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
-            crowd = range(SPIKE_CUSTOMERS)
-            spec["spike_customers"] = [[[s["tokens"][(i * 97 + n) % CUSTOMERS], address(2 + i, n)] for n in crowd]
-                                       for i in range(len(timeline["spikes"]))]  # fmt: skip
+            t0 = time.monotonic() + 1.5  # 1.5 s: the actors start up
+            spec = {"host": "127.0.0.1", "port": server.port, "t0": t0, "seed": 20251126}
+            spec |= {**TIMELINE, **RATES, "words": lib.WORDS.split(), "slow_ms": SLOW_MS}
+            spec["spike_customers"] = SPIKE_CUSTOMERS
+            spec |= {k: s[k] for k in ("tokens", "book_ids", "in_stock_ids", "hot_ids", "list_pages", "staff_token")}
             db_samples, stop = [], threading.Event()
             (sampler := threading.Thread(target=sample, args=(t0, db, db_samples, stop), daemon=True)).start()
             with lib.spent(server, redis) as spent:
-                cpu, actors, limit = redis.info("cpu"), [sys.executable, "-m", "bench.actors"], TIMELINE["end"] + 99
-                proc = subprocess.run(actors, cwd=lib.ROOT, input=json.dumps(spec), text=True, timeout=limit)
+                cpu = redis.info("cpu")
+                load = lib.child("bench.actors", spec, timeout=TIMELINE["end"] + 99)
                 cpu = {k: redis.info("cpu")[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user")}
             stop.set()
             sampler.join()
-            if proc.returncode:
-                raise RuntimeError(f"the scenario's actors failed ({proc.returncode})")
             counted = lib.metrics(server.port, *METRICS)
             timings = {f[3]: [int(f[1]), int(f[2])] for f in server.access_lines() if f[3].startswith("sc")}
-        load = json.loads(output.read_text())
-        output.unlink()  # the records go to scenario.records.json, as judged
         records = [dict(zip(load["fields"], r, strict=True)) for r in load.pop("records")]
         checks = db_checks(s["initial_stock"], records)
         lib.release_db()
@@ -143,35 +131,17 @@ def run() -> dict[str, Any]:
     out |= {"server_timings": timings, "load": load, "db_checks": checks, "metrics": counted}
     out |= {"server_cpu_seconds": round(spent["cpu_seconds"], 2), "redis_cpu_seconds": round(sum(cpu.values()), 2)}
     out |= {"redis_script_calls": sum(spent["redis_calls"].get(k, 0) for k in lib.SCRIPTS)}
-    from django.contrib.auth.hashers import import_string
+    from django.contrib.auth.hashers import get_hasher
 
-    from bookstore import settings as product  # the app's hasher: this process's settings use a fast one
-
-    hasher = import_string(product.PASSWORD_HASHERS[0])()  # what one check costs here (unknown users pay it too)
+    hasher = get_hasher()  # the app's: what one password check costs here (unknown users pay it too)
     encoded, began = hasher.encode("right-password", hasher.salt()), time.process_time()
     hasher.verify("wrong-password", encoded)
     out |= {"hasher": hasher.algorithm, "hash_seconds": round(time.process_time() - began, 3)}
     config = {"workers": WORKERS, "threads": threads, "db_pool_max": pool, "db_ceiling": WORKERS * pool, "books": BOOKS}
     config |= {"customers": CUSTOMERS, "hot_books": s["hot_ids"], "hot_stock": HOT_STOCK, "slow_ms": SLOW_MS}
-    config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": timeline, "rates": RATES, "seed_seconds": seed_seconds}
+    config |= {"spike_customers": SPIKE_CUSTOMERS, "timeline": TIMELINE, "rates": RATES, "seed_seconds": seed_seconds}
     config["policies"] = s["policies"]
-    config["server"] = f"gunicorn -c deploy/gunicorn.conf.py bookstore.wsgi, {WORKERS} gthread workers × {threads} "
-    config["server"] += f"threads, --preload, DB_POOL_MAX={pool}, TRUSTED_PROXY_COUNT=1, FAULT_INJECTION=true"
     return out | {"config": config, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-
-
-def remember_shape(results: dict[str, Any], judged: dict[str, Any]) -> list[dict[str, Any]]:
-    """Keep this run's key figures with the last few runs of its server shape; return all kept, this one first."""
-    path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
-    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
-            "finished_at": results["finished_at"], **judged["shape_figures"],
-            "server_cpu_s": results["server_cpu_seconds"], "cpu_probe_ms": results["machine"]["cpu_probe_ms"],
-            "failed": ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"}  # fmt: skip
-    runs = [r for r in json.loads(path.read_text()) if r["finished_at"] != mine["finished_at"]] if path.exists() else []
-    kept = [r for r in runs if r["shape"] != mine["shape"]]
-    kept += [r for r in runs if r["shape"] == mine["shape"]][-(SHAPES_KEPT - 1) :] + [mine]
-    path.write_text(json.dumps(kept, indent=1) + "\n")
-    return [mine, *(r for r in reversed(kept) if r is not mine)]
 
 
 def main() -> int:
@@ -183,9 +153,18 @@ def main() -> int:
         # What the charts are drawn from (bench/charts.py); the verdict's figures go to scenario.json.
         records.write_text(json.dumps({k: results[k] for k in ("records", "samples", "server_timings")}))
     judged = verdict.judge(results)
-    for k in ("records", "samples", "server_timings"):
-        del results[k]
-    return lib.finish(NAME, **(results | judged | {"shapes": remember_shape(results, judged)}))
+    results = {k: v for k, v in results.items() if k not in ("records", "samples", "server_timings")}
+    # This run's key figures, kept with the last few runs of its server shape; all kept are shown, this one first.
+    path, cfg = lib.RESULTS / f"{NAME}-shapes.json", results["config"]
+    mine = {"shape": f"{cfg['workers']} x {cfg['threads']}", "db_pool_max": cfg["db_pool_max"],
+            "finished_at": results["finished_at"], **judged["shape_figures"],
+            "server_cpu_s": results["server_cpu_seconds"], "cpu_probe_ms": results["machine"]["cpu_probe_ms"],
+            "failed": ", ".join(c["name"] for c in judged["checks"] if not c["ok"]) or "none"}  # fmt: skip
+    runs = [r for r in json.loads(path.read_text()) if r["finished_at"] != mine["finished_at"]] if path.exists() else []
+    kept = [r for r in runs if r["shape"] != mine["shape"]]
+    kept += [r for r in runs if r["shape"] == mine["shape"]][-(SHAPES_KEPT - 1) :] + [mine]
+    path.write_text(json.dumps(kept, indent=1) + "\n")
+    return lib.finish(NAME, **(results | judged | {"shapes": [mine, *(r for r in reversed(kept) if r is not mine)]}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,22 @@ DESIGNED[(503, "dependency-unavailable")] = "503 dependency failed"  # the faili
 DESIGNED[(503, "concurrency-limit")] = "503 bulkhead full"
 REJECT_P99_MS, OPEN_WITHIN_S, CLOSE_SLACK_S = 5.0, 1.0, 5.0
 Record = dict[str, Any]
+Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
+CHECKS = {  # each check, a method of Facts, and its name in the report, in the report's order
+    "crawler_budget": "crawler admitted within search-ip",
+    "bot_budget": "bot admitted within login-ip",
+    "legit_success": "legitimate success rate outside the failure window",
+    "legit_p99": "legitimate p99 outside the failure window vs baseline",
+    "slowdown_p99": "list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead",
+    "breaker_opens": "search breaker opens after the failure starts",
+    "rejects_fast": "open breaker rejects fast (server side, p99)",
+    "breaker_closes": "search breaker closes after recovery",
+    "no_unexpected": "no 5xx but the designed 503s, no transport errors",
+    "spike_answers": "spike customers: 201 or 409 only",
+    "orders_exist": "every 201 order exists, none without a 201",
+    "stock_conserved": "stock conserved on every book (no loss, no oversell)",
+    "db_connections": "DB connections never above workers x DB_POOL_MAX",
+}
 
 
 def outcome(r: Record) -> str:
@@ -34,8 +50,7 @@ def latency_ms(r: Record) -> float:
     return (r["received"] - r["sent"]) * 1000
 
 
-def pcts(values: Iterable[float], *qs: float) -> dict[float, float]:
-    values = list(values)
+def pcts(values: list[float], *qs: float) -> dict[float, float]:
     return {q: round(percentile(values, q), 2) for q in qs}
 
 
@@ -46,22 +61,11 @@ def policy_text(p: dict[str, Any]) -> str:
 
 
 def admissible(p: dict[str, Any], span: float) -> int:
-    """Return the most requests of one key the policy can admit within any `span` seconds: a token bucket (GCRA)
-    the burst, then one per period / limit; a window its limit per period, a fixed one per window touched."""
+    """Return the most requests of one key the policy can admit in any `span` seconds (docs/benchmarks.md.in)."""
     limit, period = p["limit"], float(p["period"])
     if p["algorithm"] == "token_bucket":
         return (p["burst"] or limit) + math.floor(span / (period / limit) + 1e-9) if limit else 0
     return limit * (math.ceil(span / period) + (p["algorithm"] == "fixed_window"))
-
-
-Judged = tuple[Any, str, str, dict[str, Any]]  # ok, measured, limit, figures
-Check = Callable[[Any], Judged]  # a method of Facts
-CHECKS: dict[str, tuple[str, Check]] = {}
-
-
-def named(label: str) -> Callable[[Check], Check]:
-    """Register a check under its label, in the order of the report."""
-    return lambda fn: CHECKS.setdefault(fn.__name__, (label, fn))[1]
 
 
 class Facts:
@@ -93,8 +97,7 @@ class Facts:
         self.opened_store = min((t for t in wall if t >= self.fault_on - 1), default=None)
         bounds = [t for t in (self.first_open_sample, self.first_503) if t is not None]
         self.opened_at = self.opened_store if self.opened_store is not None else min(bounds, default=None)
-        closed = [s[1] for s in samples if s[0] >= self.fault_off_received and s[2] == "closed"]
-        self.closed_at = closed[0] if closed else None
+        self.closed_at = next((s[1] for s in samples if s[0] >= self.fault_off_received and s[2] == "closed"), None)
         self.open_seconds = self.cfg["policies"]["breakers"]["search"]["open_seconds"]
         late_end = self.fault_off_received + self.open_seconds + CLOSE_SLACK_S
         self.failure = (self.fault_on, self.closed_at if self.closed_at is not None else late_end)
@@ -145,9 +148,6 @@ class Facts:
         out |= {"bound_over_span": admissible(p, span), "admitted_sent": [round(r["sent"], 2) for r in admitted[:40]]}
         return out
 
-    # The checks: each returns (ok, measured, limit, figures) from the facts.
-
-    @named("crawler admitted within search-ip")
     def crawler_budget(self) -> Judged:
         b = self.budget("crawler", "search-ip")
         ok = not b["violation"] and b["max_in_any_period"] <= b["per_period"] and b["admitted"] <= b["bound_over_span"]
@@ -155,7 +155,6 @@ class Facts:
         limit = f"≤ {b['per_period']} in any {b['period']} s, ≤ {b['bound_over_span']} over the attack ({b['text']})"
         return ok, measured + f"{b['period']} s", limit, b
 
-    @named("bot admitted within login-ip")
     def bot_budget(self) -> Judged:
         b = self.budget("bot", "login-ip")
         admitted = [r for r in self.by_actor["bot"] if r["status"] not in (0, 429)]
@@ -164,7 +163,6 @@ class Facts:
         ok = not b["violation"] and b["admitted"] <= b["bound_over_span"]
         return ok, f"{b['admitted']} of {b['sent']} admitted over {b['span']:.1f} s", limit, b
 
-    @named("legitimate success rate outside the failure window")
     def legit_success(self) -> Judged:
         def ok(r: Record) -> bool:
             if r["endpoint"] == "order-replay":  # the first order's id again, marked as a replay
@@ -179,7 +177,6 @@ class Facts:
         listed = ", ".join(f"{k} × {v}" for k, v in failed.most_common())
         return rate >= 0.99, f"{rate:.2%} ({good} / {len(judged)})", "≥ 99%", {"failures": listed}
 
-    @named("legitimate p99 outside the failure window vs baseline")
     def legit_p99(self) -> Judged:
         warm, base = self.tl["warmup"][1], self.baseline_p99()
         kept = [r for r in self.legit if not self.in_failure(r) and not self.excused(r)]
@@ -193,7 +190,6 @@ class Facts:
         measured = f"{outside:.1f} ms vs {base:.1f} ms (x{outside / base if base else 0:.2f})"
         return outside <= 2 * base, measured, "≤ 2x baseline", figures
 
-    @named("list, detail and order p99 in the search slowdown vs baseline; slow searches ≤ bulkhead")
     def slowdown_p99(self) -> Judged:
         (lo, hi), base = self.slowdown, self.baseline_p99(lambda r: r["endpoint"] != "search")
         slow = percentile(self.legit_ms(lambda r: lo <= r["sent"] < hi and r["endpoint"] != "search"), 99)
@@ -201,12 +197,11 @@ class Facts:
         searches = [r for r in self.legit if r["endpoint"] == "search" and lo <= r["sent"] < hi]
         figures = {"baseline_ms": round(base, 1), "slowdown_ms": round(slow, 1), "peak": peak, "bulkhead": slots}
         figures |= {"legit_searches": listing(Counter(r["outcome"] for r in searches))}
-        figures["legit_search_ms"] = pcts((latency_ms(r) for r in searches if r["outcome"] == "2xx"), 50, 99)
+        figures["legit_search_ms"] = pcts([latency_ms(r) for r in searches if r["outcome"] == "2xx"], 50, 99)
         measured = f"{slow:.1f} ms vs {base:.1f} ms (x{slow / base if base else 0:.2f}); at most {peak} slow at once"
         ok = slow <= 2 * base and peak is not None and 0 < peak <= slots["max_in_flight"]
         return ok, measured, f"≤ 2x baseline; ≤ {slots['max_in_flight']}", figures
 
-    @named("search breaker opens after the failure starts")
     def breaker_opens(self) -> Judged:
         took = self.opened_at - self.fault_on if self.opened_at is not None else math.inf
         first = f"{self.first_503 - self.fault_on:.3f} s" if self.first_503 is not None else "n/a"
@@ -217,7 +212,6 @@ class Facts:
         measured = f"{took:.3f} s after the fault PUT was sent (store's opened_at; first 503 {first})"
         return took <= OPEN_WITHIN_S, measured, f"≤ {OPEN_WITHIN_S:g} s", figures
 
-    @named("open breaker rejects fast (server side, p99)")
     def rejects_fast(self) -> Judged:
         timed = [r["timing"] for r in self.rejected if r["timing"]]
         views = {"decision": [t[0] for t in timed if t[1] == "refused"]}
@@ -226,19 +220,16 @@ class Facts:
         # Every rejection must carry its timing; a missing one counts as infinitely slow.
         n = len(views["decision"])
         p99 = percentile(views["decision"], 99) if n and n == len(self.rejected) else math.inf
-        measured = f"{p99:.2f} ms refusal (Server-Timing, {n} of {len(self.rejected)}); "
-        measured += f"{percentile(views['server'], 99):.2f} ms gunicorn service time; "
-        measured += f"{percentile(views['client'], 99):.2f} ms client"
         figures = {k: {"count": len(v), **pcts(v, 50, 99, 100)} for k, v in views.items()}
+        measured = f"{p99:.2f} ms refusal (Server-Timing, {n} of {len(self.rejected)}); "
+        measured += f"{figures['server'][99]:.2f} ms gunicorn service time; {figures['client'][99]:.2f} ms client"
         return p99 < REJECT_P99_MS, measured, f"< {REJECT_P99_MS:g} ms", figures
 
-    @named("search breaker closes after recovery")
     def breaker_closes(self) -> Judged:
         took = self.closed_at - self.fault_off if self.closed_at is not None else math.inf
         limit = f"≤ {self.open_seconds} + {CLOSE_SLACK_S:g} s"
         return took <= self.open_seconds + CLOSE_SLACK_S, f"{took:.2f} s after the fault was switched off", limit, {}
 
-    @named("no 5xx but the designed 503s, no transport errors")
     def no_unexpected(self) -> Judged:
         def unexpected(r: Record) -> bool:
             if r["outcome"] in ("error", "5xx") or (r["status"] == 503 and r["endpoint"] != "search"):
@@ -251,27 +242,23 @@ class Facts:
         first = [{k: r[k] for k in ("actor", "endpoint", "sent", "status", "problem")} for r in bad[:20]]
         return not bad, str(len(bad)), "0", {"first": first}
 
-    @named("spike customers: 201 or 409 only")
     def spike_answers(self) -> Judged:
         spike = self.by_actor["spike"]
         good = sum(r["outcome"] in ("2xx", "409 out of stock") for r in spike)
         return spike and good == len(spike), f"{good} / {len(spike)}", "all", {}
 
-    @named("every 201 order exists, none without a 201")
     def orders_exist(self) -> Judged:
         db = self.results["db_checks"]
         missing, unanswered = len(db["orders_201_missing"]), len(db["orders_without_201"])
         measured = f"{db['orders_201'] - missing} / {db['orders_201']} found; {unanswered} unanswered"
         return not missing and not unanswered, measured, "all, 0", db
 
-    @named("stock conserved on every book (no loss, no oversell)")
     def stock_conserved(self) -> Judged:
         db = self.results["db_checks"]
         measured = f"{db['books_checked'] - len(db['stock_broken'])} / {db['books_checked']} books; "
         held = not (db["stock_broken"] or db["negative_stock"] or db["cancelled_not_applied"])
         return held, measured + f"{db['cancelled_200']} cancels applied", "initial = current + sold", {}
 
-    @named("DB connections never above workers x DB_POOL_MAX")
     def db_connections(self) -> Judged:
         samples, ceiling = self.results["db_samples"], self.cfg["db_ceiling"]
         most = max((s[1] for s in samples), default=0)
@@ -281,38 +268,37 @@ class Facts:
 def judge(results: dict[str, Any]) -> dict[str, Any]:
     """Return the checks, the figures the report shows around them, and the figures kept per server shape."""
     f = Facts(results)
-    by = {name: fn(f) for name, (_, fn) in CHECKS.items()}
-    checks = [check(CHECKS[name][0], *x[:3], **x[3]) for name, x in by.items()]
+    by = {name: getattr(f, name)() for name in CHECKS}
+    checks = [check(CHECKS[name], *x[:3], **x[3]) for name, x in by.items()]
+    fig = {name: x[3] for name, x in by.items()}  # each check's figures
     warm, (start, end) = f.tl["warmup"][1], f.tl["attack"]
     phases = {"warm-up (not judged)": (0, warm), "baseline": (warm, start), "attack, before the failure": (start,
               f.failure[0]), "failure window": f.failure, "attack, after recovery": (f.failure[1], f.slowdown[0]),
               "search slowdown, bulkhead on": (f.slowdown[0], end), "cool-down": (end, f.tl["end"] + 60)}  # fmt: skip
-    kinds = {"all": None, "search": {"search"}, "orders": {"order", "order-replay", "cancel"}}
     rows = []
     for label, (lo, hi) in phases.items():
-        for kind, eps in kinds.items():
+        for kind, eps in {"all": None, "search": {"search"}, "orders": {"order", "order-replay", "cancel"}}.items():
             lat = f.legit_ms(lambda r, lo=lo, hi=hi, e=eps: lo <= r["sent"] < hi and (not e or r["endpoint"] in e))
             cpu = "{:g} / {:g}, {:g}".format(*f.cpu(lo, hi)) if kind == "all" else ""
             rows.append([label, kind, len(lat), *pcts(lat, 50, 95, 99, 100).values(), cpu])
     by_endpoint = {e: [r for r in f.legit if r["endpoint"] == e] for e in dict.fromkeys(r["endpoint"] for r in f.legit)}
     timed = {"search": [r for r in f.records if r["endpoint"] == "search" and r["status"] == 200]}
     timed["limited"] = [r for r in f.records if r["status"] == 429]
-    rej = by["rejects_fast"][3]
+    rej = fig["rejects_fast"]
     views = {"refusal (Server-Timing)": "decision", "its thread's CPU": "cpu", "gunicorn service time": "server",
              "client side": "client"}  # fmt: skip
     p99 = {r[0]: r[5] for r in rows if r[1] == "all"}
-    shape = {"baseline_p99_ms": by["legit_p99"][3]["baseline_ms"], "outside_p99_ms": by["legit_p99"][3]["outside_ms"]}
+    shape = {"baseline_p99_ms": fig["legit_p99"]["baseline_ms"], "outside_p99_ms": fig["legit_p99"]["outside_ms"]}
     shape |= {f"{k}_p99_ms": p99[p] for k, p in zip(("attack", "failure", "after"), list(phases)[2:5], strict=True)}
-    shape["slowdown_p99_ms"] = by["slowdown_p99"][3]["slowdown_ms"]
-    shape["db_max_connections"] = by["db_connections"][3]["max"]
+    shape |= {"slowdown_p99_ms": fig["slowdown_p99"]["slowdown_ms"], "db_max_connections": fig["db_connections"]["max"]}
     moments = "fault_on fault_on_answered fault_off opened_store first_open_sample first_503 closed_at".split()
     fault = {k: getattr(f, k) for k in moments} | {"rejections": len(f.rejected)}
     fault["dependency_failures"] = sum(r["outcome"] == "503 dependency failed" for r in f.records)
-    timing = {f"{k}_decision": pcts((r["timing"][0] for r in rs if r["timing"]), 50, 99) for k, rs in timed.items()}
+    timing = {f"{k}_decision": pcts([r["timing"][0] for r in rs if r["timing"]], 50, 99) for k, rs in timed.items()}
     timing |= {f"{k}_served": pcts(f.served_ms(rs), 50, 99) for k, rs in timed.items()}
+    columns = ["phase", "requests", "count", "p50", "p95", "p99", "max", "CPU busy / stolen %, busiest 250 ms"]
     report = {
-        **{k: x[3] for k, x in by.items()}, "window": f.failure, "slowdown": f.slowdown, "fault": fault,
-        "requests": len(f.records),
+        **fig, "window": f.failure, "slowdown": f.slowdown, "fault": fault, "requests": len(f.records),
         "scripts_per_request": round(results["redis_script_calls"] / max(len(f.records), 1), 2),
         "timing": {k: " / ".join(map(str, v.values())) for k, v in timing.items()},
         "outcomes": outcome_table("actor", f.by_actor), "endpoints": outcome_table("endpoint", by_endpoint),
@@ -322,10 +308,8 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
         "policies": "; ".join(f"{n} {policy_text(p)} per {p['key']} on {p['methods']} `{p['pattern']}`"
                               for n, p in f.cfg["policies"]["ratelimits"].items()).replace("  ", " "),
         "worst_windows": table(["start s", "requests", "p50", "p99", "CPU busy %", "stolen %", "busiest 250 ms"],
-                               by["legit_p99"][3]["worst_2s_windows"]),
+                               fig["legit_p99"]["worst_2s_windows"]), "phases": table(columns, rows),
     }  # fmt: skip
-    columns = ["phase", "requests", "count", "p50", "p95", "p99", "max", "CPU busy / stolen %, busiest 250 ms"]
-    report["phases"] = table(columns, rows)
     return {"checks": checks, "report": report, "shape_figures": shape, "columns": columns, "rows": rows}
 
 

@@ -1,6 +1,5 @@
--- wrk's request mix (bench/lib.py writes the file named after "--"): one request per line,
--- "METHOD<TAB>PATH<TAB>BODY<TAB>Header: value<TAB>...", sent in turn on every connection.
--- done() prints one JSON line with the figures bench/lib.py reads.
+-- The mix bench/lib.py writes to the file named after "--", one request a line, sent in turn on every connection:
+-- "METHOD<TAB>PATH<TAB>BODY<TAB>Header: value<TAB>..."; done() prints the JSON line bench/lib.py reads.
 local mix, n = {}, 0
 
 function init(args)
