@@ -73,7 +73,7 @@ def customers(count: int, prefix: str = "bench") -> list[str]:
     from accounts.services import token_create, user_create
 
     names = [f"{prefix}{n}" for n in range(count)]
-    users = [user_create(username=n, email=f"{n}@bench.invalid", password=None) for n in names]
+    users = [user_create(username=n, email=f"{n}@bench.invalid", password=None) for n in names]  # type: ignore[arg-type]
     return [token_create(user=user).token for user in users]
 
 

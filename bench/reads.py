@@ -33,6 +33,9 @@ def main() -> int:
         }  # fmt: skip
         with lib.server(workers=cfg["workers"], threads=cfg["threads"]) as server:
             runs = {label: lib.wrk_round(server, redis, mix, cfg) for label, mix in mixes.items()}
+        with lib.server(workers=cfg["workers"], threads=cfg["threads"], CATALOGUE_PAGE_CACHE_BYTES="0") as server:
+            for label in ("book list", "book detail"):
+                runs[f"{label}, every page rendered"] = lib.wrk_round(server, redis, mixes[label], cfg)
 
     fields = ("cpu_ms", "per_second", "p50_ms", "p99_ms", "redis_rt", "requests")
     bad = {k: r["bad_status"] + r["socket_errors"] for k, r in runs.items()}
