@@ -34,6 +34,19 @@ READY_PATH = "/api/books"
 ACCESS_LOG_FORMAT = "%(p)s %(s)s %(m)s %(U)s %({x-probe}i)s"
 
 
+def with_live_password(user: Any, password: str = "correct-horse-battery") -> Any:
+    """Give a user a password the servers can check, and save it; return the user.
+
+    The servers run production settings, whose hashers do not include the tests' fast one.
+    """
+    from django.contrib.auth.hashers import Argon2PasswordHasher
+
+    hasher = Argon2PasswordHasher()
+    user.password = hasher.encode(password, hasher.salt())
+    user.save(update_fields=["password"])
+    return user
+
+
 def free_port() -> int:
     """Return a loopback TCP port that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

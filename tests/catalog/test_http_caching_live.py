@@ -11,9 +11,16 @@ import pytest
 from accounts.models import User
 from accounts.services import token_create
 from catalog.models import Book
-from tests.live import LiveServer, request
+from tests.live import LiveServer, Reply, request
 
 pytestmark = pytest.mark.live
+
+
+def _order_two(server: LiveServer, token: str, book: Book) -> Reply:
+    """Place an order of two copies of the book through the server."""
+    order = {"lines": [{"book_id": book.pk, "quantity": 2}]}
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    return request(server.port, "/api/orders", method="POST", headers=headers, body=json.dumps(order).encode())
 
 
 def test_every_worker_confirms_a_current_copy_and_none_a_copy_an_order_made_stale(
@@ -31,10 +38,7 @@ def test_every_worker_confirms_a_current_copy_and_none_a_copy_an_order_made_stal
         assert [r.status for r in again] == [304] * 8
         assert all(r.body == b"" and r.header("ETag") == etag for r in again)
 
-        order = {"lines": [{"book_id": book.pk, "quantity": 2}]}
-        headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
-        placed = request(server.port, "/api/orders", method="POST", headers=headers, body=json.dumps(order).encode())
-        assert placed.status == 201
+        assert _order_two(server, token, book).status == 201
 
         after = [request(server.port, url, headers={"If-None-Match": etag}) for _ in range(8)]
         assert [r.status for r in after] == [200] * 8
@@ -54,10 +58,7 @@ def test_no_worker_answers_from_a_copy_it_kept_before_an_order(
         assert {json.loads(r.body)["stock"] for r in before} == {5}
         assert len({r.body for r in before}) == 1
 
-        order = {"lines": [{"book_id": book.pk, "quantity": 2}]}
-        headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
-        placed = request(server.port, "/api/orders", method="POST", headers=headers, body=json.dumps(order).encode())
-        assert placed.status == 201
+        assert _order_two(server, token, book).status == 201
 
         after = [request(server.port, url) for _ in range(12)]
         assert {json.loads(r.body)["stock"] for r in after} == {3}

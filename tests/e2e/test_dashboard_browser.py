@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
-from django.contrib.auth.hashers import Argon2PasswordHasher
 from django.core.management import call_command
 from pytest_django.fixtures import Settings
 
 from accounts.models import User
 from resilience.models import CircuitBreakerPolicy, RateLimitPolicy
 from resilience.runtime import get_runtime, workers_key
-from tests.live import ROOT, LiveServer
+from tests.live import ROOT, LiveServer, with_live_password
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
@@ -58,10 +57,7 @@ def make_login(role: str, username: str, *, superuser: bool = False) -> User:
         user = User.objects.create_superuser(username=username, email=f"{username}@example.com", password=None)
     else:
         user = User.objects.create_user(username=username, email=f"{username}@example.com", role=role)
-    # The servers run production settings, whose hashers do not include the tests' fast one.
-    user.password = Argon2PasswordHasher().encode(PASSWORD, Argon2PasswordHasher().salt())
-    user.save(update_fields=["password"])
-    return user
+    return with_live_password(user, PASSWORD)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from accounts.models import User
-from tests.live import HOST, ROOT, LiveServer
+from tests.live import HOST, ROOT, LiveServer, with_live_password
 
 README = ROOT / "README.md"
 # Every warning `check --deploy` gave before these settings were read from the environment. With the
@@ -123,12 +123,7 @@ class _Form(HTMLParser):
 @pytest.mark.live
 @pytest.mark.django_db(transaction=True)
 def test_admin_login_behind_a_tls_proxy_passes_csrf(live_servers: Any) -> None:
-    from django.contrib.auth.hashers import Argon2PasswordHasher
-
-    user = User.objects.create_superuser(username="tls-admin", email="tls@example.com", password=None)
-    # The server runs production settings, whose hashers do not include the tests' fast one.
-    user.password = Argon2PasswordHasher().encode("correct-horse-battery", Argon2PasswordHasher().salt())
-    user.save(update_fields=["password"])
+    with_live_password(User.objects.create_superuser(username="tls-admin", email="tls@example.com", password=None))
     env = {"HTTPS": "true", "TRUSTED_PROXY_COUNT": "1", "SECURE_HSTS_SECONDS": "3600"}
     server: LiveServer = live_servers(workers=1, probe=True, env_overrides=env)
     origin = f"https://{HOST}:{server.port}"

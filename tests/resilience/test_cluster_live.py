@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.hashers import Argon2PasswordHasher
 
 from accounts.models import User
 from catalog.models import Book
@@ -28,7 +27,7 @@ from resilience.stores.keys import breaker_prefix, events_channel, key_slot, lim
 from resilience.stores.redis_breaker import RedisBreakerStore
 from resilience.stores.redis_concurrency import RedisConcurrencyStore, SlotRequest
 from resilience.stores.redis_limiter import RedisLimiterStore
-from tests.live import LiveServer, LocalRedisCluster
+from tests.live import LiveServer, LocalRedisCluster, with_live_password
 from tests.resilience.test_breaker_known_open import heard, opened
 from tests.resilience.test_breaker_live import SEARCH, Ops, kinds, search_breaker
 from tests.resilience.test_breaker_live import fire as fire_together
@@ -118,10 +117,7 @@ def test_admin_change_is_in_force_on_every_worker_within_a_second_on_a_cluster(
 ) -> None:
     book = make_book()
     path = book_path(book)
-    ops = User.objects.create_superuser(username="ops", email="ops@example.com", password="unused")
-    # The servers run production settings, whose hashers do not include the tests' fast one.
-    ops.password = Argon2PasswordHasher().encode("correct-horse-battery", Argon2PasswordHasher().salt())
-    ops.save(update_fields=["password"])
+    with_live_password(User.objects.create_superuser(username="ops", email="ops@example.com", password=None))
     policy = make_policy(
         name="cluster-admin", match_type="regex", pattern=exact_path(book), key="ip", limit=1000, period=60
     )

@@ -20,11 +20,10 @@ import pytest
 import redis
 import requests
 from django.conf import settings
-from django.contrib.auth.hashers import Argon2PasswordHasher
 
 from accounts.models import User
 from catalog.models import Book
-from tests.live import ROOT, LiveServer
+from tests.live import ROOT, LiveServer, with_live_password
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True), pytest.mark.default_policies]
 
@@ -60,10 +59,8 @@ def test_eight_guessers_are_refused_after_the_limit_and_the_shop_stays_fast(
 ) -> None:
     for _ in range(20):
         make_book()
-    root = User.objects.create_superuser(username="root", email="root@example.com", password="unused")
-    # The servers run production settings: every guess admitted costs a real Argon2 hash.
-    root.password = Argon2PasswordHasher().encode("correct-horse-battery", Argon2PasswordHasher().salt())
-    root.save(update_fields=["password"])
+    # Every guess admitted costs the servers a real Argon2 hash.
+    with_live_password(User.objects.create_superuser(username="root", email="root@example.com", password=None))
     counters = redis.Redis.from_url(settings.REDIS_URL)
     stale = counters.keys(f"{settings.RESILIENCE_KEY_PREFIX}rl:*")
     if stale:

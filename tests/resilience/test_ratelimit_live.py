@@ -18,7 +18,6 @@ from html.parser import HTMLParser
 
 import pytest
 import requests
-from django.contrib.auth.hashers import Argon2PasswordHasher
 from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.models import User
@@ -26,7 +25,7 @@ from catalog.models import Book
 from resilience.models import RateLimitPolicy
 from resilience.runtime import HEARTBEAT_INTERVAL
 from tests.conftest import make_policy
-from tests.live import LiveServer, RedisServer, Reply, request
+from tests.live import LiveServer, RedisServer, Reply, request, with_live_password
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -289,10 +288,7 @@ def test_admin_changes_are_enforced_by_every_worker_within_a_second(
 ) -> None:
     book = make_book()
     path = book_path(book)
-    ops = User.objects.create_superuser(username="ops", email="ops@example.com", password="unused")
-    # The servers run production settings, whose hashers do not include the tests' fast one.
-    ops.password = Argon2PasswordHasher().encode("correct-horse-battery", Argon2PasswordHasher().salt())
-    ops.save(update_fields=["password"])
+    with_live_password(User.objects.create_superuser(username="ops", email="ops@example.com", password=None))
     policy = make_policy(
         name="live-admin", match_type="regex", pattern=exact_path(book), key="ip", limit=1000, period=60
     )
